@@ -1,0 +1,25 @@
+"""Paths and settings, all overridable by environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The offline default model and text: both install from the package registry.
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_TEXT = "wiki-offline"
+
+
+def db_path() -> Path:
+    """The DuckDB results file (``SPARSEBENCH_DB``, default ``results.duckdb`` in the repo)."""
+    return Path(os.environ.get("SPARSEBENCH_DB", REPO_ROOT / "results.duckdb"))
+
+
+def cache_dir() -> Path:
+    """Where converted models and prepared texts are cached (``SPARSEBENCH_CACHE``)."""
+    default = Path.home() / ".cache" / "sparsebench"
+    path = Path(os.environ.get("SPARSEBENCH_CACHE", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
