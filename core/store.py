@@ -255,15 +255,20 @@ class Store:
         origin: str = "own",
         source: str | None = None,
         status: str = "queued",
+        identity: Mapping[str, Any] | None = None,
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
-        """Insert a run and return its id (inside ``con``'s transaction when given)."""
+        """Insert a run and return its id (inside ``con``'s transaction when given).
+
+        ``identity`` (default: the spec) is hashed to find identical runs later.
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}; allowed: {RUN_STATUSES}")
         if origin not in ("own", "published"):
             raise ValueError(f"origin must be 'own' or 'published', not {origin!r}")
         args = [origin, source, kind, model, method, sparsity, pattern,
-                json.dumps(spec, sort_keys=True, default=str), spec_hash(spec), status]
+                json.dumps(spec, sort_keys=True, default=str),
+                spec_hash(identity if identity is not None else spec), status]
         sql = ("INSERT INTO runs (origin, source, kind, model, method, sparsity, pattern, spec, "
                "spec_hash, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
         if con is not None:

@@ -1,0 +1,140 @@
+"""Run specifications: everything needed to repeat a run, validated before it is queued."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core import config, data
+from core.methods import REGISTRY, Target, get_method
+
+DENSE = "dense"
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+LIMITS = {"samples": (1, 4096), "seqlen": (8, 32768), "batch_size": (1, 512),
+          "max_windows": (1, 100000)}
+
+
+@dataclass
+class PruneSpec:
+    """Prune a model (or leave it dense) and evaluate its perplexity."""
+
+    model: str = config.DEFAULT_MODEL
+    method: str = "wanda"
+    sparsity: str = "0.5"  # "0.5", "50%" or N:M like "2:4"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    calibration: str = config.DEFAULT_TEXT
+    samples: int = 32
+    seqlen: int = 512
+    seed: int = 0
+    block_range: list[int] | None = None  # [start, end): blocks outside stay dense
+    ppl_datasets: list[str] = field(default_factory=lambda: [config.DEFAULT_TEXT])
+    ppl_seqlen: int = 512
+    max_windows: int | None = 32
+    batch_size: int = 4
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    save_dir: str | None = None
+    kind: str = field(default="prune", init=False)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        return self.method == DENSE
+
+    def target(self) -> Target:
+        return Target() if self.is_dense else Target.parse(self.sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PruneSpec:
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(values) - known - {"kind"}
+        if unknown:
+            raise ValueError(f"unknown spec field(s): {sorted(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def dense_baseline(self) -> PruneSpec:
+        """The dense run whose perplexity this run is compared with (same model and evaluation)."""
+        return PruneSpec(model=self.model, method=DENSE, sparsity="0", samples=0, seqlen=0,
+                         seed=0, calibration="", ppl_datasets=list(self.ppl_datasets),
+                         ppl_seqlen=self.ppl_seqlen, max_windows=self.max_windows,
+                         batch_size=self.batch_size, dtype=self.dtype, device=self.device,
+                         trust_remote_code=self.trust_remote_code)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the result (not where it runs or is saved)."""
+        values = self.to_dict()
+        for key in ("device", "batch_size", "save_dir"):
+            values.pop(key)
+        if self.is_dense:
+            for key in ("sparsity", "method_params", "calibration", "samples", "seqlen", "seed",
+                        "block_range"):
+                values.pop(key)
+        return values
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> list[str]:
+        """Every problem with the spec, each worded as what is wrong and what is allowed."""
+        errors: list[str] = []
+        if not self.model.strip():
+            errors.append("Model: give 'smollm2-135m', a local folder or a hub id.")
+        elif _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
+            errors.append(f"Model: the folder {self.model!r} does not exist.")
+        if self.method != DENSE and self.method not in REGISTRY:
+            errors.append(f"Method: {self.method!r} is unknown; choose dense or one of "
+                          f"{', '.join(sorted(REGISTRY))}.")
+        if not self.is_dense:
+            try:
+                target = Target.parse(self.sparsity)
+                if target.fraction == 0:
+                    errors.append("Sparsity: 0 prunes nothing; pick the 'dense' method instead.")
+            except ValueError as exc:
+                errors.append(f"Sparsity: {exc}")
+            if self.method in REGISTRY:
+                try:
+                    get_method(self.method, **self.method_params)
+                except (ValueError, TypeError) as exc:
+                    errors.append(f"Method parameters: {exc}")
+            if self.method in REGISTRY and REGISTRY[self.method].needs_calibration:
+                errors += self._check_calibration()
+        if self.block_range is not None and (
+                len(self.block_range) != 2 or not 0 <= self.block_range[0] < self.block_range[1]):
+            errors.append("Block range: give [start, end) with 0 <= start < end.")
+        if not self.ppl_datasets:
+            errors.append("Evaluation: choose at least one perplexity dataset.")
+        for name in self.ppl_datasets:
+            if name not in data.known_sources() and not Path(name).is_file():
+                errors.append(f"Evaluation dataset {name!r} is unknown: use one of "
+                              f"{', '.join(data.known_sources())} or a .txt file path.")
+        errors += _range("Perplexity seqlen", self.ppl_seqlen, *LIMITS["seqlen"])
+        errors += _range("Batch size", self.batch_size, *LIMITS["batch_size"])
+        if self.max_windows is not None:
+            errors += _range("Max windows", self.max_windows, *LIMITS["max_windows"])
+        if self.dtype not in DTYPE_CHOICES:
+            errors.append(f"Dtype: {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            errors.append(f"Device: {self.device!r}; use cpu, cuda, cuda:N or mps.")
+        return errors
+
+    def _check_calibration(self) -> list[str]:
+        errors = _range("Calibration samples", self.samples, *LIMITS["samples"])
+        errors += _range("Calibration seqlen", self.seqlen, *LIMITS["seqlen"])
+        if self.calibration not in data.known_sources() and not Path(self.calibration).is_file():
+            errors.append(f"Calibration source {self.calibration!r} is unknown: use one of "
+                          f"{', '.join(data.known_sources())} or a .txt file path.")
+        return errors
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path, as opposed to a hub id such as 'meta-llama/Llama-2-7b-hf'."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def _range(label: str, value: Any, low: int, high: int) -> list[str]:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        return [f"{label}: {value!r} is not a whole number between {low} and {high}."]
+    return []

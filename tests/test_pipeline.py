@@ -1,0 +1,140 @@
+"""Spec validation, the prune + evaluate pipeline and the command line, on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from core import cli, models
+from core.pipeline import create_run, layer_stat_rows, run_and_store
+from core.runner import LinearSparsity, PruneReport
+from core.spec import PruneSpec
+from core.store import Store
+from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(SAMPLE_TEXT)
+    return str(path)
+
+
+def tiny_spec(model_dir: Path, corpus: str, **overrides) -> PruneSpec:
+    values = dict(model=str(model_dir), method="wanda", sparsity="0.5", calibration=corpus,
+                  samples=4, seqlen=32, ppl_datasets=[corpus], ppl_seqlen=32, max_windows=4,
+                  batch_size=2)
+    values.update(overrides)
+    return PruneSpec(**values)
+
+
+def test_validation_messages_say_what_is_allowed(model_dir: Path, corpus: str) -> None:
+    assert tiny_spec(model_dir, corpus).validate() == []
+    cases = {
+        "sparsity": ("1.0", "1.0 would remove every weight"),
+        "method": ("pruneall", "choose dense or one of"),
+        "samples": (0, "Calibration samples: 0 is not a whole number between 1"),
+        "ppl_datasets": (["nowhere"], "Evaluation dataset 'nowhere' is unknown"),
+        "calibration": ("nowhere", "Calibration source 'nowhere' is unknown"),
+        "model": ("./missing/folder", "does not exist"),
+        "dtype": ("int3", "Dtype"),
+        "method_params": ({"alpha": 1}, "has no parameter"),
+    }
+    for field, (value, message) in cases.items():
+        problems = tiny_spec(model_dir, corpus, **{field: value}).validate()
+        assert any(message in p for p in problems), (field, problems)
+    assert any("N < M" in p for p in tiny_spec(model_dir, corpus, sparsity="4:4").validate())
+
+
+def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    dense = tiny_spec(model_dir, corpus).dense_baseline()
+    pruned = tiny_spec(model_dir, corpus, method="sparsegpt", sparsity="2:4")
+    for spec in (dense, pruned):
+        run_id = create_run(store, spec)
+        run_and_store(store, run_id, spec)
+    runs = store.runs().set_index("method")
+    assert set(runs["status"]) == {"done"}
+    assert runs.loc["sparsegpt", "pattern"] == "2:4" and runs.loc["sparsegpt", "sparsity"] == 0.5
+    environment = json.loads(runs.loc["dense", "environment"])
+    assert environment["device"] == "cpu" and torch.__version__.startswith(environment["torch"])
+    ppl = store.metrics("perplexity").set_index("method")
+    assert math.isfinite(ppl.loc["dense", "value"]) and ppl.loc["dense", "n_samples"] == 4 * 32
+    assert ppl.loc["sparsegpt", "value"] != ppl.loc["dense", "value"]
+    stats = store.frame("SELECT * FROM layer_stats WHERE layer = 'model' AND stat = 'overall'")
+    assert stats["value"].tolist() == [0.5]
+    linear_rows = store.frame("SELECT * FROM layer_stats WHERE stat = 'sparsity' "
+                              "AND layer NOT IN ('block', 'model')")
+    assert len(linear_rows) == 2 * 7 and (linear_rows["value"] == 0.5).all()
+
+
+def test_failed_run_keeps_its_error_and_no_results(model_dir: Path, corpus: str,
+                                                   tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    short = tmp_path / "short.txt"
+    short.write_text("too short to fill one window")
+    spec = tiny_spec(model_dir, corpus, ppl_datasets=[str(short)])  # evaluation fails
+    run_id = create_run(store, spec)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        run_and_store(store, run_id, spec)
+    run = store.runs().iloc[0]
+    assert run["status"] == "failed" and "fewer than one window" in run["error"]
+    assert store.metrics().empty and store.frame("SELECT * FROM layer_stats").empty
+
+
+def test_saved_model_reloads_with_transformers(model_dir: Path, corpus: str,
+                                               tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    spec = tiny_spec(model_dir, corpus, method="magnitude", save_dir=str(tmp_path / "saved"))
+    run_and_store(store, create_run(store, spec), spec)
+    assert list((tmp_path / "saved").glob("*.safetensors"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    weight = reloaded.model.layers[0].mlp.up_proj.weight
+    assert (weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.005)
+    model, _ = models.load_model(str(tmp_path / "saved"))
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, weight)
+
+
+def test_model_loading_errors_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelLoadError, match="no config.json"):
+        models.load_model(str(tmp_path / "empty"))
+    with pytest.raises(models.ModelLoadError, match="dtype"):
+        models.load_model(str(tmp_path / "empty"), dtype="int3")
+
+
+def test_layer_stat_rows_summarise_blocks() -> None:
+    report = PruneReport([LinearSparsity(0, "a", 5, 10), LinearSparsity(0, "b", 1, 10),
+                          LinearSparsity(1, "a", 8, 10)])
+    rows = {(r["layer"], r["stat"]): r for r in layer_stat_rows(report)}
+    assert rows[("model", "min")]["block"] == 0 and rows[("model", "min")]["value"] == 0.3
+    assert rows[("model", "max")]["block"] == 1 and rows[("model", "max")]["value"] == 0.8
+    assert rows[("model", "mean")]["value"] == pytest.approx(0.55)
+    assert rows[("model", "std")]["value"] == pytest.approx(0.25)
+    assert rows[("model", "overall")]["value"] == pytest.approx(14 / 30)
+
+
+def test_cli_prunes_and_stores(model_dir: Path, corpus: str, tmp_path: Path, capsys) -> None:
+    db = tmp_path / "cli.duckdb"
+    code = cli.main(["--db", str(db), "prune", "--model", str(model_dir), "--method", "wanda",
+                     "--sparsity", "4:8", "--calibration", corpus, "--samples", "2",
+                     "--seqlen", "32", "--eval", corpus, "--ppl-seqlen", "32",
+                     "--max-windows", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "done" in out and "perplexity" in out
+    runs = Store(db).runs()
+    own = runs[runs["origin"] == "own"]
+    assert own["pattern"].tolist() == ["4:8"] and own["status"].tolist() == ["done"]
+    assert cli.main(["--db", str(db), "prune", "--sparsity", "2:2"]) == 2
+    assert "N < M" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""The DuckDB store: round trip, migration, and clear errors for damaged or locked files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from core import store as store_module
+from core.store import SCHEMA_VERSION, Store, StoreError
+
+
+def make_store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "results.duckdb").init(import_published=False)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    spec = {"model": "m", "method": "wanda", "sparsity": "0.5"}
+    run_id = store.create_run(kind="prune", model="m", method="wanda", sparsity=0.5, spec=spec)
+    store.add_metrics(run_id, [
+        {"kind": "perplexity", "dataset": "wiki-offline", "metric": "ppl", "value": 12.5,
+         "n_samples": 2048},
+        {"kind": "perplexity", "dataset": "ptb", "metric": "ppl", "value": None,
+         "status": "diverged"},
+    ])
+    store.add_layer_stats(run_id, [{"block": 0, "layer": "mlp.up_proj", "stat": "sparsity",
+                                    "value": 0.5}])
+    store.add_search_trials(run_id, [{"trial": 1, "params": [0.1, 0.9, 0.5, 100],
+                                      "actual_sparsity": 0.4, "metric": "acc", "value": 0.5}])
+    store.update_run(run_id, status="done", progress={"stage": "x", "done": 1, "total": 1})
+
+    run = store.runs().iloc[0]
+    assert run["status"] == "done" and json.loads(run["spec"]) == spec
+    assert json.loads(run["progress"]) == {"stage": "x", "done": 1, "total": 1}
+    metrics = store.metrics("perplexity").set_index("dataset")
+    assert metrics.loc["wiki-offline", "value"] == 12.5
+    assert metrics.loc["wiki-offline", "n_samples"] == 2048
+    assert metrics.loc["ptb", "status"] == "diverged"
+    assert metrics.loc["ptb", "value"] != metrics.loc["ptb", "value"]  # NULL -> NaN in pandas
+    trials = store.frame("SELECT * FROM search_trials")
+    assert json.loads(trials.loc[0, "params"]) == [0.1, 0.9, 0.5, 100]
+    assert store.frame("SELECT value FROM layer_stats")["value"].tolist() == [0.5]
+
+
+def test_bad_values_are_refused(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with pytest.raises(ValueError, match="status"):
+        store.create_run(kind="prune", model="m", method="x", spec={}, status="weird")
+    run_id = store.create_run(kind="prune", model="m", method="x", spec={})
+    with pytest.raises(ValueError, match="cannot update"):
+        store.update_run(run_id, model="other")
+    with pytest.raises(ValueError, match="metric status"):
+        store.add_metrics(run_id, [{"kind": "k", "dataset": "d", "metric": "m", "status": "bad"}])
+
+
+def test_values_are_parameters_not_sql(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    evil = "x'); DROP TABLE runs; --"
+    run_id = store.create_run(kind="prune", model=evil, method=evil, spec={"model": evil})
+    assert store.runs().loc[0, "model"] == evil
+    assert store.frame("SELECT model FROM runs WHERE id = ?", [run_id]).iloc[0, 0] == evil
+
+
+def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    old = Store(path)
+    old.migrate(target=1)
+    assert old.schema_version() == 1
+    with old.transaction() as con:
+        con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                    "status) VALUES ('own', 'prune', 'm', 'wanda', 'unstructured', '{}', 'h', "
+                    "'done')")
+        con.execute("INSERT INTO metrics (run_id, kind, dataset, metric, value) "
+                    "VALUES (1, 'perplexity', 'wikitext2', 'ppl', 7.5)")
+    upgraded = Store(path).init(import_published=False)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    frame = upgraded.metrics()
+    assert frame["value"].tolist() == [7.5] and "raw" in frame.columns
+    upgraded.append_log(1, "a log line")  # table added by migration 2
+    assert upgraded.frame("SELECT line FROM run_logs")["line"].tolist() == ["a log line"]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    with store.transaction() as con:
+        con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer"):
+        Store(store.path).init()
+
+
+def test_corrupt_file_gives_clear_error_and_is_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "results.duckdb"
+    garbage = b"this is not a database" * 500
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match="not a readable DuckDB file|could not be opened"):
+        Store(path).init()
+    assert path.read_bytes() == garbage
+
+
+def test_read_only_file_is_served_read_only(tmp_path: Path, monkeypatch) -> None:
+    store = make_store(tmp_path)
+    store.create_run(kind="prune", model="m", method="wanda", spec={})
+    monkeypatch.setattr(store_module, "_writable", lambda _path: False)
+    readonly = Store(store.path).init()
+    assert readonly.writable is False
+    assert len(readonly.runs()) == 1
+    with pytest.raises(StoreError, match="read-only"):
+        readonly.create_run(kind="prune", model="m", method="wanda", spec={})
+
+
+def _hold_lock(path: str, seconds: float, ready) -> None:
+    con = duckdb.connect(path)
+    con.execute("INSERT INTO meta VALUES ('holder', 'x')")
+    ready.set()
+    time.sleep(seconds)
+    con.close()
+
+
+def test_lock_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(store.path), 1.5, ready))
+    proc.start()
+    assert ready.wait(30)
+    started = time.monotonic()
+    assert store.get_meta("holder") == "x"  # retried until the other process let go
+    assert time.monotonic() - started > 0.3
+    proc.join(10)
+
+
+def test_lock_never_released_gives_clear_error(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(store.path), 4, ready))
+    proc.start()
+    assert ready.wait(30)
+    impatient = Store(store.path, retries=3, max_wait=0.05)
+    with pytest.raises(StoreError, match="locked"):
+        impatient.runs()
+    proc.join(10)
