@@ -28,6 +28,11 @@ TRIAL_COLUMNS = ("source", "ref", "table", "model", "task", "metric", "goal", "t
                  "params", "actual_sparsity", "value", "raw", "note")
 
 
+#: Per-number keys of ``params`` (they describe the number, not the run).
+ROW_KEYS = ("block",)
+IMPORTER_VERSION = "2"  # bump when the mapping of CSV rows to runs changes
+
+
 def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.exists():
         return []
@@ -36,7 +41,13 @@ def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         missing = set(columns) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path.name} lacks columns {sorted(missing)}")
-        return [row for row in reader if any(v.strip() for v in row.values() if v)]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if None in row:
+                raise ValueError(f"{path.name} line {line} has more fields than the header")
+            if any((v or "").strip() for v in row.values()):
+                rows.append(row)
+        return rows
 
 
 def _number(text: str) -> float | None:
@@ -45,6 +56,21 @@ def _number(text: str) -> float | None:
         return None
     value = float(text)
     return value if math.isfinite(value) else None
+
+
+def _checked_value(row: dict[str, str], where: str) -> float | None:
+    """The row's value; an empty value whose printed text is a plain number is a transcription
+    slip and is refused."""
+    value = _number(row["value"])
+    raw = (row.get("raw") or "").strip().rstrip("%")
+    if value is None and raw:
+        try:
+            float(raw)
+        except ValueError:
+            return None
+        if math.isfinite(float(raw)):
+            raise ValueError(f"{where}: value is empty but the source printed {row['raw']!r}")
+    return value
 
 
 def _status(row: dict[str, str], value: float | None) -> str:
@@ -61,7 +87,7 @@ def _params(text: str) -> dict[str, Any]:
 
 def fingerprint() -> str:
     """Hash of the CSV files: a changed file is re-imported on the next start."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(IMPORTER_VERSION.encode())
     for path in (FIGURES, TRIALS):
         if path.exists():
             digest.update(path.read_bytes())
@@ -94,21 +120,26 @@ def load(store: Store, stamp: str | None = None) -> None:
                 run_ids[key] = store.create_run(origin="published", status="done", con=con, **fields)
             return run_ids[key]
 
-        for row in figures:
+        for line, row in enumerate(figures, start=2):
             params = _params(row["params"])
+            row_keys = {k: params.pop(k) for k in ROW_KEYS if k in params}
             sparsity = _number(row["sparsity"])
             key = ("fig", row["source"], row["ref"], row["table"], row["model"], row["method"],
                    row["pattern"], sparsity, json.dumps(params, sort_keys=True))
             spec = {"source": row["source"], "ref": row["ref"], "table": row["table"],
                     "model": row["model"], "method": row["method"], "pattern": row["pattern"],
-                    "sparsity": sparsity, **params}
+                    "sparsity": sparsity}
+            clash = set(params) & set(spec)
+            if clash:
+                raise ValueError(f"figures.csv line {line}: params repeat columns {sorted(clash)}")
+            spec.update(params)
             run_id = run_for(key, kind="published", model=row["model"], method=row["method"],
                              sparsity=sparsity, pattern=row["pattern"], source=row["source"],
                              spec=spec)
-            value = _number(row["value"])
+            value = _checked_value(row, f"figures.csv line {line}")
             if row["kind"] == "layer_stat":
                 store.add_layer_stats(run_id, [{
-                    "block": int(params["block"]) if "block" in params else None,
+                    "block": int(row_keys["block"]) if "block" in row_keys else None,
                     "layer": row["dataset"], "stat": row["metric"], "value": value,
                     "raw": row["raw"], "note": row["note"] or None,
                 }], con=con)
