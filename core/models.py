@@ -85,7 +85,7 @@ def offline_cache(name: str) -> Path:
 
 
 def resolve(name: str) -> str:
-    """Map a model name to what ``from_pretrained`` takes: a cache folder, a local folder or hub id."""
+    """Map a model name to what ``from_pretrained`` takes: cache folder, local folder or hub id."""
     name = name.strip()
     if not name:
         raise ModelLoadError("No model given: use 'smollm2-135m', a local folder or a hub id.")

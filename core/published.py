@@ -104,7 +104,7 @@ def sync(store: Store) -> bool:
 
 
 def load(store: Store, stamp: str | None = None) -> None:
-    """Replace every published run with the CSV contents, in one transaction (own runs untouched)."""
+    """Replace every published run with the CSV contents in one transaction (own runs stay)."""
     figures = _read(FIGURES, FIGURE_COLUMNS)
     trials = _read(TRIALS, TRIAL_COLUMNS)
     with store.transaction() as con:
@@ -117,7 +117,8 @@ def load(store: Store, stamp: str | None = None) -> None:
 
         def run_for(key: tuple, **fields: Any) -> int:
             if key not in run_ids:
-                run_ids[key] = store.create_run(origin="published", status="done", con=con, **fields)
+                run_ids[key] = store.create_run(origin="published", status="done", con=con,
+                                                **fields)
             return run_ids[key]
 
         for line, row in enumerate(figures, start=2):
@@ -152,7 +153,8 @@ def load(store: Store, stamp: str | None = None) -> None:
 
         for row in trials:
             goal = _number(row["goal"])
-            key = ("search", row["source"], row["ref"], row["table"], row["model"], row["task"], goal)
+            key = ("search", row["source"], row["ref"], row["table"], row["model"], row["task"],
+                   goal)
             spec = {"source": row["source"], "ref": row["ref"], "table": row["table"],
                     "model": row["model"], "task": row["task"], "metric": row["metric"],
                     "goal": goal}

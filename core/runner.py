@@ -11,6 +11,7 @@ Only one decoder block is on the compute device at a time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,10 +108,8 @@ def capture_inputs(model: nn.Module, adapter: Adapter, calibration: torch.Tensor
     handle = first.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for row in calibration:
-            try:
+            with contextlib.suppress(_StopForward):
                 model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
-            except _StopForward:
-                pass
     finally:
         handle.remove()
         first.to(first_device)

@@ -138,3 +138,15 @@ def _range(label: str, value: Any, low: int, high: int) -> list[str]:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         return [f"{label}: {value!r} is not a whole number between {low} and {high}."]
     return []
+
+
+#: Run kinds and their spec classes; the worker and the forms look kinds up here.
+SPEC_KINDS: dict[str, type[PruneSpec]] = {"prune": PruneSpec}
+
+
+def spec_from_dict(values: dict[str, Any]) -> PruneSpec:
+    """Rebuild a stored spec of any run kind."""
+    kind = values.get("kind", "prune")
+    if kind not in SPEC_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(SPEC_KINDS)}")
+    return SPEC_KINDS[kind].from_dict(values)

@@ -93,10 +93,17 @@ MIGRATIONS: list[list[str]] = [
             line VARCHAR NOT NULL
         )""",
     ],
+    # 3: background execution: cancel requests and which worker holds a run.
+    [
+        "ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN DEFAULT false",
+        "ALTER TABLE runs ADD COLUMN worker VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_METRIC_COLUMNS = ("kind", "dataset", "metric", "value", "stderr", "n_samples", "status", "raw", "note")
+_METRIC_COLUMNS = (
+    "kind", "dataset", "metric", "value", "stderr", "n_samples", "status", "raw", "note",
+)
 _LAYER_COLUMNS = ("block", "layer", "stat", "value", "raw", "note")
 _TRIAL_COLUMNS = (
     "trial", "label", "params", "levels", "actual_sparsity", "metric", "value", "n_samples", "raw",
@@ -104,6 +111,7 @@ _TRIAL_COLUMNS = (
 )
 _RUN_UPDATABLE = (
     "status", "started_at", "finished_at", "heartbeat_at", "progress", "error", "environment",
+    "cancel_requested", "worker",
 )
 
 
@@ -127,8 +135,9 @@ def _explain(path: Path, exc: Exception) -> StoreError:
         msg = (f"The results database {path} cannot be written (permission denied / read-only). "
                "Results are shown read-only; set SPARSEBENCH_DB to a writable path to launch runs.")
     elif "not a valid duckdb" in low or "corrupt" in low or "serializ" in low or "magic" in low:
-        msg = (f"The results database {path} is not a readable DuckDB file (corrupt or from another "
-               "program). It was left untouched. Move it aside, or point SPARSEBENCH_DB elsewhere.")
+        msg = (f"The results database {path} is not a readable DuckDB file (corrupt or from "
+               "another program). It was left untouched. Move it aside, or point SPARSEBENCH_DB "
+               "elsewhere.")
     else:
         msg = f"The results database {path} could not be opened: {text}"
     return StoreError(msg)
@@ -157,7 +166,8 @@ class Store:
     def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short connection; retried with backoff while another process holds the lock."""
         if write and not self.writable:
-            raise StoreError(f"The results database {self.path} is read-only here; nothing was written.")
+            raise StoreError(
+                f"The results database {self.path} is read-only here; nothing was written.")
         with self._process_lock:
             con = self._open(read_only=not self.writable)
             try:
@@ -225,8 +235,8 @@ class Store:
         """Apply the missing migration steps up to ``target``; returns the new version."""
         current = self.schema_version()
         if current > SCHEMA_VERSION:
-            raise StoreError(f"The results database {self.path} has schema {current}, newer than this "
-                             f"program ({SCHEMA_VERSION}). Update SparseBench.")
+            raise StoreError(f"The results database {self.path} has schema {current}, newer "
+                             f"than this program ({SCHEMA_VERSION}). Update SparseBench.")
         for version in range(current, target):
             with self.transaction() as con:
                 for statement in MIGRATIONS[version]:

@@ -7,11 +7,11 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from core import store as store_module
 from core.store import SCHEMA_VERSION, Store, StoreError
+from tests.store_procs import hold_lock
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -113,19 +113,11 @@ def test_read_only_file_is_served_read_only(tmp_path: Path, monkeypatch) -> None
         readonly.create_run(kind="prune", model="m", method="wanda", spec={})
 
 
-def _hold_lock(path: str, seconds: float, ready) -> None:
-    con = duckdb.connect(path)
-    con.execute("INSERT INTO meta VALUES ('holder', 'x')")
-    ready.set()
-    time.sleep(seconds)
-    con.close()
-
-
 def test_lock_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(store.path), 1.5, ready))
+    proc = ctx.Process(target=hold_lock, args=(str(store.path), 1.5, ready))
     proc.start()
     assert ready.wait(30)
     started = time.monotonic()
@@ -138,7 +130,7 @@ def test_lock_never_released_gives_clear_error(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(store.path), 4, ready))
+    proc = ctx.Process(target=hold_lock, args=(str(store.path), 4, ready))
     proc.start()
     assert ready.wait(30)
     impatient = Store(store.path, retries=3, max_wait=0.05)

@@ -48,7 +48,8 @@ class Target:
         try:
             value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
         except ValueError as exc:
-            raise ValueError(f"Cannot read sparsity {text!r}: write 0.5, 50% or N:M like 2:4") from exc
+            raise ValueError(
+                f"Cannot read sparsity {text!r}: write 0.5, 50% or N:M like 2:4") from exc
         return cls(sparsity=value)
 
     @property
@@ -94,7 +95,7 @@ class PruningMethod(ABC):
         self.params = {**self.defaults, **params}
         self.validate()
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - optional hook, most methods need no checks
         """Raise ValueError for out-of-range parameters."""
 
     def collector(self, module: nn.Module) -> Collector | None:

@@ -1,0 +1,54 @@
+"""SparseBench dashboard: ``streamlit run app.py``.
+
+Opens the results store once per session, then hands over to the page chosen in the menu.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import config, tables
+from core.store import StoreError
+
+st.set_page_config(page_title="SparseBench", layout="wide")
+
+#: The menu, in order.  Adding a page is one line here.
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/perplexity.py", title="Perplexity", icon=":material/show_chart:",
+            url_path="perplexity"),
+    st.Page("pages/zero_shot.py", title="Zero-shot", icon=":material/checklist:",
+            url_path="zero-shot"),
+    st.Page("pages/activation_sparsity.py", title="Activation sparsity", icon=":material/bolt:",
+            url_path="activation-sparsity"),
+    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:", url_path="runs"),
+]
+
+
+def _sidebar_note() -> None:
+    st.sidebar.caption(
+        f"Results file: `{config.db_path()}`  \n"
+        "Set the `SPARSEBENCH_DB` environment variable before starting to use another file."
+    )
+
+
+def _store_error_page(message: str) -> st.Page:
+    """A single page that only shows why the store could not be opened (no traceback)."""
+
+    def store_error() -> None:
+        st.title("SparseBench")
+        st.error(message)
+
+    return st.Page(store_error, title="SparseBench", default=True)
+
+
+try:
+    tables.session_store(st.session_state)
+except StoreError as exc:
+    _sidebar_note()
+    st.navigation([_store_error_page(str(exc))], position="hidden").run()
+    st.stop()
+
+_sidebar_note()
+st.navigation(PAGES).run()

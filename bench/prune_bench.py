@@ -1,0 +1,121 @@
+"""Benchmark: pruning time and peak memory per method, and perplexity throughput.
+
+    python bench/prune_bench.py [--samples 32] [--seqlen 512] [--windows 16]
+
+Each method runs in its own subprocess so its peak resident memory is its own.  The yardstick is
+one dense forward pass over the same calibration set: pruning time / forward time says how many
+forward passes a method costs.  Perplexity throughput is compared with a plain batch-size-1 loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def _measure_method(method: str, samples: int, seqlen: int, sparsity: str) -> dict:
+    import torch
+
+    from core import data, environment, models
+    from core.methods import Target, get_method
+    from core.runner import prune_model
+
+    model, tok = models.load_model("smollm2-135m")
+    calibration = data.calibration_ids(tok, "wiki-offline", samples, seqlen, seed=0)
+    loaded_mb = environment.peak_memory_mb()
+    started = time.perf_counter()
+    if method == "dense-forward":
+        with torch.no_grad():
+            for row in calibration:
+                model(input_ids=row.unsqueeze(0), use_cache=False)
+    else:
+        prune_model(model, get_method(method), Target.parse(sparsity), calibration)
+    seconds = time.perf_counter() - started
+    return {"method": method, "seconds": seconds, "peak_mb": environment.peak_memory_mb(),
+            "loaded_mb": loaded_mb}
+
+
+def _measure_perplexity(windows: int, seqlen: int, batch_size: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from core import data, models
+    from core.perplexity import perplexity
+
+    model, tok = models.load_model("smollm2-135m")
+    ids = data.evaluation_ids(tok, "wiki-offline")
+    started = time.perf_counter()
+    ours = perplexity(model, ids, seqlen, batch_size=batch_size, max_windows=windows)
+    ours_s = time.perf_counter() - started
+    started = time.perf_counter()
+    nlls = []
+    with torch.no_grad():
+        for i in range(windows):
+            window = ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0)
+            logits = model(input_ids=window).logits.float()
+            nlls.append(F.cross_entropy(logits[0, :-1], window[0, 1:]).item())
+    plain_s = time.perf_counter() - started
+    plain = float(torch.tensor(nlls, dtype=torch.float64).mean().exp())
+    tokens = windows * seqlen
+    return {"tokens": tokens, "batched_tok_s": tokens / ours_s, "plain_tok_s": tokens / plain_s,
+            "batched_ppl": ours.value, "plain_ppl": plain, "batch_size": batch_size}
+
+
+def _child(args: argparse.Namespace) -> None:
+    if args.child == "perplexity":
+        result = _measure_perplexity(args.windows, args.seqlen, args.batch_size)
+    else:
+        result = _measure_method(args.child, args.samples, args.seqlen, args.sparsity)
+    print("RESULT " + json.dumps(result))
+
+
+def _run_child(name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--samples", str(args.samples),
+           "--seqlen", str(args.seqlen), "--windows", str(args.windows),
+           "--batch-size", str(args.batch_size), "--sparsity", args.sparsity]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    print(f"SmolLM2-135M, {args.samples} calibration samples x {args.seqlen} tokens, "
+          f"sparsity {args.sparsity}, CPU threads as configured")
+    forward = _run_child("dense-forward", args)
+    rows = [forward] + [_run_child(m, args) for m in METHODS]
+    print(f"\n{'method':<14}{'wall s':>10}{'x forward':>11}{'peak MB':>10}{'+ over load':>13}")
+    for row in rows:
+        ratio = row["seconds"] / forward["seconds"]
+        print(f"{row['method']:<14}{row['seconds']:>10.1f}{ratio:>11.2f}{row['peak_mb']:>10.0f}"
+              f"{row['peak_mb'] - row['loaded_mb']:>13.0f}")
+    ppl = _run_child("perplexity", args)
+    print(f"\nperplexity on {ppl['tokens']} wiki-offline tokens (seqlen {args.seqlen}):")
+    print(f"{'loop':<28}{'tokens/s':>10}{'ppl':>10}")
+    print(f"{'plain batch-size-1 loop':<28}{ppl['plain_tok_s']:>10.0f}{ppl['plain_ppl']:>10.3f}")
+    print(f"{'core.perplexity, batch ' + str(ppl['batch_size']):<28}"
+          f"{ppl['batched_tok_s']:>10.0f}{ppl['batched_ppl']:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

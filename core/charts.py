@@ -1,0 +1,335 @@
+"""Plotly figures for the dashboard (no Streamlit here).
+
+Own runs are drawn with filled markers and solid lines; published figures with open markers,
+dotted lines and a text label naming their source.  Hover text shows run id, source and spec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from core import tables as T
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#17becf", "#7f7f7f", "#bcbd22")
+METHOD_COLORS = {"dense": "#444444", "magnitude": "#d62728", "wanda": "#1f77b4",
+                 "sparsegpt": "#2ca02c", "sparsellm": "#9467bd", "coreinfer": "#ff7f0e",
+                 "sparsity-levels": "#17becf"}
+PUBLISHED_OPACITY = 0.85
+NM_SYMBOLS = {"2:4": "square", "4:8": "diamond", "1:4": "triangle-down", "3:4": "triangle-up"}
+_LAYOUT = {"template": "plotly_white", "height": 480,
+           "margin": {"l": 60, "r": 30, "t": 60, "b": 60},
+           "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+           "hoverlabel": {"align": "left"}}
+
+
+def method_color(method: str, index: int = 0) -> str:
+    """A stable colour per method (unknown methods take a palette colour)."""
+    return METHOD_COLORS.get(method, PALETTE[index % len(PALETTE)])
+
+
+def short_source(source: str) -> str:
+    """'Wanda README (Sun et al. 2023)' -> 'Wanda README'."""
+    return source.split(" (")[0] if source else "own run"
+
+
+def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str, *extra: str) -> str:
+    """Hover lines: run id, source and a summary of the spec, plus any extra lines."""
+    summary = spec if isinstance(spec, str) else T.spec_summary(spec)
+    lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra, f"spec: {summary}"]
+    return "<br>".join(_wrap(line) for line in lines if line)
+
+
+def _wrap(text: str, width: int = 70) -> str:
+    words, out, line = text.split(" "), [], ""
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    out.append(line)
+    return "<br>".join(out)
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says why there is nothing to draw."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 15})
+    fig.update_layout(**{**_LAYOUT, "height": 260}, xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
+# -- perplexity ----------------------------------------------------------------------------------
+def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Perplexity against sparsity, one line per method and group; dense as a dashed level."""
+    ppl = rows[rows["kind"] == "perplexity"] if not rows.empty else rows
+    if ppl.empty:
+        return empty_figure("No perplexity to plot for this selection.")
+    ok = ppl[(ppl["status"] == "ok") & ppl["value"].notna()]
+    several = ppl[["model", "dataset"]].drop_duplicates().shape[0] > 1
+    fig = go.Figure()
+    for key, part in _trace_groups(ppl[~ppl["dense"]]):
+        _add_ppl_trace(fig, part[part["status"] == "ok"], key, several)
+    right = max([T.sparsity_fraction(s, p) * 100 for s, p in
+                 zip(ppl["sparsity"], ppl["pattern"], strict=True)] + [10.0])
+    _add_dense_levels(fig, ppl[ppl["dense"] & (ppl["status"] == "ok")], several, right)
+    top = float(ok["value"].max()) * 2 if not ok.empty else 10.0
+    _add_diverged(fig, ppl[ppl["status"] == "diverged"], top)
+    fig.update_layout(**_LAYOUT, title=title or "Perplexity vs sparsity (lower is better)")
+    values = [*ok["value"], top] if not ok.empty else [1.0, top]
+    ticks = log_ticks(min(values), max(values))
+    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    fig.update_xaxes(title="Sparsity (% of weights pruned)", ticksuffix="%",
+                     range=[-2, right * 1.15])
+    return fig
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values covering [low, high] (readable labels on a log axis)."""
+    low, high = max(low, 1e-9), max(high, low)
+    start = math.floor(math.log10(low))
+    ticks = [m * 10.0 ** e for e in range(start, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    return inside or [low, high]
+
+
+def _trace_groups(rows: pd.DataFrame):
+    """Rows of one line: model, dataset, group, method and structure (unstructured or one N:M)."""
+    if rows.empty:
+        return []
+    structure = [p if T.is_nm(p) else "" for p in rows["pattern"]]
+    keyed = rows.assign(_structure=structure)
+    keys = ["model", "dataset", "group", "method", "_structure", "origin", "settings"]
+    return list(keyed.groupby(keys, sort=False))
+
+
+def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool) -> None:
+    if part.empty:
+        return
+    model, dataset, group, method, structure, origin, _settings = key
+    part = part.assign(_x=[T.sparsity_fraction(s, p) * 100 for s, p in
+                           zip(part["sparsity"], part["pattern"], strict=True)]).sort_values("_x")
+    published = origin == "published"
+    name = T.method_label(method) + (f" {structure}" if structure else "")
+    name += f" · {short_source(group) if published else 'own'}"
+    if several:
+        name += f" · {model} {T.dataset_label(dataset)}"
+    symbol = NM_SYMBOLS.get(structure, "triangle-up") if structure else "circle"
+    # Published lines are labelled with their source at their last point; single published
+    # points are told apart by their open marker and named in the legend and hover.
+    label = short_source(group) if published and len(part) > 1 else ""
+    # Runs that differ only in settings (an ablation) share one legend entry.
+    shown = {t.legendgroup for t in fig.data}
+    fig.add_trace(go.Scatter(
+        x=part["_x"], y=part["value"], name=name, legendgroup=name,
+        showlegend=name not in shown,
+        mode="lines+markers+text" if label else "lines+markers",
+        text=[""] * (len(part) - 1) + [label],
+        textposition="middle right", textfont={"size": 10, "color": method_color(method)},
+        line={"color": method_color(method), "dash": "dot" if published else "solid"},
+        marker={"symbol": symbol + ("-open" if published else ""), "size": 11 if published else 9,
+                "color": method_color(method), "line": {"width": 2}},
+        opacity=PUBLISHED_OPACITY if published else 1.0,
+        hovertext=_ppl_hover(part), hoverinfo="text",
+    ))
+
+
+def _ppl_hover(part: pd.DataFrame) -> list[str]:
+    return [hover_text(r["run_id"], r["source_label"], r["spec"],
+                       f"{T.row_label(r['method'], r['sparsity'], r['pattern'])} on "
+                       f"{r['dataset']}: PPL {T.format_value(r['value'], 'ppl')}")
+            for r in part.to_dict("records")]
+
+
+def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right: float) -> None:
+    """Each dense baseline as a horizontal line across the plot, labelled at its right end.
+
+    (A trace rather than ``add_hline``: hline annotations land at 10**y on a log axis.)
+    """
+    levels = T.latest_runs(dense, ["model", "dataset", "group"]).to_dict("records")
+    for rec in levels:
+        published = rec["origin"] == "published"
+        label = f"Dense {rec['value']:.2f} · {short_source(rec['group']) if published else 'own'}"
+        if several:
+            label += f" · {rec['model']} {T.dataset_label(rec['dataset'])}"
+        hover = hover_text(rec["run_id"], rec["source_label"], rec["spec"],
+                           f"Dense on {rec['dataset']}: PPL {rec['value']:.2f}")
+        fig.add_trace(go.Scatter(
+            x=[0, right], y=[rec["value"]] * 2, name=label,
+            mode="lines+markers+text" if len(levels) == 1 else "lines+markers",
+            text=["", label], textposition="bottom left", textfont={"size": 10},
+            line={"color": "#555555", "width": 1.5, "dash": "dash" if published else "solid"},
+            marker={"symbol": "diamond-open" if published else "diamond", "size": [10, 0],
+                    "color": "#444444"},
+            hovertext=[hover, hover], hoverinfo="text"))
+
+
+def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
+    if diverged.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=[T.sparsity_fraction(s, p) * 100 for s, p in
+           zip(diverged["sparsity"], diverged["pattern"], strict=True)],
+        y=[top] * len(diverged), mode="markers+text", name="diverged (no finite PPL)",
+        text=[f"{T.method_label(m)}: diverged" for m in diverged["method"]],
+        textposition="bottom center", textfont={"size": 10, "color": "#b00020"},
+        marker={"symbol": "x", "size": 12, "color": "#b00020"},
+        hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                              f"{T.row_label(r['method'], r['sparsity'], r['pattern'])}: "
+                              "diverged (no finite perplexity)")
+                   for r in diverged.to_dict("records")],
+        hoverinfo="text"))
+
+
+# -- zero-shot -----------------------------------------------------------------------------------
+def retention_chart(table: T.Table) -> go.Figure:
+    """Retention of dense accuracy, one horizontal bar per run; published bars are hatched."""
+    frame = table.frame
+    if table.empty or frame["Retention"].isna().all():
+        return empty_figure("No retention to plot (a dense baseline is needed).")
+    frame = frame[frame["Retention"].notna()]
+    fig = go.Figure()
+    for origin, part in frame.groupby("Origin", sort=False):
+        published = origin == T.ORIGIN_NAMES["published"]
+        fig.add_trace(go.Bar(
+            y=[_bar_label(r) for r in part.to_dict("records")], x=part["Retention"] * 100,
+            orientation="h", name="Published (hatched)" if published else "Own runs",
+            marker={"color": [method_color(m, i) for i, m in enumerate(part["_method"])],
+                    "pattern": {"shape": "/" if published else ""},
+                    "line": {"color": "#333333", "width": 1 if published else 0}},
+            opacity=PUBLISHED_OPACITY if published else 1.0,
+            text=[f"{v * 100:.1f}%" for v in part["Retention"]], textposition="outside",
+            cliponaxis=False,
+            hovertext=[hover_text(r["Run"], r["Source"], r["_spec"],
+                                  f"average {T.format_value(r['Accuracy'], 'pct')}")
+                       for r in part.to_dict("records")], hoverinfo="text"))
+    fig.add_vline(x=100, line_dash="dot", line_color="#666666")
+    top = max(100.0, float(frame["Retention"].max()) * 100)
+    fig.update_layout(**{**_LAYOUT, "height": 140 + 30 * len(frame),
+                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+                         "margin": {"l": 20, "r": 40, "t": 90, "b": 50}},
+                      title="Zero-shot retention (pruned average / dense average)",
+                      showlegend=True)
+    fig.update_xaxes(title="Retention of dense accuracy", ticksuffix="%", range=[0, top * 1.12])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+def _bar_label(rec: Mapping[str, Any]) -> str:
+    source = short_source(rec["Source"]) if rec["Origin"] == T.ORIGIN_NAMES["published"] else "own"
+    return f"{rec['Model']} · {rec['Method']} · {source} #{rec['Run']}"
+
+
+def per_task_chart(long: pd.DataFrame) -> go.Figure:
+    """Accuracy per task, one bar group per task and one bar per method (and group)."""
+    if long.empty:
+        return empty_figure("No per-task scores for this selection.")
+    fig = go.Figure()
+    for i, (column, part) in enumerate(long.groupby("column", sort=False)):
+        part = part[(part["status"] == "ok") & part["value"].notna()]
+        published = (part["origin"] == "published").all() and not part.empty
+        fig.add_trace(go.Bar(
+            x=part["dataset"], y=part["value"] * 100, name=str(column),
+            marker={"color": method_color(part["method"].iloc[0] if not part.empty else "", i),
+                    "pattern": {"shape": "/" if published else ""}},
+            hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                                  f"{r['dataset']}: {r['value'] * 100:.2f}%")
+                       for r in part.to_dict("records")], hoverinfo="text"))
+    tasks = sorted(set(long["dataset"]), key=T.task_key)
+    fig.update_layout(**_LAYOUT, title="Zero-shot accuracy per task", barmode="group")
+    fig.update_xaxes(categoryorder="array", categoryarray=tasks)
+    fig.update_yaxes(title="Accuracy", ticksuffix="%")
+    return fig
+
+
+# -- activation sparsity -------------------------------------------------------------------------
+def search_chart(trials: pd.DataFrame, finals: T.Table | None = None,
+                 goal: float | None = None) -> go.Figure:
+    """Search configurations: actual sparsity against the task metric (100-sample scores), with
+    CoreInfer's full-dataset score as a line and the best/AVG full-dataset scores as stars."""
+    if trials.empty:
+        return empty_figure("No search trials for this selection.")
+    metric = T.metric_label(trials["metric"].iloc[0])
+    ok = trials[trials["value"].notna()]
+    fig = go.Figure(go.Scatter(
+        x=ok["actual_sparsity"], y=ok["value"], mode="markers", name="configuration (100 samples)",
+        marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
+        hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                              f"params {T.params_label(r['params']) or r['label'] or r['trial']}",
+                              f"actual sparsity {r['actual_sparsity']}, {metric} {r['value']}")
+                   for r in ok.to_dict("records")], hoverinfo="text"))
+    if finals is not None and not finals.empty:
+        _add_finals(fig, finals.frame, goal)
+    if goal is not None and not math.isnan(float(goal)):
+        fig.add_vline(x=float(goal), line_dash="dot", line_color="#999999",
+                      annotation_text=f"goal {goal}", annotation_position="top")
+    fig.update_layout(**_LAYOUT, title=f"Search: actual sparsity vs {metric}")
+    fig.update_xaxes(title="Actual sparsity")
+    fig.update_yaxes(title=metric)
+    return fig
+
+
+def _add_finals(fig: go.Figure, finals: pd.DataFrame, goal: float | None) -> None:
+    ok = finals[finals["Score"].notna()]
+    for rec in ok.to_dict("records"):
+        if rec["_config"] == "coreinfer":
+            fig.add_hline(y=rec["Score"], line_dash="dash", line_color="#ff7f0e",
+                          annotation_text=f"CoreInfer {T.format_value(rec['Score'], 'score')} "
+                                          "(full dataset)",
+                          annotation_position="top left")
+    others = ok[ok["_config"] != "coreinfer"]
+    if others.empty:
+        return
+    x = [a if not pd.isna(a) else goal for a in others["Actual sparsity"]]
+    fig.add_trace(go.Scatter(
+        x=x, y=others["Score"], mode="markers+text", name="best / AVG (full dataset)",
+        text=others["Config"], textposition="middle right",
+        marker={"symbol": "star", "size": 15, "color": "#17becf",
+                "line": {"width": 1, "color": "#333333"}},
+        hovertext=[f"run {r['Run']}<br>{r['Config']}: {T.format_value(r['Score'], 'score')}"
+                   f" ({T.format_value(r['% of CoreInfer'], 'percent')} of CoreInfer)"
+                   for r in others.to_dict("records")], hoverinfo="text"))
+
+
+def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
+    """Best and AVG configurations as % of CoreInfer's score, one row per task (100% = parity)."""
+    frame = summary.frame
+    if summary.empty or frame[["Best %", "AVG %"]].isna().all().all():
+        return empty_figure("No CoreInfer comparison to plot.")
+    labels = [f"{m} · {t} · goal {T.format_value(g, 'score')}" for m, t, g in
+              zip(frame["Model"], frame["Task"], frame["Goal"], strict=True)]
+    fig = go.Figure()
+    for column, color in (("AVG %", "#17becf"), ("Best %", "#1f77b4")):
+        fig.add_trace(go.Bar(y=labels, x=frame[column], name=column.replace(" %", ""),
+                             orientation="h", marker_color=color,
+                             text=[T.format_value(v, "percent") for v in frame[column]],
+                             textposition="outside", cliponaxis=False))
+    missing = [(label, name) for name in ("Best", "AVG")
+               for label, text in zip(labels, summary.text(name), strict=True)
+               if text == T.NO_VALUE]
+    if missing:
+        fig.add_trace(go.Scatter(
+            y=[m[0] for m in missing], x=[2] * len(missing), mode="text", showlegend=False,
+            text=[f"{name}: no value" for _, name in missing], textposition="middle right",
+            textfont={"color": "#b00020"}, hoverinfo="skip"))
+    fig.add_vline(x=100, line_dash="dash", line_color="#ff7f0e",
+                  annotation_text="CoreInfer = 100%", annotation_position="top")
+    top = float(frame[["Best %", "AVG %"]].max().max())
+    fig.update_layout(**{**_LAYOUT, "height": 140 + 44 * len(frame),
+                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0,
+                                    "traceorder": "reversed"},
+                         "margin": {"l": 20, "r": 40, "t": 90, "b": 50}},
+                      barmode="group",
+                      title="Sparsity levels as % of CoreInfer's full-dataset score")
+    fig.update_xaxes(title="% of CoreInfer", ticksuffix="%", range=[0, top * 1.15])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig

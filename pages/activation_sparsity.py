@@ -1,0 +1,92 @@
+"""Activation sparsity: the sparsity-levels search (seed 003) and its comparison with CoreInfer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core import charts, export, tables
+from core.store import StoreError
+
+
+def show_table(table: tables.Table, name: str) -> None:
+    """The table, its notes, and CSV / Markdown downloads of exactly what is shown."""
+    shown = table.display()
+    align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
+    st.dataframe(shown, hide_index=True, column_config=align)
+    for note in table.notes:
+        st.caption(note)
+    buttons = st.container(horizontal=True)
+    buttons.download_button("CSV", export.to_csv(shown), file_name=f"{name}.csv",
+                            mime="text/csv", key=f"{name}-csv", on_click="ignore",
+                            icon=":material/download:")
+    buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
+                            mime="text/markdown", key=f"{name}-md", on_click="ignore",
+                            icon=":material/download:")
+
+
+def sidebar_filters(rows: pd.DataFrame) -> dict[str, Any]:
+    """Model, source and origin filters (for ``tables.filter_rows``); empty means all."""
+    with st.sidebar:
+        st.subheader("Filters")
+        models = st.multiselect("Model", tables.choices(rows, "model"), placeholder="All models")
+        groups = st.multiselect("Source", tables.choices(rows, "group"),
+                                placeholder="All sources")
+        origin = st.radio("Origin", list(tables.ORIGIN_FILTERS), horizontal=True)
+    return {"models": models or None, "groups": groups or None,
+            "origins": tables.ORIGIN_FILTERS[origin]}
+
+
+st.title("Activation sparsity")
+st.caption("Per-layer sparsity levels searched on 100 samples per task, then the best and the "
+           "averaged (AVG) configuration run on the full dataset and compared with CoreInfer at "
+           "the same actual sparsity. % of CoreInfer is computed from the stored scores.")
+try:
+    store = tables.session_store(st.session_state)
+    finals = tables.final_rows(tables.load_metrics(store, "task"),
+                               tables.load_metrics(store, "activation"))
+    trials = tables.load_search_trials(store)
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if finals.empty and trials.empty:
+    st.info("No activation-sparsity results yet. Launch a CoreInfer or sparsity-levels run, or "
+            "check that core/published/ holds figures.csv and search_trials.csv.")
+    st.stop()
+
+selection = sidebar_filters(pd.concat([finals[["model", "group", "origin"]],
+                                       trials[["model", "group", "origin"]]]))
+finals = tables.filter_rows(finals, **selection)
+trials = tables.filter_rows(trials, **selection)
+
+st.subheader("Sparsity levels vs CoreInfer (full dataset)")
+summary = tables.final_summary(finals)
+if summary.empty:
+    st.info("No full-dataset CoreInfer comparison matches the filters.")
+else:
+    show_table(summary, "coreinfer-comparison")
+    st.plotly_chart(charts.percent_of_coreinfer_chart(summary))
+
+st.subheader("Search configurations")
+searches = tables.search_runs(trials)
+if searches.empty:
+    st.info("No search trials match the filters.")
+    st.stop()
+label = st.selectbox("Search (model · task · goal · source)", list(searches["label"]))
+search = searches[searches["label"] == label].iloc[0]
+left, right = st.columns([2, 3])
+with left:
+    show_table(tables.search_table(trials, int(search["run_id"])), "search-trials")
+chosen = tables.final_table(finals, search["model"], search["task"], search["goal"],
+                            search["group"])
+with right:
+    st.plotly_chart(charts.search_chart(trials[trials["run_id"] == search["run_id"]], chosen,
+                                        search["goal"]))
+st.markdown("**Full-dataset runs for this search**")
+if chosen.empty:
+    st.info("No full-dataset runs stored for this search.")
+else:
+    show_table(chosen, "search-final")

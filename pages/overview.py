@@ -1,0 +1,42 @@
+"""Overview: what the results file holds and where to go next."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import config, tables
+from core.store import StoreError
+
+st.title("SparseBench")
+st.caption("Compare LLM pruning and activation-sparsity methods on the same footing: your own "
+           "runs beside the figures published in papers and earlier reports.")
+try:
+    store = tables.session_store(st.session_state)
+    counts = tables.run_counts(store.runs())
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+own = int(counts.loc[counts["Origin"] == tables.ORIGIN_NAMES["own"], "Runs"].sum())
+published = int(counts.loc[counts["Origin"] == tables.ORIGIN_NAMES["published"], "Runs"].sum())
+first, second, third = st.columns(3)
+first.metric("Own runs", own)
+second.metric("Published reference runs", published)
+third.metric("Results file", config.db_path().name, help=str(config.db_path()))
+
+if own + published == 0:
+    st.info("The results file is empty. Published reference figures are imported from "
+            "core/published/ at start; launch a pruning run to add your own.")
+else:
+    st.dataframe(counts, hide_index=True, width="content")
+
+st.subheader("What next")
+st.markdown(
+    "- **Perplexity**: method × sparsity tables with the change against dense, and the papers' "
+    "dataset × sparsity layout.\n"
+    "- **Zero-shot**: average accuracy, retention against dense, per-task breakdown.\n"
+    "- **Activation sparsity**: the sparsity-levels search and its comparison with CoreInfer.\n"
+    + ("- You have no own runs yet: launch one to see it beside the published figures "
+       "(reference rows are marked *Published* in every table and drawn with open markers)."
+       if own == 0 else "- Filter by origin in each page's sidebar to see only your own runs.")
+)

@@ -1,0 +1,97 @@
+"""Perplexity: own runs beside the published figures (seed 000 and seed 004 layouts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core import charts, export, tables
+from core.store import StoreError
+
+
+def show_table(table: tables.Table, name: str) -> None:
+    """The table, its notes, and CSV / Markdown downloads of exactly what is shown."""
+    shown = table.display()
+    align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
+    st.dataframe(shown, hide_index=True, column_config=align)
+    for note in table.notes:
+        st.caption(note)
+    buttons = st.container(horizontal=True)
+    buttons.download_button("CSV", export.to_csv(shown), file_name=f"{name}.csv",
+                            mime="text/csv", key=f"{name}-csv", on_click="ignore",
+                            icon=":material/download:")
+    buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
+                            mime="text/markdown", key=f"{name}-md", on_click="ignore",
+                            icon=":material/download:")
+
+
+def sidebar_filters(rows: pd.DataFrame) -> dict[str, Any]:
+    """Model, method, source and origin filters (for ``tables.filter_rows``); empty means all."""
+    with st.sidebar:
+        st.subheader("Filters")
+        models = st.multiselect("Model", tables.choices(rows, "model"), placeholder="All models")
+        methods = st.multiselect("Method", tables.choices(rows, "method"),
+                                 format_func=tables.method_label, placeholder="All methods")
+        groups = st.multiselect("Source", tables.choices(rows, "group"),
+                                placeholder="All sources")
+        origin = st.radio("Origin", list(tables.ORIGIN_FILTERS), horizontal=True)
+    return {"models": models or None, "methods": methods or None, "groups": groups or None,
+            "origins": tables.ORIGIN_FILTERS[origin]}
+
+
+st.title("Perplexity")
+st.caption("Lower is better. Δ from dense compares each run with the dense run of the same model "
+           "and dataset from the same source (published) or from your own runs.")
+try:
+    store = tables.session_store(st.session_state)
+    all_rows = tables.load_metrics(store, "perplexity")
+    timing = tables.load_metrics(store, "timing")
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if all_rows.empty:
+    st.info("No perplexity results yet. Launch a pruning run, or check that "
+            "core/published/figures.csv is present: published figures are imported at start.")
+    st.stop()
+
+selection = sidebar_filters(all_rows)
+rows = tables.filter_rows(all_rows, **selection)
+if rows.empty:
+    st.info("No perplexity results match the filters in the sidebar.")
+    st.stop()
+
+st.subheader("Method × sparsity")
+show_table(tables.perplexity_table(rows), "perplexity")
+
+st.subheader("Perplexity vs sparsity")
+left, right = st.columns(2)
+models = tables.choices(rows, "model")
+model = left.selectbox("Model", models, index=models.index(tables.default_choice(rows, "model")))
+model_rows = rows[rows["model"] == model]
+datasets = tables.choices(model_rows, "dataset")
+dataset = right.selectbox("Dataset", datasets)
+chart_rows = model_rows[model_rows["dataset"] == dataset]
+st.plotly_chart(charts.perplexity_chart(
+    chart_rows, f"{model} · {tables.dataset_label(dataset)}: perplexity vs sparsity"))
+st.caption("Filled markers and solid lines: your runs. Open markers and dotted lines: published "
+           "figures (source in the legend and on hover). Squares/diamonds: N:M patterns; "
+           "dashed level: dense.")
+
+st.subheader("Dataset × sparsity (paper layout)")
+groups = tables.choices(model_rows, "group")
+left, right = st.columns(2)
+group = left.selectbox("Source", groups, key="grid-source")
+group_tables = tables.choices(model_rows[model_rows["group"] == group], "table")
+table_name = right.selectbox("Published table", [*group_tables, "All tables"],
+                             disabled=not group_tables, key="grid-table")
+show_table(tables.sparsity_grid(rows, model, group,
+                                None if table_name == "All tables" else table_name),
+           "perplexity-grid")
+
+timing_table = tables.timing_table(tables.filter_rows(timing, **selection))
+if not timing_table.empty:
+    with st.expander("Pruning time"):
+        show_table(timing_table, "pruning-time")

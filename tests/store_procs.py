@@ -1,0 +1,30 @@
+"""Functions run in spawned processes by the store and worker tests (light imports only)."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+
+from core.store import Store
+
+
+def hold_lock(path: str, seconds: float, ready) -> None:
+    """Hold a write connection (and so the file lock) for ``seconds``."""
+    con = duckdb.connect(path)
+    con.execute("INSERT INTO meta VALUES ('holder', 'x')")
+    ready.set()
+    time.sleep(seconds)
+    con.close()
+
+
+def keep_writing(path: str, seconds: float) -> None:
+    """Write progress and log lines as fast as possible, as a worker does."""
+    store = Store(path)
+    run_id = store.create_run(kind="prune", model="m", method="wanda", spec={"n": 1})
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        store.append_log(run_id, f"line {i}")
+        store.update_run(run_id, progress={"done": i})
+        i += 1

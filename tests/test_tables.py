@@ -1,0 +1,396 @@
+"""Unit tests of core.tables, core.export and core.charts on hand-made frames and stores."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from core import charts, export, tables
+from core.store import Store
+
+WANDA_README = "Wanda README (Sun et al. 2023)"
+
+
+def make_rows(*records: dict[str, Any]) -> pd.DataFrame:
+    """Rows shaped like ``Store.metrics`` (defaults filled in), prepared as the pages do."""
+    defaults = {"origin": "own", "source": None, "run_kind": "prune", "model": "m",
+                "method": "wanda", "sparsity": 0.5, "pattern": "unstructured", "spec": {},
+                "run_status": "done", "kind": "perplexity", "dataset": "wikitext2",
+                "metric": "ppl", "value": None, "stderr": None, "n_samples": None,
+                "status": "ok", "raw": None, "note": None}
+    rows = []
+    for i, rec in enumerate(records):
+        row = {**defaults, "run_id": i + 1, **rec}
+        row["spec"] = json.dumps(row["spec"])
+        rows.append(row)
+    return tables.prepare(pd.DataFrame(rows))
+
+
+def ppl(method: str, sparsity: float, value: float | None, **extra: Any) -> dict[str, Any]:
+    pattern = extra.pop("pattern", "dense" if method == "dense" else "unstructured")
+    return {"method": method, "sparsity": sparsity, "pattern": pattern, "value": value, **extra}
+
+
+def published(**extra: Any) -> dict[str, Any]:
+    return {"origin": "published", "source": "Paper A", **extra}
+
+
+def cell(table: tables.Table, row: str, column: str, key: str = "Method") -> str:
+    shown = table.display()
+    return shown.loc[shown[key] == row, column].iloc[0]
+
+
+# -- labels --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("sparsity", "pattern", "method", "label"), [
+    (0.3, "unstructured", "wanda", "30%"),
+    (0.125, "unstructured", "wanda", "12.5%"),
+    (0.5, "2:4", "wanda", "2:4"),
+    (0.0, "dense", "dense", "Dense"),
+])
+def test_sparsity_label(sparsity: float, pattern: str, method: str, label: str) -> None:
+    assert tables.sparsity_label(sparsity, pattern, method) == label
+
+
+def test_row_labels_follow_the_seed() -> None:
+    assert tables.row_label("dense", 0, "dense") == "Dense (Baseline)"
+    assert tables.row_label("magnitude", 0.3, "unstructured") == "Magnitude 30%"
+    assert tables.row_label("wanda", 0.5, "2:4") == "Wanda 2:4"
+    assert tables.sparsity_fraction(None, "2:4") == 0.5
+
+
+# -- (a) perplexity ------------------------------------------------------------------------------
+def test_relative_change_against_dense() -> None:
+    rows = make_rows(ppl("dense", 0, 5.12), ppl("wanda", 0.5, 6.42), ppl("magnitude", 0.5, 14.89))
+    table = tables.perplexity_table(rows)
+    delta = table.frame.set_index("Method")["Δ from dense"]
+    assert delta["Wanda 50%"] == pytest.approx((6.42 - 5.12) / 5.12 * 100)
+    assert cell(table, "Wanda 50%", "Δ from dense") == "+25.39%"
+    assert cell(table, "Dense (Baseline)", "Δ from dense") == "baseline"
+    assert cell(table, "Magnitude 50%", "PPL") == "14.89"
+    assert tables.relative_change(110.0, 100.0) == pytest.approx(10.0)
+
+
+def test_rows_ordered_like_seed_000() -> None:
+    rows = make_rows(ppl("wanda", 0.5, 6.4), ppl("magnitude", 0.3, 5.7), ppl("dense", 0, 5.1),
+                     ppl("wanda", 0.3, 5.5), ppl("magnitude", 0.5, 11.8))
+    assert list(tables.perplexity_table(rows).display()["Method"]) == [
+        "Dense (Baseline)", "Magnitude 30%", "Wanda 30%", "Magnitude 50%", "Wanda 50%"]
+
+
+def test_diverged_is_shown_as_a_word_never_nan() -> None:
+    rows = make_rows(ppl("dense", 0, 5.11), ppl("magnitude", 0.7, None, status="diverged"))
+    table = tables.perplexity_table(rows)
+    assert cell(table, "Magnitude 70%", "PPL") == "diverged"
+    assert cell(table, "Magnitude 70%", "Δ from dense") == "diverged"
+    assert math.isnan(table.frame.set_index("Method").loc["Magnitude 70%", "PPL"])
+    text = export.to_csv(table.display()) + export.to_markdown(table.display())
+    assert "nan" not in text.lower()
+
+
+def test_missing_value_is_a_dash_and_distinct_from_diverged() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0), ppl("wanda", 0.5, None, status="missing"),
+                     ppl("magnitude", 0.5, None, status="diverged"))
+    table = tables.perplexity_table(rows)
+    assert cell(table, "Wanda 50%", "PPL") == tables.MISSING
+    assert cell(table, "Magnitude 50%", "PPL") == tables.DIVERGED
+    status = table.frame.set_index("Method")["_status"]
+    assert status["Wanda 50%"] == "missing" and status["Magnitude 50%"] == "diverged"
+
+
+def test_missing_dense_baseline_leaves_delta_blank_with_a_reason() -> None:
+    rows = make_rows(ppl("wanda", 0.5, 11.86, model="OPT-6.7b"))
+    table = tables.perplexity_table(rows)
+    assert math.isnan(table.frame["Δ from dense"].iloc[0])
+    assert cell(table, "Wanda 50%", "Δ from dense") == ""
+    assert "no dense baseline" in cell(table, "Wanda 50%", "Note")
+
+
+def test_baseline_comes_from_the_same_source_and_dataset() -> None:
+    rows = make_rows(
+        ppl("dense", 0, 10.0),                                  # own dense
+        ppl("wanda", 0.5, 12.0, **published()),                 # published, no published dense
+        ppl("dense", 0, 20.0, dataset="c4"),                    # own dense on another dataset
+        ppl("wanda", 0.5, 15.0),                                # own pruned on wikitext2
+    )
+    frame = tables.perplexity_table(rows).frame
+    own = frame[(frame["Origin"] == "Own run") & (frame["Method"] == "Wanda 50%")].iloc[0]
+    pub = frame[frame["Origin"] == "Published"].iloc[0]
+    assert own["Δ from dense"] == pytest.approx(50.0)
+    assert own["_baseline_run"] == 1
+    assert math.isnan(pub["Δ from dense"]) and "no dense baseline" in pub["Note"]
+
+
+def test_unfinished_runs_and_other_metrics_are_not_tabled() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0), ppl("wanda", 0.5, 6.0, run_status="running"),
+                     ppl("wanda", 0.5, 25.45, kind="perplexity_summary", metric="change_pct"))
+    assert list(tables.perplexity_table(rows).display()["Method"]) == ["Dense (Baseline)"]
+
+
+def test_published_repeats_are_shown_once() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0, spec={"table": "T1"}, **published()),
+                     ppl("dense", 0, 5.0, spec={"table": "T2"}, **published()))
+    assert len(tables.perplexity_table(rows).frame) == 1
+
+
+# -- (b) dataset x sparsity grid -----------------------------------------------------------------
+def test_sparsity_grid_layout_of_seed_004() -> None:
+    recs = []
+    for dataset, dense in (("wikitext2", 6.14), ("ptb", 11.18), ("c4", 9.45)):
+        recs.append(ppl("dense", 0, dense, dataset=dataset, **published()))
+        recs.append(ppl("sparsegpt", 0.1, dense + 0.02, dataset=dataset, **published()))
+        recs.append(ppl("sparsellm", 0.5, dense + 5, dataset=dataset, pattern="2:4",
+                        **published()))
+    recs.append(ppl("sparsellm", 0.8, None, status="missing", **published()))
+    grid = tables.sparsity_grid(make_rows(*recs), "m", "Paper A")
+    shown = grid.display()
+    assert list(shown.columns) == [
+        "Method", "Dense · WT2", "Dense · PTB", "Dense · C4", "10% · WT2", "10% · PTB",
+        "10% · C4", "2:4 · WT2", "2:4 · PTB", "2:4 · C4", "80% · WT2"]
+    assert list(shown["Method"]) == ["Dense", "SparseGPT", "SparseLLM"]
+    assert cell(grid, "SparseGPT", "10% · PTB") == "11.20"
+    assert cell(grid, "SparseLLM", "80% · WT2") == tables.MISSING
+    assert cell(grid, "SparseGPT", "2:4 · WT2") == ""
+    assert grid.frame.set_index("Method").loc["SparseLLM", "2:4 · C4"] == pytest.approx(14.45)
+
+
+def test_grid_rows_of_an_ablation_name_their_parameters_in_numeric_order() -> None:
+    recs = [ppl("sparsellm", 0.7, 18 + b / 1000, spec={"alpha": a, "beta": b, "seqlen": 2048},
+                **published()) for a, b in ((1, 10), (1, 5), (1, 0.1), (5, 0.1))]
+    grid = tables.sparsity_grid(make_rows(*recs), "m", "Paper A")
+    assert list(grid.display()["Method"]) == [  # only the varying settings, numbers by value
+        "SparseLLM (alpha=1, beta=0.1)", "SparseLLM (alpha=1, beta=5)",
+        "SparseLLM (alpha=1, beta=10)", "SparseLLM (alpha=5, beta=0.1)"]
+
+
+# -- (c) zero-shot -------------------------------------------------------------------------------
+SEED_000 = {  # per-task accuracies of seed 000 at 30% sparsity
+    "dense": {"piqa": .7813, "hellaswag": .5710, "arc_easy": .7546, "boolq": .7933, "rte": .6390},
+    "magnitude": {"piqa": .7840, "hellaswag": .5813, "arc_easy": .7597, "boolq": .7520,
+                  "rte": .5776},
+}
+
+
+def zero_shot(method: str, scores: dict[str, float | None], run_id: int,
+              **extra: Any) -> list[dict[str, Any]]:
+    sparsity = 0.0 if method == "dense" else 0.3
+    pattern = "dense" if method == "dense" else "unstructured"
+    return [{"run_id": run_id, "kind": "zero_shot", "method": method, "sparsity": sparsity,
+             "pattern": pattern, "dataset": task, "metric": "acc", "value": value,
+             "status": "ok" if value is not None else "missing", **extra}
+            for task, value in scores.items()]
+
+
+def test_average_and_retention_match_seed_000() -> None:
+    rows = make_rows(*zero_shot("dense", SEED_000["dense"], 1),
+                     *zero_shot("magnitude", SEED_000["magnitude"], 2))
+    table = tables.zero_shot_table(rows)
+    frame = table.frame.set_index("Method")
+    assert frame.loc["Dense (Baseline)", "Accuracy"] == pytest.approx(0.70784)
+    assert frame.loc["Magnitude 30%", "Accuracy"] == pytest.approx(0.69092)
+    assert frame.loc["Magnitude 30%", "Retention"] == pytest.approx(0.69092 / 0.70784)
+    assert cell(table, "Magnitude 30%", "Accuracy") == "69.09%"
+    assert cell(table, "Magnitude 30%", "Retention") == "97.61%"
+    assert cell(table, "Dense (Baseline)", "Retention") == "100.00%"
+
+
+def test_retention_uses_the_tasks_both_runs_have() -> None:
+    dense = {"piqa": 0.8, "boolq": 0.6, "rte": 0.5}
+    pruned = {"piqa": 0.6, "boolq": 0.3, "rte": None}
+    rows = make_rows(*zero_shot("dense", dense, 1), *zero_shot("wanda", pruned, 2))
+    table = tables.zero_shot_table(rows)
+    wanda = table.frame.set_index("Method").loc["Wanda 30%"]
+    assert wanda["Accuracy"] == pytest.approx(0.45)
+    assert wanda["Retention"] == pytest.approx(0.45 / 0.7)
+    assert wanda["Tasks"] == 2
+    assert "2 of 3 tasks" in wanda["Note"] and "2 tasks shared" in wanda["Note"]
+    assert tables.retention({"a": 0.5}, {"b": 0.5}) == (pytest.approx(math.nan, nan_ok=True), 0)
+
+
+def test_printed_summaries_are_not_used() -> None:
+    summary = {"run_id": 2, "kind": "zero_shot_summary", "method": "magnitude", "sparsity": 0.3,
+               "dataset": "average", "metric": "acc", "value": 0.99}
+    rows = make_rows(*zero_shot("dense", SEED_000["dense"], 1),
+                     *zero_shot("magnitude", SEED_000["magnitude"], 2), summary)
+    frame = tables.zero_shot_table(rows).frame.set_index("Method")
+    assert frame.loc["Magnitude 30%", "Accuracy"] == pytest.approx(0.69092)
+
+
+def test_no_dense_baseline_means_no_retention() -> None:
+    table = tables.zero_shot_table(make_rows(*zero_shot("wanda", {"piqa": 0.7}, 1)))
+    assert cell(table, "Wanda 30%", "Retention") == ""
+    assert "no dense baseline" in cell(table, "Wanda 30%", "Note")
+
+
+def test_per_task_breakdown_has_dense_and_each_method() -> None:
+    rows = make_rows(*zero_shot("dense", SEED_000["dense"], 1),
+                     *zero_shot("magnitude", SEED_000["magnitude"], 2))
+    table = tables.per_task_table(rows, "m", "30%")
+    shown = table.display()
+    assert list(shown.columns) == ["Task", "Dense", "Magnitude"]
+    assert list(shown["Task"]) == ["piqa", "hellaswag", "arc_easy", "boolq", "rte"]
+    assert cell(table, "boolq", "Magnitude", key="Task") == "75.20%"
+
+
+# -- (d) activation sparsity ---------------------------------------------------------------------
+def final(config: str, value: float | None, run_id: int, goal: float = 0.4,
+          **extra: Any) -> dict[str, Any]:
+    spec = {"goal": goal, "config": config, **({"trial": 6} if config == "best" else {})}
+    return {"run_id": run_id, "kind": "task", "dataset": "truthfulqa_gen", "metric": "bleu_max",
+            "method": "coreinfer" if config == "CoreInfer" else "sparsity-levels",
+            "pattern": "activation", "sparsity": None, "spec": spec, "value": value,
+            "status": "ok" if value is not None else "missing", **published(**extra)}
+
+
+def test_percent_of_coreinfer_is_computed_from_the_scores() -> None:
+    printed = {**final("best", 104.6, 2), "kind": "search_summary", "metric": "pct_of_coreinfer"}
+    finals = tables.final_rows(make_rows(final("CoreInfer", 6.33, 1), final("best", 6.627, 2),
+                                         final("AVG", None, 3), printed))
+    table = tables.final_table(finals)
+    frame = table.frame.set_index("Config")
+    assert frame.loc["Best (config 6)", "% of CoreInfer"] == pytest.approx(6.627 / 6.33 * 100)
+    assert cell(table, "Best (config 6)", "% of CoreInfer", key="Config") == "104.69%"
+    assert cell(table, "AVG", "Score", key="Config") == "no value"
+    assert cell(table, "AVG", "% of CoreInfer", key="Config") == ""
+    summary = tables.final_summary(finals).display().iloc[0]
+    assert (summary["CoreInfer"], summary["Best %"], summary["AVG"]) == ("6.33", "104.69%",
+                                                                         "no value")
+
+
+def test_coreinfer_is_matched_on_the_same_goal() -> None:
+    finals = tables.final_rows(make_rows(final("CoreInfer", 6.33, 1), final("AVG", 6.158, 2,
+                                                                           goal=0.36),
+                                         final("CoreInfer", 5.193, 3, goal=0.36)))
+    table = tables.final_table(finals, goal=0.36)
+    frame = table.frame.set_index("Config")
+    assert frame.loc["AVG", "% of CoreInfer"] == pytest.approx(6.158 / 5.193 * 100)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "t.duckdb").init(import_published=False)
+
+
+def test_search_table_from_a_store(store: Store) -> None:
+    run = store.create_run(kind="search", model="m", method="sparsity-levels", pattern="activation",
+                           spec={"model": "m", "task": "squadv2", "metric": "exact", "goal": 0.4},
+                           origin="published", source="Paper A", status="done")
+    store.add_search_trials(run, [
+        {"trial": 2, "params": [0.25, 0.75, 0.47, 100], "actual_sparsity": 0.401,
+         "metric": "exact", "value": 16.0},
+        {"trial": 1, "params": [0.15, 0.85, 0.5, 100], "actual_sparsity": 0.397,
+         "metric": "exact", "value": 14.5},
+        {"trial": 3, "params": [0.35, 0.65, 0.44, 100], "actual_sparsity": 0.404,
+         "metric": "exact", "value": None},
+    ])
+    trials = tables.load_search_trials(store)
+    assert tables.search_runs(trials)["task"].tolist() == ["squadv2"]
+    shown = tables.search_table(trials, run).display()
+    assert list(shown.columns) == ["Params", "Actual sparsity", "Exact Match"]
+    assert shown.values.tolist() == [["[0.15, 0.85, 0.5, 100]", "0.397", "14.5"],
+                                     ["[0.25, 0.75, 0.47, 100]", "0.401", "16.0"],
+                                     ["[0.35, 0.65, 0.44, 100]", "0.404", "no value"]]
+    fig = charts.search_chart(trials[trials["run_id"] == run], None, 0.4)
+    assert "run " in fig.data[0].hovertext[0]
+
+
+# -- (e) filters ---------------------------------------------------------------------------------
+def test_filters_keep_dense_baselines() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0), ppl("wanda", 0.5, 6.0), ppl("magnitude", 0.5, 9.0),
+                     ppl("wanda", 0.5, 6.4, **published()))
+    kept = tables.filter_rows(rows, methods=["wanda"], origins=["own"])
+    assert sorted(kept["method"]) == ["dense", "wanda"]
+    assert tables.choices(rows, "method") == ["dense", "magnitude", "wanda"]
+    assert tables.choices(rows, "group") == [tables.OWN_GROUP, "Paper A"]
+    assert len(tables.filter_rows(rows, models=[])) == 0
+
+
+# -- export --------------------------------------------------------------------------------------
+def _number(text: str) -> float | None:
+    cleaned = text.replace("%", "").replace("+", "")
+    try:
+        return float(cleaned)
+    except ValueError:
+        return None
+
+
+def test_markdown_round_trip_keeps_every_number() -> None:
+    rows = make_rows(ppl("dense", 0, 5.114), ppl("wanda", 0.3, 5.5244),
+                     ppl("magnitude", 0.7, None, status="diverged", note="a | b"))
+    shown = tables.perplexity_table(rows).display()
+    text = export.to_markdown(shown)
+    lines = text.splitlines()
+    assert lines[0].startswith("| Model | Dataset | Method | PPL |")
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    back = export.parse_markdown(text)
+    assert list(back.columns) == list(shown.columns)
+    assert back.values.tolist() == shown.values.tolist()
+    numbers = [_number(v) for v in back["PPL"]]
+    assert numbers[:2] == [pytest.approx(5.11), pytest.approx(5.52)]
+    assert back["Δ from dense"].tolist() == ["baseline", "+8.03%", "diverged"]
+    assert back["Note"].iloc[2] == "a | b"
+
+
+def test_csv_is_exactly_the_shown_table() -> None:
+    shown = pd.DataFrame({"Method": ["Wanda 50%"], "PPL": ["6.42"], "Note": ["x, y"]})
+    assert export.to_csv(shown) == 'Method,PPL,Note\nWanda 50%,6.42,"x, y"\n'
+    assert pd.read_csv(io.StringIO(export.to_csv(shown)), dtype=str).equals(shown)
+
+
+# -- charts --------------------------------------------------------------------------------------
+def test_perplexity_chart_marks_published_and_diverged() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0), ppl("wanda", 0.5, 6.0),
+                     ppl("wanda", 0.3, 5.5, **published()), ppl("wanda", 0.5, 6.42, **published()),
+                     ppl("magnitude", 0.7, None, status="diverged"))
+    fig = charts.perplexity_chart(rows)
+    assert fig.layout.yaxis.type == "log"
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["Wanda · Paper A"].marker.symbol == "circle-open"
+    assert by_name["Wanda · own"].marker.symbol == "circle"
+    assert by_name["Wanda · Paper A"].line.dash == "dot"
+    assert list(by_name["Wanda · Paper A"].text) == ["", "Paper A"]  # labelled at its end
+    assert any(name.startswith("Dense 5.00") for name in by_name)
+    assert "diverged" in by_name["diverged (no finite PPL)"].text[0]
+    assert all("run " in h for t in fig.data for h in t.hovertext)
+
+
+def test_retention_chart_hatches_published_bars() -> None:
+    rows = make_rows(*zero_shot("dense", SEED_000["dense"], 1, **published()),
+                     *zero_shot("magnitude", SEED_000["magnitude"], 2, **published()))
+    fig = charts.retention_chart(tables.zero_shot_table(rows))
+    assert fig.data[0].marker.pattern.shape == "/"
+    assert fig.data[0].x[1] == pytest.approx(97.61, abs=0.01)
+
+
+# -- the published figures, end to end -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def published_store(tmp_path_factory) -> Store:
+    return Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
+
+
+def test_published_reference_rows(published_store: Store) -> None:
+    rows = tables.load_metrics(published_store, "perplexity")
+    shown = tables.perplexity_table(rows).display()
+    readme = shown[(shown["Source"] == WANDA_README) & (shown["Model"] == "Llama-2-7b-hf")]
+    row = readme[readme["Method"] == "Wanda 50%"].iloc[0]
+    assert (row["PPL"], row["Δ from dense"], row["Origin"]) == ("6.42", "+25.39%", "Published")
+    values = pd.concat([shown["PPL"], shown["Δ from dense"]]).str.lower()
+    assert not values.str.contains("nan").any()
+
+
+def test_published_seed_000_tables(published_store: Store) -> None:
+    rows = tables.load_metrics(published_store, "perplexity")
+    seed = [g for g in tables.choices(rows, "group") if g.startswith("Seed report 000")]
+    if not seed:
+        pytest.skip("seed 000 figures not in core/published/figures.csv")
+    table = tables.perplexity_table(tables.filter_rows(rows, groups=seed))
+    assert cell(table, "Magnitude 70%", "PPL") == "diverged"
+    assert cell(table, "Magnitude 30%", "Δ from dense") == "+12.14%"
+    zs = tables.zero_shot_table(tables.load_metrics(published_store, "zero_shot"))
+    assert cell(zs, "Magnitude 30%", "Retention") == "97.61%"
+    assert cell(zs, "Wanda 50%", "Accuracy") == "66.21%"
+    assert (zs.display()["Method"] == "Dense (Baseline)").sum() == 1

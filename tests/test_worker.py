@@ -1,0 +1,177 @@
+"""The background worker with a tiny model: queue, reuse, cancel, SIGKILL recovery, locks."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from core import config, data, jobs, worker
+from core.executor import LocalExecutor
+from core.spec import PruneSpec
+from core.store import Store
+from tests.store_procs import keep_writing
+from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("worker-assets")
+    small = tiny_llama_folder(root / "small")
+    # A slower model and a long text, so that a run lasts long enough to cancel or kill.
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    slow = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, max_position_embeddings=512)).eval()
+    slow.save_pretrained(root / "slow")
+    tokenizer.save_pretrained(root / "slow")
+    short = root / "short.txt"
+    short.write_text(SAMPLE_TEXT)
+    long = root / "long.txt"
+    long.write_text(data.load_text("wiki-offline", "calibration")[:1_500_000])
+    return {"small": str(small), "slow": str(root / "slow"), "short": str(short),
+            "long": str(long)}
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch) -> Store:
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    return Store(tmp_path / "results.duckdb").init(import_published=False)
+
+
+def spec(assets: dict[str, str], model: str = "small", text: str = "short", **kw) -> PruneSpec:
+    values = dict(model=assets[model], method="wanda", sparsity="0.5", calibration=assets["short"],
+                  samples=2, seqlen=32, ppl_datasets=[assets[text]], ppl_seqlen=32,
+                  max_windows=4, batch_size=1)
+    values.update(kw)
+    return PruneSpec(**values)
+
+
+def start_worker(store: Store, idle_exit: float = 2.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "core.worker", "--db", str(store.path), "serve",
+         "--idle-exit", str(idle_exit)], cwd=config.REPO_ROOT)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def own_runs(store: Store):
+    runs = store.runs()
+    return runs[runs["origin"] == "own"].set_index("id")
+
+
+def status(store: Store, run_id: int) -> str:
+    return store.frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
+
+
+def test_queue_runs_in_order_with_baseline_and_reuse(store: Store, assets) -> None:
+    first = jobs.submit(store, spec(assets))
+    assert first.baseline_id is not None and not first.reused
+    second = jobs.submit(store, spec(assets, sparsity="2:4"))
+    assert second.baseline_id == first.baseline_id  # one dense baseline serves both
+    proc = start_worker(store)
+    assert proc.wait(120) == 0
+    runs = own_runs(store)
+    assert list(runs["status"]) == ["done", "done", "done"]
+    assert runs.loc[first.baseline_id, "method"] == "dense"
+    assert runs["started_at"].is_monotonic_increasing  # oldest first
+    ppl = store.metrics("perplexity")
+    assert len(ppl[ppl["origin"] == "own"]) == 3
+    again = jobs.submit(store, spec(assets))
+    assert again.reused and again.run_id == first.run_id
+    fresh = jobs.submit(store, spec(assets), fresh=True)
+    assert not fresh.reused and fresh.run_id > second.run_id
+    assert jobs.rerun(store, first.run_id) > fresh.run_id
+
+
+def test_cancel_stops_a_running_run_and_stores_nothing(store: Store, assets) -> None:
+    run = jobs.submit(store, spec(assets, "slow", "long", method="magnitude", max_windows=None,
+                                  ppl_seqlen=256))
+    jobs.request_cancel(store, run.baseline_id)  # queued: cancelled at once
+    assert status(store, run.baseline_id) == "cancelled"
+    proc = start_worker(store)
+    try:
+        wait_for(lambda: "perplexity" in str(store.frame(
+            "SELECT progress FROM runs WHERE id = ?", [run.run_id]).iloc[0, 0]), 60,
+            "the run to reach perplexity")
+        asked = time.monotonic()
+        assert jobs.request_cancel(store, run.run_id) == "running"
+        wait_for(lambda: status(store, run.run_id) == "cancelled", 10, "cancellation")
+        assert time.monotonic() - asked < 6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert store.frame("SELECT * FROM metrics WHERE run_id = ?", [run.run_id]).empty
+    assert store.frame("SELECT * FROM layer_stats WHERE run_id = ?", [run.run_id]).empty
+    assert "cancelled" in own_runs(store).loc[run.run_id, "error"]
+
+
+def test_sigkilled_worker_fails_its_run_and_queue_goes_on(store: Store, assets) -> None:
+    doomed = jobs.submit(store, spec(assets, "slow", "long", method="dense", max_windows=None,
+                                     ppl_seqlen=256))
+    later = jobs.submit(store, spec(assets))
+    proc = start_worker(store, idle_exit=3)
+    wait_for(lambda: "perplexity" in str(store.frame(
+        "SELECT progress FROM runs WHERE id = ?", [doomed.run_id]).iloc[0, 0]), 60,
+        "the doomed run to start evaluating")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert status(store, doomed.run_id) == "running"  # nobody has noticed yet
+    time.sleep(2.5)
+    # The heartbeat check (as the dashboard runs it) fails the silent run.
+    assert jobs.recover_stale(store, timeout_s=2.0) == [doomed.run_id]
+    assert "heartbeat" in own_runs(store).loc[doomed.run_id, "error"]
+    # A new worker takes over the rest of the queue.
+    executor = LocalExecutor(store, idle_exit_s=2)
+    assert executor.ensure_workers() == ["cpu"]
+    wait_for(lambda: status(store, later.run_id) == "done", 120, "the queue to continue")
+    assert status(store, later.baseline_id) == "done"
+
+
+def test_new_worker_fails_runs_left_by_a_dead_one(store: Store, assets) -> None:
+    run = jobs.submit(store, spec(assets, method="dense"))
+    jobs.claim_next(store, "cpu", "ghost")  # a worker that died right after claiming
+    proc = start_worker(store, idle_exit=1)
+    assert proc.wait(60) == 0
+    row = own_runs(store).loc[run.run_id]
+    assert row["status"] == "failed" and "stopped" in row["error"]
+
+
+def test_only_one_worker_per_device(store: Store) -> None:
+    with worker.device_lock(store.path, "cpu") as mine:
+        assert mine and worker.worker_alive(store.path, "cpu")
+        proc = subprocess.Popen([sys.executable, "-m", "core.worker", "--db", str(store.path),
+                                 "serve", "--idle-exit", "30"], cwd=config.REPO_ROOT)
+        assert proc.wait(30) == 0  # saw the lock and left at once
+    assert not worker.worker_alive(store.path, "cpu")
+
+
+def test_reads_never_fail_while_another_process_writes(store: Store) -> None:
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=keep_writing, args=(str(store.path), 4.0))
+    proc.start()
+    reads = 0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        store.runs()
+        store.frame("SELECT count(*) FROM run_logs")
+        reads += 1
+    proc.join(30)
+    assert proc.exitcode == 0 and reads > 10
+    assert store.frame("SELECT count(*) FROM run_logs").iloc[0, 0] > 10
