@@ -37,6 +37,11 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ppl-seqlen", type=int, default=d.ppl_seqlen)
     p.add_argument("--max-windows", type=int, default=d.max_windows,
                    help="cap on evaluation windows (0 = all)")
+    p.add_argument("--zero-shot", nargs="+", default=[], dest="zero_shot_tasks", metavar="TASK",
+                   help="lm-eval tasks, e.g. piqa hellaswag arc_easy boolq rte, or the offline "
+                        "sb_everyday sb_wiki_next")
+    p.add_argument("--num-fewshot", type=int, default=d.num_fewshot)
+    p.add_argument("--zs-limit", type=int, default=None, help="examples per zero-shot task")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--dtype", default=d.dtype)
     p.add_argument("--device", default=d.device)
@@ -63,7 +68,9 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
         method_params=_params(args.param), calibration=args.calibration, samples=args.samples,
         seqlen=args.seqlen, seed=args.seed, block_range=list(args.blocks) if args.blocks else None,
         ppl_datasets=args.ppl_datasets, ppl_seqlen=args.ppl_seqlen,
-        max_windows=args.max_windows or None, batch_size=args.batch_size, dtype=args.dtype,
+        max_windows=args.max_windows or None, zero_shot_tasks=args.zero_shot_tasks,
+        num_fewshot=args.num_fewshot, zs_limit=args.zs_limit,
+        batch_size=args.batch_size, dtype=args.dtype,
         device=args.device, trust_remote_code=args.trust_remote_code, save_dir=args.save_dir,
     )
     problems = spec.validate()
@@ -94,7 +101,8 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
             bar.close()
     print(f"run {run_id} done")
     for row in result.metrics:
-        value = "diverged" if row.get("status") == "diverged" else f"{row['value']:.4f}"
+        status = row.get("status", "ok")
+        value = status if status != "ok" else f"{row['value']:.4f}"
         print(f"  {row['kind']:<11} {row['dataset']:<14} {row['metric']:<14} {value}")
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from core import data, environment, models
+from core import data, environment, models, zeroshot
 from core.methods import get_method
 from core.perplexity import perplexity
 from core.runner import PruneReport, prune_model
@@ -115,6 +115,14 @@ def execute(spec: PruneSpec, progress: ProgressFn = _quiet,
         })
         say(f"{name}: " + ("diverged" if res.diverged else f"ppl {res.value:.4f}")
             + f" over {res.windows} windows")
+    if spec.zero_shot_tasks:
+        say(f"zero-shot through lm-eval {zeroshot.lm_eval_version()}: "
+            f"{', '.join(spec.zero_shot_tasks)} ({spec.num_fewshot}-shot, limit {spec.zs_limit})")
+        zs = zeroshot.evaluate(model, tokenizer, list(spec.zero_shot_tasks), spec.num_fewshot,
+                               spec.zs_limit, spec.batch_size, device, progress)
+        result.metrics += zs.rows
+        for task, message in zs.failures.items():
+            say(f"zero-shot task {task} failed (other tasks kept): {message}")
     result.metrics += [
         {"kind": "timing", "dataset": "-", "metric": "eval_seconds",
          "value": time.perf_counter() - started},

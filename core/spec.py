@@ -31,6 +31,9 @@ class PruneSpec:
     ppl_datasets: list[str] = field(default_factory=lambda: [config.DEFAULT_TEXT])
     ppl_seqlen: int = 512
     max_windows: int | None = 32
+    zero_shot_tasks: list[str] = field(default_factory=list)  # lm-eval task names
+    num_fewshot: int = 0
+    zs_limit: int | None = None  # examples per task (None = all)
     batch_size: int = 4
     dtype: str = "float32"
     device: str = "cpu"
@@ -62,7 +65,8 @@ class PruneSpec:
         return PruneSpec(model=self.model, method=DENSE, sparsity="0", samples=0, seqlen=0,
                          seed=0, calibration="", ppl_datasets=list(self.ppl_datasets),
                          ppl_seqlen=self.ppl_seqlen, max_windows=self.max_windows,
-                         batch_size=self.batch_size, dtype=self.dtype, device=self.device,
+                         zero_shot_tasks=list(self.zero_shot_tasks), num_fewshot=self.num_fewshot,
+                         zs_limit=self.zs_limit, batch_size=self.batch_size, dtype=self.dtype, device=self.device,
                          trust_remote_code=self.trust_remote_code)
 
     def identity(self) -> dict[str, Any]:
@@ -104,8 +108,8 @@ class PruneSpec:
         if self.block_range is not None and (
                 len(self.block_range) != 2 or not 0 <= self.block_range[0] < self.block_range[1]):
             errors.append("Block range: give [start, end) with 0 <= start < end.")
-        if not self.ppl_datasets:
-            errors.append("Evaluation: choose at least one perplexity dataset.")
+        if not self.ppl_datasets and not self.zero_shot_tasks:
+            errors.append("Evaluation: choose at least one perplexity dataset or zero-shot task.")
         for name in self.ppl_datasets:
             if name not in data.known_sources() and not Path(name).is_file():
                 errors.append(f"Evaluation dataset {name!r} is unknown: use one of "
@@ -114,6 +118,13 @@ class PruneSpec:
         errors += _range("Batch size", self.batch_size, *LIMITS["batch_size"])
         if self.max_windows is not None:
             errors += _range("Max windows", self.max_windows, *LIMITS["max_windows"])
+        if self.zero_shot_tasks:
+            from core import zeroshot
+
+            errors += zeroshot.validate_tasks(list(self.zero_shot_tasks))
+            errors += _range("Few-shot examples", self.num_fewshot, 0, 64)
+            if self.zs_limit is not None:
+                errors += _range("Zero-shot limit", self.zs_limit, 1, 10**7)
         if self.dtype not in DTYPE_CHOICES:
             errors.append(f"Dtype: {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):

@@ -1,0 +1,158 @@
+"""Zero-shot evaluation through lm-evaluation-harness, on the model in memory.
+
+The pruned model is wrapped with ``HFLM(pretrained=<model>, tokenizer=...)`` and evaluated with
+``simple_evaluate``: it is never saved and reloaded.  Each task is evaluated on its own, so a task
+whose data cannot be loaded fails alone and the other tasks' results are kept.  The project ships
+small offline tasks (``core/tasks``) for tests and the offline demo.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from core import config
+
+log = logging.getLogger(__name__)
+
+TASKS_SOURCE = Path(__file__).resolve().parent / "tasks"
+#: Seed 000's task set (loads from the Hugging Face hub).
+DEFAULT_TASKS = ("piqa", "hellaswag", "arc_easy", "boolq", "rte")
+#: Shipped with the project, work offline.
+OFFLINE_TASKS = ("sb_everyday", "sb_wiki_next")
+#: Metrics stored for a task, in order of preference for its headline number.
+HEADLINE = ("acc_norm", "acc", "exact_match", "exact", "bleu_max", "bleu", "f1")
+
+
+def lm_eval_version() -> str:
+    try:
+        return metadata.version("lm_eval")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class ZeroShotResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metric rows for the store
+    failures: dict[str, str] = field(default_factory=dict)  # task -> error message
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # lm-eval's per-task results
+
+
+def _fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def local_task_dir(source: Path = TASKS_SOURCE) -> Path:
+    """The shipped task YAMLs with their data paths made absolute (``{TASKS_DIR}`` replaced)."""
+    target = config.cache_dir() / "tasks" / _fingerprint(source)
+    if not target.exists():
+        partial = target.with_name(target.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        for path in source.glob("*.yaml"):
+            text = path.read_text().replace("{TASKS_DIR}", str(source))
+            (partial / path.name).write_text(text)
+        partial.rename(target)
+    return target
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(extra_dir: str | None = None) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(local_task_dir())] + ([extra_dir] if extra_dir else [])
+    return TaskManager(include_path=paths)
+
+
+def known_tasks() -> set[str]:
+    """Every task and group name lm-eval knows here (cached on disk: indexing takes seconds)."""
+    key = f"{lm_eval_version()}-{_fingerprint(TASKS_SOURCE)}"
+    cache = config.cache_dir() / f"lm_eval_tasks-{key}.json"
+    if cache.exists():
+        return set(json.loads(cache.read_text()))
+    manager = task_manager()
+    names = sorted(set(manager.all_tasks) | set(manager.all_groups))
+    cache.write_text(json.dumps(names))
+    return set(names)
+
+
+def validate_tasks(names: list[str]) -> list[str]:
+    """A message for every task name lm-eval does not know."""
+    if not names:
+        return []
+    known = known_tasks()
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return []
+    return [f"Zero-shot task {n!r} is not an lm-eval task; e.g. {', '.join(DEFAULT_TASKS)} or the "
+            f"offline {', '.join(OFFLINE_TASKS)}." for n in unknown]
+
+
+def metric_rows(task: str, results: dict[str, Any], n_samples: int | None) -> list[dict]:
+    """Store rows from one task's lm-eval result dict ("acc,none" -> acc, with its stderr)."""
+    rows = []
+    for key, value in results.items():
+        name, comma, filt = key.partition(",")
+        if not comma or "_stderr" in name or not isinstance(value, (int, float)):
+            continue  # not a metric (e.g. sample_len, alias) or a stderr
+        stderr = results.get(f"{name}_stderr,{filt}")
+        metric = name if filt in ("", "none") else f"{name} ({filt})"
+        rows.append({
+            "kind": "zero_shot", "dataset": task, "metric": metric, "value": float(value),
+            "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+            "n_samples": n_samples, "note": f"lm-eval {lm_eval_version()}",
+        })
+    return rows
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    num_fewshot: int = 0,
+    limit: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+    extra_task_dir: str | None = None,
+) -> ZeroShotResult:
+    """Evaluate ``model`` (in memory) on each task; failures are recorded per task."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    manager = task_manager(extra_task_dir)
+    result = ZeroShotResult()
+    for i, task in enumerate(tasks):
+        if progress:
+            progress(f"zero-shot {task}", i, len(tasks))
+        try:
+            out = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit,
+                                  task_manager=manager, log_samples=False, bootstrap_iters=1000,
+                                  verbosity="WARNING")
+        except Exception as exc:  # a task that cannot load its data fails alone
+            message = f"{type(exc).__name__}: {exc}"
+            log.warning("zero-shot task %s failed: %s", task, message)
+            result.failures[task] = message
+            result.rows.append({"kind": "zero_shot", "dataset": task, "metric": "acc",
+                                "value": None, "status": "missing",
+                                "note": f"task failed: {message[:500]}"})
+            continue
+        samples = out.get("n-samples", {})
+        for name, values in out["results"].items():
+            count = samples.get(name, {}).get("effective")
+            result.raw[name] = values
+            result.rows += metric_rows(name, values, count)
+    if progress:
+        progress("zero-shot", len(tasks), len(tasks))
+    return result
