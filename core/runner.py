@@ -149,10 +149,14 @@ def prune_model(
 
     inputs = None
     if needs_data:
+        home = next(model.parameters()).device
         _move_outside_blocks(model, adapter.blocks_path, device)
         if progress:
             progress("capturing block inputs", 0, len(blocks))
-        inputs = capture_inputs(model, adapter, calibration, device)
+        try:
+            inputs = capture_inputs(model, adapter, calibration, device)
+        finally:  # embeddings, final norm and head go back where they were
+            _move_outside_blocks(model, adapter.blocks_path, home)
 
     last = end if needs_data else len(blocks)
     for index in range(last):

@@ -181,7 +181,7 @@ def ref_sparsegpt(w: torch.Tensor, xs: list[torch.Tensor], target: Target,
     h = damped_hessian(xs, w, dampening)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     d = torch.diagonal(u)
-    rows, cols = w.shape
+    cols = w.shape[1]
     mask = torch.zeros_like(w, dtype=torch.bool)
     for i in range(cols):
         if target.is_nm and i % target.m == 0:  # each group's mask, at its first column
@@ -258,6 +258,30 @@ def test_engine_matches_reference(arch, calibration, case_name, target_text):
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, f"non-prunable tensors changed: {changed}"
+
+
+@torch.no_grad()
+def snap_to_grid(model: nn.Module, arch, step: float = 0.01) -> None:
+    """Round every prunable weight to a multiple of ``step``: many exact ties of |W|."""
+    for block in arch.blocks(model):
+        for module in block_linears(block).values():
+            module.weight.copy_(torch.round(module.weight / step) * step)
+
+
+@pytest.mark.parametrize("target_text", ["0.5", "2:4"])
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])
+def test_ties_are_broken_towards_the_earlier_index(arch, calibration, method, target_text):
+    """A stable sort: among equal scores the earlier (row-major) entry is pruned first."""
+    dense = arch.build()
+    snap_to_grid(dense, arch)
+    first = out_in(block_linears(arch.blocks(dense)[0])[next(iter(arch.linears))])
+    assert first.abs().unique().numel() < 20, "the setup has no ties"
+    target = Target.parse(target_text)
+    pruned, _ = engine_prune(dense, method, target, calibration)
+    got = linear_weights(pruned, arch)
+    expected = reference_prune(dense, arch, calibration, CASES[method].prune_fn(target),
+                               follow=got)
+    assert_same_pruning(got, expected, CASES[method])
 
 
 def test_reference_is_sequential_and_that_matters(arch, calibration):
