@@ -10,6 +10,7 @@ from core import config, data
 from core.methods import REGISTRY, Target, get_method
 
 DENSE = "dense"
+OWL_METHODS = ("magnitude", "wanda", "sparsegpt")
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 LIMITS = {"samples": (1, 4096), "seqlen": (8, 32768), "batch_size": (1, 512),
           "max_windows": (1, 100000)}
@@ -28,6 +29,7 @@ class PruneSpec:
     seqlen: int = 512
     seed: int = 0
     block_range: list[int] | None = None  # [start, end): blocks outside stay dense
+    owl: dict[str, float] | None = None  # OWL layer-wise sparsity: {"M": 5, "lambda": 0.08}
     ppl_datasets: list[str] = field(default_factory=lambda: [config.DEFAULT_TEXT])
     ppl_seqlen: int = 512
     max_windows: int | None = 32
@@ -39,6 +41,7 @@ class PruneSpec:
     device: str = "cpu"
     trust_remote_code: bool = False
     save_dir: str | None = None
+    sweep: int | None = None  # id of the sweep this run is a cell of
     kind: str = field(default="prune", init=False)
 
     # -- derived ----------------------------------------------------------------------------
@@ -66,17 +69,17 @@ class PruneSpec:
                          seed=0, calibration="", ppl_datasets=list(self.ppl_datasets),
                          ppl_seqlen=self.ppl_seqlen, max_windows=self.max_windows,
                          zero_shot_tasks=list(self.zero_shot_tasks), num_fewshot=self.num_fewshot,
-                         zs_limit=self.zs_limit, batch_size=self.batch_size, dtype=self.dtype, device=self.device,
-                         trust_remote_code=self.trust_remote_code)
+                         zs_limit=self.zs_limit, batch_size=self.batch_size, dtype=self.dtype,
+                         device=self.device, trust_remote_code=self.trust_remote_code)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result (not where it runs or is saved)."""
         values = self.to_dict()
-        for key in ("device", "batch_size", "save_dir"):
+        for key in ("device", "batch_size", "save_dir", "sweep"):
             values.pop(key)
         if self.is_dense:
             for key in ("sparsity", "method_params", "calibration", "samples", "seqlen", "seed",
-                        "block_range"):
+                        "block_range", "owl"):
                 values.pop(key)
         return values
 
@@ -105,6 +108,8 @@ class PruneSpec:
                     errors.append(f"Method parameters: {exc}")
             if self.method in REGISTRY and REGISTRY[self.method].needs_calibration:
                 errors += self._check_calibration()
+        if self.owl is not None:
+            errors += self._check_owl()
         if self.block_range is not None and (
                 len(self.block_range) != 2 or not 0 <= self.block_range[0] < self.block_range[1]):
             errors.append("Block range: give [start, end) with 0 <= start < end.")
@@ -129,6 +134,25 @@ class PruneSpec:
             errors.append(f"Dtype: {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             errors.append(f"Device: {self.device!r}; use cpu, cuda, cuda:N or mps.")
+        return errors
+
+    def _check_owl(self) -> list[str]:
+        errors = []
+        if self.method not in OWL_METHODS:
+            errors.append(f"OWL: works with {', '.join(OWL_METHODS)}, not {self.method!r}.")
+        try:
+            if Target.parse(self.sparsity).is_nm:
+                errors.append("OWL: layer-wise sparsity is for unstructured targets, not N:M.")
+        except ValueError:
+            pass  # reported by the sparsity check
+        unknown = set(self.owl) - {"M", "lambda"}
+        if unknown:
+            errors.append(f"OWL: unknown setting(s) {sorted(unknown)}; allowed: M, lambda.")
+        m, lam = self.owl.get("M", 5), self.owl.get("lambda", 0.08)
+        if not isinstance(m, (int, float)) or m <= 0:
+            errors.append(f"OWL: M must be a positive number, not {m!r}.")
+        if not isinstance(lam, (int, float)) or not 0 <= lam < 0.5:
+            errors.append(f"OWL: lambda must be in [0, 0.5), not {lam!r}.")
         return errors
 
     def _check_calibration(self) -> list[str]:
