@@ -8,6 +8,7 @@ that runs ``core.worker.execute`` for claimed runs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,10 @@ class Executor(Protocol):
 class LocalExecutor:
     """One background worker process per device, on this machine."""
 
-    def __init__(self, store: Store, idle_exit_s: float = 60.0) -> None:
+    def __init__(self, store: Store, idle_exit_s: float | None = None) -> None:
         self.store = store
-        self.idle_exit_s = idle_exit_s
+        self.idle_exit_s = idle_exit_s if idle_exit_s is not None else float(
+            os.environ.get("SPARSEBENCH_WORKER_IDLE_S", "60"))
 
     def pending_devices(self) -> list[str]:
         frame = self.store.frame(

@@ -104,7 +104,8 @@ def execute(spec: PruneSpec, progress: ProgressFn = _quiet,
         say(f"saved to {spec.save_dir}")
     started = time.perf_counter()
     for name in spec.ppl_datasets:
-        say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, max windows {spec.max_windows})")
+        say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, "
+            f"{spec.max_windows or 'all'} windows at most)")
         ids = data.evaluation_ids(tokenizer, name)
         res = perplexity(model, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows, device,
                          progress=lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
@@ -165,7 +166,7 @@ def run_and_store(store: Store, run_id: int, spec: PruneSpec, progress: Progress
     try:
         result = execute(spec, progress, say)
     except Exception as exc:
-        store.update_run(run_id, status="failed", finished_at=datetime.now(),
+        store.update_run(run_id, status="failed", finished_at=datetime.now(), progress=None,
                          error=f"{type(exc).__name__}: {exc}")
         log.debug(traceback.format_exc())
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,9 @@ class PruneSpec:
         if not self.model.strip():
             errors.append("Model: give 'smollm2-135m', a local folder or a hub id.")
         elif _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
-            errors.append(f"Model: the folder {self.model!r} does not exist.")
+            errors.append(f"Model: the folder {self.model!r} does not exist; give an existing "
+                          "model folder, 'smollm2-135m' or a hub id such as "
+                          "meta-llama/Llama-2-7b-hf.")
         if self.method != DENSE and self.method not in REGISTRY:
             errors.append(f"Method: {self.method!r} is unknown; choose dense or one of "
                           f"{', '.join(sorted(REGISTRY))}.")
@@ -116,9 +119,7 @@ class PruneSpec:
         if not self.ppl_datasets and not self.zero_shot_tasks:
             errors.append("Evaluation: choose at least one perplexity dataset or zero-shot task.")
         for name in self.ppl_datasets:
-            if name not in data.known_sources() and not Path(name).is_file():
-                errors.append(f"Evaluation dataset {name!r} is unknown: use one of "
-                              f"{', '.join(data.known_sources())} or a .txt file path.")
+            errors += _check_source("Evaluation dataset", name)
         errors += _range("Perplexity seqlen", self.ppl_seqlen, *LIMITS["seqlen"])
         errors += _range("Batch size", self.batch_size, *LIMITS["batch_size"])
         if self.max_windows is not None:
@@ -132,8 +133,7 @@ class PruneSpec:
                 errors += _range("Zero-shot limit", self.zs_limit, 1, 10**7)
         if self.dtype not in DTYPE_CHOICES:
             errors.append(f"Dtype: {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
-        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
-            errors.append(f"Device: {self.device!r}; use cpu, cuda, cuda:N or mps.")
+        errors += _check_device(self.device)
         return errors
 
     def _check_owl(self) -> list[str]:
@@ -158,10 +158,32 @@ class PruneSpec:
     def _check_calibration(self) -> list[str]:
         errors = _range("Calibration samples", self.samples, *LIMITS["samples"])
         errors += _range("Calibration seqlen", self.seqlen, *LIMITS["seqlen"])
-        if self.calibration not in data.known_sources() and not Path(self.calibration).is_file():
-            errors.append(f"Calibration source {self.calibration!r} is unknown: use one of "
-                          f"{', '.join(data.known_sources())} or a .txt file path.")
+        errors += _check_source("Calibration source", self.calibration)
         return errors
+
+
+def _check_source(label: str, name: str) -> list[str]:
+    if name in data.known_sources() or Path(name).expanduser().is_file():
+        return []
+    if _looks_like_path(name) or name.endswith(".txt"):
+        return [f"{label}: the file {name!r} does not exist."]
+    return [f"{label} {name!r} is unknown: use one of {', '.join(data.known_sources())} "
+            "or the path of a .txt file."]
+
+
+def _check_device(device: str) -> list[str]:
+    import torch
+
+    if device == "cpu":
+        return []
+    if device == "mps":
+        ok = torch.backends.mps.is_available()
+    elif re.fullmatch(r"cuda(:\d+)?", device):
+        index = int(device.partition(":")[2] or 0)
+        ok = torch.cuda.is_available() and index < torch.cuda.device_count()
+    else:
+        return [f"Device: {device!r} is not one of cpu, cuda, cuda:N, mps."]
+    return [] if ok else [f"Device: {device!r} is not available on this machine; use cpu."]
 
 
 def _looks_like_path(name: str) -> bool:

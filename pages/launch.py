@@ -1,4 +1,8 @@
-"""Launch: queue a run (prune + perplexity) for the background worker."""
+"""Launch: queue a run (prune + perplexity) for the background worker.
+
+No ``st.form`` here on purpose: the fields that depend on a choice (method parameters, the path
+of a local text file) must appear as soon as the choice is made.
+"""
 
 from __future__ import annotations
 
@@ -26,121 +30,130 @@ if not store.writable:
     st.stop()
 
 defaults = PruneSpec()
-methods = ["dense", *available()]
-method = st.selectbox(
-    "Method", methods, index=methods.index(defaults.method),
-    format_func=lambda m: f"{tables.method_label(m)} — " + (
-        REGISTRY[m].description if m in REGISTRY else "no pruning (baseline)"),
-)
 sources = data.known_sources()
+problems: list[str] = []  # what the form itself finds (the spec checks the rest)
 
 
-def text_source(label: str, key: str, default: str, help_text: str) -> str:
-    """A known text source, or the path of a local .txt file."""
-    options = [*sources, LOCAL_FILE]
-    choice = st.selectbox(label, options, index=options.index(default), key=key, help=help_text)
+def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
+    """The path(s) typed for a local text source, made absolute; problems are noted."""
+    text = st.text_input(
+        label, key=key,
+        placeholder="/path/to/text.txt" + (", /path/to/other.txt" if many else ""),
+        help="UTF-8 text. Calibration draws random windows from the whole file; evaluation "
+             "uses the whole file.")
+    if many:
+        paths = run_views.split_paths(text)
+    else:
+        paths = [run_views.local_path(text)] if text.strip() else []
+    problems.extend(run_views.text_file_problems(field, paths))
+    return paths
+
+
+st.subheader("Model")
+model = st.text_input(
+    "Model name or folder", defaults.model,
+    help="'smollm2-135m' is the offline default (installed with the app). Or a local folder "
+         "with a transformers model, or a hub id such as meta-llama/Llama-2-7b-hf (needs "
+         "network access).")
+left, mid, right = st.columns(3, vertical_alignment="bottom")
+dtype = left.selectbox("Weights dtype", DTYPE_CHOICES)
+device = mid.text_input("Device", defaults.device, help="cpu, cuda, cuda:1 or mps")
+trust = right.checkbox("Trust remote code", False,
+                       help="Runs Python code shipped with the model. Off unless you trust the "
+                            "model's authors.")
+
+st.subheader("Pruning")
+methods = ["dense", *available()]
+method = st.selectbox("Method", methods, index=methods.index(defaults.method),
+                      format_func=tables.method_label)
+st.caption(REGISTRY[method].description if method in REGISTRY
+           else "No pruning: the dense baseline that pruned runs are compared with.")
+params: dict[str, object] = {}
+block_range = None
+sparsity = "0"
+if method != "dense":
+    left, right = st.columns(2)
+    sparsity = left.text_input("Sparsity", defaults.sparsity,
+                               help="Fraction of weights pruned: 0.5 or 50%; or N:M such as 2:4 "
+                                    "(N pruned in every M consecutive inputs).")
+    block_text = right.text_input("Block range (optional)", "", placeholder="all blocks",
+                                  help="start,end such as 0,15: prune blocks start to end-1 "
+                                       "only; empty = every block.")
+    block_range, block_problem = run_views.parse_block_range(block_text)
+    if block_problem:
+        problems.append(block_problem)
+    method_params = run_views.method_parameters(method)
+    columns = st.columns(max(len(method_params), 1))
+    for column, (name, default) in zip(columns, method_params.items(), strict=False):
+        label = run_views.parameter_label(name)
+        if isinstance(default, bool):
+            params[name] = column.checkbox(label, default)
+        elif isinstance(default, int):
+            params[name] = int(column.number_input(label, value=default, step=1))
+        else:
+            params[name] = float(column.number_input(label, value=float(default), format="%.4f"))
+
+calibration, samples, seqlen, seed = (defaults.calibration, defaults.samples, defaults.seqlen,
+                                      defaults.seed)
+if method in REGISTRY and REGISTRY[method].needs_calibration:
+    st.subheader("Calibration")
+    choice = st.selectbox("Calibration text", [*sources, LOCAL_FILE],
+                          index=sources.index(defaults.calibration),
+                          help="Where the calibration windows come from.")
     if choice == LOCAL_FILE:
-        return st.text_input(f"{label}: file path", key=f"{key}-path",
-                             placeholder="/path/to/text.txt")
-    return choice
-
-
-with st.form("launch"):
-    st.subheader("Model")
-    model = st.text_input("Model", defaults.model,
-                          help="'smollm2-135m' is the offline default (installed with the app). "
-                               "Or a local folder with a transformers model, or a hub id such as "
-                               "meta-llama/Llama-2-7b-hf (needs network access).")
-    left, mid, right = st.columns(3)
-    dtype = left.selectbox("Weights dtype", DTYPE_CHOICES)
-    device = mid.text_input("Device", defaults.device, help="cpu, cuda, cuda:1, mps")
-    trust = right.checkbox("Trust remote code", False,
-                           help="Runs Python code shipped with the model. Off unless you trust "
-                                "the model's authors.")
-
-    params: dict[str, object] = {}
-    needs_calibration = method in REGISTRY and REGISTRY[method].needs_calibration
-    if method != "dense":
-        st.subheader("Pruning")
-        sparsity = st.text_input("Sparsity", defaults.sparsity,
-                                 help="Fraction of weights pruned: 0.5 or 50%; or N:M such as "
-                                      "2:4 (N pruned in every M consecutive inputs).")
-        for name, default in run_views.method_parameters(method).items():
-            label = f"{tables.method_label(method)}: {name}"
-            if isinstance(default, bool):
-                params[name] = st.checkbox(label, default)
-            elif isinstance(default, int):
-                params[name] = int(st.number_input(label, value=default, step=1))
-            else:
-                params[name] = float(st.number_input(label, value=float(default),
-                                                     format="%.4f"))
-        block_text = st.text_input("Block range (optional)", "",
-                                   help="start,end: prune blocks start..end-1 only; empty = all.")
+        paths = text_files("Calibration text", "Calibration .txt file",
+                           "calibration-path", many=False)
+        calibration = paths[0] if paths else ""
     else:
-        sparsity, block_text = "0", ""
-
-    if needs_calibration:
-        st.subheader("Calibration")
-        calibration = text_source("Calibration text", "calibration", defaults.calibration,
-                                  "Where the calibration windows come from.")
-        left, mid, right = st.columns(3)
-        samples = int(left.number_input("Samples", *LIMITS["samples"], value=defaults.samples))
-        seqlen = int(mid.number_input("Tokens per sample", *LIMITS["seqlen"],
-                                      value=defaults.seqlen))
-        seed = int(right.number_input("Seed", 0, 2**31 - 1, value=defaults.seed))
-    else:
-        calibration, samples, seqlen, seed = defaults.calibration, defaults.samples, \
-            defaults.seqlen, defaults.seed
-
-    st.subheader("Perplexity evaluation")
-    ppl_datasets = st.multiselect("Datasets", sources, default=defaults.ppl_datasets,
-                                  help="wikitext2, ptb and c4 load from the Hugging Face hub.")
-    extra = st.text_input("Also evaluate on local .txt files (comma separated)", "")
+        calibration = choice
     left, mid, right = st.columns(3)
-    ppl_seqlen = int(left.number_input("Window length", *LIMITS["seqlen"],
-                                       value=defaults.ppl_seqlen))
-    max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windows"][1],
-                                       value=defaults.max_windows or 0))
-    batch_size = int(right.number_input("Batch size", *LIMITS["batch_size"],
-                                        value=defaults.batch_size))
-    save_dir = st.text_input("Save the pruned model to (optional folder)", "")
-    fresh = st.checkbox("Run again even if an identical run is stored", False)
-    submitted = st.form_submit_button("Queue run", type="primary")
+    samples = int(left.number_input("Samples", *LIMITS["samples"], value=defaults.samples))
+    seqlen = int(mid.number_input("Tokens per sample", *LIMITS["seqlen"], value=defaults.seqlen))
+    seed = int(right.number_input("Seed", 0, 2**31 - 1, value=defaults.seed))
 
-if submitted:
-    problems: list[str] = []
-    block_range = None
-    if block_text.strip():
-        try:
-            block_range = [int(x) for x in block_text.replace(" ", "").split(",")]
-        except ValueError:
-            problems.append("Block range: write two whole numbers like 0,15.")
+st.subheader("Perplexity evaluation")
+chosen = st.multiselect("Evaluation datasets", [*sources, LOCAL_FILE],
+                        default=defaults.ppl_datasets,
+                        help="wiki-offline is installed with the app; wikitext2, ptb and c4 load "
+                             "from the Hugging Face hub.")
+ppl_datasets = [name for name in chosen if name != LOCAL_FILE]
+if LOCAL_FILE in chosen:
+    ppl_datasets += text_files("Evaluation", "Evaluation .txt files (comma separated)",
+                                   "evaluation-paths", many=True)
+left, mid, right = st.columns(3)
+ppl_seqlen = int(left.number_input("Window length (tokens)", *LIMITS["seqlen"],
+                                   value=defaults.ppl_seqlen))
+max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windows"][1],
+                                   value=defaults.max_windows or 0))
+batch_size = int(right.number_input("Batch size", *LIMITS["batch_size"],
+                                    value=defaults.batch_size))
+
+st.subheader("Output")
+save_dir = st.text_input("Save the pruned model to (optional folder)", "",
+                         placeholder="not saved")
+fresh = st.checkbox("Run again even if an identical run is stored", False)
+
+if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     spec = PruneSpec(
-        model=model.strip(), method=method, sparsity=sparsity.strip(), method_params=params,
-        calibration=(calibration or "").strip(), samples=samples, seqlen=seqlen, seed=seed,
-        block_range=block_range,
-        ppl_datasets=[*ppl_datasets, *(p.strip() for p in extra.split(",") if p.strip())],
-        ppl_seqlen=ppl_seqlen, max_windows=max_windows or None, batch_size=batch_size,
-        dtype=dtype, device=device.strip(), trust_remote_code=trust,
-        save_dir=save_dir.strip() or None,
+        model=run_views.local_path(model), method=method, sparsity=sparsity.strip(),
+        method_params=params, calibration=calibration, samples=samples, seqlen=seqlen,
+        seed=seed, block_range=block_range, ppl_datasets=ppl_datasets, ppl_seqlen=ppl_seqlen,
+        max_windows=max_windows or None, batch_size=batch_size, dtype=dtype,
+        device=device.strip(), trust_remote_code=trust,
+        save_dir=run_views.local_path(save_dir) or None,
     )
-    problems += spec.validate()
+    problems = run_views.merge_problems(problems, spec.validate())
     if problems:
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
     else:
         try:
             submission = jobs.submit(store, spec, fresh=fresh)
             LocalExecutor(store).ensure_workers()
+            message = run_views.submission_message(store, submission)
         except StoreError as exc:
             st.error(str(exc))
         else:
-            if submission.reused:
-                st.info(f"An identical run is already stored (run {submission.run_id}); its "
-                        "results are reused. Tick 'Run again' for a fresh run.")
-            else:
-                st.success(f"Queued run {submission.run_id}.")
-            if submission.baseline_id is not None:
-                st.caption(f"Dense baseline for change-from-dense: run {submission.baseline_id}.")
+            (st.info if submission.reused else st.success)(message)
             st.page_link("pages/runs.py", label="Follow it on the Runs page",
                          icon=":material/play_circle:")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import streamlit as st
 
 from core import jobs, run_views, tables
@@ -11,10 +9,14 @@ from core.executor import LocalExecutor
 from core.store import StoreError
 
 REFRESH_S = 2
+PICK = "run-detail"  # the run picker's key
+PENDING = "run-detail-next"  # a run to pick on the next run (set by Re-run)
+FLASH = "run-detail-flash"  # a message to show once, after an action
 
 st.title("Runs")
-st.caption(f"Refreshes every {REFRESH_S} s. A background worker executes queued runs one at a "
-           "time per device.")
+st.caption(f"Your own runs, newest first; this page refreshes every {REFRESH_S} s. A background "
+           "worker executes queued runs one at a time per device; the page starts it when "
+           "needed.")
 try:
     store = tables.session_store(st.session_state)
 except StoreError as exc:
@@ -35,52 +37,91 @@ def live() -> None:
         st.info("No runs yet. Queue one on the Launch page.")
         st.page_link("pages/launch.py", label="Launch a run", icon=":material/rocket_launch:")
         return
-    counts = runs["status"].value_counts()
-    st.write("  ·  ".join(f"**{counts[s]}** {s}" for s in counts.index))
-    for _, row in runs[runs["status"].isin(["running", "cancelling"])].iterrows():
-        fraction = (row["progress"] or 0) / 100
-        st.progress(fraction, text=f"Run {row['run']} ({row['method']} {row['sparsity']}, "
-                                   f"{row['model']}): {row['stage'] or 'starting'}")
+    st.markdown(run_views.summary(runs))
+    for fraction, text in run_views.progress_bars(runs):
+        st.progress(fraction, text=text)
     st.dataframe(
-        runs, hide_index=True,
+        runs, hide_index=True, width="stretch",
+        column_order=[c for c in runs.columns if c != "Stage"],  # the bars above show it
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100,
-                                                        format="%.0f%%"),
-            "error": st.column_config.TextColumn("error", width="large"),
+            "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
+            "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
+                                                        format="%.0f%%", width="small"),
+            "Error": st.column_config.TextColumn("Error", width="large"),
         },
     )
-    detail(runs)
+    try:
+        detail(runs)
+    except StoreError as exc:
+        st.error(str(exc))
 
 
-def detail(runs) -> None:
+def detail(runs) -> None:  # noqa: ANN001
     st.subheader("Run details")
-    run_id = st.selectbox("Run", runs["run"].tolist(), key="run-detail",
-                          format_func=lambda i: _label(runs, i))
-    info = run_views.run_detail(store, int(run_id))
+    ids = runs["Run"].tolist()
+    if PENDING in st.session_state:
+        st.session_state[PICK] = st.session_state.pop(PENDING)
+    if st.session_state.get(PICK) not in ids:
+        st.session_state[PICK] = run_views.default_run(runs)
+    # The labels never change while a run progresses, so the choice survives the refreshes.
+    run_id = int(st.selectbox("Run", ids, key=PICK,
+                              format_func=lambda i: run_views.run_label(runs, i, status=False)))
+    info = run_views.run_detail(store, run_id)
     status = info["status"]
-    left, right = st.columns(2)
-    if status in ("queued", "running") and left.button("Cancel", key=f"cancel-{run_id}",
-                                                       disabled=bool(info["cancel_requested"])):
-        jobs.request_cancel(store, int(run_id))
-        st.rerun(scope="fragment")
-    if status in ("done", "failed", "cancelled") and right.button("Re-run",
-                                                                 key=f"rerun-{run_id}"):
-        new_id = jobs.rerun(store, int(run_id))
-        LocalExecutor(store).ensure_workers()
-        st.toast(f"Queued run {new_id}")
-        st.rerun(scope="fragment")
+    if FLASH in st.session_state:
+        st.success(st.session_state.pop(FLASH))
+
+    times = "  ·  ".join(f"{k}: **{v}**" for k, v in info["times"].items() if v)
+    st.markdown(f"Status: **{'cancelling' if info['cancel_requested'] else status}**"
+                + (f"  ·  {times}" if times else ""))
+    if info["progress"] is not None:
+        st.progress(info["progress"].fraction, text=info["progress"].text)
+
+    actions = st.container(horizontal=True)
+    if status in ("queued", "running") and actions.button(
+            "Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
+            disabled=info["cancel_requested"] or not store.writable,
+            help="A queued run is dropped at once; a running one is stopped and stores nothing."):
+        new_status = jobs.request_cancel(store, run_id)
+        st.session_state[FLASH] = (f"Run {run_id} was cancelled." if new_status == "cancelled"
+                                   else f"Stopping run {run_id}…")
+        st.rerun()
+    rerun_problem = None
+    if status in run_views.FINISHED and actions.button(
+            "Re-run", key=f"rerun-{run_id}", icon=":material/replay:",
+            disabled=not store.writable, help="Queue a fresh run with the same settings."):
+        try:
+            new_id = jobs.rerun(store, run_id)
+        except ValueError as exc:  # its spec is no longer valid (e.g. the model folder is gone)
+            rerun_problem = f"Run {run_id} cannot be run again: {exc}"
+        else:
+            LocalExecutor(store).ensure_workers()
+            st.session_state[PENDING] = new_id
+            st.session_state[FLASH] = f"Queued run {new_id}, a fresh copy of run {run_id}."
+            st.rerun()
+    if rerun_problem:
+        st.error(rerun_problem)
+
     if info["error"]:
         (st.warning if status == "cancelled" else st.error)(info["error"])
-    st.code("\n".join(run_views.log_tail(store, int(run_id))) or "(no log lines yet)",
-            language=None)
-    with st.expander("Spec and environment"):
-        st.code(json.dumps({"spec": info["spec"], "environment": info["environment"]}, indent=2),
-                language="json")
-
-
-def _label(runs, run_id: int) -> str:
-    row = runs[runs["run"] == run_id].iloc[0]
-    return f"{run_id} · {row['status']} · {row['method']} {row['sparsity']} · {row['model']}"
+    if status == "done":
+        results = run_views.run_results(store, run_id)
+        if not results.empty:
+            st.table(results, hide_index=True, border="horizontal")
+    st.markdown("**Log** (last 40 lines)")
+    st.code("\n".join(run_views.log_tail(store, run_id)) or "(no log lines yet)",
+            language=None, wrap_lines=True)
+    with st.expander("Settings and environment"):
+        left, right = st.columns(2)
+        left.markdown("**Settings**")
+        left.table(run_views.spec_rows(info["spec"]), hide_index=True, hide_header=True,
+                   border="horizontal")
+        right.markdown("**Environment**")
+        if info["environment"]:
+            right.table(run_views.environment_rows(info["environment"]), hide_index=True,
+                        hide_header=True, border="horizontal")
+        else:
+            right.caption("The environment is recorded when the run starts.")
 
 
 live()

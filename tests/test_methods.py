@@ -497,7 +497,7 @@ def test_target_parse():
     assert Target.parse("50%") == Target(0.5)
     assert Target.parse("0.3") == Target(0.3)
     assert Target.parse(0.7) == Target(0.7)
-    with pytest.raises(ValueError, match=r"Cannot read sparsity 'abc'.*2:4"):
+    with pytest.raises(ValueError, match=r"cannot read 'abc'.*2:4"):
         Target.parse("abc")
     with pytest.raises(ValueError, match="0 < N < M"):
         Target.parse("4:2")

@@ -33,8 +33,8 @@ class Target:
                 raise ValueError(f"N:M needs 0 < N < M; got {self.n}:{self.m} "
                                  "(N weights pruned in every M, e.g. 2:4)")
         elif not (0.0 <= self.sparsity < 1.0):
-            raise ValueError(f"sparsity must be in [0, 1); got {self.sparsity} "
-                             "(1.0 would remove every weight)")
+            why = " (1.0 would remove every weight)" if self.sparsity >= 1 else ""
+            raise ValueError(f"sparsity must be in [0, 1); got {self.sparsity}{why}")
 
     @classmethod
     def parse(cls, text: str | float) -> Target:
@@ -49,7 +49,7 @@ class Target:
             value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
         except ValueError as exc:
             raise ValueError(
-                f"Cannot read sparsity {text!r}: write 0.5, 50% or N:M like 2:4") from exc
+                f"cannot read {text!r}: write 0.5, 50% or N:M like 2:4") from exc
         return cls(sparsity=value)
 
     @property

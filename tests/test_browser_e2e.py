@@ -1,0 +1,254 @@
+"""End to end in a real browser: queue a tiny Wanda run on the Launch page, watch it (and its dense
+baseline) finish on the Runs page, find it on the Perplexity page and in the CSV download.
+
+Starts ``streamlit run app.py`` on a free port with its own results file and cache, and drives
+headless Debian Chromium with Playwright.  The Runs page itself starts the background worker.
+Screenshots of every step go to the test's tmp folder; the last ones are copied to
+``/tmp/e2e_*.png``.  The server and the worker it started are stopped at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import worker
+from core.store import Store
+from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LOCAL = "a local .txt file…"
+WIDTH = 1400
+
+
+# -- the server -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"{url}/_stcore/health", timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"streamlit did not serve within {timeout:.0f} s:\n{log.read_text()}")
+
+
+def stop_worker(db: Path) -> None:
+    """Stop the worker the dashboard started for this results file (it outlives the server)."""
+    lock = worker.lock_path(db, "cpu")
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(lock.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        if "core.worker" in cmdline and str(db) in cmdline:
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[dict[str, object]]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    text = tmp_path / "sample.txt"
+    text.write_text(SAMPLE_TEXT)
+    model = tiny_llama_folder(tmp_path / "tiny-model")
+    db = tmp_path / "results.duckdb"
+    env = {**os.environ, "SPARSEBENCH_DB": str(db), "SPARSEBENCH_CACHE": str(tmp_path / "cache")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    try:
+        wait_until_serving(url, proc, log)
+        yield {"url": url, "db": db, "model": str(model), "text": str(text),
+               "shots": tmp_path / "shots", "log": log}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        stop_worker(db)
+
+
+# -- driving Streamlit ------------------------------------------------------------------------
+def settle(page, timeout: float = 30) -> None:  # noqa: ANN001
+    """Wait until the script run triggered by the last input has finished."""
+    time.sleep(0.3)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout * 1000)
+    time.sleep(0.2)
+
+
+def type_into(page, label: str, value: str) -> None:  # noqa: ANN001
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Enter")
+    settle(page)
+
+
+def choose(page, label: str, option: str) -> None:  # noqa: ANN001
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    settle(page)
+
+
+def screenshot(page, folder: Path, name: str) -> Path:  # noqa: ANN001
+    """The whole page (Streamlit scrolls inside its main block, so grow the window to fit)."""
+    height = page.evaluate(
+        "() => (document.querySelector('[data-testid=\"stMain\"]') || document.body)"
+        ".scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": max(900, int(height) + 40)})
+    time.sleep(0.4)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": 900})
+    return path
+
+
+def own_runs(db: Path) -> list[tuple[int, str, str]]:
+    frame = Store(db).frame("SELECT id, method, status FROM runs WHERE origin = 'own' "
+                            "ORDER BY id")
+    return [(int(i), m, s) for i, m, s in frame.itertuples(index=False)]
+
+
+# -- the test ---------------------------------------------------------------------------------
+def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shots: Path = app["shots"]  # type: ignore[assignment]
+    db: Path = app["db"]  # type: ignore[assignment]
+    taken: list[Path] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900},
+                                    accept_downloads=True)
+            page.set_default_timeout(30_000)
+            page.goto(str(app["url"]))
+            expect(page.get_by_role("heading", name="SparseBench")).to_be_visible()
+            sidebar = page.get_by_test_id("stSidebar")
+
+            # Launch: a tiny Wanda run with a local model and local calibration / evaluation text.
+            sidebar.get_by_role("link", name="Launch").click()
+            expect(page.get_by_role("heading", name="Launch a run")).to_be_visible()
+            settle(page)
+            type_into(page, "Model name or folder", str(app["model"]))
+            choose(page, "Method", "Wanda")
+            choose(page, "Calibration text", LOCAL)
+            type_into(page, "Calibration .txt file", str(app["text"]))
+            type_into(page, "Samples", "2")
+            type_into(page, "Tokens per sample", "32")
+            datasets = page.get_by_test_id("stMultiSelect")
+            datasets.get_by_role("button", name="Clear all").click()
+            settle(page)
+            page.get_by_label("Evaluation datasets", exact=True).click()
+            page.get_by_role("option", name=LOCAL, exact=True).click()
+            page.keyboard.press("Escape")
+            settle(page)
+            type_into(page, "Evaluation .txt files (comma separated)", str(app["text"]))
+            type_into(page, "Window length (tokens)", "32")
+            type_into(page, "Max windows (0 = all)", "4")
+            type_into(page, "Batch size", "1")
+            taken.append(screenshot(page, shots, "01-launch-filled"))
+
+            page.get_by_role("button", name="Queue run").click()
+            success = page.get_by_test_id("stAlertContentSuccess")
+            expect(success).to_contain_text("Queued run")
+            expect(success).to_contain_text("Wanda 50% on tiny-model")
+            taken.append(screenshot(page, shots, "02-launch-queued"))
+            runs = own_runs(db)
+            assert [(m, s) for _, m, s in runs] == [("dense", "queued"), ("wanda", "queued")]
+            run_id = runs[1][0]
+
+            # Runs: the page starts the worker; watch both runs finish.
+            page.get_by_role("link", name="Follow it on the Runs page").click()
+            expect(page.get_by_role("heading", name="Run details")).to_be_visible()
+            saw_running = False
+            deadline = time.monotonic() + 75
+            while time.monotonic() < deadline:
+                statuses = [s for _, _, s in own_runs(db)]
+                if not saw_running and "running" in statuses:
+                    with contextlib.suppress(Exception):
+                        expect(page.get_by_test_id("stProgress").first).to_be_visible(
+                            timeout=3000)
+                        taken.append(screenshot(page, shots, "03-runs-running"))
+                        saw_running = True
+                if statuses == ["done", "done"] or "failed" in statuses:
+                    break
+                time.sleep(0.5)
+            assert [s for _, _, s in own_runs(db)] == ["done", "done"], (
+                own_runs(db), Store(db).frame("SELECT run_id, line FROM run_logs"))
+            summary = page.get_by_test_id("stMarkdownContainer").filter(has_text="done").first
+            expect(summary).to_contain_text("2 done", timeout=15_000)
+            expect(page.get_by_role("combobox", name="Run")).to_have_value(
+                f"Run {run_id} · Wanda 50% · tiny-model")
+            expect(page.get_by_role("cell", name="Perplexity on sample.txt")).to_be_visible()
+            expect(page.get_by_test_id("stCode").first).to_contain_text("done")
+            taken.append(screenshot(page, shots, "04-runs-done"))
+
+            # Perplexity: the run is in the table of own runs and in its CSV download.
+            sidebar.get_by_role("link", name="Perplexity").click()
+            expect(page.get_by_role("heading", name="Perplexity", exact=True)).to_be_visible()
+            sidebar.get_by_text("Own runs", exact=True).click()
+            settle(page)
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+            taken.append(screenshot(page, shots, "05-perplexity"))
+            with page.expect_download() as download_info:
+                page.get_by_test_id("stDownloadButton").filter(has_text="CSV").first.click()
+            download = download_info.value
+            assert download.suggested_filename == "perplexity.csv"
+            saved = shots / "perplexity.csv"
+            download.save_as(saved)
+        except Exception:
+            with contextlib.suppress(Exception):
+                taken.append(screenshot(page, shots, "99-failure"))
+            raise
+        finally:
+            browser.close()
+            for path in taken:
+                shutil.copy(path, Path("/tmp") / f"e2e_{path.name}")
+
+    rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    mine = [r for r in rows if r["Run"] == str(run_id)]
+    assert len(mine) == 1, rows
+    assert mine[0]["Method"] == "Wanda 50%" and mine[0]["Origin"] == "Own run"
+    assert float(mine[0]["PPL"]) > 1
+    assert mine[0]["Δ from dense"].endswith("%")  # compared with its own dense baseline
+    dense = [r for r in rows if r["Method"].startswith("Dense")]
+    assert len(dense) == 1 and dense[0]["Δ from dense"] == "baseline"
+    assert {r["Origin"] for r in rows} == {"Own run"}

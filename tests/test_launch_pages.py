@@ -1,0 +1,411 @@
+"""The Launch and Runs pages under ``streamlit.testing.v1.AppTest``.
+
+Launch: every bad value is reported by field with what is allowed, and nothing is queued; a good
+submission queues the run and its dense baseline, a second one reuses them.  Runs: the list,
+progress, errors, Cancel and Re-run on runs written straight into the store.  No worker is ever
+started here (``LocalExecutor.ensure_workers`` is replaced by a recorder).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import published, run_views
+from core.executor import LocalExecutor
+from core.spec import PruneSpec
+from core.store import Store
+from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+LOCAL = "a local .txt file…"
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("launch-assets")
+    text = root / "sample.txt"
+    text.write_text(SAMPLE_TEXT)
+    return {"model": str(tiny_llama_folder(root / "tiny-model")), "text": str(text)}
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "results.duckdb"
+    monkeypatch.setenv("SPARSEBENCH_DB", str(path))
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    # The published figures play no part here: skip their import to keep each run quick.
+    monkeypatch.setattr(published, "FIGURES", tmp_path / "none.csv")
+    monkeypatch.setattr(published, "TRIALS", tmp_path / "none-trials.csv")
+    return path
+
+
+@pytest.fixture
+def store(db: Path) -> Store:
+    return Store(db).init()
+
+
+@pytest.fixture
+def workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls to ``ensure_workers`` (which starts nothing here)."""
+    calls: list[int] = []
+
+    def ensure(self: LocalExecutor) -> list[str]:
+        calls.append(1)
+        return []
+
+    monkeypatch.setattr(LocalExecutor, "ensure_workers", ensure)
+    return calls
+
+
+def own_runs(db: Path) -> pd.DataFrame:
+    return Store(db).frame("SELECT id, status, method, spec, cancel_requested FROM runs "
+                           "WHERE origin = 'own' ORDER BY id")
+
+
+def open_page(page: str) -> AppTest:
+    """The app as a visitor opens it (app.py first), then ``page`` from the menu."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.switch_page(str(ROOT / page)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def widget(widgets, label: str):  # noqa: ANN001, ANN201
+    found = [w for w in widgets if w.label == label]
+    assert found, f"no widget {label!r}; have {[w.label for w in widgets]}"
+    return found[0]
+
+
+# -- the Launch page ------------------------------------------------------------------------------
+def fill_launch(at: AppTest, assets: dict[str, str], **change: object) -> AppTest:
+    """Fill the form with a tiny valid Wanda run (local model and texts), apply ``change``, submit.
+
+    ``change`` keys: model, method, sparsity, block, device, calibration_path, eval_choice,
+    eval_paths.
+    """
+    widget(at.selectbox, "Method").set_value(change.get("method", "wanda")).run()
+    if "Calibration text" in [s.label for s in at.selectbox]:
+        widget(at.selectbox, "Calibration text").set_value(LOCAL)
+    widget(at.multiselect, "Evaluation datasets").set_value(change.get("eval_choice", [LOCAL]))
+    at.run()
+    widget(at.text_input, "Model name or folder").set_value(change.get("model", assets["model"]))
+    widget(at.text_input, "Device").set_value(change.get("device", "cpu"))
+    if "Sparsity" in [t.label for t in at.text_input]:
+        widget(at.text_input, "Sparsity").set_value(change.get("sparsity", "0.5"))
+        widget(at.text_input, "Block range (optional)").set_value(change.get("block", ""))
+    if "Calibration .txt file" in [t.label for t in at.text_input]:
+        widget(at.text_input, "Calibration .txt file").set_value(
+            change.get("calibration_path", assets["text"]))
+        widget(at.number_input, "Samples").set_value(2)
+        widget(at.number_input, "Tokens per sample").set_value(32)
+    if "Evaluation .txt files (comma separated)" in [t.label for t in at.text_input]:
+        widget(at.text_input, "Evaluation .txt files (comma separated)").set_value(
+            change.get("eval_paths", assets["text"]))
+    widget(at.number_input, "Window length (tokens)").set_value(32)
+    widget(at.number_input, "Max windows (0 = all)").set_value(4)
+    widget(at.number_input, "Batch size").set_value(1)
+    at.run()
+    widget(at.button, "Queue run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+BAD_VALUES = {
+    "sparsity 1.0": ({"sparsity": "1.0"}, ["Sparsity:", "[0, 1)"]),
+    "sparsity 4:4": ({"sparsity": "4:4"}, ["Sparsity:", "0 < N < M", "2:4"]),
+    "sparsity abc": ({"sparsity": "abc"}, ["Sparsity:", "0.5, 50% or N:M"]),
+    "missing model folder": ({"model": "./nope/model"}, ["Model:", "nope/model",
+                                                         "does not exist"]),
+    "no evaluation dataset": ({"eval_choice": []}, ["Evaluation:", "at least one"]),
+    "block range 3,1": ({"block": "3,1"}, ["Block range:", "0 <= start < end"]),
+    "block range x": ({"block": "x"}, ["Block range:", "two whole numbers", "0,15"]),
+    "device gpu": ({"device": "gpu"}, ["Device:", "'gpu'", "cpu, cuda, cuda:N, mps"]),
+    "device cuda": ({"device": "cuda:7"}, ["Device:", "not available on this machine"]),
+    "calibration file missing": ({"calibration_path": "/nope/calib.txt"},
+                                 ["Calibration text:", "/nope/calib.txt", "does not exist",
+                                  ".txt file"]),
+    "calibration path empty": ({"calibration_path": ""},
+                               ["Calibration text:", "enter the path of a .txt file"]),
+    "evaluation file missing": ({"eval_paths": "/nope/eval.txt"},
+                                ["Evaluation:", "/nope/eval.txt", "does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_are_reported_and_nothing_is_queued(db: Path, workers: list[int],
+                                                       assets: dict[str, str],
+                                                       case: str) -> None:
+    change, expected = BAD_VALUES[case]
+    at = fill_launch(open_page("pages/launch.py"), assets, **change)
+    assert len(at.error) == 1, [e.value for e in at.error]
+    message = at.error[0].value
+    assert message.startswith("Nothing was queued.")
+    problems = [line for line in message.splitlines() if line.startswith("- ")]
+    assert len(problems) == 1, problems  # only the bad field, said once
+    for part in expected:
+        assert part in problems[0], (part, problems[0])
+    assert not at.success
+    assert own_runs(db).empty
+    assert not workers
+
+
+def test_every_problem_is_listed_at_once_in_form_order(db: Path, workers: list[int],
+                                                       assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets, model="./nope/model", device="gpu",
+                     sparsity="abc", block="x", eval_choice=[])
+    problems = [line[2:] for line in at.error[0].value.splitlines() if line.startswith("- ")]
+    assert [p.split(":")[0] for p in problems] == ["Model", "Device", "Sparsity", "Block range",
+                                                    "Evaluation"]
+    assert own_runs(db).empty and not workers
+
+
+def test_valid_run_is_queued_with_its_dense_baseline_then_reused(
+        db: Path, workers: list[int], assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets)
+    assert not at.error, [e.value for e in at.error]
+    runs = own_runs(db)
+    assert runs["status"].tolist() == ["queued", "queued"]
+    assert runs["method"].tolist() == ["dense", "wanda"]  # the baseline is queued first
+    baseline_id, run_id = runs["id"].tolist()
+    spec = json.loads(runs["spec"].iloc[1])
+    assert spec["model"] == assets["model"]
+    assert spec["calibration"] == assets["text"] and spec["ppl_datasets"] == [assets["text"]]
+    assert (spec["samples"], spec["seqlen"], spec["ppl_seqlen"], spec["max_windows"],
+            spec["batch_size"]) == (2, 32, 32, 4, 1)
+    assert len(at.success) == 1
+    success = at.success[0].value
+    assert f"Queued run {run_id}: Wanda 50% on tiny-model." in success
+    assert f"dense baseline (for the change from dense) is run {baseline_id}, queued" in success
+    assert workers == [1]  # the page makes sure a worker drains the queue
+    assert any(link.label == "Follow it on the Runs page" for link in at.get("page_link"))
+
+    again = fill_launch(at, assets)
+    assert not again.error and not again.success
+    assert len(again.info) == 1 and "reused" in again.info[0].value
+    assert f"run {run_id}" in again.info[0].value
+    assert own_runs(db)["id"].tolist() == [baseline_id, run_id]  # nothing new
+
+
+def test_run_again_queues_a_fresh_copy(db: Path, workers: list[int],
+                                       assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets)
+    widget(at.checkbox, "Run again even if an identical run is stored").check()
+    widget(at.button, "Queue run").click().run()
+    assert at.success and "Queued run" in at.success[0].value
+    assert own_runs(db)["method"].tolist() == ["dense", "wanda", "wanda"]  # one baseline
+
+
+def test_dense_and_magnitude_runs_need_no_calibration(db: Path, workers: list[int],
+                                                      assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets, method="magnitude")
+    assert "Calibration text" not in [s.label for s in at.selectbox]
+    assert not at.error, [e.value for e in at.error]
+    at = fill_launch(at, assets, method="dense")
+    assert "Sparsity" not in [t.label for t in at.text_input]
+    assert not at.error, [e.value for e in at.error]
+    assert at.info and "reused" in at.info[0].value  # the magnitude run queued this baseline
+    assert own_runs(db)["method"].tolist() == ["dense", "magnitude"]
+
+
+def test_relative_paths_are_stored_absolute(db: Path, workers: list[int], assets: dict[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker runs in the repository folder: a relative path must not change meaning."""
+    at = open_page("pages/launch.py")
+    monkeypatch.chdir(Path(assets["model"]).parent)
+    at = fill_launch(at, assets, model="./tiny-model", calibration_path="sample.txt",
+                     eval_paths="./sample.txt")
+    assert not at.error, [e.value for e in at.error]
+    spec = json.loads(own_runs(db)["spec"].iloc[-1])
+    assert spec["model"] == assets["model"]
+    assert spec["calibration"] == assets["text"] and spec["ppl_datasets"] == [assets["text"]]
+
+
+def test_read_only_store_cannot_launch(store: Store, workers: list[int],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.store
+
+    monkeypatch.setattr(core.store, "_writable", lambda path: False)
+    at = open_page("pages/launch.py")
+    assert at.error and "read-only" in at.error[0].value
+    assert not [b for b in at.button if b.label == "Queue run"]
+
+
+# -- the Runs page --------------------------------------------------------------------------------
+def make_run(store: Store, assets: dict[str, str], status: str, method: str = "wanda",
+             sparsity: str = "0.5", model: str | None = None, **update: object) -> int:
+    spec = PruneSpec(model=model or assets["model"], method=method, sparsity=sparsity,
+                     calibration=assets["text"], samples=2, seqlen=32,
+                     ppl_datasets=[assets["text"]], ppl_seqlen=32, max_windows=4, batch_size=1)
+    target = spec.target()
+    run_id = store.create_run(kind="prune", model=spec.model, method=method,
+                              sparsity=target.fraction, pattern=target.pattern,
+                              spec=spec.to_dict(), identity=spec.identity(), status=status)
+    if update:
+        store.update_run(run_id, **update)
+    return run_id
+
+
+@pytest.fixture
+def runs(store: Store, assets: dict[str, str]) -> dict[str, int]:
+    """One run in each state, the running one half-way through pruning."""
+    now = datetime.now()
+    ids = {
+        "done": make_run(store, assets, "done", "magnitude", started_at=now - timedelta(
+            seconds=75), finished_at=now - timedelta(seconds=10)),
+        "failed": make_run(store, assets, "failed", "wanda", "2:4",
+                           started_at=now - timedelta(seconds=9), finished_at=now,
+                           error="RuntimeError: boom at block 7\nTraceback line",
+                           progress={"stage": "pruning", "done": 7, "total": 30}),
+        "cancelled": make_run(store, assets, "cancelled", "wanda", "0.6", finished_at=now,
+                              error="cancelled before it started"),
+        "running": make_run(store, assets, "running", "wanda", "0.5",
+                            started_at=now - timedelta(seconds=5), heartbeat_at=now,
+                            progress={"stage": "pruning", "done": 3, "total": 30}),
+        "queued": make_run(store, assets, "queued", "magnitude", "0.7"),
+    }
+    store.add_metrics(ids["done"], [
+        {"kind": "perplexity", "dataset": assets["text"], "metric": "ppl", "value": 123.456,
+         "n_samples": 128},
+        {"kind": "sparsity", "dataset": "-", "metric": "measured", "value": 0.5},
+        {"kind": "timing", "dataset": "-", "metric": "prune_seconds", "value": 0.25},
+    ])
+    for line in ("loading tiny-model", "pruning with magnitude to 50%", "done"):
+        store.append_log(ids["done"], line)
+    store.append_log(ids["failed"], "failed: RuntimeError: boom at block 7")
+    return ids
+
+
+def pick(at: AppTest, run_id: int) -> AppTest:
+    widget(at.selectbox, "Run").set_value(run_id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def status_of(db: Path, run_id: int) -> str:
+    return Store(db).frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
+
+
+def test_runs_page_without_runs(store: Store, workers: list[int]) -> None:
+    at = open_page("pages/runs.py")
+    assert not at.error
+    assert at.info and "No runs yet" in at.info[0].value
+    assert not at.dataframe
+
+
+def test_runs_page_lists_every_state_readably(db: Path, workers: list[int],
+                                              runs: dict[str, int]) -> None:
+    at = open_page("pages/runs.py")
+    assert not at.error and not at.exception
+    assert workers, "the page makes sure a worker serves the queue"
+    assert any("**1** running" in m.value and "**1** queued" in m.value and
+               "**1** failed" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert table["Run"].tolist() == sorted(runs.values(), reverse=True)
+    by_id = table.set_index("Run")
+    assert by_id.loc[runs["running"], "Status"] == "running"
+    assert by_id.loc[runs["running"], "Progress"] == pytest.approx(10.0)
+    assert pd.isna(by_id.loc[runs["failed"], "Progress"])  # a finished run shows no bar
+    assert by_id.loc[runs["failed"], "Method"] == "Wanda 2:4"
+    assert by_id.loc[runs["failed"], "Error"] == "RuntimeError: boom at block 7"
+    assert by_id.loc[runs["done"], "Duration"] == "1 min 05 s"
+    assert by_id.loc[runs["done"], "Model"] == "tiny-model"
+    text = table.drop(columns=["Run", "Progress"]).astype(str)
+    assert not text.isin(["None", "nan", "NaT", "NaN"]).any().any()
+    bars = [p for p in at.get("progress")]
+    assert any("pruning: block 3 of 30" in p.text and f"Run {runs['running']}" in p.text
+               for p in bars)
+    # The details open on the running run, with its progress and a Cancel button.
+    assert widget(at.selectbox, "Run").value == runs["running"]
+    assert any(p.text == "pruning: block 3 of 30" and p.value == 10 for p in bars)
+    assert [b.label for b in at.button] == ["Cancel"]
+
+
+def test_failed_run_shows_its_error_and_can_be_rerun(db: Path, workers: list[int],
+                                                     runs: dict[str, int]) -> None:
+    at = pick(open_page("pages/runs.py"), runs["failed"])
+    assert [e.value for e in at.error] == ["RuntimeError: boom at block 7\nTraceback line"]
+    assert "failed: RuntimeError: boom at block 7" in at.code[0].value
+    assert [b.label for b in at.button] == ["Re-run"]
+    calls = len(workers)
+    widget(at.button, "Re-run").click().run()
+    assert not at.exception
+    new = own_runs(db).iloc[-1]
+    assert new["status"] == "queued" and int(new["id"]) > max(runs.values())
+    assert new["spec"] == own_runs(db).set_index("id").loc[runs["failed"], "spec"]
+    assert len(workers) > calls
+    assert at.success and f"Queued run {new['id']}" in at.success[0].value
+    assert widget(at.selectbox, "Run").value == new["id"]  # the details follow the new run
+
+
+def test_rerun_of_a_run_whose_model_is_gone_says_why(db: Path, workers: list[int],
+                                                     store: Store, assets: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    gone = make_run(store, assets, "failed", model=str(tmp_path / "deleted-model"),
+                    error="ModelLoadError: no such folder")
+    at = open_page("pages/runs.py")
+    widget(at.button, "Re-run").click().run()
+    assert not at.exception
+    assert any(f"Run {gone} cannot be run again" in e.value and "does not exist" in e.value
+               for e in at.error)
+    assert own_runs(db)["id"].tolist() == [gone]
+
+
+def test_cancel_a_queued_run(db: Path, workers: list[int], runs: dict[str, int]) -> None:
+    at = pick(open_page("pages/runs.py"), runs["queued"])
+    widget(at.button, "Cancel").click().run()
+    assert status_of(db, runs["queued"]) == "cancelled"
+    assert at.success and "cancelled" in at.success[0].value
+    assert at.warning and "cancelled before it started" in at.warning[0].value
+    assert [b.label for b in at.button] == ["Re-run"]
+
+
+def test_cancel_a_running_run_asks_the_worker(db: Path, workers: list[int],
+                                              runs: dict[str, int]) -> None:
+    at = open_page("pages/runs.py")
+    widget(at.button, "Cancel").click().run()
+    row = own_runs(db).set_index("id").loc[runs["running"]]
+    assert row["status"] == "running" and bool(row["cancel_requested"])
+    assert at.dataframe[0].value.set_index("Run").loc[runs["running"], "Status"] == "cancelling"
+    assert widget(at.button, "Cancel").disabled
+
+
+def test_done_run_shows_results_log_and_settings(db: Path, workers: list[int],
+                                                 runs: dict[str, int],
+                                                 assets: dict[str, str]) -> None:
+    at = pick(open_page("pages/runs.py"), runs["done"])
+    assert not at.error
+    results = at.table[0].value
+    assert results.values.tolist() == [["Perplexity on sample.txt", "123.456  (128 tokens)"],
+                                       ["Measured sparsity", "50.00%"],
+                                       ["Pruning time", "0.25 s"]]
+    log = at.code[0].value.splitlines()
+    assert [line.split("  ", 1)[1] for line in log] == [
+        "loading tiny-model", "pruning with magnitude to 50%", "done"]
+    settings = dict(at.table[1].value.values.tolist())
+    assert settings["Model"] == assets["model"] and settings["Method"] == "Magnitude"
+    assert "Calibration text" not in settings  # magnitude uses no calibration data
+    assert settings["Max windows"] == "4"
+    assert any("recorded when the run starts" in c.value for c in at.caption)
+
+
+def test_progress_is_read_defensively() -> None:
+    assert run_views.parse_progress(None) is None
+    assert run_views.parse_progress(float("nan")) is None
+    assert run_views.parse_progress("not json") is None
+    assert run_views.parse_progress('{"stage": "pruning", "done": 3, "total": 30}').text == \
+        "pruning: block 3 of 30"
+    assert run_views.parse_progress({"stage": "loading model", "done": 0, "total": 1}).text == \
+        "loading model"
+    progress = run_views.parse_progress({"stage": "perplexity /x/y/eval.txt", "done": 2,
+                                         "total": 8})
+    assert progress.text == "perplexity on eval.txt: batch 2 of 8" and progress.fraction == 0.25
+    assert run_views.parse_progress({"stage": "pruning", "done": 1, "total": 0}).fraction == 0.0
