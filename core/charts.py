@@ -230,24 +230,117 @@ def _bar_label(rec: Mapping[str, Any]) -> str:
 
 
 def per_task_chart(long: pd.DataFrame) -> go.Figure:
-    """Accuracy per task, one bar group per task and one bar per method (and group)."""
+    """Accuracy per task, one bar group per task and one bar per method (and group); a failed or
+    missing score is an empty bar labelled 'failed' / 'no value' (its note on hover)."""
     if long.empty:
         return empty_figure("No per-task scores for this selection.")
     fig = go.Figure()
+    tasks = sorted(set(long["dataset"]), key=T.task_key)
     for i, (column, part) in enumerate(long.groupby("column", sort=False)):
-        part = part[(part["status"] == "ok") & part["value"].notna()]
-        published = (part["origin"] == "published").all() and not part.empty
+        part = part.drop_duplicates("dataset", keep="last")
+        published = (part["origin"] == "published").all()
+        records = part.to_dict("records")
+        first = records[0]
+        records += [{**first, "dataset": t, "value": None, "status": "missing",
+                     "note": f"run {first['run_id']} did not evaluate {t}"}
+                    for t in tasks if t not in set(part["dataset"])]
+        ok = [r["status"] == "ok" and not pd.isna(r["value"]) for r in records]
         fig.add_trace(go.Bar(
-            x=part["dataset"], y=part["value"] * 100, name=str(column),
-            marker={"color": method_color(part["method"].iloc[0] if not part.empty else "", i),
+            x=[r["dataset"] for r in records],
+            y=[r["value"] * 100 if good else 0 for r, good in zip(records, ok, strict=True)],
+            name=str(column),
+            text=["" if good else T.zs_cell_text(r["status"], r["note"]) or T.NO_VALUE
+                  for r, good in zip(records, ok, strict=True)],
+            textposition="outside", textangle=-90, textfont={"color": "#b00020", "size": 11},
+            cliponaxis=False,
+            marker={"color": method_color(part["method"].iloc[0], i),
                     "pattern": {"shape": "/" if published else ""}},
             hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
-                                  f"{r['dataset']}: {r['value'] * 100:.2f}%")
-                       for r in part.to_dict("records")], hoverinfo="text"))
-    tasks = sorted(set(long["dataset"]), key=T.task_key)
+                                  f"{r['dataset']}: "
+                                  + (f"{r['value'] * 100:.2f}%" if good else
+                                     (r["note"] if isinstance(r["note"], str) and r["note"]
+                                      else T.NO_VALUE)))
+                       for r, good in zip(records, ok, strict=True)], hoverinfo="text"))
     fig.update_layout(**_LAYOUT, title="Zero-shot accuracy per task", barmode="group")
     fig.update_xaxes(categoryorder="array", categoryarray=tasks)
-    fig.update_yaxes(title="Accuracy", ticksuffix="%")
+    fig.update_yaxes(title="Accuracy", ticksuffix="%", rangemode="tozero")
+    return fig
+
+
+def drop_chart(table: T.Table) -> go.Figure:
+    """Heatmap of the drop from dense in points: rows = methods, columns = tasks and the average;
+    red = worse than dense, blue = better; failed / missing cells are grey and labelled."""
+    frame = table.frame
+    if table.empty or frame["Drop (points)"].isna().all():
+        return empty_figure("No drop from dense to plot (a dense baseline is needed).")
+    tasks = list(dict.fromkeys(frame["Task"]))
+    methods = list(dict.fromkeys(frame["Method"]))
+    cells = {(r["Method"], r["Task"]): r for r in frame.to_dict("records")}
+    z, text, hover = [], [], []
+    shown = table.display().set_index(["Method", "Task"])
+    for method in methods:
+        z_row, text_row, hover_row = [], [], []
+        for task in tasks:
+            rec = cells.get((method, task))
+            if rec is None:
+                z_row.append(None)
+                text_row.append("")
+                hover_row.append(f"{method} · {task}: not in this selection")
+                continue
+            drop = rec["Drop (points)"]
+            row = shown.loc[(method, task)]
+            z_row.append(None if pd.isna(drop) else float(drop))
+            text_row.append(row["Drop (points)"] if not pd.isna(drop) else
+                            (row["Score"] if row["Score"] in (T.FAILED, T.NO_VALUE)
+                             else row["Dense"] if row["Dense"] in (T.FAILED, T.NO_VALUE)
+                             else ""))
+            hover_row.append(_wrap(
+                f"{method} · {task}: score {row['Score']}, dense {row['Dense']}, "
+                f"drop {row['Drop (points)'] or '—'} points, relative {row['Relative drop'] or '—'}"
+                f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")))
+        z.append(z_row)
+        text.append(text_row)
+        hover.append(hover_row)
+    limit = max(1.0, float(frame["Drop (points)"].abs().max()))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=tasks, y=methods, text=text, texttemplate="%{text}", textfont={"size": 13},
+        hovertext=hover, hoverinfo="text", colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+        xgap=2, ygap=2, colorbar={"title": {"text": "points"}, "ticksuffix": ""}))
+    fig.update_layout(**{**_LAYOUT, "height": 170 + 48 * len(methods),
+                         "plot_bgcolor": "#e6e6e6",
+                         "margin": {"l": 20, "r": 30, "t": 60, "b": 50}},
+                      title="Drop from dense in accuracy points (pruned − dense; red = worse)")
+    fig.update_xaxes(side="bottom", showgrid=False)
+    fig.update_yaxes(autorange="reversed", automargin=True, showgrid=False)
+    return fig
+
+
+# -- layer statistics ----------------------------------------------------------------------------
+def block_sparsity_chart(table: T.Table, target: float | None = None,
+                         title: str = "Measured sparsity by block") -> go.Figure:
+    """Measured sparsity of each block as bars, with the target and the mean as lines."""
+    frame = table.frame
+    if table.empty or frame["Sparsity"].isna().all():
+        return empty_figure("No per-block sparsity stored for this run.")
+    values = frame["Sparsity"].astype(float) * 100
+    fig = go.Figure(go.Bar(
+        x=frame["Block"], y=values, name="measured sparsity", marker_color="#1f77b4",
+        hovertext=[f"block {b}: {v:.3f}%<br>least pruned: {lo}<br>most pruned: {hi}"
+                   for b, v, lo, hi in zip(frame["Block"], values, frame["Least pruned linear"],
+                                           frame["Most pruned linear"], strict=True)],
+        hoverinfo="text"))
+    mean = float(values.mean())
+    fig.add_hline(y=mean, line_dash="dot", line_color="#444444",
+                  annotation_text=f"mean {mean:.2f}%", annotation_position="top right",
+                  annotation_font_color="#444444")
+    if target is not None and target > 0:
+        fig.add_hline(y=target * 100, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"target {target * 100:g}%", annotation_position="top left",
+                      annotation_font_color="#d62728")
+    top = max(float(values.max()), (target or 0) * 100)
+    fig.update_layout(**{**_LAYOUT, "height": 380}, title=title, showlegend=False, bargap=0.15)
+    fig.update_xaxes(title="Block", dtick=1 if len(frame) <= 40 else None)
+    fig.update_yaxes(title="Sparsity", ticksuffix="%", range=[0, max(top * 1.12, 1.0)])
     return fig
 
 

@@ -12,7 +12,7 @@ Only one decoder block is on the compute device at a time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,20 +129,29 @@ def prune_model(
     device: torch.device | str = "cpu",
     block_range: tuple[int, int] | None = None,
     progress: ProgressFn | None = None,
+    block_targets: Sequence[Target | float] | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place with ``method`` and return the measured sparsity.
 
     ``calibration`` is ``[samples, seqlen]`` token ids (unused by data-free methods).  Blocks
     outside ``block_range`` (start inclusive, end exclusive) stay dense.  A target of 0 changes
-    nothing at all.
+    nothing at all.  ``block_targets`` (one per decoder block, e.g. from ``core.owl``) replaces
+    ``target`` block by block; a block whose target is 0 stays dense.
     """
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     start, end = block_range or (0, len(blocks))
     if not 0 <= start < end <= len(blocks):
         raise ValueError(f"block range {start}..{end} is outside the model's {len(blocks)} blocks")
+    if block_targets is None:
+        targets = [target] * len(blocks)
+    else:
+        targets = [t if isinstance(t, Target) else Target.parse(t) for t in block_targets]
+        if len(targets) != len(blocks):
+            raise ValueError(f"block_targets has {len(targets)} entries; the model has "
+                             f"{len(blocks)} decoder blocks (one target per block)")
     report = PruneReport()
-    prune_now = target.fraction > 0
+    prune_now = any(t.fraction > 0 for t in targets[start:end])
     needs_data = prune_now and method.needs_calibration
     if needs_data and (calibration is None or calibration.numel() == 0):
         raise ValueError(f"{method.name} needs calibration data")
@@ -163,9 +172,9 @@ def prune_model(
         block = blocks[index]
         home = next(block.parameters()).device
         block.to(device)
-        if prune_now and start <= index < end:
+        if start <= index < end and targets[index].fraction > 0:
             stats = _collect(block, adapter, method, inputs) if needs_data else {}
-            method.prune_block(block, adapter, stats, target)
+            method.prune_block(block, adapter, stats, targets[index])
             del stats
         if inputs is not None and index + 1 < last:
             inputs.hidden = [_block_output(block(h, *a, **k))
@@ -184,18 +193,31 @@ def prune_model(
 
 def _collect(block: nn.Module, adapter: Adapter, method: PruningMethod,
              inputs: BlockInputs | None) -> dict[str, Any]:
-    """One dense pass of the block with hooks that feed each linear's inputs to its collector."""
+    """One dense pass of the block with hooks that feed each linear's inputs to its collector.
+
+    A method may build all of a block's collectors at once with ``block_collectors(block,
+    adapter)`` (a joint method needs to know which linear is which); a collector whose
+    ``wants_output`` is true also receives the linear's output: ``add_batch(inputs, outputs=...)``.
+    """
     linears = adapter.linears(block)
-    stats = {name: method.collector(module) for name, module in linears.items()}
+    make_all = getattr(method, "block_collectors", None)
+    if make_all is not None:
+        stats = make_all(block, adapter)
+    else:
+        stats = {name: method.collector(module) for name, module in linears.items()}
     handles = []
     for name, module in linears.items():
-        collector = stats[name]
+        collector = stats.get(name)
         if collector is None:
             continue
 
-        def hook(_m: nn.Module, args: tuple, _out: Any, collector=collector) -> None:
+        def hook(_m: nn.Module, args: tuple, out: Any, collector=collector) -> None:
             x = args[0]
-            collector.add_batch(x.reshape(-1, x.shape[-1]))
+            if getattr(collector, "wants_output", False):
+                collector.add_batch(x.reshape(-1, x.shape[-1]),
+                                    outputs=out.reshape(-1, out.shape[-1]))
+            else:
+                collector.add_batch(x.reshape(-1, x.shape[-1]))
 
         handles.append(module.register_forward_hook(hook))
     try:

@@ -7,8 +7,11 @@ as it is exported.
 
 Conventions: published rows are compared only with published rows of the same source, own runs
 only with own runs ("group"); a dense baseline is the dense run of the same model, dataset and
-group.  Printed summaries (kinds ``zero_shot_summary`` and ``search_summary``) are provenance
-only: averages, retention and "% of CoreInfer" are computed here from the stored scores.
+group.  An own run is compared only with a dense run evaluated under the same settings
+(perplexity: ``PPL_SETTING_KEYS``; zero-shot: ``ZS_SETTING_KEYS``); when there is none the
+comparison is left blank with a note saying why.  Printed summaries (kinds ``zero_shot_summary``
+and ``search_summary``) are provenance only: averages, retention and "% of CoreInfer" are
+computed here from the stored scores.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ TEXT = "_text:"  # prefix of the hidden column holding a cell's text in place of
 DIVERGED = "diverged"
 MISSING = "—"
 NO_VALUE = "no value"
+FAILED = "failed"
 BASELINE = "baseline"
 
-OPTIONAL_COLUMNS = ("Settings", "Note")
+OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note")
 ORIGIN_NAMES = {"published": "Published", "own": "Own run"}
 #: The origin filter's choices and the origins each keeps (None: no filter).
 ORIGIN_FILTERS: dict[str, list[str] | None] = {
@@ -53,14 +57,21 @@ METRIC_NAMES = {
 CONFIG_ORDER = {"coreinfer": 0, "best": 1, "avg": 2}
 #: Spec keys already shown in their own columns; the rest are a run's "settings".
 SPEC_SHOWN = frozenset({"source", "ref", "table", "model", "method", "pattern", "sparsity"})
-#: Spec keys that say what was measured rather than how the model was made.
+#: Spec keys that say what was measured rather than how the model was made (zero-shot settings
+#: are shown in the zero-shot tables' Evaluation column).
 SPEC_MEASURED = frozenset({"kind", "dataset", "datasets", "task", "tasks", "metric", "metrics",
-                           "config", "goal", "trial", "ppl_datasets"})
+                           "config", "goal", "trial", "ppl_datasets", "zero_shot_tasks",
+                           "num_fewshot", "zs_limit"})
 #: Spec keys that say where or how a run was executed, not what it computed.
 SPEC_EXECUTION = frozenset({"batch_size", "device", "save_dir", "trust_remote_code"})
 
 #: Spec keys a dense baseline should share with the run it is compared with, most important first.
 BASELINE_KEYS = ("table", "ppl_seqlen", "max_windows", "dtype", "seqlen")
+#: Evaluation settings an own run's dense baseline must share (different windows, few-shot count,
+#: example limit or dtype give numbers that cannot be compared).
+PPL_SETTING_KEYS = ("ppl_seqlen", "max_windows", "dtype")
+ZS_SETTING_KEYS = ("num_fewshot", "zs_limit", "dtype")
+FAILED_PREFIX = "task failed"
 
 _NM = re.compile(r"(\d+):(\d+)")
 
@@ -137,7 +148,8 @@ def _isna(value: Any) -> bool:
 
 
 def format_value(value: Any, kind: str = "text") -> str:
-    """Format one cell: ppl, delta (already %), pct (fraction as %), percent (already %), ..."""
+    """Format one cell: ppl, delta (already %), pct (fraction as %), percent (already %), points
+    (percentage points, signed), ..."""
     if _isna(value):
         return ""
     if kind == "text":
@@ -149,9 +161,10 @@ def format_value(value: Any, kind: str = "text") -> str:
         return f"{number:.{int(kind[5:] or 0)}f}"
     formats = {
         "ppl": lambda v: f"{v:.2f}",
-        "delta": lambda v: f"{v:+.2f}%",
+        "delta": lambda v: f"{v:+.2f}%" if round(v, 2) != 0 else "0.00%",
         "pct": lambda v: f"{v * 100:.2f}%",
         "percent": lambda v: f"{v:.2f}%",
+        "points": lambda v: f"{v:+.2f}" if round(v, 2) != 0 else "0.00",
         "sparsity": lambda v: f"{v:.3f}",
         "int": lambda v: f"{v:.0f}",
         "score": _score,
@@ -490,20 +503,60 @@ def _sortable(column: pd.Series) -> pd.Series:
     return column
 
 
+def _setting(spec: Mapping[str, Any], key: str) -> Any:
+    """A spec value normalised for comparison (4.0 == 4, '' == missing)."""
+    value = spec.get(key)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None if value == "" else value
+
+
+def setting_differences(spec: Mapping[str, Any], other: Mapping[str, Any],
+                        keys: Sequence[str]) -> list[str]:
+    """The keys whose (normalised) values differ between two specs."""
+    return [k for k in keys if _setting(spec, k) != _setting(other, k)]
+
+
+def settings_text(spec: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """'ppl_seqlen=256, max_windows=4, dtype=float32' (None shown as 'none')."""
+    return ", ".join(f"{k}={_short(_setting(spec, k)) if _setting(spec, k) is not None else 'none'}"
+                     for k in keys)
+
+
+def _other_dense(cands: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    shown = [f"run {c['run_id']} ({settings_text(c.get('spec') or {}, keys)})"
+             for c in sorted(cands, key=lambda c: c["run_id"])[-3:]]
+    more = len(cands) - len(shown)
+    return "; ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
 def _pick_baseline(candidates: list[Mapping[str, Any]], row: Mapping[str, Any]
-                   ) -> Mapping[str, Any] | None:
-    """Among dense rows of the same model/dataset/group prefer the same table and evaluation
-    settings (perplexity seqlen, windows, dtype, seqlen), an 'ok' value, then the latest run."""
+                   ) -> tuple[Mapping[str, Any] | None, str]:
+    """The dense row a perplexity row is compared with, and why there is none.
+
+    Among dense rows of the same model/dataset/group: an own run needs the same evaluation
+    settings (``PPL_SETTING_KEYS``); then prefer the same table and settings (perplexity seqlen,
+    windows, dtype, seqlen), an 'ok' value, then the latest run.
+    """
     if not candidates:
-        return None
+        return None, (f"no dense baseline for {row['model']} on {row['dataset']} "
+                      f"in {row['group']}: Δ not computed")
     spec = row.get("spec") or {}
+    if row.get("group") == OWN_GROUP:
+        same = [c for c in candidates
+                if not setting_differences(c.get("spec") or {}, spec, PPL_SETTING_KEYS)]
+        if not same:
+            return None, (f"no dense run of {row['model']} on {row['dataset']} evaluated with "
+                          f"the same settings ({settings_text(spec, PPL_SETTING_KEYS)}); dense "
+                          f"{_other_dense(candidates, PPL_SETTING_KEYS)} differ: Δ not computed")
+        candidates = same
 
     def score(cand: Mapping[str, Any]) -> tuple:
         cspec = cand.get("spec") or {}
-        same = tuple(cspec.get(k) == spec.get(k) for k in BASELINE_KEYS)
+        same = tuple(_setting(cspec, k) == _setting(spec, k) for k in BASELINE_KEYS)
         return (*same, cand.get("status") == "ok", cand.get("run_id", 0))
 
-    return max(candidates, key=score)
+    return max(candidates, key=score), ""
 
 
 # -- (a) perplexity: method x sparsity -----------------------------------------------------------
@@ -523,7 +576,7 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     for rec in records:
         if rec["dense"]:
             dense.setdefault(_base_key(rec), []).append(rec)
-    out = [_ppl_record(rec, _pick_baseline(dense.get(_base_key(rec), []), rec))
+    out = [_ppl_record(rec, *_pick_baseline(dense.get(_base_key(rec), []), rec))
            for rec in records]
     return Table(pd.DataFrame(out), _ppl_formats())
 
@@ -536,7 +589,8 @@ def _base_key(rec: Mapping[str, Any]) -> tuple:
     return (rec["model"], rec["dataset"], rec["metric"], rec["group"])
 
 
-def _ppl_record(rec: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
+def _ppl_record(rec: Mapping[str, Any], base: Mapping[str, Any] | None,
+                no_base: str = "") -> dict[str, Any]:
     value = _value(rec)
     delta, delta_text, why = math.nan, None, ""
     if rec["status"] == "diverged":
@@ -547,8 +601,7 @@ def _ppl_record(rec: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[
         delta_text = ""
     elif base is None:
         delta_text = ""
-        why = (f"no dense baseline for {rec['model']} on {rec['dataset']} "
-               f"in {rec['group']}: Δ not computed")
+        why = no_base
     elif math.isnan(_value(base)):
         delta_text = ""
         why = f"the dense baseline (run {base['run_id']}) has no value: Δ not computed"
@@ -652,12 +705,20 @@ def timing_table(rows: pd.DataFrame, metric: str = "prune_seconds") -> Table:
 
 
 # -- (c) zero-shot -------------------------------------------------------------------------------
-ZS_COLUMNS = ["Model", "Method", "Tasks", "Accuracy", "Retention", "Origin", "Source", "Run",
-              "Note"]
+ZS_COLUMNS = ["Model", "Method", "Tasks", "Accuracy", "Retention", "Evaluation", "Origin",
+              "Source", "Run", "Baseline run", "Note"]
+NOT_COUNTED = ("Failed or missing tasks are marked in the per-task tables (the error in the Note "
+               "column) and are not counted in averages, retention or drops.")
+OWN_ZS_BASELINE = ("Own runs are compared only with a dense run of the same model evaluated with "
+                   "the same few-shot count, example limit and dtype (and, where possible, the "
+                   "same tasks).")
 
 
 def zero_shot_scores(rows: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """One row per run and task: ``metric``, else acc / acc_norm when the task has only that."""
+    """One row per run and task: ``metric``, else acc / acc_norm when the task has only that.
+
+    A task that failed is one row with status 'missing' and a note 'task failed: ...'.
+    """
     if rows.empty:
         return rows
     df = rows[rows["kind"] == "zero_shot"]
@@ -679,25 +740,110 @@ def _drop_repeated_runs(scores: pd.DataFrame) -> pd.DataFrame:
                      ).sort_values(["run_id"], kind="stable")
 
 
+def is_failed(status: Any, note: Any) -> bool:
+    """A zero-shot task that could not be evaluated (lm-eval raised): stored as 'missing'."""
+    return status == "missing" and isinstance(note, str) and note.startswith(FAILED_PREFIX)
+
+
+def zs_cell_text(status: Any, note: Any) -> str | None:
+    """The word shown instead of a score: 'failed', 'no value', 'diverged' (None: a number)."""
+    if status == "diverged":
+        return DIVERGED
+    if is_failed(status, note):
+        return FAILED
+    if status != "ok":
+        return NO_VALUE
+    return None
+
+
+def zs_evaluation_label(spec: Mapping[str, Any]) -> str:
+    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('' for published rows)."""
+    if not any(k in spec for k in ("num_fewshot", "zs_limit")):
+        return ""
+    limit = _setting(spec, "zs_limit")
+    text = f"{_setting(spec, 'num_fewshot') or 0}-shot, "
+    text += f"limit {limit}" if limit is not None else "all examples"
+    dtype = _setting(spec, "dtype")
+    return text + (f", {dtype}" if dtype else "")
+
+
+def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
+    """The distinct zero-shot settings of own runs (of ``model``), most used first."""
+    df = rows[(rows["group"] == OWN_GROUP) & (rows["kind"] == "zero_shot")] if not rows.empty \
+        else rows
+    if model is not None and not df.empty:
+        df = df[df["model"] == model]
+    if df.empty:
+        return []
+    labels = pd.Series([zs_evaluation_label(s) for s in df.drop_duplicates("run_id")["spec"]])
+    labels = labels[labels != ""]
+    return list(labels.value_counts(sort=True).index)
+
+
+@dataclass
+class _RunScores:
+    """The tasks a zero-shot run attempted, its 'ok' scores and its failed tasks."""
+
+    attempted: dict[str, set[str]]
+    values: dict[int, dict[str, float]]
+
+    @classmethod
+    def of(cls, scores: pd.DataFrame) -> _RunScores:
+        attempted = {rid: set(part["dataset"]) for rid, part in scores.groupby("run_id")}
+        values = {rid: _task_values(part) for rid, part in scores.groupby("run_id")}
+        return cls(attempted, values)
+
+
+def zs_baseline(rec: Mapping[str, Any], dense: Sequence[Mapping[str, Any]], runs: _RunScores
+                ) -> tuple[Mapping[str, Any] | None, str]:
+    """The dense run a zero-shot run is compared with, and why there is none.
+
+    A dense run is its own baseline.  Otherwise: a dense run of the same model and group; for own
+    runs only one with the same ``ZS_SETTING_KEYS``; then the most shared scored tasks, the same
+    task set, the latest run.
+    """
+    if rec["dense"]:
+        return rec, ""
+    cands = [d for d in dense if (d["model"], d["group"]) == (rec["model"], rec["group"])]
+    if not cands:
+        return None, (f"no dense baseline for {rec['model']} in {rec['group']}: "
+                      "retention not computed")
+    if rec["group"] == OWN_GROUP:
+        same = [d for d in cands
+                if not setting_differences(d["spec"], rec["spec"], ZS_SETTING_KEYS)]
+        if not same:
+            return None, (f"no dense run of {rec['model']} evaluated with the same zero-shot "
+                          f"settings ({settings_text(rec['spec'], ZS_SETTING_KEYS)}); dense "
+                          f"{_other_dense(cands, ZS_SETTING_KEYS)} differ: not compared")
+        cands = same
+    rid = rec["run_id"]
+    mine = runs.values.get(rid, {}).keys()
+    return max(cands, key=lambda d: (len(runs.values.get(d["run_id"], {}).keys() & mine),
+                                     runs.attempted.get(d["run_id"]) == runs.attempted.get(rid),
+                                     d["run_id"])), ""
+
+
 def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
-    """Average accuracy over each run's tasks and retention = average / dense average (same model,
-    same group, over the tasks both have)."""
+    """Average accuracy over each run's scored tasks and retention = average / dense average
+    (same model and group, same evaluation settings for own runs, over the tasks both have)."""
     scores = zero_shot_scores(rows, metric)
-    formats = {"Accuracy": "pct", "Retention": "pct", "Tasks": "int", "Run": "int"}
+    formats = {"Accuracy": "pct", "Retention": "pct", "Tasks": "int", "Run": "int",
+               "Baseline run": "int"}
     if scores.empty:
         return Table(pd.DataFrame(columns=ZS_COLUMNS), formats)
-    runs = _sort_rows(scores.drop_duplicates("run_id"), ["model"])
-    tasks = {rid: _task_values(part) for rid, part in scores.groupby("run_id")}
-    n_tasks = scores.groupby("run_id")["dataset"].nunique().to_dict()
-    dense = [r for r in runs.to_dict("records") if r["dense"]]
+    runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"])
+    runs = _RunScores.of(scores)
+    failed = {rid: sorted((t for t, st, n in zip(part["dataset"], part["status"], part["note"],
+                                                  strict=True) if is_failed(st, n)), key=task_key)
+              for rid, part in scores.groupby("run_id")}
+    dense = [r for r in runs_frame.to_dict("records") if r["dense"]]
     out = []
-    for rec in runs.to_dict("records"):
-        cands = [d for d in dense if (d["model"], d["group"]) == (rec["model"], rec["group"])]
-        base = max(cands, key=lambda d: (len(tasks[d["run_id"]].keys() & tasks[rec["run_id"]]
-                                                 .keys()), d["run_id"]), default=None)
-        out.append(_zs_record(rec, tasks[rec["run_id"]], n_tasks[rec["run_id"]],
-                              tasks[base["run_id"]] if base else None))
-    notes = [_task_note(scores, metric)]
+    for rec in runs_frame.to_dict("records"):
+        base, why = zs_baseline(rec, dense, runs)
+        out.append(_zs_record(rec, runs, failed[rec["run_id"]], base, why))
+    notes = [_task_note(scores, metric), NOT_COUNTED]
+    if (runs_frame["group"] == OWN_GROUP).any():
+        notes.append(OWN_ZS_BASELINE)
     return Table(pd.DataFrame(out), formats, notes)
 
 
@@ -722,67 +868,292 @@ def retention(scores: Mapping[str, float], dense: Mapping[str, float]) -> tuple[
     return average(scores[t] for t in common) / base, len(common)
 
 
-def _zs_record(rec: Mapping[str, Any], scores: dict[str, float], n_tasks: int,
-               dense: dict[str, float] | None) -> dict[str, Any]:
+def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
+               base: Mapping[str, Any] | None, why: str) -> dict[str, Any]:
+    scores = runs.values[rec["run_id"]]
+    n_tasks = len(runs.attempted[rec["run_id"]])
     notes = []
     if len(scores) < n_tasks:
-        notes.append(f"average over {len(scores)} of {n_tasks} tasks (others have no value)")
+        detail = f"{', '.join(failed)} failed" if failed else "others have no value"
+        if failed and len(failed) < n_tasks - len(scores):
+            detail += ", others have no value"
+        notes.append(f"average over {len(scores)} of {n_tasks} tasks ({detail}; not counted)")
+    dense = runs.values.get(base["run_id"], {}) if base is not None else None
     ret, used = retention(scores, dense) if dense is not None else (math.nan, 0)
-    if dense is None:
-        notes.append(f"no dense baseline for {rec['model']} in {rec['group']}: "
-                     "retention not computed")
+    if base is None:
+        notes.append(why)
     elif scores and used < max(len(scores), len(dense)):
-        notes.append(f"retention over the {used} tasks shared with dense")
+        notes.append(f"retention over the {used} tasks shared with dense run {base['run_id']}")
     return {
         "Model": rec["model"], "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
         "Tasks": len(scores), "Accuracy": average(scores.values()),
         TEXT + "Accuracy": None if scores else MISSING,
         "Retention": ret, TEXT + "Retention": None if not math.isnan(ret) else "",
+        "Evaluation": zs_evaluation_label(rec["spec"]),
         "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
+        "Baseline run": base["run_id"] if base is not None else math.nan,
         "Note": _join(*notes), "_method": rec["method"], "_spec": spec_summary(rec["spec"]),
     }
 
 
 def _task_note(scores: pd.DataFrame, metric: str) -> str:
     tasks = sorted(set(scores["dataset"]), key=task_key)
-    return (f"Average across {len(tasks)} tasks: {', '.join(tasks)} ({metric_label(metric)}; "
+    scored = sorted({t for t, v, st in zip(scores["dataset"], scores["value"], scores["status"],
+                                           strict=True) if st == "ok" and not _isna(v)},
+                    key=task_key)
+    note = (f"Average across {len(scored)} tasks: {', '.join(scored)} ({metric_label(metric)}; "
             "computed from the per-task scores).")
+    unscored = [t for t in tasks if t not in scored]
+    if unscored:
+        note += f" No run shown has a score for {', '.join(unscored)}."
+    return note
+
+
+LONG_EXTRA = ["column", "role", "baseline_run", "baseline_note"]
 
 
 def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
-                  groups: Iterable[str] | None = None) -> pd.DataFrame:
-    """Per-task scores of one model at one sparsity label plus its dense runs, latest run per
-    method and group; 'column' is the per-task table's column label."""
+                  groups: Iterable[str] | None = None, evaluation: str | None = None
+                  ) -> pd.DataFrame:
+    """Per-task scores of one model at one sparsity label and of their dense baselines.
+
+    Own runs: the latest run of each method (whole runs, never mixed), restricted to the
+    zero-shot settings ``evaluation`` when given, each with the dense run ``zs_baseline`` picks.
+    Published: the latest score per method, group and task, and the group's dense scores.
+    Adds 'column' (the per-task table's column label), 'role' ('dense' / 'pruned') and, on pruned
+    rows, 'baseline_run' (the dense run compared with; NaN when none) and 'baseline_note'.
+    """
     scores = zero_shot_scores(rows, metric)
     if scores.empty:
-        return scores.assign(column=[])
-    df = scores[(scores["model"] == model)
-                & (scores["dense"] | (scores["sparsity_label"] == sparsity))]
+        return scores.assign(**{c: [] for c in LONG_EXTRA})
+    df = scores[scores["model"] == model]
     if groups is not None:
         df = df[df["group"].isin(list(groups))]
-    df = latest_runs(df, ["method", "sparsity_label", "group", "dataset"])
-    several = df["group"].nunique() > 1
-    df = _sort_rows(df, [])
-    return df.assign(column=[method_label(m) + (f" ({g})" if several else "")
-                             for m, g in zip(df["method"], df["group"], strict=True)])
+    if evaluation is not None:
+        df = df[(df["group"] != OWN_GROUP)
+                | pd.Series([zs_evaluation_label(s) == evaluation for s in df["spec"]],
+                            index=df.index, dtype=bool)]
+    pruned = df[~df["dense"].astype(bool) & (df["sparsity_label"] == sparsity)]
+    if pruned.empty:
+        return df.iloc[0:0].assign(**{c: [] for c in LONG_EXTRA})
+    runs = _RunScores.of(df)
+    parts: list[pd.DataFrame] = []
+    for group, gpruned in pruned.groupby("group", sort=False):
+        gdense = df[df["dense"].astype(bool) & (df["group"] == group)]
+        if group == OWN_GROUP:
+            parts += _own_per_task(gpruned, gdense, runs)
+        else:
+            parts += _published_per_task(gpruned, gdense)
+    long = _sort_rows(pd.concat(parts, ignore_index=True), [])
+    several = long["group"].nunique() > 1
+    own_dense = long[(long["role"] == "dense") & (long["group"] == OWN_GROUP)]
+    several_dense = own_dense["run_id"].nunique() > 1
+    long["column"] = [_column_label(r, several, several_dense) for r in long.to_dict("records")]
+    return long.reset_index(drop=True)
+
+
+def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, runs: _RunScores
+                  ) -> list[pd.DataFrame]:
+    latest = pruned.groupby("method")["run_id"].max()
+    chosen = pruned[pruned["run_id"].isin(latest)]
+    dense_recs = dense.drop_duplicates("run_id").to_dict("records")
+    parts, bases = [], {}
+    for _rid, part in chosen.groupby("run_id", sort=False):
+        base, why = zs_baseline(part.iloc[0].to_dict(), dense_recs, runs)
+        parts.append(part.assign(role="pruned",
+                                 baseline_run=base["run_id"] if base is not None else math.nan,
+                                 baseline_note=why))
+        if base is not None:
+            bases[base["run_id"]] = True
+    parts += [dense[dense["run_id"] == b].assign(role="dense", baseline_run=b, baseline_note="")
+              for b in bases]
+    return parts
+
+
+def _published_per_task(pruned: pd.DataFrame, dense: pd.DataFrame) -> list[pd.DataFrame]:
+    chosen = latest_runs(pruned, ["method", "sparsity_label", "group", "dataset"])
+    base = latest_runs(dense, ["dataset"])
+    by_task = dict(zip(base["dataset"], base["run_id"], strict=True))
+    group = chosen["group"].iloc[0]
+    return [chosen.assign(role="pruned",
+                          baseline_run=[by_task.get(t, math.nan) for t in chosen["dataset"]],
+                          baseline_note=["" if t in by_task else
+                                         f"no dense score for {t} in {group}"
+                                         for t in chosen["dataset"]]),
+            base.assign(role="dense", baseline_run=base["run_id"], baseline_note="")]
+
+
+def _column_label(rec: Mapping[str, Any], several_groups: bool, several_dense: bool) -> str:
+    label = method_label(rec["method"])
+    if rec["role"] == "dense" and rec["group"] == OWN_GROUP and several_dense:
+        label += f" (run {rec['run_id']})"
+    return label + (f" ({rec['group']})" if several_groups else "")
 
 
 def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
-                   groups: Iterable[str] | None = None) -> Table:
-    """Seed 000's per-task breakdown: rows = task, columns = Dense and each method."""
-    long = per_task_long(rows, model, sparsity, metric, groups)
+                   groups: Iterable[str] | None = None, evaluation: str | None = None) -> Table:
+    """Seed 000's per-task breakdown: rows = task, columns = Dense and each method; a failed task
+    reads 'failed' with lm-eval's error in the Note column."""
+    long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
     if long.empty:
         return Table(pd.DataFrame(columns=["Task"]))
     columns = list(dict.fromkeys(long["column"]))
     tasks = sorted(set(long["dataset"]), key=task_key)
     frame = pd.DataFrame({"Task": tasks})
+    notes: dict[str, dict[str, list[str]]] = {t: {} for t in tasks}  # task -> note -> columns
     for col in columns:
-        cells = long[long["column"] == col].set_index("dataset")
+        cells = long[long["column"] == col].drop_duplicates("dataset", keep="last")
+        cells = cells.set_index("dataset")
         frame[col] = [_value(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
-        frame[TEXT + col] = [_cell_text(cells.loc[t, "status"]) if t in cells.index else ""
-                             for t in tasks]
+        frame[TEXT + col] = [zs_cell_text(cells.loc[t, "status"], cells.loc[t, "note"])
+                             if t in cells.index else NO_VALUE for t in tasks]
+        for t in tasks:
+            if t in cells.index:
+                note = _row_note(cells.loc[t])
+                if note:
+                    notes[t].setdefault(note, []).append(col)
+    frame["Note"] = [_join(*(f"{', '.join(cols)}: {note}" for note, cols in notes[t].items()))
+                     for t in tasks]
     return Table(frame, dict.fromkeys(columns, "pct"),
-                 [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task."])
+                 [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
+                  NOT_COUNTED])
+
+
+def _row_note(rec: Mapping[str, Any]) -> str:
+    """A score's note worth showing: a failure, a missing value, or a published remark (own
+    runs' 'lm-eval <version>' provenance is left out)."""
+    note = rec.get("note")
+    if not isinstance(note, str) or not note:
+        return ""
+    if rec.get("status") != "ok" or rec.get("origin") == "published":
+        return note
+    return ""
+
+
+DROP_COLUMNS = ["Task", "Method", "Score", "Dense", "Drop (points)", "Relative drop", "Source",
+                "Run", "Baseline run", "Note"]
+AVERAGE_ROW = "Average"
+
+
+def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
+               groups: Iterable[str] | None = None, evaluation: str | None = None) -> Table:
+    """Per-task drop from dense: for each task and method the score, the drop in points
+    ((pruned - dense) x 100) and the relative drop in % ((pruned - dense) / dense x 100), sign kept
+    (negative = worse); then each method's average over the tasks it shares with dense."""
+    formats = {"Score": "pct", "Dense": "pct", "Drop (points)": "points",
+               "Relative drop": "delta", "Run": "int", "Baseline run": "int"}
+    long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
+    if long.empty:
+        return Table(pd.DataFrame(columns=DROP_COLUMNS), formats)
+    dense = long[long["role"] == "dense"]
+    dense_cells = {(r["run_id"], r["dataset"]): r for r in dense.to_dict("records")}
+    pruned = long[long["role"] == "pruned"]
+    out = []
+    for column, part in pruned.groupby("column", sort=False):
+        first = part.iloc[0].to_dict()
+        by_task = {r["dataset"]: r for r in part.to_dict("records")}
+        bases = {t: r["baseline_run"] for t, r in by_task.items()}
+        if first["group"] == OWN_GROUP and not _isna(first["baseline_run"]):
+            base_tasks = {t for (rid, t) in dense_cells if rid == first["baseline_run"]}
+            bases.update({t: first["baseline_run"] for t in base_tasks})
+        tasks = sorted(set(by_task) | {t for t, b in bases.items() if not _isna(b)}, key=task_key)
+        pairs = []
+        for task in tasks:
+            rec = by_task.get(task)
+            base = dense_cells.get((bases.get(task), task))
+            out.append(_drop_record(task, column, first, rec, base))
+            if rec is not None and base is not None:
+                pairs.append((_value(rec), _value(base)))
+        out.append(_drop_average(column, first, pairs, len(tasks)))
+    frame = pd.DataFrame(out)
+    order = {t: i for i, t in enumerate(sorted(set(frame["Task"]) - {AVERAGE_ROW},
+                                               key=task_key))}
+    order[AVERAGE_ROW] = len(order)
+    frame = frame.assign(_order=frame["Task"].map(order)).sort_values(
+        "_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    notes = [f"{model}, {sparsity} sparsity, {metric_label(metric)}. Drop = pruned − dense in "
+             "percentage points; relative drop = (pruned − dense) / dense × 100; negative = "
+             "worse than dense.",
+             "Average rows: over the tasks both the run and its dense baseline scored; their "
+             "relative drop equals retention − 100%.", NOT_COUNTED]
+    if (pruned["group"] == OWN_GROUP).any():
+        notes.append(OWN_ZS_BASELINE)
+    return Table(frame, formats, notes)
+
+
+def _drop_record(task: str, column: str, first: Mapping[str, Any], rec: Mapping[str, Any] | None,
+                 base: Mapping[str, Any] | None) -> dict[str, Any]:
+    score = _value(rec) if rec is not None else math.nan
+    dense = _value(base) if base is not None else math.nan
+    notes = []
+    if rec is None:
+        score_text = NO_VALUE
+        notes.append(f"run {first['run_id']} did not evaluate {task}")
+    else:
+        score_text = zs_cell_text(rec["status"], rec["note"])
+        notes.append(_row_note(rec))
+    if base is not None:
+        dense_text = zs_cell_text(base["status"], base["note"])
+        if dense_text is not None:
+            same = rec is not None and _row_note(base) == _row_note(rec)
+            notes.append(f"dense {dense_text} too" if same
+                         else f"dense: {_row_note(base) or dense_text}")
+    else:
+        dense_text = NO_VALUE
+        if first["group"] != OWN_GROUP:
+            notes.append(f"no dense score for {task} in {first['group']}")
+        elif _isna(first["baseline_run"]):
+            notes.append("no comparable dense run (see the Average row)")
+        else:
+            notes.append(f"dense run {int(first['baseline_run'])} did not evaluate {task}")
+    drop, rel = _drops(score, dense)
+    return {
+        "Task": task, "Method": column_method(first, column), "Score": score,
+        TEXT + "Score": score_text, "Dense": dense, TEXT + "Dense": dense_text,
+        "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
+        "Source": first["source_label"],
+        "Run": rec["run_id"] if rec is not None else first["run_id"],
+        "Baseline run": base["run_id"] if base is not None else math.nan,
+        "Note": _join(*notes), "_column": column, "_method": first["method"],
+        "_average": False,
+    }
+
+
+def column_method(first: Mapping[str, Any], column: str) -> str:
+    """'Wanda 50%', plus the group when the column label names one."""
+    label = row_label(first["method"], first["sparsity"], first["pattern"])
+    suffix = column[len(method_label(first["method"])):]
+    return label + suffix
+
+
+def _drops(score: float, dense: float) -> tuple[float, float]:
+    if math.isnan(score) or math.isnan(dense):
+        return math.nan, math.nan
+    drop = (score - dense) * 100.0
+    return drop, relative_change(score, dense) if dense else math.nan
+
+
+def _drop_average(column: str, first: Mapping[str, Any], pairs: list[tuple[float, float]],
+                  n_tasks: int) -> dict[str, Any]:
+    used = [(s, d) for s, d in pairs if not math.isnan(s) and not math.isnan(d)]
+    score = average(s for s, _ in used)
+    dense = average(d for _, d in used)
+    drop, rel = _drops(score, dense)
+    note = (f"over the {len(used)} of {n_tasks} tasks scored by both" if used
+            else "no task scored by both the run and dense")
+    if first["group"] == OWN_GROUP and _isna(first["baseline_run"]):
+        note = first["baseline_note"]
+    return {
+        "Task": AVERAGE_ROW, "Method": column_method(first, column), "Score": score,
+        TEXT + "Score": None if used else NO_VALUE, "Dense": dense,
+        TEXT + "Dense": None if used else NO_VALUE,
+        "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
+        "Source": first["source_label"], "Run": first["run_id"],
+        "Baseline run": first["baseline_run"] if first["group"] == OWN_GROUP else math.nan,
+        "Note": note, "_column": column, "_method": first["method"], "_average": True,
+    }
 
 
 # -- (d) activation sparsity: search tables and final comparison --------------------------------
@@ -952,3 +1323,143 @@ def final_summary(finals: pd.DataFrame) -> Table:
     return Table(frame[cols + [c for c in frame.columns if c.startswith(TEXT)]], formats,
                  ["Scores on the full dataset; % of CoreInfer is computed from the stored "
                   "scores (score / CoreInfer score)."])
+
+
+# -- (e) layer statistics (seed 002) ------------------------------------------------------------
+LAYER_SUMMARY = (("mean", "Mean over blocks"), ("std", "Std over blocks"),
+                 ("min", "Lowest block"), ("max", "Highest block"),
+                 ("overall", "Overall (all prunable weights)"))
+
+
+def load_layer_stats(store: Store) -> pd.DataFrame:
+    """Layer statistics of finished runs with their run's model, method, origin and spec."""
+    frame = store.frame(
+        """SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
+                  r.sparsity, r.pattern, r.spec, r.status AS run_status,
+                  l.block, l.layer, l.stat, l.value, l.raw, l.note
+           FROM layer_stats l JOIN runs r ON r.id = l.run_id
+           ORDER BY r.id, l.block, l.layer""")
+    return prepare(frame)
+
+
+def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with layer statistics and a label for a selector: own runs first (latest
+    first), then published ones."""
+    cols = ["run_id", "model", "method", "sparsity", "pattern", "group", "origin", "label",
+            "blocks"]
+    if stats.empty:
+        return pd.DataFrame(columns=cols)
+    runs = stats.drop_duplicates("run_id").copy()
+    blocks = stats[(stats["layer"] == "block") & (stats["stat"] == "sparsity")]
+    counts = blocks.groupby("run_id")["block"].nunique()
+    runs["blocks"] = [int(counts.get(r, 0)) for r in runs["run_id"]]
+    runs["label"] = [
+        f"{m} · {row_label(me, s, p)} · "
+        + (f"own run {r}" if o == "own" else f"{g.split(' (')[0]} (run {r})")
+        for m, me, s, p, o, g, r in zip(runs["model"], runs["method"], runs["sparsity"],
+                                        runs["pattern"], runs["origin"], runs["group"],
+                                        runs["run_id"], strict=True)]
+    runs["_key"] = [(o != "own", -r if o == "own" else r)
+                    for o, r in zip(runs["origin"], runs["run_id"], strict=True)]
+    return runs.sort_values("_key")[cols].reset_index(drop=True)
+
+
+def _run_stats(stats: pd.DataFrame, run_id: int) -> pd.DataFrame:
+    return stats[stats["run_id"] == run_id] if not stats.empty else stats
+
+
+def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
+    """Measured sparsity per block of one run, its gap to the target and the least / most pruned
+    linear layer of the block (own runs store every linear)."""
+    cols = ["Block", "Sparsity", "Δ from target (points)", "Linears", "Least pruned linear",
+            "Most pruned linear"]
+    formats = {"Block": "int", "Sparsity": "pct", "Δ from target (points)": "points",
+               "Linears": "int"}
+    df = _run_stats(stats, run_id)
+    blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity")] if not df.empty else df
+    if blocks.empty:
+        return Table(pd.DataFrame(columns=cols), formats,
+                     ["No per-block rows are stored for this run."])
+    rec = df.iloc[0]
+    target = sparsity_fraction(rec["sparsity"], rec["pattern"])
+    linears = df[~df["layer"].isin(["block", "model"]) & (df["stat"] == "sparsity")]
+    blocks = blocks.sort_values("block")
+    out = []
+    for b, value in zip(blocks["block"], blocks["value"], strict=True):
+        mine = linears[linears["block"] == b].sort_values(["value", "layer"])
+        out.append({
+            "Block": int(b), "Sparsity": value,
+            TEXT + "Sparsity": NO_VALUE if _isna(value) else None,
+            "Δ from target (points)": (value - target) * 100 if not _isna(value) else math.nan,
+            "Linears": len(mine), **_least_most(mine),
+        })
+    frame = pd.DataFrame(out)
+    frame[TEXT + "Δ from target (points)"] = [
+        None if not _isna(v) else "" for v in frame["Δ from target (points)"]]
+    method = row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    notes = [f"Run {run_id}: {rec['model']}, {method}; target {target * 100:g}% of each block's "
+             "prunable weights. Measured after pruning: the share of zero weights in the "
+             "block's linear layers."]
+    return Table(frame, formats, notes)
+
+
+def _least_most(linears: pd.DataFrame) -> dict[str, str]:
+    """The least and most pruned linear of a block ('all equal' when they show the same)."""
+    if linears.empty:
+        return {"Least pruned linear": "", "Most pruned linear": ""}
+    low, high = linears.iloc[0], linears.iloc[-1]
+    if format_value(low["value"], "pct") == format_value(high["value"], "pct"):
+        same = f"all {format_value(low['value'], 'pct')}"
+        return {"Least pruned linear": same, "Most pruned linear": same}
+    return {"Least pruned linear": _linear_label(low), "Most pruned linear": _linear_label(high)}
+
+
+def _linear_label(rec: pd.Series) -> str:
+    return f"{rec['layer']} ({format_value(rec['value'], 'pct')})"
+
+
+def layer_summary_table(stats: pd.DataFrame, run_id: int) -> Table:
+    """Seed 002's model summary of one run: mean, std, lowest and highest block (with the block),
+    overall.  Stored model-level rows are shown as stored; when a run has only per-block rows the
+    summary is computed from them (and says so)."""
+    cols = ["Statistic", "Sparsity", "Block", "Note"]
+    formats = {"Sparsity": "pct", "Block": "int"}
+    df = _run_stats(stats, run_id)
+    if df.empty:
+        return Table(pd.DataFrame(columns=cols), formats)
+    stored = {r["stat"]: r for r in df[df["layer"] == "model"].to_dict("records")}
+    blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity") & df["value"].notna()]
+    computed = _block_summary(blocks)
+    out = []
+    for stat, label in LAYER_SUMMARY:
+        if stat in stored:
+            rec = stored[stat]
+            value, block, note = rec["value"], rec["block"], rec.get("note")
+        elif stat in computed:
+            value, block = computed[stat]
+            note = f"computed from the {len(blocks)} per-block rows"
+        else:
+            continue
+        out.append({"Statistic": label, "Sparsity": value,
+                    TEXT + "Sparsity": NO_VALUE if _isna(value) else None,
+                    "Block": block if not _isna(block) else math.nan,
+                    "Note": note if isinstance(note, str) else ""})
+    if not out:
+        return Table(pd.DataFrame(columns=cols), formats)
+    frame = pd.DataFrame(out)
+    notes = ["Std is the population standard deviation of the per-block sparsities."]
+    if len(blocks) > 1 and blocks["value"].nunique() == 1:
+        notes.append(f"All {len(blocks)} blocks have the same sparsity: the lowest and highest "
+                     "block are the first one.")
+    return Table(frame, formats, notes)
+
+
+def _block_summary(blocks: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    if blocks.empty:
+        return {}
+    values = blocks["value"].astype(float)
+    low, high = values.idxmin(), values.idxmax()
+    return {"mean": (float(values.mean()), math.nan),
+            "std": (float(values.std(ddof=0)), math.nan),
+            "min": (float(values[low]), float(blocks.loc[low, "block"])),
+            "max": (float(values[high]), float(blocks.loc[high, "block"]))}

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import streamlit as st
 
-from core import charts, export, tables
+from core import charts, tables
 from core.store import StoreError
-
-
-def show_table(table: tables.Table, name: str) -> None:
-    """The table, its notes, and CSV / Markdown downloads of exactly what is shown."""
-    shown = table.display()
-    align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
-    st.dataframe(shown, hide_index=True, column_config=align)
-    for note in table.notes:
-        st.caption(note)
-    buttons = st.container(horizontal=True)
-    buttons.download_button("CSV", export.to_csv(shown), file_name=f"{name}.csv",
-                            mime="text/csv", key=f"{name}-csv", on_click="ignore",
-                            icon=":material/download:")
-    buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
-                            mime="text/markdown", key=f"{name}-md", on_click="ignore",
-                            icon=":material/download:")
-
-
-def sidebar_filters(rows: pd.DataFrame) -> dict[str, Any]:
-    """Model, source and origin filters (for ``tables.filter_rows``); empty means all."""
-    with st.sidebar:
-        st.subheader("Filters")
-        models = st.multiselect("Model", tables.choices(rows, "model"), placeholder="All models")
-        groups = st.multiselect("Source", tables.choices(rows, "group"),
-                                placeholder="All sources")
-        origin = st.radio("Origin", list(tables.ORIGIN_FILTERS), horizontal=True)
-    return {"models": models or None, "groups": groups or None,
-            "origins": tables.ORIGIN_FILTERS[origin]}
-
+from ui.components import show_table, sidebar_filters
 
 st.title("Activation sparsity")
 st.caption("Per-layer sparsity levels searched on 100 samples per task, then the best and the "
@@ -58,7 +28,7 @@ if finals.empty and trials.empty:
     st.stop()
 
 selection = sidebar_filters(pd.concat([finals[["model", "group", "origin"]],
-                                       trials[["model", "group", "origin"]]]))
+                                       trials[["model", "group", "origin"]]]), methods=False)
 finals = tables.filter_rows(finals, **selection)
 trials = tables.filter_rows(trials, **selection)
 

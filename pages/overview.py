@@ -34,8 +34,10 @@ st.subheader("What next")
 st.markdown(
     "- **Perplexity**: method × sparsity tables with the change against dense, and the papers' "
     "dataset × sparsity layout.\n"
-    "- **Zero-shot**: average accuracy, retention against dense, per-task breakdown.\n"
+    "- **Zero-shot**: average accuracy, retention against dense, per-task breakdown and drop "
+    "from dense.\n"
     "- **Activation sparsity**: the sparsity-levels search and its comparison with CoreInfer.\n"
+    "- **Layer statistics**: measured sparsity per block and its spread over the blocks.\n"
     + ("- You have no own runs yet: launch one to see it beside the published figures "
        "(reference rows are marked *Published* in every table and drawn with open markers)."
        if own == 0 else "- Filter by origin in each page's sidebar to see only your own runs.")

@@ -4,6 +4,7 @@ tables, offers downloads of exactly the shown table, and survives a broken resul
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["pages/overview.py", "pages/perplexity.py", "pages/zero_shot.py",
-         "pages/activation_sparsity.py"]
+         "pages/activation_sparsity.py", "pages/layers.py"]
 TABLE_PAGES = PAGES[1:]
 TIMEOUT = 60
 
@@ -193,3 +194,99 @@ def test_locked_database_is_reported(store: Store, db: Path,
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- own runs on the zero-shot and layer-statistics pages ----------------------------------------
+def own_run(store: Store, method: str, metrics: list[dict], layer_stats: list[dict] | None = None,
+            **spec_fields: object) -> int:
+    from core.spec import PruneSpec
+
+    spec = PruneSpec(method=method, sparsity="0" if method == "dense" else "0.5", **spec_fields)
+    target = spec.target()
+    run_id = store.create_run(kind="prune", model=spec.model, method=method,
+                              sparsity=target.fraction, pattern=target.pattern,
+                              spec=spec.to_dict(), identity=spec.identity(), status="done")
+    store.add_metrics(run_id, metrics)
+    store.add_layer_stats(run_id, layer_stats or [])
+    return run_id
+
+
+def zs(task: str, value: float | None, failed: str = "") -> dict:
+    if failed:
+        return {"kind": "zero_shot", "dataset": task, "metric": "acc", "value": None,
+                "status": "missing", "note": f"task failed: {failed}"}
+    return {"kind": "zero_shot", "dataset": task, "metric": "acc", "value": value}
+
+
+def test_zero_shot_page_with_own_runs(store: Store, downloads: dict[str, bytes]) -> None:
+    tasks = {"zero_shot_tasks": ["sb_everyday", "piqa"], "zs_limit": 40}
+    own_run(store, "dense", [zs("sb_everyday", 0.8), zs("piqa", None, "ConnectionError")],
+            **tasks)
+    own_run(store, "dense", [zs("sb_everyday", 0.9)], num_fewshot=1, **tasks)
+    wanda = own_run(store, "wanda", [zs("sb_everyday", 0.7), zs("piqa", None, "ConnectionError")],
+                    **tasks)
+    at = run("pages/zero_shot.py")
+    assert_clean(at)
+    at.sidebar.radio[0].set_value("Own runs").run()
+    assert_clean(at)
+    average, per_task, drop = (f.value for f in at.dataframe)
+    row = average[average["Run"] == str(wanda)]
+    assert row[["Accuracy", "Retention"]].values.tolist() == [["70.00%", "87.50%"]]
+    assert per_task.set_index("Task").loc["piqa", "Wanda"] == "failed"
+    assert "task failed: ConnectionError" in per_task.set_index("Task").loc["piqa", "Note"]
+    shown = drop.set_index(["Task", "Method"])
+    assert shown.loc[("sb_everyday", "Wanda 50%"), "Drop (points)"] == "-10.00"
+    assert shown.loc[("sb_everyday", "Wanda 50%"), "Relative drop"] == "-12.50%"
+    assert len(at.get("plotly_chart")) == 3
+    assert len(at.download_button) == 2 * len(at.dataframe)
+    for frame in at.dataframe:
+        assert not frame.value.astype(str).apply(lambda c: c.str.lower().eq("nan")).any().any()
+
+
+def test_layer_statistics_page_shows_own_blocks(store: Store) -> None:
+    stats = [{"block": b, "layer": "block", "stat": "sparsity", "value": v}
+             for b, v in ((0, 0.49), (1, 0.51))]
+    stats += [{"block": None, "layer": "model", "stat": "mean", "value": 0.5},
+              {"block": 0, "layer": "model", "stat": "min", "value": 0.49},
+              {"block": 1, "layer": "model", "stat": "max", "value": 0.51}]
+    run_id = own_run(store, "wanda", [], stats)
+    at = run("pages/layers.py")
+    assert_clean(at)
+    assert str(run_id) in at.selectbox[0].value  # own runs come first
+    summary, blocks = (f.value for f in at.dataframe)
+    assert summary.set_index("Statistic").loc["Highest block", "Block"] == "1"
+    assert blocks["Sparsity"].tolist() == ["49.00%", "51.00%"]
+    assert at.get("plotly_chart")
+    seed = [o for o in at.selectbox[0].options if "Seed report 002" in o]
+    if seed:
+        at.selectbox[0].set_value(seed[0]).run()
+        assert_clean(at)
+        assert len(at.dataframe) == 1 and "only the model summary" in at.info[0].value
+
+
+def test_pages_import_the_shared_ui_module_as_streamlit_runs_them(store: Store,
+                                                                   tmp_path: Path) -> None:
+    """``streamlit run app.py`` puts only the app's folder on sys.path: the pages' ``ui`` and
+    ``core`` imports must resolve from there (no pytest ``pythonpath``, another working dir)."""
+    titles = {"zero_shot": "Zero-shot accuracy", "perplexity": "Perplexity",
+              "activation_sparsity": "Activation sparsity", "layers": "Layer statistics"}
+    menu = (ROOT / "app.py").read_text()
+    titles = {page: title for page, title in titles.items() if f"pages/{page}.py" in menu}
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"root = {str(ROOT)!r}\n"
+        "assert root not in sys.path and 'ui' not in sys.modules\n"
+        "at = AppTest.from_file(root + '/app.py', default_timeout=60).run()\n"
+        f"for page, title in {titles!r}.items():\n"
+        "    at.switch_page(f'pages/{page}.py').run()\n"
+        "    assert not at.exception, (page, [e.value for e in at.exception])\n"
+        "    assert at.title[0].value == title, (page, at.title[0].value)\n"
+        "    assert at.dataframe, page\n"
+        "assert 'ui.components' in sys.modules\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")

@@ -394,3 +394,296 @@ def test_published_seed_000_tables(published_store: Store) -> None:
     assert cell(zs, "Magnitude 30%", "Retention") == "97.61%"
     assert cell(zs, "Wanda 50%", "Accuracy") == "66.21%"
     assert (zs.display()["Method"] == "Dense (Baseline)").sum() == 1
+
+
+# -- own runs: the dense baseline must share the evaluation settings -----------------------------
+def own_run(store: Store, method: str, metrics: list[dict[str, Any]], sparsity: str = "0.5",
+            **spec_fields: Any) -> int:
+    """An own, finished run created as the pipeline does (spec from ``PruneSpec``)."""
+    from core.spec import PruneSpec
+
+    spec = PruneSpec(method=method, sparsity="0" if method == "dense" else sparsity,
+                     **spec_fields)
+    target = spec.target()
+    run_id = store.create_run(kind="prune", model=spec.model, method=method,
+                              sparsity=target.fraction, pattern=target.pattern,
+                              spec=spec.to_dict(), identity=spec.identity(), status="done")
+    store.add_metrics(run_id, metrics)
+    return run_id
+
+
+def zs_rows(scores: dict[str, float | str | None]) -> list[dict[str, Any]]:
+    """Zero-shot metric rows as core.zeroshot stores them: a float is a score, a str a failed
+    task (its error), None a score without value."""
+    rows = []
+    for task, value in scores.items():
+        if isinstance(value, str):
+            rows.append({"kind": "zero_shot", "dataset": task, "metric": "acc", "value": None,
+                         "status": "missing", "note": f"task failed: {value}"})
+        else:
+            rows.append({"kind": "zero_shot", "dataset": task, "metric": "acc", "value": value,
+                         "status": "ok" if value is not None else "missing", "stderr": 0.01,
+                         "n_samples": 40, "note": "lm-eval 0.4.13"})
+    return rows
+
+
+def ppl_rows(value: float) -> list[dict[str, Any]]:
+    return [{"kind": "perplexity", "dataset": "wiki-offline", "metric": "ppl", "value": value}]
+
+
+def test_retention_of_own_runs_needs_the_same_zero_shot_settings(store: Store) -> None:
+    tasks = dict(zero_shot_tasks=["piqa", "boolq"], zs_limit=40)
+    dense = own_run(store, "dense", zs_rows({"piqa": 0.8, "boolq": 0.6}), **tasks)
+    # Later dense runs with other settings (would win on recency) must never be the baseline.
+    own_run(store, "dense", zs_rows({"piqa": 0.9, "boolq": 0.9}), num_fewshot=5, **tasks)
+    own_run(store, "dense", zs_rows({"piqa": 0.7, "boolq": 0.7}), dtype="float16", **tasks)
+    same = own_run(store, "wanda", zs_rows({"piqa": 0.6, "boolq": 0.3}), **tasks)
+    other_limit = own_run(store, "wanda", zs_rows({"piqa": 0.6, "boolq": 0.3}),
+                          zero_shot_tasks=["piqa", "boolq"], zs_limit=20)
+    table = tables.zero_shot_table(tables.load_metrics(store, "zero_shot"))
+    frame = table.frame.set_index("Run")
+    assert frame.loc[same, "Retention"] == pytest.approx(0.45 / 0.7)
+    assert frame.loc[same, "Baseline run"] == dense
+    assert frame.loc[same, "Evaluation"] == "0-shot, limit 40, float32"
+    assert math.isnan(frame.loc[other_limit, "Retention"])
+    shown = table.display().set_index("Run")
+    assert shown.loc[str(other_limit), "Retention"] == ""
+    assert shown.loc[str(other_limit), "Baseline run"] == ""
+    note = shown.loc[str(other_limit), "Note"]
+    assert "same zero-shot settings (num_fewshot=0, zs_limit=20, dtype=float32)" in note
+    assert f"run {dense} (num_fewshot=0, zs_limit=40, dtype=float32)" in note
+    assert any("same few-shot count, example limit and dtype" in n for n in table.notes)
+
+
+def test_own_dense_baseline_prefers_the_same_task_set(store: Store) -> None:
+    same_tasks = own_run(store, "dense", zs_rows({"piqa": 0.8, "boolq": 0.6}),
+                         zero_shot_tasks=["piqa", "boolq"])
+    own_run(store, "dense", zs_rows({"piqa": 0.8, "boolq": 0.6, "rte": 0.5}),
+            zero_shot_tasks=["piqa", "boolq", "rte"])
+    pruned = own_run(store, "wanda", zs_rows({"piqa": 0.6, "boolq": 0.3}),
+                     zero_shot_tasks=["piqa", "boolq"])
+    frame = tables.zero_shot_table(tables.load_metrics(store, "zero_shot")).frame.set_index("Run")
+    assert frame.loc[pruned, "Baseline run"] == same_tasks
+
+
+def test_perplexity_delta_of_own_runs_needs_the_same_windows(store: Store) -> None:
+    dense = own_run(store, "dense", ppl_rows(20.0), ppl_seqlen=256, max_windows=4)
+    own_run(store, "dense", ppl_rows(18.0), ppl_seqlen=512, max_windows=4)  # later, other seqlen
+    own_run(store, "dense", ppl_rows(19.0), ppl_seqlen=256, max_windows=4, dtype="bfloat16")
+    same = own_run(store, "wanda", ppl_rows(30.0), ppl_seqlen=256, max_windows=4)
+    all_windows = own_run(store, "wanda", ppl_rows(30.0), ppl_seqlen=256, max_windows=None)
+    table = tables.perplexity_table(tables.load_metrics(store, "perplexity"))
+    frame = table.frame.set_index("Run")
+    assert frame.loc[same, "Δ from dense"] == pytest.approx(50.0)
+    assert frame.loc[same, "_baseline_run"] == dense
+    assert math.isnan(frame.loc[all_windows, "Δ from dense"])
+    shown = table.display().set_index("Run")
+    assert shown.loc[str(all_windows), "Δ from dense"] == ""
+    note = shown.loc[str(all_windows), "Note"]
+    assert "same settings (ppl_seqlen=256, max_windows=none, dtype=float32)" in note
+    assert "Δ not computed" in note
+
+
+def test_published_baselines_keep_the_same_source_rule() -> None:
+    rows = make_rows(ppl("dense", 0, 5.0, spec={"seqlen": 2048}, **published()),
+                     ppl("wanda", 0.5, 6.0, spec={"seqlen": 4096}, **published()))
+    frame = tables.perplexity_table(rows).frame.set_index("Method")
+    assert frame.loc["Wanda 50%", "Δ from dense"] == pytest.approx(20.0)
+
+
+# -- per-task drop from dense ---------------------------------------------------------------------
+DROP_DENSE = {"piqa": 0.80, "boolq": 0.60, "rte": 0.50, "arc_easy": "ConnectionError: offline"}
+DROP_WANDA = {"piqa": 0.82, "boolq": 0.45, "arc_easy": "ConnectionError: offline"}  # no rte
+DROP_MAGNITUDE = {"piqa": 0.70, "boolq": 0.54, "rte": 0.40, "arc_easy": 0.30}
+
+
+@pytest.fixture
+def drop_store(store: Store) -> dict[str, int]:
+    settings = dict(zero_shot_tasks=["piqa", "boolq", "rte", "arc_easy"], zs_limit=40)
+    ids = {"dense": own_run(store, "dense", zs_rows(DROP_DENSE), **settings),
+           "wanda": own_run(store, "wanda", zs_rows(DROP_WANDA), **settings),
+           "magnitude": own_run(store, "magnitude", zs_rows(DROP_MAGNITUDE), **settings)}
+    # A 1-shot dense run: must not appear in (nor be the baseline of) the 0-shot view.
+    own_run(store, "dense", zs_rows({"piqa": 0.99, "boolq": 0.99}), num_fewshot=1, **settings)
+    return ids
+
+
+def test_drop_from_dense_per_task_and_on_average(store: Store, drop_store: dict[str, int]
+                                                 ) -> None:
+    rows = tables.load_metrics(store, "zero_shot")
+    table = tables.drop_table(rows, "smollm2-135m", "50%",
+                              evaluation="0-shot, limit 40, float32")
+    shown = table.display().set_index(["Task", "Method"])
+    assert list(shown.columns) == ["Score", "Dense", "Drop (points)", "Relative drop", "Source",
+                                   "Run", "Baseline run", "Note"]
+    improved = shown.loc[("piqa", "Wanda 50%")]
+    assert (improved["Score"], improved["Dense"], improved["Drop (points)"],
+            improved["Relative drop"]) == ("82.00%", "80.00%", "+2.00", "+2.50%")
+    worse = shown.loc[("boolq", "Wanda 50%")]
+    assert (worse["Drop (points)"], worse["Relative drop"]) == ("-15.00", "-25.00%")
+    assert shown.loc[("rte", "Magnitude 50%"), "Relative drop"] == "-20.00%"
+    # a failed task: shown as failed with the error, no drop
+    failed = shown.loc[("arc_easy", "Wanda 50%")]
+    assert (failed["Score"], failed["Dense"], failed["Drop (points)"]) == ("failed", "failed", "")
+    assert "task failed: ConnectionError: offline" in failed["Note"]
+    # dense failed, the pruned run has a score: no drop either
+    dense_failed = shown.loc[("arc_easy", "Magnitude 50%")]
+    assert (dense_failed["Score"], dense_failed["Dense"], dense_failed["Relative drop"]) == (
+        "30.00%", "failed", "")
+    # the run did not evaluate a task that dense has
+    absent = shown.loc[("rte", "Wanda 50%")]
+    assert (absent["Score"], absent["Dense"], absent["Drop (points)"]) == ("no value", "50.00%",
+                                                                           "")
+    assert "did not evaluate rte" in absent["Note"]
+    # averages over the tasks both scored: wanda piqa+boolq, magnitude piqa+boolq+rte
+    frame = table.frame.set_index(["Task", "Method"])
+    wanda = frame.loc[("Average", "Wanda 50%")]
+    assert wanda["Score"] == pytest.approx(0.635) and wanda["Dense"] == pytest.approx(0.70)
+    assert wanda["Drop (points)"] == pytest.approx(-6.5)
+    assert wanda["Relative drop"] == pytest.approx(-9.285714, abs=1e-5)
+    magnitude = frame.loc[("Average", "Magnitude 50%")]
+    assert magnitude["Drop (points)"] == pytest.approx((1.64 / 3 - 1.9 / 3) * 100)
+    assert shown.loc[("Average", "Magnitude 50%"), "Relative drop"] == "-13.68%"
+    assert "2 of 4 tasks" in shown.loc[("Average", "Wanda 50%"), "Note"]
+    assert set(shown["Baseline run"]) == {str(drop_store["dense"])}
+    # the average's relative drop is retention - 100%
+    retention = tables.zero_shot_table(rows).frame.set_index("Run")["Retention"]
+    assert retention[drop_store["wanda"]] - 1 == pytest.approx(wanda["Relative drop"] / 100)
+    assert list(dict.fromkeys(shown.index.get_level_values("Task"))) == [
+        "piqa", "arc_easy", "boolq", "rte", "Average"]
+    assert any("not counted" in n for n in table.notes)
+    for text in (export.to_csv(table.display()), export.to_markdown(table.display())):
+        assert "nan" not in text.lower()
+
+
+def test_failed_tasks_are_shown_and_not_averaged(store: Store, drop_store: dict[str, int]
+                                                 ) -> None:
+    rows = tables.load_metrics(store, "zero_shot")
+    per_task = tables.per_task_table(rows, "smollm2-135m", "50%",
+                                     evaluation="0-shot, limit 40, float32")
+    shown = per_task.display().set_index("Task")
+    assert list(shown.columns) == ["Dense", "Magnitude", "Wanda", "Note"]
+    assert shown.loc["piqa", "Dense"] == "80.00%"  # not the 1-shot dense run's 99%
+    assert shown.loc["arc_easy", "Wanda"] == "failed"
+    assert shown.loc["arc_easy", "Magnitude"] == "30.00%"
+    assert shown.loc["arc_easy", "Note"] == "Dense, Wanda: task failed: ConnectionError: offline"
+    assert shown.loc["rte", "Wanda"] == "no value"
+    assert shown.loc["piqa", "Note"] == ""  # lm-eval provenance notes are not repeated
+    average = tables.zero_shot_table(rows).display().set_index("Run")
+    wanda = average.loc[str(drop_store["wanda"])]
+    assert (wanda["Tasks"], wanda["Accuracy"]) == ("2", "63.50%")
+    assert "arc_easy failed" in wanda["Note"] and "not counted" in wanda["Note"]
+
+
+def test_per_task_view_keeps_evaluation_settings_apart(store: Store,
+                                                        drop_store: dict[str, int]) -> None:
+    rows = tables.load_metrics(store, "zero_shot")
+    assert tables.zs_evaluations(rows, "smollm2-135m") == ["0-shot, limit 40, float32",
+                                                         "1-shot, limit 40, float32"]
+    one_shot = tables.per_task_table(rows, "smollm2-135m", "50%",
+                                     evaluation="1-shot, limit 40, float32")
+    assert one_shot.empty  # no pruned 1-shot run: nothing is mixed in
+
+
+def test_drop_without_a_comparable_dense_run(store: Store) -> None:
+    own_run(store, "dense", zs_rows({"piqa": 0.8}), zero_shot_tasks=["piqa"], num_fewshot=5)
+    pruned = own_run(store, "wanda", zs_rows({"piqa": 0.7}), zero_shot_tasks=["piqa"])
+    table = tables.drop_table(tables.load_metrics(store, "zero_shot"), "smollm2-135m", "50%")
+    shown = table.display().set_index("Task")
+    assert (shown.loc["piqa", "Score"], shown.loc["piqa", "Dense"],
+            shown.loc["piqa", "Drop (points)"]) == ("70.00%", "no value", "")
+    assert "same zero-shot settings" in shown.loc["Average", "Note"]
+    assert shown.loc["Average", "Run"] == str(pruned)
+    assert charts.drop_chart(table).layout.annotations[0].text.startswith("No drop")
+
+
+def test_drop_table_of_the_published_seed_000(published_store: Store) -> None:
+    rows = tables.load_metrics(published_store, "zero_shot")
+    seed = [g for g in tables.choices(rows, "group") if g.startswith("Seed report 000")]
+    if not seed:
+        pytest.skip("seed 000 figures not in core/published/figures.csv")
+    table = tables.drop_table(rows, "Llama-2-7b-hf", "30%", groups=seed)
+    shown = table.display().set_index(["Task", "Method"])
+    piqa = shown.loc[("piqa", "Magnitude 30%")]  # 78.40% vs dense 78.13%: an improvement
+    assert (piqa["Drop (points)"], piqa["Relative drop"]) == ("+0.27", "+0.35%")
+    assert shown.loc[("Average", "Magnitude 30%"), "Relative drop"] == "-2.39%"  # 97.61% retained
+
+
+def test_drop_chart_is_a_heatmap_of_the_points(store: Store, drop_store: dict[str, int]) -> None:
+    table = tables.drop_table(tables.load_metrics(store, "zero_shot"), "smollm2-135m", "50%",
+                              evaluation="0-shot, limit 40, float32")
+    fig = charts.drop_chart(table)
+    heat = fig.data[0]
+    assert heat.type == "heatmap" and heat.zmid == 0
+    assert list(heat.x) == ["piqa", "arc_easy", "boolq", "rte", "Average"]
+    assert list(heat.y) == ["Magnitude 50%", "Wanda 50%"]
+    wanda = list(heat.y).index("Wanda 50%")
+    assert heat.z[wanda][0] == pytest.approx(2.0)
+    assert heat.z[wanda][1] is None and heat.text[wanda][1] == "failed"
+    assert heat.text[wanda][3] == "no value"
+    bars = charts.per_task_chart(tables.per_task_long(
+        tables.load_metrics(store, "zero_shot"), "smollm2-135m", "50%",
+        evaluation="0-shot, limit 40, float32"))
+    wanda_bars = next(t for t in bars.data if t.name == "Wanda")
+    assert dict(zip(wanda_bars.x, wanda_bars.text, strict=True)) == {
+        "piqa": "", "boolq": "", "arc_easy": "failed", "rte": "no value"}
+
+
+# -- layer statistics (seed 002) ------------------------------------------------------------------
+def test_block_sparsity_and_model_summary_of_an_own_run(store: Store) -> None:
+    run = own_run(store, "wanda", ppl_rows(30.0))
+    blocks = {0: 0.50, 1: 0.48, 2: 0.52}
+    rows = [{"block": b, "layer": "block", "stat": "sparsity", "value": v}
+            for b, v in blocks.items()]
+    rows += [{"block": b, "layer": name, "stat": "sparsity", "value": v + d}
+             for b, v in blocks.items()
+             for name, d in (("self_attn.q_proj", -0.01), ("mlp.down_proj", 0.01))]
+    rows += [{"block": None, "layer": "model", "stat": "mean", "value": 0.50},
+             {"block": None, "layer": "model", "stat": "std", "value": 0.016330},
+             {"block": 1, "layer": "model", "stat": "min", "value": 0.48},
+             {"block": 2, "layer": "model", "stat": "max", "value": 0.52},
+             {"block": None, "layer": "model", "stat": "overall", "value": 0.5001}]
+    store.add_layer_stats(run, rows)
+    stats = tables.load_layer_stats(store)
+    assert tables.layer_runs(stats)["run_id"].tolist() == [run]
+    table = tables.block_sparsity_table(stats, run)
+    shown = table.display()
+    assert shown.columns.tolist() == ["Block", "Sparsity", "Δ from target (points)", "Linears",
+                                      "Least pruned linear", "Most pruned linear"]
+    assert shown.values.tolist()[1] == ["1", "48.00%", "-2.00", "2",
+                                        "self_attn.q_proj (47.00%)", "mlp.down_proj (49.00%)"]
+    assert shown["Δ from target (points)"].tolist() == ["0.00", "-2.00", "+2.00"]
+    summary = tables.layer_summary_table(stats, run).display()
+    assert summary[["Statistic", "Sparsity", "Block"]].values.tolist() == [
+        ["Mean over blocks", "50.00%", ""], ["Std over blocks", "1.63%", ""],
+        ["Lowest block", "48.00%", "1"], ["Highest block", "52.00%", "2"],
+        ["Overall (all prunable weights)", "50.01%", ""]]
+    fig = charts.block_sparsity_chart(table, 0.5)
+    assert list(fig.data[0].x) == [0, 1, 2]
+    assert list(fig.data[0].y) == pytest.approx([50.0, 48.0, 52.0])
+
+
+def test_summary_is_computed_from_blocks_when_not_stored(store: Store) -> None:
+    run = own_run(store, "magnitude", ppl_rows(30.0))
+    store.add_layer_stats(run, [{"block": b, "layer": "block", "stat": "sparsity", "value": v}
+                                for b, v in ((0, 0.4), (1, 0.6))])
+    frame = tables.layer_summary_table(tables.load_layer_stats(store), run).frame
+    frame = frame.set_index("Statistic")
+    assert frame.loc["Std over blocks", "Sparsity"] == pytest.approx(0.1)
+    assert frame.loc["Highest block", "Block"] == 1
+    assert "computed from the 2 per-block rows" in frame.loc["Mean over blocks", "Note"]
+
+
+def test_seed_002_layer_statistics(published_store: Store) -> None:
+    stats = tables.load_layer_stats(published_store)
+    runs = tables.layer_runs(stats)
+    seed = runs[runs["group"].str.startswith("Seed report 002")]
+    if seed.empty:
+        pytest.skip("seed 002 figures not in core/published/figures.csv")
+    run = int(seed["run_id"].iloc[0])
+    assert tables.block_sparsity_table(stats, run).empty  # the seed gives only the summary
+    summary = tables.layer_summary_table(stats, run).display().set_index("Statistic")
+    assert (summary.loc["Mean over blocks", "Sparsity"], summary.loc["Lowest block", "Block"],
+            summary.loc["Highest block", "Sparsity"], summary.loc["Highest block", "Block"]
+            ) == ("50.03%", "0", "50.04%", "10")
+    assert "Layer 10" in summary.loc["Highest block", "Note"]

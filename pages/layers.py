@@ -1,0 +1,51 @@
+"""Layer statistics: measured sparsity per block and the model summary (seed 002's analysis)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import charts, tables
+from core.store import StoreError
+from ui.components import show_table, sidebar_filters
+
+st.title("Layer statistics")
+st.caption("Sparsity measured after pruning: the share of zero weights in each block's linear "
+           "layers, and its spread over the blocks (mean, standard deviation, lowest and highest "
+           "block). Published reports may give only the summary.")
+try:
+    store = tables.session_store(st.session_state)
+    all_stats = tables.load_layer_stats(store)
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if all_stats.empty:
+    st.info("No layer statistics yet. Every pruning run stores them; launch one, or check that "
+            "core/published/figures.csv is present: published figures are imported at start.")
+    st.stop()
+
+stats = tables.filter_rows(all_stats, **sidebar_filters(all_stats))
+runs = tables.layer_runs(stats)
+if runs.empty:
+    st.info("No layer statistics match the filters in the sidebar.")
+    st.stop()
+
+label = st.selectbox("Run", list(runs["label"]),
+                     help="Your runs first (latest first), then the published ones.")
+run = runs[runs["label"] == label].iloc[0]
+run_id = int(run["run_id"])
+
+st.subheader("Model summary")
+show_table(tables.layer_summary_table(stats, run_id), "layer-summary")
+
+st.subheader("Sparsity by block")
+blocks = tables.block_sparsity_table(stats, run_id)
+if blocks.empty:
+    st.info("This run stores only the model summary, no per-block values"
+            + (" (the published report gives no more)." if run["origin"] == "published" else "."))
+else:
+    target = tables.sparsity_fraction(run["sparsity"], run["pattern"])
+    method = tables.row_label(run["method"], run["sparsity"], run["pattern"])
+    st.plotly_chart(charts.block_sparsity_chart(
+        blocks, target, f"{run['model']} · {method} (run {run_id}): sparsity by block"))
+    show_table(blocks, "layer-blocks")

@@ -1,0 +1,1 @@
+"""Streamlit helpers shared by the dashboard pages (``core`` stays free of Streamlit)."""

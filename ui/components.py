@@ -1,0 +1,64 @@
+"""Widgets every page uses: a table with its notes and downloads, and the sidebar filters.
+
+Pages import these as ``from ui.components import ...``: Streamlit puts the main script's folder
+(the repository root, where ``app.py`` is) on ``sys.path``; the tests add the root through
+``pythonpath`` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core import export, tables
+
+#: Tables up to this many rows may be shown whole (``show_table(..., whole=True)``).
+WHOLE_ROWS = 40
+
+
+def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
+    """The table, its notes, and CSV / Markdown downloads of exactly what is shown.
+
+    ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
+    every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
+    rows matter (averages).  Returns nothing: a page calls it as a bare statement, which
+    Streamlit's "magic" would otherwise display.
+    """
+    shown = table.display()
+    align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
+    height = "content" if whole and len(shown) <= WHOLE_ROWS else "auto"
+    st.dataframe(shown, hide_index=True, column_config=align, height=height)
+    for note in table.notes:
+        st.caption(note)
+    buttons = st.container(horizontal=True)
+    buttons.download_button("CSV", export.to_csv(shown), file_name=f"{name}.csv",
+                            mime="text/csv", key=f"{name}-csv", on_click="ignore",
+                            icon=":material/download:")
+    buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
+                            mime="text/markdown", key=f"{name}-md", on_click="ignore",
+                            icon=":material/download:")
+
+
+def sidebar_filters(rows: pd.DataFrame, *, methods: bool = True) -> dict[str, Any]:
+    """Model, method (unless ``methods`` is False), source and origin filters in the sidebar.
+
+    Returns keyword arguments for ``tables.filter_rows``; an empty selection means all.
+    """
+    with st.sidebar:
+        st.subheader("Filters")
+        models = st.multiselect("Model", tables.choices(rows, "model"), placeholder="All models")
+        chosen_methods = None
+        if methods:
+            chosen_methods = st.multiselect("Method", tables.choices(rows, "method"),
+                                            format_func=tables.method_label,
+                                            placeholder="All methods")
+        groups = st.multiselect("Source", tables.choices(rows, "group"),
+                                placeholder="All sources")
+        origin = st.radio("Origin", list(tables.ORIGIN_FILTERS), horizontal=True)
+    selection = {"models": models or None, "groups": groups or None,
+                 "origins": tables.ORIGIN_FILTERS[origin]}
+    if methods:
+        selection["methods"] = chosen_methods or None
+    return selection
