@@ -21,6 +21,8 @@ PAGES = [
             url_path="zero-shot"),
     st.Page("pages/activation_sparsity.py", title="Activation sparsity", icon=":material/bolt:",
             url_path="activation-sparsity"),
+    st.Page("pages/layers.py", title="Layer statistics", icon=":material/stacked_bar_chart:",
+            url_path="layers"),
     st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch"),
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:", url_path="runs"),
 ]

@@ -90,6 +90,11 @@ if method != "dense":
             params[name] = column.checkbox(label, default)
         elif isinstance(default, int):
             params[name] = int(column.number_input(label, value=default, step=1))
+        elif default is None:  # "architecture default" (e.g. SparseLLM's alpha): empty field
+            value = column.number_input(label, value=None, format="%.4f",
+                                        placeholder="architecture default")
+            if value is not None:  # whole numbers as int (e.g. SparseLLM's iterations)
+                params[name] = int(value) if float(value).is_integer() else value
         else:
             params[name] = float(column.number_input(label, value=float(default), format="%.4f"))
 
