@@ -23,6 +23,10 @@ PAGES = [
             url_path="activation-sparsity"),
     st.Page("pages/layers.py", title="Layer statistics", icon=":material/stacked_bar_chart:",
             url_path="layers"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:", url_path="report"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/ablations.py", title="Compute & ablations", icon=":material/timer:",
+            url_path="ablations"),
     st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:", url_path="launch"),
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:", url_path="runs"),
 ]

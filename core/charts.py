@@ -426,3 +426,198 @@ def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
     fig.update_xaxes(title="% of CoreInfer", ticksuffix="%", range=[0, top * 1.15])
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
+
+
+# -- compute time and ablation grids (seed 004 Tables 3 and 4) ----------------------------------
+def compute_time_chart(long: pd.DataFrame, title: str = "Pruning time") -> go.Figure:
+    """Seconds per method as grouped bars, one group per (model, sparsity)."""
+    if long.empty:
+        return empty_figure("No pruning times stored for this selection.")
+    fig = go.Figure()
+    x_order = list(dict.fromkeys(f"{m} · {s}" for m, s in
+                                 zip(long["model"], long["sparsity"], strict=True)))
+    for index, (method, part) in enumerate(long.groupby("method", sort=False)):
+        base = part["spec"].iloc[0].get("method", "") if len(part) else ""
+        fig.add_trace(go.Bar(
+            x=[f"{m} · {s}" for m, s in zip(part["model"], part["sparsity"], strict=True)],
+            y=part["seconds"], name=method, marker_color=method_color(base, index),
+            text=[f"{v:.1f}" for v in part["seconds"]], textposition="outside",
+            hovertext=[hover_text(r, src, spec, f"{method}: {v:.2f} s") for r, src, spec, v in
+                       zip(part["run"], part["source"], part["spec"], part["seconds"],
+                           strict=True)],
+            hoverinfo="text"))
+    fig.update_layout(**_LAYOUT, title=title, barmode="group", bargap=0.2)
+    fig.update_xaxes(categoryorder="array", categoryarray=x_order, title="Model · sparsity")
+    fig.update_yaxes(title="Seconds", rangemode="tozero")
+    return fig
+
+
+def ablation_heatmap(table: T.Table, title: str) -> go.Figure:
+    """The grid of :func:`core.ablations.ablation_table` as a heatmap with the values written
+    in the cells and the best cell outlined."""
+    frame = table.frame
+    if table.empty or len(table.columns) < 2:
+        return empty_figure("No grid to draw.")
+    row_name, *cols = table.columns
+    shown = table.display()
+    z = [[float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+          for v in frame[c]] for c in cols]
+    z = [list(r) for r in zip(*z, strict=True)]  # rows x columns
+    text = [[shown.iloc[i][c] for c in cols] for i in range(len(frame))]
+    rows = list(frame[row_name])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale="Viridis_r",
+        colorbar={"title": "PPL"}, xgap=2, ygap=2,
+        hovertemplate="%{y} / %{x}: %{text}<extra></extra>"))
+    for i, row in enumerate(text):
+        for j, cell in enumerate(row):
+            if cell.endswith("(best)"):
+                fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                              line={"color": "#d62728", "width": 3})
+    fig.update_layout(**{**_LAYOUT, "height": 120 + 48 * len(rows)}, title=title)
+    fig.update_xaxes(title=row_name.split(" \\ ")[-1], type="category", side="top")
+    fig.update_yaxes(title=row_name.split(" \\ ")[0], type="category", autorange="reversed")
+    return fig
+
+
+def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -> go.Figure:
+    """Per-block levels of a search's full-set runs (``activation_views.search_levels``): the
+    configured kept fraction as a solid line, the one measured during decode as a dotted line."""
+    if levels.empty:
+        return empty_figure("No per-block levels stored for this search (published searches "
+                            "print none).")
+    fig = go.Figure()
+    for i, (config, part) in enumerate(levels.groupby("config", sort=False)):
+        color = (METHOD_COLORS["coreinfer"] if str(config) == "CoreInfer"
+                 else PALETTE[i % len(PALETTE)])
+        run = int(part["run_id"].iloc[0])
+        fig.add_trace(go.Scatter(
+            x=part["block"], y=part["configured"], mode="lines+markers",
+            name=f"{config}: configured", line={"color": color},
+            hovertext=[f"run {run}<br>{config}, block {b}: configured {v:.3f}"
+                       for b, v in zip(part["block"], part["configured"], strict=True)],
+            hoverinfo="text"))
+        measured = part[part["measured"].notna()]
+        if not measured.empty:
+            fig.add_trace(go.Scatter(
+                x=measured["block"], y=measured["measured"], mode="lines+markers",
+                name=f"{config}: measured", line={"color": color, "dash": "dot"},
+                marker={"symbol": "circle-open"},
+                hovertext=[f"run {run}<br>{config}, block {b}: measured {v:.3f}"
+                           for b, v in zip(measured["block"], measured["measured"],
+                                           strict=True)],
+                hoverinfo="text"))
+    fig.update_layout(**_LAYOUT, title=title)
+    fig.update_xaxes(title="Block", dtick=1)
+    fig.update_yaxes(title="Kept fraction of FFN neurons")
+    return fig
+
+
+# -- OWL block targets and sweeps (issue 8) -----------------------------------------------------
+def block_targets_chart(table: T.Table, owl_targets: Mapping[int, float] | None = None,
+                        target: float | None = None, title: str = "Sparsity by block",
+                        run_id: Any = None, source: str = "",
+                        spec: Mapping[str, Any] | None = None) -> go.Figure:
+    """Measured sparsity per block (bars) with the OWL target of each block (line and markers)
+    and the overall target; hover names the run and its spec."""
+    fig = block_sparsity_chart(table, target, title)
+    frame = table.frame
+    if table.empty or frame["Sparsity"].isna().all():
+        return fig
+    spec = spec or {}
+    owl = dict(owl_targets or {})
+    values = frame["Sparsity"].astype(float) * 100
+    fig.data[0].hovertext = [
+        hover_text(run_id, source, spec, f"block {b}: measured {v:.3f}%"
+                   + (f", OWL target {owl[int(b)] * 100:.3f}%" if int(b) in owl else ""),
+                   f"least pruned: {lo}", f"most pruned: {hi}")
+        for b, v, lo, hi in zip(frame["Block"], values, frame["Least pruned linear"],
+                                frame["Most pruned linear"], strict=True)]
+    if owl:
+        blocks = sorted(owl)
+        fig.add_trace(go.Scatter(
+            x=blocks, y=[owl[b] * 100 for b in blocks], mode="lines+markers",
+            name="OWL target", line={"color": "#ff7f0e", "width": 2},
+            marker={"symbol": "diamond", "size": 8, "color": "#ff7f0e"},
+            hovertext=[hover_text(run_id, source, spec, f"block {b}: OWL target "
+                                                        f"{owl[b] * 100:.3f}%") for b in blocks],
+            hoverinfo="text"))
+        top = max(float(values.max()), max(owl.values()) * 100, (target or 0) * 100)
+        fig.update_layout(showlegend=True)
+        fig.update_yaxes(range=[0, max(top * 1.12, 1.0)])
+    return fig
+
+
+def _sweep_hover(rec: Mapping[str, Any], params: list[str]) -> str:
+    values = ", ".join(f"{p}={rec[p]}" for p in params)
+    ppl = rec.get("ppl")
+    result = (f"PPL {ppl:.2f}" if isinstance(ppl, (int, float)) and math.isfinite(ppl)
+              else str(rec.get("status", "no value")))
+    run = rec.get("run")
+    return hover_text(run if run is not None and not pd.isna(run) else "—", "own run",
+                      values, result)
+
+
+def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.Figure:
+    """Perplexity of every sweep cell against one swept parameter (log axis); cells without a
+    finite perplexity are listed as red crosses at the top, labelled with their status."""
+    if cells.empty or param not in cells:
+        return empty_figure("No sweep cells to plot.")
+    params = [c for c in cells.columns if c not in ("run", "status", "ppl", "diverged")]
+    ok = cells[cells["ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    bad = cells.drop(index=ok.index)
+    fig = go.Figure()
+    if not ok.empty:
+        fig.add_trace(go.Scatter(
+            x=ok[param], y=ok["ppl"], mode="markers", name="cell",
+            marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
+            hovertext=[_sweep_hover(r, params) for r in ok.to_dict("records")],
+            hoverinfo="text"))
+    top = float(ok["ppl"].max()) * 2 if not ok.empty else 10.0
+    if not bad.empty:
+        fig.add_trace(go.Scatter(
+            x=bad[param], y=[top] * len(bad), mode="markers+text", name="no finite PPL",
+            text=[str(s) for s in bad["status"]], textposition="bottom center",
+            textfont={"size": 10, "color": "#b00020"},
+            marker={"symbol": "x", "size": 11, "color": "#b00020"},
+            hovertext=[_sweep_hover(r, params) for r in bad.to_dict("records")],
+            hoverinfo="text"))
+    values = [*ok["ppl"], top] if not ok.empty else [1.0, top]
+    ticks = log_ticks(min(values), max(values))
+    fig.update_layout(**_LAYOUT, title=title)
+    fig.update_xaxes(title=param)
+    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    return fig
+
+
+def sweep_parallel_chart(cells: pd.DataFrame, params: list[str],
+                         title: str = "Sweep: parallel coordinates") -> go.Figure:
+    """One line per sweep cell through its parameter values and its perplexity (coloured by
+    perplexity, lower = darker); cells without a finite perplexity are counted in the title."""
+    if cells.empty or not params:
+        return empty_figure("No sweep cells to plot.")
+    numeric = [p for p in params
+               if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in cells[p] if not pd.isna(v))]
+    ok = cells[cells["ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    if ok.empty:
+        return empty_figure("No sweep cell has a finite perplexity yet.")
+    dimensions = []
+    for p in params:
+        if p in numeric:
+            dimensions.append({"label": p, "values": ok[p].astype(float).tolist()})
+        else:  # a categorical parameter: its values at evenly spaced ticks
+            cats = sorted({str(v) for v in ok[p]})
+            dimensions.append({"label": p, "values": [cats.index(str(v)) for v in ok[p]],
+                               "tickvals": list(range(len(cats))), "ticktext": cats})
+    dimensions.append({"label": "perplexity", "values": ok["ppl"].astype(float).tolist()})
+    left_out = len(cells) - len(ok)
+    fig = go.Figure(go.Parcoords(
+        line={"color": ok["ppl"].astype(float).tolist(), "colorscale": "Viridis_r",
+              "showscale": True, "colorbar": {"title": {"text": "PPL"}}},
+        dimensions=dimensions))
+    full = title + (f" ({left_out} cell{'s' if left_out > 1 else ''} without a finite "
+                    "perplexity not drawn)" if left_out else "")
+    fig.update_layout(**{**_LAYOUT, "margin": {"l": 70, "r": 50, "t": 90, "b": 40}}, title=full)
+    return fig

@@ -44,7 +44,9 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False) -> Submission:
     if problems:
         raise ValueError(" ".join(problems))
     baseline_id = None
-    if not spec.is_dense:
+    # Activation runs and searches queue no dense baseline: no weights change, and they are
+    # compared with CoreInfer (which a search runs itself), not with the dense model.
+    if spec.kind == "prune" and not spec.is_dense:
         dense = spec.dense_baseline()
         baseline_id = find_identical(store, dense, ("done", *ACTIVE))
         if baseline_id is None:

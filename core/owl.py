@@ -24,6 +24,8 @@ from core.methods.base import Target
 from core.methods.wanda import InputNorms, Wanda
 from core.runner import _block_output, _collect, _move_outside_blocks, capture_inputs
 
+DEFAULT_M = 5.0
+DEFAULT_LAMBDA = 0.08
 FLOOR = 0.01
 CAP = 0.99
 

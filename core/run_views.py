@@ -380,7 +380,7 @@ def text_file_problems(label: str, paths: list[str]) -> list[str]:
 #: The Launch form's fields from top to bottom: problems are listed in this order.
 FORM_ORDER = ("Model", "Dtype", "Device", "Method", "Sparsity", "Block range",
               "Method parameters", "Calibration", "Evaluation", "Perplexity seqlen",
-              "Max windows", "Batch size", "Zero-shot")
+              "Max windows", "Batch size", "Zero-shot", "Few-shot", "Sweep")
 
 
 def merge_problems(form: list[str], spec: list[str]) -> list[str]:
@@ -416,6 +416,45 @@ def submission_message(store: Store, submission: Any) -> str:
         text += (f" Its dense baseline (for the change from dense) is run {baseline.id}, "
                  f"{baseline.status}.")
     return text
+
+
+def sweep_message(submission: Any) -> str:
+    """What the Launch page says after ``sweep.submit_sweep`` (a ``sweep.SweepSubmission``)."""
+    cells = len(submission.run_ids)
+    fresh = cells - submission.reused
+    text = (f"Queued sweep {submission.sweep_id}: {cells} cell(s), {fresh} new run(s)")
+    if submission.reused:
+        text += f", {submission.reused} identical run(s) reused"
+    return text + ". Its grid fills in on the Compute & ablations page as the runs finish."
+
+
+def parse_grid(text: str) -> tuple[dict[str, list[float]] | None, list[str]]:
+    """'name = v1, v2' lines -> ({name: [v1, v2]}, problems); an empty text is no sweep."""
+    grid: dict[str, list[float]] = {}
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, values = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(f"Sweep line {number}: write 'name = value, value', e.g. "
+                            "'method_params.alpha = 0.1, 1, 5'.")
+            continue
+        parsed = []
+        for item in values.split(","):
+            item = item.strip()
+            try:
+                number_value = float(item)
+            except ValueError:
+                problems.append(f"Sweep line {number}: {item!r} is not a number.")
+                continue
+            parsed.append(int(number_value) if number_value.is_integer() and "." not in item
+                          else number_value)
+        if name in grid:
+            problems.append(f"Sweep line {number}: {name!r} is given twice.")
+        grid[name] = parsed
+    return (grid or None), problems
 
 
 def split_paths(text: str) -> list[str]:

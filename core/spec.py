@@ -109,7 +109,8 @@ class PruneSpec:
                     get_method(self.method, **self.method_params)
                 except (ValueError, TypeError) as exc:
                     errors.append(f"Method parameters: {exc}")
-            if self.method in REGISTRY and REGISTRY[self.method].needs_calibration:
+            if self.method in REGISTRY and (REGISTRY[self.method].needs_calibration
+                                            or self.owl is not None):
                 errors += self._check_calibration()
         if self.owl is not None:
             errors += self._check_owl()
@@ -197,11 +198,239 @@ def _range(label: str, value: Any, low: int, high: int) -> list[str]:
     return []
 
 
+# -- activation sparsity (CoreInfer, sparsity levels) and its parameter search ------------------
+ACTIVATION_METHODS = ("coreinfer", "sparsity-levels")
+#: The final configurations a search runs on the full set (stored as activation runs).
+SEARCH_CONFIGS = ("CoreInfer", "best", "AVG")
+
+
+def _model_problems(model: str) -> list[str]:
+    if not model.strip():
+        return ["Model: give 'smollm2-135m', a local folder or a hub id."]
+    if _looks_like_path(model) and not Path(model).expanduser().is_dir():
+        return [f"Model: the folder {model!r} does not exist; give an existing model folder, "
+                "'smollm2-135m' or a hub id such as meta-llama/Llama-2-7b-hf."]
+    return []
+
+
+def _fraction(label: str, value: Any, zero_ok: bool = False) -> list[str]:
+    """A kept fraction in (0, 1] (or [0, 1] with ``zero_ok``)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (0 <= value <= 1 if zero_ok else 0 < value <= 1)):
+        allowed = "between 0 and 1" if zero_ok else "above 0 and at most 1"
+        return [f"{label}: {value!r} is not a number {allowed}."]
+    return []
+
+
+def _block_range_problems(block_range: Any) -> list[str]:
+    if block_range is not None and (
+            not isinstance(block_range, (list, tuple)) or len(block_range) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in block_range)
+            or not 0 <= block_range[0] < block_range[1]):
+        return ["Block range: give [start, end) with 0 <= start < end."]
+    return []
+
+
+def _common_problems(spec: Any) -> list[str]:
+    errors = _range("Batch size", spec.batch_size, *LIMITS["batch_size"])
+    if spec.dtype not in DTYPE_CHOICES:
+        errors.append(f"Dtype: {spec.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}.")
+    return errors + _check_device(spec.device)
+
+
+class _SpecBase:
+    """to_dict / from_dict shared by the activation kinds (same rules as ``PruneSpec``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+        unknown = set(values) - known - {"kind"}
+        if unknown:
+            raise ValueError(f"unknown spec field(s): {sorted(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class ActivationSpec(_SpecBase):
+    """CoreInfer (one kept fraction) or sparsity levels (one kept fraction per block), evaluated
+    on lm-eval tasks and/or perplexity.  No weights change; the actual (measured) kept fraction
+    is stored, never the parameter.  A parameter search stores its full-set runs as activation
+    runs with ``config`` / ``goal`` / ``trial`` / ``search`` set."""
+
+    model: str = config.DEFAULT_MODEL
+    method: str = "coreinfer"  # or "sparsity-levels"
+    sparsity: float = 0.4  # CoreInfer: fraction of FFN neurons KEPT in every converted block
+    token_sparsity: float = 0.2
+    levels: list[float] | None = None  # sparsity-levels: kept fraction per converted block
+    block_range: list[int] | None = None  # [start, end): blocks converted (default all)
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names
+    num_fewshot: int = 0
+    limit: int | None = None  # examples per task (None = all)
+    metric: str = ""  # headline metric of the tasks ('' = acc_norm, acc, exact_match, ...)
+    ppl_datasets: list[str] = field(default_factory=list)
+    ppl_seqlen: int = 256
+    max_windows: int | None = 16
+    batch_size: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    config: str = ""  # set by a search: CoreInfer / best / AVG ('' = not part of a search)
+    goal: float | None = None  # set by a search: its goal mean kept fraction
+    trial: int | None = None  # set by a search: the trial the best config came from
+    search: int | None = None  # set by a search: the search run's id
+    kind: str = field(default="activation", init=False)
+
+    def identity(self) -> dict[str, Any]:
+        values = self.to_dict()
+        for key in ("device", "batch_size", "search"):
+            values.pop(key)
+        if self.method == "coreinfer":
+            values.pop("levels")
+        else:
+            values.pop("sparsity")
+        return values
+
+    def validate(self) -> list[str]:
+        errors = _model_problems(self.model)
+        if self.method not in ACTIVATION_METHODS:
+            errors.append(f"Method: {self.method!r} is unknown; choose one of "
+                          f"{', '.join(ACTIVATION_METHODS)}.")
+        elif self.method == "coreinfer":
+            errors += _fraction("Kept fraction (CoreInfer sparsity)", self.sparsity)
+        elif not self.levels:
+            errors.append("Levels: give one kept fraction per converted block, e.g. "
+                          "0.35, 0.4, 0.45 (each between 0 and 1).")
+        else:
+            bad = [v for v in self.levels if _fraction("", v, zero_ok=True)]
+            if bad:
+                errors.append(f"Levels: {bad} are not kept fractions; each level must be a "
+                              "number between 0 and 1.")
+        errors += _fraction("Token sparsity", self.token_sparsity)
+        errors += _block_range_problems(self.block_range)
+        if (self.method == "sparsity-levels" and self.levels and self.block_range
+                and not _block_range_problems(self.block_range)
+                and len(self.levels) != self.block_range[1] - self.block_range[0]):
+            errors.append(f"Levels: {len(self.levels)} values for the block range "
+                          f"{self.block_range}; give one per converted block "
+                          f"({self.block_range[1] - self.block_range[0]}).")
+        if not self.tasks and not self.ppl_datasets:
+            errors.append("Evaluation: choose at least one lm-eval task or perplexity dataset.")
+        if self.tasks:
+            from core import zeroshot
+
+            errors += zeroshot.validate_tasks(list(self.tasks))
+            errors += _range("Few-shot examples", self.num_fewshot, 0, 64)
+            if self.limit is not None:
+                errors += _range("Examples per task", self.limit, 1, 10**7)
+        for name in self.ppl_datasets:
+            errors += _check_source("Evaluation dataset", name)
+        if self.ppl_datasets:
+            errors += _range("Perplexity seqlen", self.ppl_seqlen, *LIMITS["seqlen"])
+            if self.max_windows is not None:
+                errors += _range("Max windows", self.max_windows, *LIMITS["max_windows"])
+        return errors + _common_problems(self)
+
+
+@dataclass
+class SearchSpec(_SpecBase):
+    """Seed 003's parameter search for the sparsity-levels method on one lm-eval task.
+
+    Neuron scores come from ``n_calibration`` prompts of the task; for each ``sum_weight``
+    (``count_weight = 1 - sum_weight``) the threshold whose mean level over the converted blocks
+    is within 0.005 of the goal is found by bisection; each configuration is scored on the first
+    ``n_search`` examples; the best one, AVG (element-wise mean of all level vectors) and CoreInfer
+    then run on the full set (``full_limit`` examples, None = all).  The goal is either ``goal``
+    (a mean kept fraction) or ``goal_factor`` x CoreInfer's measured kept fraction (1.0 = the
+    same actual sparsity, 0.9 = "10% less"); with ``goal_factor`` the run fills in ``goal``.
+    """
+
+    model: str = config.DEFAULT_MODEL
+    task: str = "sb_everyday"
+    goal: float | None = 0.4
+    goal_factor: float | None = None
+    coreinfer_sparsity: float = 0.4  # CoreInfer's kept-fraction parameter for the comparison
+    token_sparsity: float = 0.2
+    sum_weights: list[float] = field(
+        default_factory=lambda: [0.15, 0.2, 0.25, 0.3, 0.4, 0.45, 0.55, 0.6])
+    top_k: int = 100
+    n_calibration: int = 16
+    n_search: int = 100
+    full_limit: int | None = None
+    block_range: list[int] | None = None
+    num_fewshot: int = 0
+    metric: str = ""  # '' = the task's headline metric (acc_norm, acc, exact_match, ...)
+    tolerance: float = 0.005
+    batch_size: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    kind: str = field(default="search", init=False)
+
+    @property
+    def method(self) -> str:
+        return "sparsity-levels"
+
+    def identity(self) -> dict[str, Any]:
+        values = self.to_dict()
+        for key in ("device", "batch_size"):
+            values.pop(key)
+        if self.goal_factor is not None:
+            values.pop("goal")  # resolved from CoreInfer's measured kept fraction at run time
+        return values
+
+    def validate(self) -> list[str]:
+        errors = _model_problems(self.model)
+        if not isinstance(self.task, str) or not self.task.strip():
+            errors.append("Task: give one lm-eval task name, e.g. sb_everyday or "
+                          "truthfulqa_gen.")
+        else:
+            from core import zeroshot
+
+            errors += [p.replace("Zero-shot task", "Task") for p in
+                       zeroshot.validate_tasks([self.task])]
+        if self.goal_factor is None:
+            errors += (["Goal: give a goal mean kept fraction, or a factor of CoreInfer's "
+                        "measured kept fraction."] if self.goal is None
+                       else _fraction("Goal", self.goal))
+        else:
+            errors += _fraction("Goal factor", self.goal_factor)
+        errors += _fraction("CoreInfer kept fraction", self.coreinfer_sparsity)
+        errors += _fraction("Token sparsity", self.token_sparsity)
+        weights = self.sum_weights if isinstance(self.sum_weights, list) else []
+        if not weights:
+            errors.append("Sum weights: give at least one value between 0 and 1, e.g. "
+                          "0.15, 0.3, 0.45.")
+        else:
+            bad = [w for w in weights if _fraction("", w, zero_ok=True)]
+            if bad:
+                errors.append(f"Sum weights: {bad} are outside [0, 1]; each sum weight is a "
+                              "number between 0 and 1 (count weight = 1 - sum weight).")
+            if len(set(weights)) != len(weights):
+                errors.append("Sum weights: a value is repeated; give each value once.")
+            if len(weights) > 50:
+                errors.append(f"Sum weights: {len(weights)} values; at most 50.")
+        errors += _range("Top-k", self.top_k, 1, 10**6)
+        errors += _range("Calibration prompts", self.n_calibration, *LIMITS["samples"])
+        errors += _range("Search samples", self.n_search, 1, 10**7)
+        if self.full_limit is not None:
+            errors += _range("Full-set limit", self.full_limit, 1, 10**7)
+        errors += _block_range_problems(self.block_range)
+        errors += _range("Few-shot examples", self.num_fewshot, 0, 64)
+        if (isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float))
+                or not 0 < self.tolerance <= 0.1):
+            errors.append(f"Tolerance: {self.tolerance!r} is not a number in (0, 0.1].")
+        return errors + _common_problems(self)
+
+
 #: Run kinds and their spec classes; the worker and the forms look kinds up here.
-SPEC_KINDS: dict[str, type[PruneSpec]] = {"prune": PruneSpec}
+SPEC_KINDS: dict[str, type] = {"prune": PruneSpec, "activation": ActivationSpec,
+                               "search": SearchSpec}
 
 
-def spec_from_dict(values: dict[str, Any]) -> PruneSpec:
+def spec_from_dict(values: dict[str, Any]) -> Any:
     """Rebuild a stored spec of any run kind."""
     kind = values.get("kind", "prune")
     if kind not in SPEC_KINDS:

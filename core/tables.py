@@ -191,8 +191,14 @@ def metric_label(metric: str) -> str:
 
 
 def dataset_label(dataset: str) -> str:
-    """Short dataset name used in column headers: wikitext2 -> WT2."""
-    return DATASET_SHORT.get(str(dataset), str(dataset))
+    """Short dataset name used in column headers: wikitext2 -> WT2; a local file -> its name."""
+    return DATASET_SHORT.get(str(dataset), dataset_name(dataset))
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset as tables name it: a local text file by its file name, others as they are."""
+    name = str(dataset)
+    return name.rsplit("/", 1)[-1] if name.startswith(("/", "~", ".")) else name
 
 
 def is_nm(pattern: Any) -> bool:
@@ -608,7 +614,7 @@ def _ppl_record(rec: Mapping[str, Any], base: Mapping[str, Any] | None,
     else:
         delta = relative_change(value, _value(base))
     return {
-        "Model": rec["model"], "Dataset": rec["dataset"],
+        "Model": rec["model"], "Dataset": dataset_name(rec["dataset"]),
         "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
         "PPL": value, TEXT + "PPL": _cell_text(rec["status"]),
         "Δ from dense": delta, TEXT + "Δ from dense": delta_text,
@@ -630,7 +636,7 @@ def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None 
         df = df[df["table"] == table]
     if df.empty:
         return Table(pd.DataFrame(columns=["Method"]))
-    df = df.assign(_row=_grid_row_labels(df),
+    df = df.assign(_row=grid_row_labels(df),
                    _col=[f"{s} · {dataset_label(d)}" for s, d in
                          zip(df["sparsity_label"], df["dataset"], strict=True)])
     df = latest_runs(df, ["_row", "_col"])
@@ -649,7 +655,7 @@ def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None 
     return Table(frame, formats, notes)
 
 
-def _grid_row_labels(df: pd.DataFrame) -> list[str]:
+def grid_row_labels(df: pd.DataFrame) -> list[str]:
     """Method label, plus the settings that differ between runs of that method (ablations)."""
     labels = []
     varying: dict[str, list[str]] = {}

@@ -125,12 +125,17 @@ def evaluate(
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
     extra_task_dir: str | None = None,
+    lm: Any = None,
 ) -> ZeroShotResult:
-    """Evaluate ``model`` (in memory) on each task; failures are recorded per task."""
+    """Evaluate ``model`` (in memory) on each task; failures are recorded per task.
+
+    ``lm``: an lm-eval model wrapping ``model`` to use instead of a plain ``HFLM`` (e.g.
+    ``core.activation.coreinfer_lm`` for CoreInfer's causal multiple-choice scores)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    if lm is None:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     manager = task_manager(extra_task_dir)
     result = ZeroShotResult()
     for i, task in enumerate(tasks):

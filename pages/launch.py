@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import config, data, jobs, run_views, tables
+from core import config, data, jobs, run_views, sweep, tables, zeroshot
 from core.executor import LocalExecutor
 from core.methods import REGISTRY, available
-from core.spec import DTYPE_CHOICES, LIMITS, PruneSpec
+from core.spec import DTYPE_CHOICES, LIMITS, OWL_METHODS, PruneSpec
 from core.store import StoreError
+from ui.components import use_app_menu
 
 LOCAL_FILE = "a local .txt file…"
 
+use_app_menu()
 st.title("Launch a run")
 st.caption("Prune a causal LM (or keep it dense) and measure its perplexity. The run is queued and "
            "executed by a background worker; follow it on the Runs page.")
@@ -27,6 +29,19 @@ except StoreError as exc:
 if not store.writable:
     st.error("The results database is read-only here: runs cannot be launched. Set "
              "SPARSEBENCH_DB to a writable file and restart.")
+    st.stop()
+
+RUN_KINDS = ("Prune + evaluate", "Activation sparsity", "Parameter search")
+run_kind = st.radio("Run kind", RUN_KINDS, horizontal=True,
+                    help="Activation sparsity: CoreInfer or per-block sparsity levels (no weights "
+                         "change). Parameter search: seed 003's search of the sparsity levels, "
+                         "compared with CoreInfer.")
+if run_kind != RUN_KINDS[0]:
+    from ui import activation_forms
+
+    (activation_forms.activation_form if run_kind == RUN_KINDS[1]
+     else activation_forms.search_form)(store)
+    st.caption(f"Results are stored in `{config.db_path()}`.")
     st.stop()
 
 defaults = PruneSpec()
@@ -69,6 +84,7 @@ method = st.selectbox("Method", methods, index=methods.index(defaults.method),
 st.caption(REGISTRY[method].description if method in REGISTRY
            else "No pruning: the dense baseline that pruned runs are compared with.")
 params: dict[str, object] = {}
+owl = None
 block_range = None
 sparsity = "0"
 if method != "dense":
@@ -82,6 +98,19 @@ if method != "dense":
     block_range, block_problem = run_views.parse_block_range(block_text)
     if block_problem:
         problems.append(block_problem)
+    owl = None
+    if method in OWL_METHODS:
+        use_owl = st.checkbox(
+            "OWL layer-wise sparsity", False,
+            help="Outlier-weighted layer-wise sparsity (Yin et al. 2024): blocks with more "
+                 "outlier activations are pruned less; the block targets average to the "
+                 "sparsity above. Unstructured targets only; needs calibration data.")
+        if use_owl:
+            left, right = st.columns(2)
+            owl = {"M": float(left.number_input("OWL M (outlier threshold × mean)", 0.1, 1000.0,
+                                                value=5.0)),
+                   "lambda": float(right.number_input("OWL lambda (max deviation)", 0.0, 0.49,
+                                                      value=0.08, format="%.3f"))}
     method_params = run_views.method_parameters(method)
     columns = st.columns(max(len(method_params), 1))
     for column, (name, default) in zip(columns, method_params.items(), strict=False):
@@ -100,7 +129,7 @@ if method != "dense":
 
 calibration, samples, seqlen, seed = (defaults.calibration, defaults.samples, defaults.seqlen,
                                       defaults.seed)
-if method in REGISTRY and REGISTRY[method].needs_calibration:
+if method in REGISTRY and (REGISTRY[method].needs_calibration or owl is not None):
     st.subheader("Calibration")
     choice = st.selectbox("Calibration text", [*sources, LOCAL_FILE],
                           index=sources.index(defaults.calibration),
@@ -133,6 +162,35 @@ max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windo
 batch_size = int(right.number_input("Batch size", *LIMITS["batch_size"],
                                     value=defaults.batch_size))
 
+st.subheader("Zero-shot evaluation (lm-evaluation-harness)")
+offline_tasks = list(zeroshot.OFFLINE_TASKS)
+task_choices = [*offline_tasks, *zeroshot.DEFAULT_TASKS]
+picked = st.multiselect(
+    "Zero-shot tasks", task_choices, default=[],
+    help=f"{', '.join(offline_tasks)} ship with the app (offline); "
+         f"{', '.join(zeroshot.DEFAULT_TASKS)} are seed 000's set and download their data "
+         "from the Hugging Face hub.")
+other_tasks = st.text_input("Other lm-eval task names (comma separated)", "",
+                            placeholder="e.g. winogrande, arc_challenge",
+                            help="Any task lm-eval knows; checked before the run is queued.")
+zero_shot_tasks = list(dict.fromkeys(
+    [*picked, *(t.strip() for t in other_tasks.split(",") if t.strip())]))
+num_fewshot, zs_limit = 0, None
+if zero_shot_tasks:
+    left, right = st.columns(2)
+    num_fewshot = int(left.number_input("Few-shot examples", 0, 64, value=0))
+    zs_limit = int(right.number_input("Examples per task (0 = all)", 0, 10**7, value=0)) or None
+
+st.subheader("Sweep (optional)")
+sweep_text = st.text_area(
+    "Grid: one parameter per line, name = values", "", height=80,
+    placeholder="method_params.alpha = 0.01, 0.1, 1\nmethod_params.beta = 0.1, 1, 5",
+    help="Queues one run per combination and shows them as a grid on the Compute & "
+         "ablations page. Parameters: method_params.<name> (e.g. alpha, beta for SparseLLM; "
+         "dampening for SparseGPT), owl.M, owl.lambda, sparsity, samples, seqlen, seed.")
+grid, grid_problems = run_views.parse_grid(sweep_text)
+problems.extend(grid_problems)
+
 st.subheader("Output")
 save_dir = st.text_input("Save the pruned model to (optional folder)", "",
                          placeholder="not saved")
@@ -142,23 +200,35 @@ if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     spec = PruneSpec(
         model=run_views.local_path(model), method=method, sparsity=sparsity.strip(),
         method_params=params, calibration=calibration, samples=samples, seqlen=seqlen,
-        seed=seed, block_range=block_range, ppl_datasets=ppl_datasets, ppl_seqlen=ppl_seqlen,
+        seed=seed, block_range=block_range, owl=owl, ppl_datasets=ppl_datasets,
+        ppl_seqlen=ppl_seqlen, zero_shot_tasks=zero_shot_tasks, num_fewshot=num_fewshot,
+        zs_limit=zs_limit,
         max_windows=max_windows or None, batch_size=batch_size, dtype=dtype,
         device=device.strip(), trust_remote_code=trust,
         save_dir=run_views.local_path(save_dir) or None,
     )
     problems = run_views.merge_problems(problems, spec.validate())
+    if grid and not problems:
+        problems = sweep.validate_grid(spec, grid)
     if problems:
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
     else:
         try:
-            submission = jobs.submit(store, spec, fresh=fresh)
+            if grid:
+                submission = sweep.submit_sweep(store, spec, grid, fresh=fresh)
+            else:
+                submission = jobs.submit(store, spec, fresh=fresh)
             LocalExecutor(store).ensure_workers()
-            message = run_views.submission_message(store, submission)
+            message = (run_views.sweep_message(submission) if grid
+                       else run_views.submission_message(store, submission))
+        except ValueError as exc:  # a grid cell the spec checks refuse
+            st.error(f"Nothing was queued. Please fix: {exc}")
         except StoreError as exc:
             st.error(str(exc))
         else:
-            (st.info if submission.reused else st.success)(message)
+            nothing_new = (submission.reused == len(submission.run_ids) if grid
+                           else submission.reused)
+            (st.info if nothing_new else st.success)(message)
             st.page_link("pages/runs.py", label="Follow it on the Runs page",
                          icon=":material/play_circle:")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts, tables
+from core import report, tables
 from core.store import StoreError
-from ui.components import show_table, sidebar_filters
+from ui.components import show_table, sidebar_filters, use_app_menu
 
+use_app_menu()
 st.title("Layer statistics")
 st.caption("Sparsity measured after pruning: the share of zero weights in each block's linear "
            "layers, and its spread over the blocks (mean, standard deviation, lowest and highest "
@@ -37,6 +38,9 @@ run_id = int(run["run_id"])
 
 st.subheader("Model summary")
 show_table(tables.layer_summary_table(stats, run_id), "layer-summary")
+found = report.layer_findings_for(stats, run_id)
+if found:
+    st.markdown("\n".join(f"- {f.text}" for f in found))
 
 st.subheader("Sparsity by block")
 blocks = tables.block_sparsity_table(stats, run_id)
@@ -44,8 +48,5 @@ if blocks.empty:
     st.info("This run stores only the model summary, no per-block values"
             + (" (the published report gives no more)." if run["origin"] == "published" else "."))
 else:
-    target = tables.sparsity_fraction(run["sparsity"], run["pattern"])
-    method = tables.row_label(run["method"], run["sparsity"], run["pattern"])
-    st.plotly_chart(charts.block_sparsity_chart(
-        blocks, target, f"{run['model']} · {method} (run {run_id}): sparsity by block"))
+    st.plotly_chart(report.layer_chart(stats, run_id))
     show_table(blocks, "layer-blocks")

@@ -6,7 +6,9 @@ import streamlit as st
 
 from core import config, tables
 from core.store import StoreError
+from ui.components import use_app_menu
 
+use_app_menu()
 st.title("SparseBench")
 st.caption("Compare LLM pruning and activation-sparsity methods on the same footing: your own "
            "runs beside the figures published in papers and earlier reports.")

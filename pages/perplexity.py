@@ -6,8 +6,9 @@ import streamlit as st
 
 from core import charts, tables
 from core.store import StoreError
-from ui.components import show_table, sidebar_filters
+from ui.components import show_table, sidebar_filters, use_app_menu
 
+use_app_menu()
 st.title("Perplexity")
 st.caption("Lower is better. Δ from dense compares each run with the dense run of the same model "
            "and dataset from the same source (published) or from your own runs; your runs only "

@@ -7,12 +7,14 @@ import streamlit as st
 from core import jobs, run_views, tables
 from core.executor import LocalExecutor
 from core.store import StoreError
+from ui.components import use_app_menu
 
 REFRESH_S = 2
 PICK = "run-detail"  # the run picker's key
 PENDING = "run-detail-next"  # a run to pick on the next run (set by Re-run)
 FLASH = "run-detail-flash"  # a message to show once, after an action
 
+use_app_menu()
 st.title("Runs")
 st.caption(f"Your own runs, newest first; this page refreshes every {REFRESH_S} s. A background "
            "worker executes queued runs one at a time per device; the page starts it when "

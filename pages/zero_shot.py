@@ -7,8 +7,9 @@ import streamlit as st
 
 from core import charts, tables
 from core.store import StoreError
-from ui.components import show_table, sidebar_filters
+from ui.components import show_table, sidebar_filters, use_app_menu
 
+use_app_menu()
 st.title("Zero-shot accuracy")
 st.caption("Average over each run's scored tasks; retention = pruned average / dense average of "
            "the same model and source, over the tasks both have. Your runs are compared only "

@@ -113,7 +113,17 @@ def fill_launch(at: AppTest, assets: dict[str, str], **change: object) -> AppTes
     widget(at.number_input, "Window length (tokens)").set_value(32)
     widget(at.number_input, "Max windows (0 = all)").set_value(4)
     widget(at.number_input, "Batch size").set_value(1)
+    if "owl" in change:
+        widget(at.checkbox, "OWL layer-wise sparsity").check().run()
+        widget(at.number_input, "OWL lambda (max deviation)").set_value(change["owl"])
+    widget(at.multiselect, "Zero-shot tasks").set_value(change.get("tasks", []))
+    widget(at.text_input, "Other lm-eval task names (comma separated)").set_value(
+        change.get("other_tasks", ""))
+    widget(at.text_area, "Grid: one parameter per line, name = values").set_value(
+        change.get("sweep", ""))
     at.run()
+    if "zs_limit" in change:
+        widget(at.number_input, "Examples per task (0 = all)").set_value(change["zs_limit"])
     widget(at.button, "Queue run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -137,6 +147,14 @@ BAD_VALUES = {
                                ["Calibration text:", "enter the path of a .txt file"]),
     "evaluation file missing": ({"eval_paths": "/nope/eval.txt"},
                                 ["Evaluation:", "/nope/eval.txt", "does not exist"]),
+    "unknown zero-shot task": ({"other_tasks": "no_such_task"},
+                               ["Zero-shot task", "no_such_task", "not an lm-eval task",
+                                "sb_everyday"]),
+    "sweep value not a number": ({"sweep": "method_params.alpha = 0.1, big"},
+                                 ["Sweep line 1", "'big' is not a number"]),
+    "sweep of a fixed field": ({"sweep": "model = 1, 2"},
+                               ["Sweep:", "'model' cannot be swept", "method_params.<name>"]),
+    "OWL with N:M": ({"sparsity": "2:4", "owl": 0.08}, ["OWL:", "not N:M"]),
 }
 
 
@@ -156,6 +174,35 @@ def test_bad_values_are_reported_and_nothing_is_queued(db: Path, workers: list[i
     assert not at.success
     assert own_runs(db).empty
     assert not workers
+
+
+def test_owl_and_zero_shot_settings_reach_the_stored_spec(db: Path, workers: list[int],
+                                                         assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets, owl=0.1, tasks=["sb_everyday"],
+                     other_tasks="sb_wiki_next", zs_limit=5)
+    assert not at.error, [e.value for e in at.error]
+    runs = own_runs(db)
+    pruned = json.loads(runs[runs["method"] == "wanda"]["spec"].iloc[0])
+    assert pruned["owl"] == {"M": 5.0, "lambda": 0.1}
+    assert pruned["zero_shot_tasks"] == ["sb_everyday", "sb_wiki_next"]
+    assert pruned["zs_limit"] == 5 and pruned["num_fewshot"] == 0
+    dense = json.loads(runs[runs["method"] == "dense"]["spec"].iloc[0])
+    assert dense["zero_shot_tasks"] == pruned["zero_shot_tasks"] and dense["owl"] is None
+
+
+def test_sweep_queues_one_run_per_cell(db: Path, workers: list[int],
+                                       assets: dict[str, str]) -> None:
+    at = fill_launch(open_page("pages/launch.py"), assets,
+                     sweep="sparsity = 0.3, 0.5\nseed = 0, 1")
+    assert not at.error, [e.value for e in at.error]
+    assert "Queued sweep" in at.success[0].value and "4 cell(s)" in at.success[0].value
+    stored = Store(db).frame("SELECT kind, method, spec FROM runs WHERE origin = 'own'")
+    assert (stored["kind"] == "sweep").sum() == 1
+    cells = [json.loads(s) for s in stored[stored["method"] == "wanda"]["spec"]]
+    cells = [c for c in cells if c.get("sweep")]
+    assert sorted((c["sparsity"], c["seed"]) for c in cells) == [
+        ("0.3", 0), ("0.3", 1), ("0.5", 0), ("0.5", 1)]
+    assert workers
 
 
 def test_every_problem_is_listed_at_once_in_form_order(db: Path, workers: list[int],

@@ -99,16 +99,21 @@ def test_downloads_are_exactly_the_shown_tables(store: Store, downloads: dict[st
     at = run(page)
     assert_clean(at)
     buttons = list(at.download_button)
-    assert len(buttons) == 2 * len(at.dataframe)
+    assert len(buttons) == 3 * len(at.dataframe)
     for i, frame in enumerate(at.dataframe):
         shown = frame.value.reset_index(drop=True)
-        csv_button, md_button = buttons[2 * i], buttons[2 * i + 1]
-        assert (csv_button.label, md_button.label) == ("CSV", "Markdown")
+        csv_button, md_button, tex_button = buttons[3 * i:3 * i + 3]
+        assert (csv_button.label, md_button.label, tex_button.label) == ("CSV", "Markdown",
+                                                                          "LaTeX")
         csv_text = download_data(csv_button, downloads)
         md_text = download_data(md_button, downloads)
+        tex_text = download_data(tex_button, downloads)
         assert csv_text == export.to_csv(shown)
         assert md_text == export.to_markdown(shown)
         assert export.parse_markdown(md_text).values.tolist() == shown.values.tolist()
+        assert "\\toprule" in tex_text and "\\bottomrule" in tex_text
+        assert export.parse_latex(tex_text).values.tolist() == shown.values.tolist()
+        assert list(export.parse_latex(tex_text).columns) == list(shown.columns)
         back = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
         assert back.values.tolist() == shown.astype(str).values.tolist()
 
@@ -238,7 +243,7 @@ def test_zero_shot_page_with_own_runs(store: Store, downloads: dict[str, bytes])
     assert shown.loc[("sb_everyday", "Wanda 50%"), "Drop (points)"] == "-10.00"
     assert shown.loc[("sb_everyday", "Wanda 50%"), "Relative drop"] == "-12.50%"
     assert len(at.get("plotly_chart")) == 3
-    assert len(at.download_button) == 2 * len(at.dataframe)
+    assert len(at.download_button) == 3 * len(at.dataframe)
     for frame in at.dataframe:
         assert not frame.value.astype(str).apply(lambda c: c.str.lower().eq("nan")).any().any()
 

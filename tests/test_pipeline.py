@@ -138,3 +138,42 @@ def test_cli_prunes_and_stores(model_dir: Path, corpus: str, tmp_path: Path, cap
     assert own["pattern"].tolist() == ["4:8"] and own["status"].tolist() == ["done"]
     assert cli.main(["--db", str(db), "prune", "--sparsity", "2:2"]) == 2
     assert "N < M" in capsys.readouterr().err
+
+
+def test_owl_run_stores_its_block_targets_and_follows_them(model_dir: Path, corpus: str,
+                                                           tmp_path: Path) -> None:
+    from core import data, owl
+
+    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    spec = tiny_spec(model_dir, corpus, method="magnitude", sparsity="0.5",
+                     owl={"M": 2.0, "lambda": 0.2})
+    assert spec.validate() == []
+    run_and_store(store, create_run(store, spec), spec)
+    stats = store.frame("SELECT block, stat, value FROM layer_stats "
+                        "WHERE layer = 'block' ORDER BY block")
+    targets = stats[stats["stat"] == "owl_target"]["value"].tolist()
+    measured = stats[stats["stat"] == "sparsity"]["value"].tolist()
+    assert len(targets) == len(measured) == 2
+    assert sum(targets) / 2 == pytest.approx(0.5, abs=1e-9)
+    assert measured == pytest.approx(targets, abs=0.02)
+    # Independently: the outlier ratios of the dense model on the same calibration data.
+    model, tokenizer = models.load_model(str(model_dir))
+    calibration = data.calibration_ids(tokenizer, corpus, spec.samples, spec.seqlen, spec.seed)
+    ratios = owl.outlier_ratios(model, calibration, 2.0)
+    assert targets == pytest.approx(owl.targets_from_ratios(ratios, 0.5, 0.2))
+    if ratios[0] != ratios[1]:
+        assert (targets[0] < targets[1]) == (ratios[0] > ratios[1])  # more outliers, less pruned
+
+
+def test_owl_with_a_block_range_averages_over_the_range(model_dir: Path, corpus: str,
+                                                        tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    spec = tiny_spec(model_dir, corpus, method="wanda", sparsity="0.4", block_range=[1, 2],
+                     owl={"M": 2.0, "lambda": 0.1})
+    run_and_store(store, create_run(store, spec), spec)
+    stats = store.frame("SELECT block, stat, value FROM layer_stats "
+                        "WHERE layer = 'block' ORDER BY block")
+    assert stats[stats["stat"] == "owl_target"]["value"].tolist() == pytest.approx([0.0, 0.4])
+    # Wanda prunes floor(0.4 x in_features) per row: the tiny widths round down a little.
+    assert stats[stats["stat"] == "sparsity"]["value"].tolist() == pytest.approx([0.0, 0.4],
+                                                                                 abs=0.03)

@@ -14,12 +14,30 @@ import streamlit as st
 
 from core import export, tables
 
+
+def use_app_menu() -> None:
+    """Hand over to ``app.py`` when Streamlit ran this page script on its own.
+
+    On a fresh server, the first visit to a page URL (e.g. ``/perplexity``) is run in Streamlit's
+    legacy ``pages/`` mode: the page alone, with an automatic menu of file names and without
+    ``app.py``'s page config and ``st.navigation`` menu.  Leaving that mode and rerunning makes
+    Streamlit run ``app.py``, which opens the same page from its own menu.  Every page calls this
+    first; it does nothing once ``app.py`` has taken over.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 #: Tables up to this many rows may be shown whole (``show_table(..., whole=True)``).
 WHOLE_ROWS = 40
 
 
 def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
-    """The table, its notes, and CSV / Markdown downloads of exactly what is shown.
+    """The table, its notes, and CSV / Markdown / LaTeX (booktabs) downloads of exactly what
+    is shown.
 
     ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
     every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
@@ -39,6 +57,9 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
     buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
                             mime="text/markdown", key=f"{name}-md", on_click="ignore",
                             icon=":material/download:")
+    buttons.download_button("LaTeX", export.to_latex(shown, table.numeric_columns),
+                            file_name=f"{name}.tex", mime="text/x-tex", key=f"{name}-tex",
+                            on_click="ignore", icon=":material/download:")
 
 
 def sidebar_filters(rows: pd.DataFrame, *, methods: bool = True) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Compare: chosen runs (own or published) side by side with their differences, and the cells of
+a sweep or published ablation as a scatter and parallel coordinates."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import ablations, charts, compare, tables
+from core.store import StoreError
+from ui.components import show_table, use_app_menu
+
+use_app_menu()
+st.title("Compare runs")
+st.caption("Pick runs, your own or published ones, to see every stored number side by side. "
+           "Differences are against the first run picked: relative change (%) for perplexity, "
+           "time and memory, points for accuracy and sparsity.")
+try:
+    store = tables.session_store(st.session_state)
+    runs = store.runs()
+    metrics = tables.prepare(store.metrics())
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+options = compare.run_options(runs)
+if options.empty:
+    st.info("No finished runs to compare yet. Launch a pruning run, or check that "
+            "core/published/figures.csv is present: published figures are imported at start.")
+    st.stop()
+
+labels = list(options["label"])
+chosen = st.multiselect("Runs (the first is the reference)", labels, default=labels[:2],
+                        max_selections=8, placeholder="Pick two or more runs")
+if not chosen:
+    st.info("Pick at least one run to see its numbers.")
+    st.stop()
+run_ids = [int(options.loc[options["label"] == label, "run_id"].iloc[0]) for label in chosen]
+
+st.subheader("Results")
+show_table(compare.compare_table(metrics, run_ids), "compare-results", whole=True)
+st.subheader("Settings")
+show_table(compare.spec_table(runs, run_ids), "compare-settings", whole=True)
+
+st.subheader("Sweeps and ablation grids")
+try:
+    perplexity = tables.load_metrics(store, "perplexity")
+    grids = ablations.ablation_list(store, perplexity)
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+if not grids:
+    st.info("No sweeps or published ablation grids yet. Queue a sweep from the Launch page.")
+    st.stop()
+grid_labels = [g.label for g in grids]
+grid = grids[grid_labels.index(st.selectbox("Grid", grid_labels, key="compare-grid"))]
+cells, params = ablations.ablation_cells(store, perplexity, grid)
+if cells.empty or not params:
+    st.info("This grid has no cells yet.")
+    st.stop()
+param = st.selectbox("Parameter on the x axis", params, key="compare-grid-param")
+st.plotly_chart(charts.sweep_scatter(cells, param, f"{grid.label}: perplexity vs {param}"))
+if len(params) > 1:
+    st.plotly_chart(charts.sweep_parallel_chart(cells, params, f"{grid.label}: every cell"))

@@ -1,0 +1,73 @@
+"""Report: seed 000's layout (perplexity, zero-shot, key findings, per-task breakdown) and seed
+002's layer statistics for one model and one source, downloadable as Markdown."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import report, tables
+from core.store import StoreError
+from ui.components import show_table, use_app_menu
+
+use_app_menu()
+st.title("Report")
+st.caption("A report for one model from its runs: your own runs, or one published source. Every "
+           "number is computed from the stored per-run values and every finding from a stated "
+           "formula; a finding whose data is missing is left out.")
+try:
+    store = tables.session_store(st.session_state)
+    ppl = tables.load_metrics(store, "perplexity")
+    zs = tables.load_metrics(store, "zero_shot")
+    stats = tables.load_layer_stats(store)
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
+
+subjects = report.subjects(ppl, zs, stats)
+if not subjects:
+    st.info("No results to report yet. Launch a pruning run, or check that "
+            "core/published/figures.csv is present: published figures are imported at start.")
+    st.stop()
+
+labels = [report.subject_label(m, g) for m, g in subjects]
+with st.sidebar:
+    metric = st.radio("Zero-shot metric", ["acc", "acc_norm"], format_func=tables.metric_label,
+                      help="Tasks without this metric fall back to the other one.")
+left, right = st.columns(2)
+choice = left.selectbox("Model and source", labels,
+                        help="Your own runs first, then each published source.")
+model, group = subjects[labels.index(choice)]
+evaluation = report.default_evaluation(zs, model, group)
+if evaluation is not None:
+    evaluations = tables.zs_evaluations(zs[zs["group"] == tables.OWN_GROUP], model)
+    evaluation = right.selectbox(
+        "Zero-shot evaluation of your runs", evaluations, disabled=len(evaluations) < 2,
+        help="Own runs are reported, and compared with dense, within one setting of few-shot "
+             "count, example limit and dtype.")
+
+built = report.build(ppl, zs, stats, model, group, metric, evaluation)
+st.download_button("Download the report (Markdown)", built.markdown(),
+                   file_name=f"report-{report.slug(model)}.md", mime="text/markdown",
+                   key="report-markdown", on_click="ignore", icon=":material/download:",
+                   type="primary")
+if built.empty:
+    st.info(f"No tables to report for {choice}.")
+    st.stop()
+
+for block in built.blocks:
+    if block.kind == "heading":
+        if block.level == 1:
+            st.header(block.text)
+        elif block.level == 2:
+            st.subheader(block.text)
+        else:
+            st.markdown(f"#### {block.text}")
+    elif block.kind == "text":
+        st.markdown(block.text)
+    elif block.kind == "bullets":
+        st.markdown("\n".join(f"- {line}" for line in block.lines))
+    elif block.kind == "table" and block.table is not None:
+        show_table(block.table, block.name, whole=True)
+        for figure in report.block_figures(block, ppl, zs, stats, model, group, metric,
+                                           evaluation):
+            st.plotly_chart(figure)

@@ -1,0 +1,174 @@
+"""Findings on hand-made result sets: signs, ties, diverged runs, missing tasks, layer spreads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core import findings as F
+
+DENSE = F.Result("Dense", {"wikitext2": 5.114},
+                 {"piqa": 0.7813, "hellaswag": 0.5710, "arc_easy": 0.7546, "boolq": 0.7933,
+                  "rte": 0.6390})
+MAG30 = F.Result("Magnitude 30%", {"wikitext2": 5.735},
+                 {"piqa": 0.7840, "hellaswag": 0.5813, "arc_easy": 0.7597, "boolq": 0.7520,
+                  "rte": 0.5776})
+WANDA30 = F.Result("Wanda 30%", {"wikitext2": 5.5244},
+                   {"piqa": 0.7802, "hellaswag": 0.5656, "arc_easy": 0.7559, "boolq": 0.7856,
+                    "rte": 0.5668})
+
+
+def texts(found: list[F.Finding]) -> str:
+    return "\n".join(f.text for f in found)
+
+
+def test_a_negative_accuracy_change_is_worse_not_an_improvement() -> None:
+    """Seed 000 printed 'Wanda improves by -0.01 percentage points' at 30%."""
+    found = F.accuracy_change(WANDA30, MAG30)
+    assert found is not None
+    assert found.value == pytest.approx((sum(WANDA30.tasks.values()) - sum(MAG30.tasks.values()))
+                                        / 5 * 100)
+    assert found.verdict == F.WORSE
+    assert "0.01 points lower than Magnitude 30% (69.09%)" in found.text
+    assert "improves" not in found.text and "-0.01" not in found.text
+
+
+def test_relative_perplexity_change_and_its_sign() -> None:
+    found = F.perplexity_change(WANDA30, MAG30, "wikitext2")
+    expected = (5.5244 - 5.735) / 5.735 * 100
+    assert found is not None and found.value == pytest.approx(expected)
+    assert found.verdict == F.BETTER
+    assert f"{abs(expected):.2f}% lower than Magnitude 30% (5.74): better" in found.text
+    worse = F.perplexity_change(MAG30, DENSE, "wikitext2")
+    assert worse is not None and worse.verdict == F.WORSE
+    assert f"{(5.735 - 5.114) / 5.114 * 100:.2f}% higher than Dense" in worse.text
+
+
+def test_a_diverged_run_is_never_a_number() -> None:
+    """Seed 000 printed 'Wanda improves by nan% over Magnitude' at 70%."""
+    mag70 = F.Result("Magnitude 70%", {"wikitext2": math.nan}, {"piqa": 0.5277})
+    wanda70 = F.Result("Wanda 70%", {"wikitext2": 68.8045}, {"piqa": 0.5424})
+    against = F.perplexity_change(wanda70, mag70, "wikitext2")
+    own = F.perplexity_change(mag70, DENSE, "wikitext2")
+    both = F.perplexity_change(mag70, F.Result("X", {"wikitext2": math.inf}), "wikitext2")
+    for found in (against, own, both):
+        assert found is not None and found.verdict == F.DIVERGED and found.value is None
+        assert "nan" not in found.text.lower() and "inf" not in found.text.lower()
+        assert "diverged" in found.text
+    assert "no relative change is defined" in against.text
+    assert own.text.startswith("**Magnitude 70%** diverged on WikiText-2")
+
+
+def test_no_sentence_without_data() -> None:
+    no_ppl = F.Result("Wanda 50%", {}, {})
+    assert F.perplexity_change(no_ppl, DENSE, "wikitext2") is None
+    assert F.accuracy_change(no_ppl, DENSE) is None
+    assert F.task_extremes(no_ppl, DENSE) == []
+    assert F.coverage(no_ppl, [DENSE]) is None
+    assert F.sparsity_findings([no_ppl], DENSE) == []
+    assert F.sparsity_findings([WANDA30], None, datasets=["wikitext2"]) == []
+    assert F.layer_findings({}) == []
+    assert F.summary_findings({"std": (math.nan, None)}) == []
+
+
+def test_a_change_that_shows_as_zero_is_the_same() -> None:
+    a = F.Result("A", {"wikitext2": 6.4200}, {"piqa": 0.70001})
+    b = F.Result("B", {"wikitext2": 6.4201}, {"piqa": 0.70})
+    ppl = F.perplexity_change(a, b, "wikitext2")
+    acc = F.accuracy_change(a, b)
+    assert ppl.verdict == acc.verdict == F.SAME
+    assert "same perplexity" in ppl.text and "same average accuracy" in acc.text
+    assert "-0.00" not in ppl.text + acc.text
+
+
+def test_most_and_least_affected_tasks_by_absolute_and_relative_drop() -> None:
+    dense = F.Result("Dense", tasks={"a": 0.80, "b": 0.40, "c": 0.60})
+    pruned = F.Result("P", tasks={"a": 0.70, "b": 0.32, "c": 0.63})
+    # absolute: a -10, b -8, c +3 points; relative: a -12.5%, b -20%, c +5%
+    found = texts(F.task_extremes(pruned, dense))
+    assert "Most affected task for **P** by absolute change: a, 10.00 points lower" in found
+    assert "Least affected task for **P** by absolute change: c, 3.00 points higher than " \
+           "Dense: better" in found
+    assert "Most affected task for **P** by relative change: b, 20.00% lower" in found
+    assert "Least affected task for **P** by relative change: c, 5.00% higher" in found
+
+
+def test_tied_tasks_are_named_together() -> None:
+    dense = F.Result("Dense", tasks={"a": 0.80, "b": 0.80, "c": 0.50})
+    pruned = F.Result("P", tasks={"a": 0.70, "b": 0.70004, "c": 0.49})
+    found = F.task_extremes(pruned, dense)
+    most_abs = found[0]
+    assert most_abs.text.startswith("Most affected task for **P** by absolute change: a and b "
+                                    "each, 10.00 points lower")
+    equal = F.task_extremes(F.Result("Q", tasks={"a": 0.7, "b": 0.7}),
+                            F.Result("Dense", tasks={"a": 0.8, "b": 0.8}))
+    assert [f.text for f in equal][0] == ("All 2 tasks for **Q** by absolute change: each "
+                                          "10.00 points lower than Dense: worse.")
+
+
+def test_missing_tasks_are_left_out_and_named() -> None:
+    dense = F.Result("Dense", tasks={"a": 0.8, "b": 0.6, "c": 0.5})
+    pruned = F.Result("P", tasks={"a": 0.7, "b": math.nan})  # b failed, c not evaluated
+    acc = F.accuracy_change(pruned, dense, dense=True)
+    assert acc is not None and acc.value == pytest.approx(-10.0)
+    assert "over the only task both scored (a)" in acc.text and "retention 87.50%" in acc.text
+    cover = F.coverage(pruned, [dense])
+    assert cover is not None
+    assert cover.text == "Left out of **P**'s task comparisons: b and c (no score for P)."
+    single = F.task_extremes(pruned, dense)
+    assert single[0].text.startswith("The only task both scored (a) for **P**")
+
+
+def test_sparsity_findings_order_and_reference() -> None:
+    found = F.sparsity_findings([MAG30, WANDA30], DENSE, reference="Magnitude 30%")
+    topics = [f.topic for f in found]
+    assert topics[:4] == ["perplexity", "accuracy", "perplexity", "accuracy"]  # each vs dense
+    pairwise = [f for f in found[4:6]]
+    assert all("than Magnitude 30%" in f.text for f in pairwise)
+    assert not any("than Wanda 30%" in f.text for f in found)
+    per_label = F.sparsity_findings([WANDA30], {"Wanda 30%": DENSE})
+    assert "retention 97.60%" in texts(per_label)
+
+
+# -- layer statistics ---------------------------------------------------------------------------
+def test_zero_spread_is_uniform_never_adaptive() -> None:
+    """Seed 002 read a 0.00% standard deviation as 'Wanda adapts pruning to layer importance'."""
+    found = F.layer_findings({b: 0.5003 for b in range(32)}, 0.5)
+    text = texts(found)
+    assert "uniform" in text and "adapt" not in text.replace("nothing is adapted", "")
+    assert "rises" not in text and "falls" not in text and "trend" not in text
+    assert "every block 50.03%" in text
+    assert "0.03 points above the 50% target" in text
+
+
+def test_seed_002_summary_is_practically_uniform() -> None:
+    summary = {"mean": (0.5003, None), "std": (0.0, None), "min": (0.5003, 0),
+               "max": (0.5004, 10)}
+    text = texts(F.summary_findings(summary, 0.5))
+    assert "lowest 50.03% (block 0), highest 50.04% (block 10)" in text
+    assert "practically uniform" in text and "adapts" not in text
+    assert "lower sparsity" not in text  # no trend claimed without per-block values
+
+
+@pytest.mark.parametrize(("values", "word"), [
+    ([0.48, 0.49, 0.50, 0.51, 0.52, 0.53], "rises"),
+    ([0.53, 0.52, 0.51, 0.50, 0.49, 0.48], "falls"),
+    ([0.50, 0.53, 0.47, 0.47, 0.53, 0.50], "No consistent trend"),
+])
+def test_block_trend_is_worded_by_the_data(values: list[float], word: str) -> None:
+    blocks = dict(enumerate(values))
+    found = F.layer_findings(blocks)
+    trend = [f for f in found if "trend" in f.text or "rises" in f.text or "falls" in f.text]
+    assert len(trend) == 1 and word in trend[0].text
+    assert trend[0].value == pytest.approx(F.slope(blocks))
+    early, late = sum(values[:2]) / 2 * 100, sum(values[-2:]) / 2 * 100
+    assert f"first third of the blocks {early:.2f}%, last third {late:.2f}%" in trend[0].text
+
+
+def test_owl_targets_are_described() -> None:
+    owl = {0: 0.45, 1: 0.50, 2: 0.55}
+    found = texts(F.layer_findings({0: 0.45, 1: 0.50, 2: 0.551}, 0.5, owl))
+    assert "as set by the OWL block targets" in found
+    assert "OWL block targets range from 45.00% (block 0) to 55.00% (block 2), mean 50.00%" in found
+    assert "within 0.10 points of the OWL targets (largest gap at block 2)" in found

@@ -1,0 +1,248 @@
+"""The Launch page's forms for the activation-sparsity run kinds.
+
+* :func:`activation_form` -- CoreInfer or sparsity levels (explicit per-block levels), evaluated on
+  lm-eval tasks and/or CoreInfer perplexity (``core.spec.ActivationSpec``);
+* :func:`search_form` -- seed 003's parameter search, one search per task
+  (``core.spec.SearchSpec``).
+
+Every field is checked before anything is queued; the message names the field, says what is
+wrong and what is allowed.  Parsing of the text fields is in :func:`parse_numbers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core import data, jobs, run_views, zeroshot
+from core.executor import LocalExecutor
+from core.spec import DTYPE_CHOICES, LIMITS, ActivationSpec, SearchSpec
+from core.store import Store, StoreError
+
+METHODS = {"CoreInfer": "coreinfer", "Sparsity levels": "sparsity-levels"}
+GOAL_MODES = ("Fixed goal", "Relative to CoreInfer's measured kept fraction")
+
+
+def parse_numbers(label: str, text: str, example: str) -> tuple[list[float], list[str]]:
+    """Comma-separated numbers; a problem (worded for the form) when a part is not a number."""
+    values, bad = [], []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values.append(float(part))
+        except ValueError:
+            bad.append(part)
+    if bad:
+        return [], [f"{label}: {', '.join(repr(b) for b in bad)} "
+                    f"{'is not a number' if len(bad) == 1 else 'are not numbers'}; give "
+                    f"comma-separated numbers between 0 and 1, e.g. {example}."]
+    return values, []
+
+
+def split_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _model_fields(key: str) -> dict[str, Any]:
+    st.subheader("Model")
+    model = st.text_input(
+        "Model name or folder", ActivationSpec().model, key=f"{key}-model",
+        help="'smollm2-135m' is the offline default. CoreInfer supports the Llama family "
+             "(SwiGLU FFN) and OPT (ReLU FFN).")
+    left, mid, right = st.columns(3, vertical_alignment="bottom")
+    dtype = left.selectbox("Weights dtype", DTYPE_CHOICES, key=f"{key}-dtype")
+    device = mid.text_input("Device", "cpu", key=f"{key}-device", help="cpu, cuda, cuda:1 or mps")
+    trust = right.checkbox("Trust remote code", False, key=f"{key}-trust")
+    return {"model": run_views.local_path(model), "dtype": dtype, "device": device.strip(),
+            "trust_remote_code": trust}
+
+
+def _block_range(key: str, problems: list[str]) -> list[int] | None:
+    text = st.text_input("Block range (optional)", "", key=f"{key}-blocks",
+                         placeholder="all blocks",
+                         help="start,end such as 2,26: convert blocks start to end-1 only (the "
+                              "CoreInfer authors keep the first and last few dense).")
+    block_range, problem = run_views.parse_block_range(text)
+    if problem:
+        problems.append(problem)
+    return block_range
+
+
+def _queue(store: Store, specs: list[Any], problems: list[str], fresh: bool) -> None:
+    """Validate every spec (a field the form already reported is not reported again), then
+    queue them all or nothing."""
+    reported = {p.split(":")[0] for p in problems}
+    for spec in specs:
+        problems += [p for p in spec.validate()
+                     if p not in problems and p.split(":")[0] not in reported]
+    if problems:
+        st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
+        return
+    try:
+        submissions = [jobs.submit(store, spec, fresh=fresh) for spec in specs]
+        LocalExecutor(store).ensure_workers()
+    except StoreError as exc:
+        st.error(str(exc))
+        return
+    for spec, submission in zip(specs, submissions, strict=True):
+        what = describe(spec)
+        if submission.reused:
+            st.info(f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) "
+                    "is already stored or pending, and its results are reused. Tick 'Run again "
+                    "even if an identical run is stored' for a fresh run.")
+        else:
+            st.success(f"Queued run {submission.run_id}: {what}.")
+    st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
+
+
+def describe(spec: Any) -> str:
+    """'parameter search on sb_everyday (goal 0.4) with tiny' and the like."""
+    model = run_views.short_source(spec.model)
+    if spec.kind == "search":
+        goal = (f"goal {spec.goal}" if spec.goal_factor is None
+                else f"goal {spec.goal_factor} x CoreInfer's measured kept fraction")
+        return f"parameter search on {spec.task} ({goal}) with {model}"
+    what = (f"CoreInfer, kept fraction {spec.sparsity}" if spec.method == "coreinfer"
+            else f"sparsity levels {', '.join(f'{v:g}' for v in spec.levels or [])}")
+    return f"{what} on {model}"
+
+
+def activation_form(store: Store) -> None:
+    """CoreInfer / sparsity levels on tasks and perplexity."""
+    problems: list[str] = []
+    defaults = ActivationSpec()
+    common = _model_fields("act")
+    st.subheader("Activation sparsity")
+    method = METHODS[st.radio("Method", list(METHODS), horizontal=True, key="act-method",
+                              help="No weights change: CoreInfer keeps, per prompt, the FFN "
+                                   "neurons its tokens chose most often and computes only those "
+                                   "while generating.")]
+    left, mid, right = st.columns(3)
+    sparsity, levels = defaults.sparsity, None
+    if method == "coreinfer":
+        sparsity = float(left.number_input("Kept fraction (sparsity)", 0.0, 1.0,
+                                           defaults.sparsity, 0.01, key="act-sparsity",
+                                           help="Fraction of FFN neurons KEPT (CoreInfer's "
+                                                "'sparsity'; 0.4 = 40% computed)."))
+    else:
+        text = left.text_input("Levels (kept fraction per converted block)", "",
+                               key="act-levels", placeholder="0.35, 0.4, 0.45, …",
+                               help="One kept fraction per converted block, comma separated "
+                                    "(e.g. the levels of a search's best configuration).")
+        parsed, bad = parse_numbers("Levels", text, "0.35, 0.4, 0.45")
+        problems += bad
+        levels = parsed or None
+    token_sparsity = float(mid.number_input("Token sparsity", 0.0, 1.0, defaults.token_sparsity,
+                                            0.01, key="act-token",
+                                            help="Share of each token's positive activations "
+                                                 "it votes for (CoreInfer's default 0.2)."))
+    with right:
+        block_range = _block_range("act", problems)
+
+    st.subheader("Evaluation")
+    tasks_text = st.text_input("lm-eval tasks (comma separated)", ", ".join(
+        zeroshot.OFFLINE_TASKS[:1]), key="act-tasks",
+        help="Multiple-choice tasks are scored causally (context pre-filled, answer scored "
+             "sparse); generation tasks generate sparse. Offline: "
+             f"{', '.join(zeroshot.OFFLINE_TASKS)}.")
+    left, mid, right = st.columns(3)
+    limit = int(left.number_input("Examples per task (0 = all)", 0, 10**7, 0, key="act-limit"))
+    fewshot = int(mid.number_input("Few-shot examples", 0, 64, 0, key="act-fewshot"))
+    metric = right.text_input("Metric (optional)", "", key="act-metric",
+                              placeholder="acc_norm, acc, exact_match, bleu_max…")
+    ppl = st.multiselect("Perplexity datasets (CoreInfer perplexity)", data.known_sources(),
+                         key="act-ppl",
+                         help="Each window's first half is pre-filled (dense, selects the core "
+                              "neurons); its second half is scored sparse.")
+    left, mid, right = st.columns(3)
+    ppl_seqlen = int(left.number_input("Window length (tokens)", *LIMITS["seqlen"],
+                                       value=defaults.ppl_seqlen, key="act-seqlen"))
+    max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windows"][1],
+                                       value=defaults.max_windows or 0, key="act-windows"))
+    batch = int(right.number_input("Batch size", *LIMITS["batch_size"],
+                                   value=defaults.batch_size, key="act-batch"))
+    fresh = st.checkbox("Run again even if an identical run is stored", False, key="act-fresh")
+    if st.button("Queue activation run", type="primary", icon=":material/rocket_launch:"):
+        spec = ActivationSpec(method=method, sparsity=sparsity, token_sparsity=token_sparsity,
+                              levels=levels, block_range=block_range,
+                              tasks=split_names(tasks_text), num_fewshot=fewshot,
+                              limit=limit or None, metric=metric.strip(), ppl_datasets=ppl,
+                              ppl_seqlen=ppl_seqlen, max_windows=max_windows or None,
+                              batch_size=batch, **common)
+        _queue(store, [spec], problems, fresh)
+
+
+def search_form(store: Store) -> None:
+    """Seed 003's parameter search of the sparsity-levels method."""
+    problems: list[str] = []
+    defaults = SearchSpec()
+    common = _model_fields("search")
+    st.subheader("Task and goal")
+    tasks_text = st.text_input(
+        "lm-eval task(s), comma separated", defaults.task, key="search-tasks",
+        help="One search is queued per task (seed 003: truthfulqa_gen, bertaqa_en, squadv2, "
+             f"commonsense_qa, triviaqa, wmt16-de-en). Offline: "
+             f"{', '.join(zeroshot.OFFLINE_TASKS)}.")
+    mode = st.radio("Goal", GOAL_MODES, horizontal=True, key="search-goal-mode",
+                    help="The mean kept fraction the levels are tuned to. Relative: a factor of "
+                         "what CoreInfer actually kept on the task (1.0 = the same actual "
+                         "sparsity; 0.9 = seed 003's '10% less sparsity').")
+    left, mid, right = st.columns(3)
+    goal, factor = None, None
+    if mode == GOAL_MODES[0]:
+        goal = float(left.number_input("Goal (mean kept fraction)", 0.0, 1.0, 0.4, 0.01,
+                                       key="search-goal"))
+    else:
+        factor = float(left.number_input("Factor of CoreInfer's kept fraction", 0.0, 1.0, 0.9,
+                                         0.01, key="search-factor"))
+    core = float(mid.number_input("CoreInfer kept fraction", 0.0, 1.0,
+                                  defaults.coreinfer_sparsity, 0.01, key="search-core",
+                                  help="CoreInfer's 'sparsity' parameter for the comparison "
+                                       "(seed 003: 0.4)."))
+    token = float(right.number_input("Token sparsity", 0.0, 1.0, defaults.token_sparsity, 0.01,
+                                     key="search-token"))
+
+    st.subheader("Search")
+    weights_text = st.text_input(
+        "Sum weights (comma separated)", ", ".join(f"{w:g}" for w in defaults.sum_weights),
+        key="search-weights",
+        help="One configuration per sum weight; count weight = 1 - sum weight; the threshold is "
+             "found by bisection so that the mean level is within the tolerance of the goal.")
+    weights, bad = parse_numbers("Sum weights", weights_text, "0.15, 0.3, 0.45")
+    problems += bad
+    left, mid, right = st.columns(3)
+    top_k = int(left.number_input("Top-k", 0, 10**6, defaults.top_k, key="search-topk",
+                                  help="The sum score is divided by the top_k-th largest sum."))
+    n_cal = int(mid.number_input("Calibration prompts", 0, LIMITS["samples"][1],
+                                 defaults.n_calibration, key="search-ncal"))
+    n_search = int(right.number_input("Search samples", 0, 10**7, defaults.n_search,
+                                      key="search-nsearch",
+                                      help="Examples each configuration is scored on."))
+    left, mid, right = st.columns(3)
+    full = int(left.number_input("Full-set limit (0 = all)", 0, 10**7, 0, key="search-full"))
+    with mid:
+        block_range = _block_range("search", problems)
+    tolerance = float(right.number_input("Tolerance", 0.0, 0.1, defaults.tolerance, 0.001,
+                                         format="%.3f", key="search-tol"))
+    left, mid, right = st.columns(3)
+    fewshot = int(left.number_input("Few-shot examples", 0, 64, 0, key="search-fewshot"))
+    metric = mid.text_input("Metric (optional)", "", key="search-metric",
+                            placeholder="the task's headline metric")
+    batch = int(right.number_input("Batch size", *LIMITS["batch_size"],
+                                   value=defaults.batch_size, key="search-batch"))
+    fresh = st.checkbox("Run again even if an identical run is stored", False,
+                        key="search-fresh")
+    if st.button("Queue search", type="primary", icon=":material/rocket_launch:"):
+        tasks = split_names(tasks_text)
+        if not tasks:
+            problems.append("Task: give at least one lm-eval task name, e.g. sb_everyday.")
+        specs = [SearchSpec(task=task, goal=goal, goal_factor=factor, coreinfer_sparsity=core,
+                            token_sparsity=token, sum_weights=weights,
+                            top_k=top_k, n_calibration=n_cal, n_search=n_search,
+                            full_limit=full or None, block_range=block_range,
+                            num_fewshot=fewshot, metric=metric.strip(), tolerance=tolerance,
+                            batch_size=batch, **common) for task in tasks]
+        _queue(store, specs, problems, fresh)
