@@ -33,6 +33,8 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=d.seqlen)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--blocks", type=int, nargs=2, metavar=("START", "END"))
+    p.add_argument("--owl", type=float, nargs=2, metavar=("M", "LAMBDA"),
+                   help="OWL layer-wise sparsity (magnitude, wanda, sparsegpt), e.g. --owl 5 0.08")
     p.add_argument("--eval", nargs="+", default=d.ppl_datasets, dest="ppl_datasets")
     p.add_argument("--ppl-seqlen", type=int, default=d.ppl_seqlen)
     p.add_argument("--max-windows", type=int, default=d.max_windows,
@@ -67,6 +69,7 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
         model=args.model, method=args.method, sparsity=args.sparsity,
         method_params=_params(args.param), calibration=args.calibration, samples=args.samples,
         seqlen=args.seqlen, seed=args.seed, block_range=list(args.blocks) if args.blocks else None,
+        owl={"M": args.owl[0], "lambda": args.owl[1]} if args.owl else None,
         ppl_datasets=args.ppl_datasets, ppl_seqlen=args.ppl_seqlen,
         max_windows=args.max_windows or None, zero_shot_tasks=args.zero_shot_tasks,
         num_fewshot=args.num_fewshot, zs_limit=args.zs_limit,

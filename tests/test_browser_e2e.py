@@ -121,8 +121,18 @@ def type_into(page, label: str, value: str) -> None:  # noqa: ANN001
 
 
 def choose(page, label: str, option: str) -> None:  # noqa: ANN001
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Pick ``option`` in a selectbox.  A rerun that finishes just after the click re-draws the
+    page and closes the list, so open it again until the option shows (at most three tries)."""
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for _ in range(3):
+        page.get_by_label(label, exact=True).click()
+        try:
+            wanted.wait_for(state="visible", timeout=5000)
+            break
+        except Exception:  # noqa: BLE001 - the list closed under us; settle and retry
+            page.keyboard.press("Escape")
+            settle(page)
+    wanted.click()
     settle(page)
 
 

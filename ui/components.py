@@ -7,6 +7,8 @@ Pages import these as ``from ui.components import ...``: Streamlit puts the main
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,21 +16,25 @@ import streamlit as st
 
 from core import export, tables
 
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
 
 def use_app_menu() -> None:
-    """Hand over to ``app.py`` when Streamlit ran this page script on its own.
+    """Run this page inside ``app.py`` when Streamlit ran the page script on its own.
 
     On a fresh server, the first visit to a page URL (e.g. ``/perplexity``) is run in Streamlit's
     legacy ``pages/`` mode: the page alone, with an automatic menu of file names and without
-    ``app.py``'s page config and ``st.navigation`` menu.  Leaving that mode and rerunning makes
-    Streamlit run ``app.py``, which opens the same page from its own menu.  Every page calls this
-    first; it does nothing once ``app.py`` has taken over.
+    ``app.py``'s page config, store check and ``st.navigation`` menu.  Here the page leaves that
+    mode and runs ``app.py`` in place, which draws the app's menu and runs this same page from
+    it; the outer run then stops.  No rerun, so a click that started this run is not lost.
+    Every page calls this first; it does nothing once ``app.py`` has taken over.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
 
 
 #: Tables up to this many rows may be shown whole (``show_table(..., whole=True)``).
