@@ -5,22 +5,18 @@ from __future__ import annotations
 import streamlit as st
 
 from core import ablations, charts, tables
-from core.store import StoreError
-from ui.components import show_table, use_app_menu
+from ui.components import show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Compute time and ablations")
 st.caption("Pruning time per method and sparsity (seed 004 Table 3), the cost of each own run, "
            "and hyperparameter grids (seed 004 Table 4): your sweeps and the published ones.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     timing = tables.load_metrics(store, "timing")
     memory = tables.load_metrics(store, "memory")
     perplexity = tables.load_metrics(store, "perplexity")
     grids = ablations.ablation_list(store, perplexity)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 st.subheader("Pruning time")
 pruned = timing[~timing["dense"]] if not timing.empty else timing

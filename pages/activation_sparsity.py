@@ -6,8 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import activation_views, charts, tables
-from core.store import StoreError
-from ui.components import show_table, sidebar_filters, use_app_menu
+from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Activation sparsity")
@@ -15,16 +14,13 @@ st.caption("Per-layer sparsity levels searched on n samples per task (100 in see
            "the best and the averaged (AVG) configuration run on the full dataset and compared "
            "with CoreInfer at the same actual sparsity. % of CoreInfer is computed from the "
            "stored scores; actual sparsity is always measured, never the parameter.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     task_rows = tables.load_metrics(store, "task")
     activation_rows = tables.load_metrics(store, "activation")
     finals = tables.final_rows(task_rows, activation_rows)
     trials = tables.load_search_trials(store)
     own_runs = activation_views.activation_runs_table(task_rows, activation_rows)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 if finals.empty and trials.empty and own_runs.empty:
     st.info("No activation-sparsity results yet. Launch a CoreInfer or sparsity-levels run, or "

@@ -6,21 +6,17 @@ from __future__ import annotations
 import streamlit as st
 
 from core import ablations, charts, compare, tables
-from core.store import StoreError
-from ui.components import show_table, use_app_menu
+from ui.components import show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Compare runs")
 st.caption("Pick runs, your own or published ones, to see every stored number side by side. "
            "Differences are against the first run picked: relative change (%) for perplexity, "
            "time and memory, points for accuracy and sparsity.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     runs = store.runs()
     metrics = tables.prepare(store.metrics())
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 options = compare.run_options(runs)
 if options.empty:
@@ -42,12 +38,9 @@ st.subheader("Settings")
 show_table(compare.spec_table(runs, run_ids), "compare-settings", whole=True)
 
 st.subheader("Sweeps and ablation grids")
-try:
+with store_or_stop():
     perplexity = tables.load_metrics(store, "perplexity")
     grids = ablations.ablation_list(store, perplexity)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 if not grids:
     st.info("No sweeps or published ablation grids yet. Queue a sweep from the Launch page.")
     st.stop()

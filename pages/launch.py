@@ -13,7 +13,7 @@ from core.executor import LocalExecutor
 from core.methods import REGISTRY, available
 from core.spec import DTYPE_CHOICES, LIMITS, OWL_METHODS, PruneSpec
 from core.store import StoreError
-from ui.components import use_app_menu
+from ui.components import store_or_stop, use_app_menu
 
 LOCAL_FILE = "a local .txt file…"
 
@@ -21,11 +21,8 @@ use_app_menu()
 st.title("Launch a run")
 st.caption("Prune a causal LM (or keep it dense) and measure its perplexity. The run is queued and "
            "executed by a background worker; follow it on the Runs page.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 if not store.writable:
     st.error("The results database is read-only here: runs cannot be launched. Set "
              "SPARSEBENCH_DB to a writable file and restart.")

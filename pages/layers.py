@@ -5,20 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from core import report, tables
-from core.store import StoreError
-from ui.components import show_table, sidebar_filters, use_app_menu
+from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Layer statistics")
 st.caption("Sparsity measured after pruning: the share of zero weights in each block's linear "
            "layers, and its spread over the blocks (mean, standard deviation, lowest and highest "
            "block). Published reports may give only the summary.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     all_stats = tables.load_layer_stats(store)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 if all_stats.empty:
     st.info("No layer statistics yet. Every pruning run stores them; launch one, or check that "

@@ -5,19 +5,15 @@ from __future__ import annotations
 import streamlit as st
 
 from core import config, tables
-from core.store import StoreError
-from ui.components import use_app_menu
+from ui.components import store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("SparseBench")
 st.caption("Compare LLM pruning and activation-sparsity methods on the same footing: your own "
            "runs beside the figures published in papers and earlier reports.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     counts = tables.run_counts(store.runs())
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 own = int(counts.loc[counts["Origin"] == tables.ORIGIN_NAMES["own"], "Runs"].sum())
 published = int(counts.loc[counts["Origin"] == tables.ORIGIN_NAMES["published"], "Runs"].sum())

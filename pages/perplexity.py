@@ -5,8 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import charts, tables
-from core.store import StoreError
-from ui.components import show_table, sidebar_filters, use_app_menu
+from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Perplexity")
@@ -14,13 +13,10 @@ st.caption("Lower is better. Δ from dense compares each run with the dense run 
            "and dataset from the same source (published) or from your own runs; your runs only "
            "with a dense run evaluated on the same windows (perplexity seqlen, max windows) and "
            "dtype.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     all_rows = tables.load_metrics(store, "perplexity")
     timing = tables.load_metrics(store, "timing")
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 if all_rows.empty:
     st.info("No perplexity results yet. Launch a pruning run, or check that "

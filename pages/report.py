@@ -6,22 +6,18 @@ from __future__ import annotations
 import streamlit as st
 
 from core import report, tables
-from core.store import StoreError
-from ui.components import show_table, use_app_menu
+from ui.components import show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Report")
 st.caption("A report for one model from its runs: your own runs, or one published source. Every "
            "number is computed from the stored per-run values and every finding from a stated "
            "formula; a finding whose data is missing is left out.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     ppl = tables.load_metrics(store, "perplexity")
     zs = tables.load_metrics(store, "zero_shot")
     stats = tables.load_layer_stats(store)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 subjects = report.subjects(ppl, zs, stats)
 if not subjects:

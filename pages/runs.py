@@ -7,7 +7,7 @@ import streamlit as st
 from core import jobs, run_views, tables
 from core.executor import LocalExecutor
 from core.store import StoreError
-from ui.components import use_app_menu
+from ui.components import store_or_stop, use_app_menu
 
 REFRESH_S = 2
 PICK = "run-detail"  # the run picker's key
@@ -19,11 +19,8 @@ st.title("Runs")
 st.caption(f"Your own runs, newest first; this page refreshes every {REFRESH_S} s. A background "
            "worker executes queued runs one at a time per device; the page starts it when "
            "needed.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 
 @st.fragment(run_every=REFRESH_S)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import charts, tables
-from core.store import StoreError
-from ui.components import show_table, sidebar_filters, use_app_menu
+from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Zero-shot accuracy")
@@ -15,12 +14,9 @@ st.caption("Average over each run's scored tasks; retention = pruned average / d
            "the same model and source, over the tasks both have. Your runs are compared only "
            "with a dense run evaluated with the same few-shot count, example limit and dtype. "
            "Everything is computed from the per-task scores.")
-try:
+with store_or_stop():
     store = tables.session_store(st.session_state)
     all_rows = tables.load_metrics(store, "zero_shot")
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
 if all_rows.empty:
     st.info("No zero-shot results yet. Launch an evaluation run with zero-shot tasks, or check "

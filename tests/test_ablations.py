@@ -13,10 +13,11 @@ from streamlit.testing.v1 import AppTest
 from core import ablations, charts, sweep, tables
 from core.spec import PruneSpec
 from core.store import Store
+from tests.seed_files import seed_file
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = next((ROOT.parent / "shared" / "seeds").glob("004_*.txt")).read_text()
+SEED = seed_file("004").read_text()
 
 
 def seed_section(title: str) -> list[str]:

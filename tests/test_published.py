@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from core import published
 from core.store import Store
+from tests.seed_files import COPY, SHARED, seed_file
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_PREFIXES = ("000", "002", "003", "004")
@@ -33,16 +33,16 @@ NUM = r"-?\d+(?:\.\d+)?"
 # ---------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def seeds() -> dict[str, Path]:
-    folder = Path(os.environ.get("SPARSEBENCH_SEEDS") or REPO.parent / "shared" / "seeds")
-    if not folder.is_dir():
-        pytest.skip(f"seed reports not found: {folder} (set SPARSEBENCH_SEEDS to their folder)")
-    found = {}
+    return {prefix: seed_file(prefix) for prefix in SEED_PREFIXES}
+
+
+def test_seed_copies_equal_the_shared_seeds() -> None:
+    """tests/seeds/ is a verbatim copy of the shared seed reports (where those are present)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"no shared seed folder at {SHARED} to compare the copies with")
     for prefix in SEED_PREFIXES:
-        matches = sorted(folder.glob(f"{prefix}_*.txt"))
-        if not matches:
-            pytest.skip(f"seed report {prefix}_*.txt not found in {folder}")
-        found[prefix] = matches[0]
-    return found
+        shared = sorted(SHARED.glob(f"{prefix}_*.txt"))[0]
+        assert (COPY / shared.name).read_bytes() == shared.read_bytes(), shared.name
 
 
 @pytest.fixture(scope="module")

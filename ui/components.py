@@ -8,6 +8,8 @@ Pages import these as ``from ui.components import ...``: Streamlit puts the main
 from __future__ import annotations
 
 import runpy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from core import export, tables
+from core.store import StoreError
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -34,6 +37,17 @@ def use_app_menu() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
+
+
+@contextmanager
+def store_or_stop() -> Iterator[None]:
+    """Read the results store inside ``with store_or_stop():``; a corrupt, locked or unreadable
+    file shows its message on the page (no traceback) and stops the page there."""
+    try:
+        yield
+    except StoreError as exc:
+        st.error(str(exc))
         st.stop()
 
 
