@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from core import sweep, tables
 from core.store import Store
 
 BEST = "best"
+RUN = "_run:"  # prefix of the hidden column holding the run of each grid cell
 
 
 # -- compute time (seed 004 Table 3) ------------------------------------------------------------
@@ -217,15 +219,17 @@ def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table
     formats = {}
     for col in col_values:
         name = _label(col)
-        values, texts = [], []
+        values, texts, runs = [], [], []
         for row in row_values:
             match = cells[(cells[rows] == row) & (cells[columns] == col)]
             if match.empty:
                 values.append(math.nan)
                 texts.append(tables.MISSING)
+                runs.append(None)
                 continue
             cell = match.iloc[-1]
             values.append(cell["ppl"])
+            runs.append(None if pd.isna(cell["run"]) else int(cell["run"]))
             if best is not None and cell.name == best.name:
                 texts.append(f"{cell['ppl']:.2f} ({BEST})")
             elif math.isnan(cell["ppl"]):
@@ -236,6 +240,7 @@ def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table
                 texts.append(None)
         frame[name] = values
         frame[tables.TEXT + name] = texts
+        frame[RUN + name] = runs  # hidden: the run behind each cell, for hover text
         formats[name] = "ppl"
     notes = [f"Perplexity for each {rows} (rows) and {columns} (columns); lower is better."]
     if best is not None:
@@ -248,3 +253,27 @@ def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table
 
 def _sort_value(value: Any) -> tuple:
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+
+
+def grid_spec(store: Store, perplexity: pd.DataFrame, ablation: Ablation) -> str:
+    """The settings every cell of the grid shares, as hover text ('method=sparsellm, ...')."""
+    if ablation.origin == "own":
+        spec = store.frame("SELECT spec FROM runs WHERE id = ?", [int(ablation.sweep_id)])
+        definition = tables.parse_spec(spec.iloc[0, 0]) if not spec.empty else {}
+        base = copy.deepcopy(definition.get("base", {}))
+        for path in definition.get("grid", {}):  # the swept values differ per cell: leave out
+            head, _, rest = path.partition(".")
+            if rest and isinstance(base.get(head), dict):
+                base[head].pop(rest, None)
+            else:
+                base.pop(head, None)
+        return tables.spec_summary({"model": ablation.model, **base})
+    part = perplexity[(perplexity["group"] == ablation.group)
+                      & (perplexity["table"] == ablation.table)
+                      & (perplexity["model"] == ablation.model)
+                      & (perplexity["method"] == ablation.method)]
+    if part.empty:
+        return ""
+    specs = list(part["spec"])
+    varying = set(_varying(specs))
+    return tables.spec_summary({k: v for k, v in specs[0].items() if k not in varying})

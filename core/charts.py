@@ -297,7 +297,8 @@ def drop_chart(table: T.Table) -> go.Figure:
             hover_row.append(_wrap(
                 f"{method} · {task}: score {row['Score']}, dense {row['Dense']}, "
                 f"drop {row['Drop (points)'] or '—'} points, relative {row['Relative drop'] or '—'}"
-                f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")))
+                f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")
+                + (f"<br>spec: {rec['_spec']}" if rec.get("_spec") else "")))
         z.append(z_row)
         text.append(text_row)
         hover.append(hover_row)
@@ -347,14 +348,18 @@ def block_sparsity_chart(table: T.Table, target: float | None = None,
 # -- activation sparsity -------------------------------------------------------------------------
 def search_chart(trials: pd.DataFrame, finals: T.Table | None = None,
                  goal: float | None = None) -> go.Figure:
-    """Search configurations: actual sparsity against the task metric (100-sample scores), with
-    CoreInfer's full-dataset score as a line and the best/AVG full-dataset scores as stars."""
+    """Search configurations: actual sparsity against the task metric (scored on the search's n
+    samples), with CoreInfer's full-dataset score as a line and the best/AVG full-dataset scores
+    as stars."""
     if trials.empty:
         return empty_figure("No search trials for this selection.")
     metric = T.metric_label(trials["metric"].iloc[0])
     ok = trials[trials["value"].notna()]
+    counts = {int(n) for n in trials.get("n_samples", pd.Series(dtype=float)).dropna()}
+    scored_on = f"{counts.pop()} samples" if len(counts) == 1 else "search samples"
     fig = go.Figure(go.Scatter(
-        x=ok["actual_sparsity"], y=ok["value"], mode="markers", name="configuration (100 samples)",
+        x=ok["actual_sparsity"], y=ok["value"], mode="markers",
+        name=f"configuration ({scored_on})",
         marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
         hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
                               f"params {T.params_label(r['params']) or r['label'] or r['trial']}",
@@ -452,9 +457,19 @@ def compute_time_chart(long: pd.DataFrame, title: str = "Pruning time") -> go.Fi
     return fig
 
 
-def ablation_heatmap(table: T.Table, title: str) -> go.Figure:
+def _grid_hover(row_param: str, row: str, col_param: str, col: str, shown: str,
+                runs: pd.Series | None, index: int, spec: str) -> str:
+    run = runs.iloc[index] if runs is not None else None
+    lines = [f"{row_param}={row}, {col_param}={col}: {shown}",
+             f"run {int(run)}" if run is not None and not pd.isna(run) else "no run",
+             f"spec: {spec}" if spec else ""]
+    return "<br>".join(_wrap(line) for line in lines if line)
+
+
+def ablation_heatmap(table: T.Table, title: str, spec: str = "") -> go.Figure:
     """The grid of :func:`core.ablations.ablation_table` as a heatmap with the values written
-    in the cells and the best cell outlined."""
+    in the cells and the best cell outlined; hover names each cell's run and the grid's shared
+    ``spec`` (the settings every cell has in common)."""
     frame = table.frame
     if table.empty or len(table.columns) < 2:
         return empty_figure("No grid to draw.")
@@ -465,10 +480,13 @@ def ablation_heatmap(table: T.Table, title: str) -> go.Figure:
     z = [list(r) for r in zip(*z, strict=True)]  # rows x columns
     text = [[shown.iloc[i][c] for c in cols] for i in range(len(frame))]
     rows = list(frame[row_name])
+    row_param, _, col_param = row_name.partition(" \\ ")
+    hover = [[_grid_hover(row_param, r, col_param, c, text[i][j], frame.get("_run:" + c),
+                          i, spec) for j, c in enumerate(cols)] for i, r in enumerate(rows)]
     fig = go.Figure(go.Heatmap(
         z=z, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale="Viridis_r",
-        colorbar={"title": "PPL"}, xgap=2, ygap=2,
-        hovertemplate="%{y} / %{x}: %{text}<extra></extra>"))
+        colorbar={"title": "PPL"}, xgap=2, ygap=2, customdata=hover,
+        hovertemplate="%{customdata}<extra></extra>"))
     for i, row in enumerate(text):
         for j, cell in enumerate(row):
             if cell.endswith("(best)"):

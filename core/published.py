@@ -25,7 +25,7 @@ TRIALS = PUBLISHED_DIR / "search_trials.csv"
 FIGURE_COLUMNS = ("source", "ref", "table", "model", "method", "pattern", "sparsity", "kind",
                   "dataset", "metric", "value", "raw", "note", "params")
 TRIAL_COLUMNS = ("source", "ref", "table", "model", "task", "metric", "goal", "trial", "label",
-                 "params", "actual_sparsity", "value", "raw", "note")
+                 "params", "actual_sparsity", "value", "n_samples", "raw", "note")
 
 
 #: Per-number keys of ``params`` (they describe the number, not the run).
@@ -166,6 +166,7 @@ def load(store: Store, stamp: str | None = None) -> None:
                 "params": json.loads(params) if params else None,
                 "actual_sparsity": _number(row["actual_sparsity"]), "metric": row["metric"],
                 "value": _number(row["value"]), "raw": row["raw"], "note": row["note"] or None,
+                "n_samples": int(row["n_samples"]) if row["n_samples"] else None,
             }], con=con)
         con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('published_fingerprint', ?)",
                     [stamp or fingerprint()])

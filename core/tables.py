@@ -1122,7 +1122,7 @@ def _drop_record(task: str, column: str, first: Mapping[str, Any], rec: Mapping[
         "Run": rec["run_id"] if rec is not None else first["run_id"],
         "Baseline run": base["run_id"] if base is not None else math.nan,
         "Note": _join(*notes), "_column": column, "_method": first["method"],
-        "_average": False,
+        "_average": False, "_spec": spec_summary((rec or first)["spec"]),
     }
 
 
@@ -1159,6 +1159,7 @@ def _drop_average(column: str, first: Mapping[str, Any], pairs: list[tuple[float
         "Source": first["source_label"], "Run": first["run_id"],
         "Baseline run": first["baseline_run"] if first["group"] == OWN_GROUP else math.nan,
         "Note": note, "_column": column, "_method": first["method"], "_average": True,
+        "_spec": spec_summary(first["spec"]),
     }
 
 

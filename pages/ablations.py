@@ -60,4 +60,5 @@ else:
         cells = cells[cells[name] == fixed]
 grid_table = ablations.ablation_table(cells, rows, columns)
 show_table(grid_table, "ablation-grid", whole=True)
-st.plotly_chart(charts.ablation_heatmap(grid_table, grid.label))
+st.plotly_chart(charts.ablation_heatmap(grid_table, grid.label,
+                                        ablations.grid_spec(store, perplexity, grid)))

@@ -104,6 +104,13 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
     assert list(shown.columns[1:]) == ["0.3", "0.5"]
     assert shown.iloc[0, 1:].tolist() == ["12.50", "11.00 (best)"]
     assert shown.iloc[1, 1:].tolist() == [tables.DIVERGED, "queued"]
+    spec = ablations.grid_spec(store, ppl, own[0])
+    assert "dampening" not in spec and "sparsity=" not in spec and "samples=2" in spec
+    hover = charts.ablation_heatmap(ablations.ablation_table(cells, *params), "t",
+                                    spec).data[0].customdata
+    assert hover[0][1].startswith("method_params.dampening=0.01, sparsity=0.5: 11.00 (best)")
+    assert f"run {submission.run_ids[1]}" in hover[0][1] and "samples=2" in hover[0][1]
+    assert "no run" not in hover[1][1]  # the queued cell has its run
 
 
 def test_own_compute_time_and_costs(tmp_path: Path) -> None:

@@ -608,3 +608,12 @@ def test_store_holds_exactly_the_csv_rows(store: Store, seeds: dict[str, Path]) 
     assert len(runs) == len(groups), "the store's published runs are not the CSV's run groups"
     hashes = store.frame("SELECT spec_hash FROM runs WHERE origin = 'published'")["spec_hash"]
     assert hashes.is_unique, "two published runs have the same spec"
+
+
+def test_seed_003_trials_carry_the_sample_count_the_seed_states(store: Store,
+                                                                seeds: dict[str, Path]) -> None:
+    stated = re.findall(r"evaluated on (\d+) samples", seeds["003"].read_text())
+    assert stated and len(set(stated)) == 1
+    counts = store.frame("SELECT DISTINCT t.n_samples FROM search_trials t JOIN runs r "
+                         "ON r.id = t.run_id WHERE r.origin = 'published'")["n_samples"]
+    assert counts.tolist() == [int(stated[0])]
