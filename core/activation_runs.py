@@ -66,14 +66,24 @@ def pick_metric(rows: list[dict[str, Any]], task: str, wanted: str = "") -> dict
     """The headline metric row of ``task`` among lm-eval's rows (``wanted`` when named)."""
     mine = [r for r in rows if r["dataset"] == task and r.get("status", "ok") == "ok"]
     names = [r["metric"] for r in mine]
+
+    def named(name: str) -> dict[str, Any] | None:
+        """The row of metric ``name``, else of ``name`` under a filter ('exact_match
+        (remove_whitespace)', as triviaqa reports it)."""
+        exact = [r for r in mine if r["metric"] == name]
+        filtered = [r for r in mine if r["metric"].partition(" (")[0] == name]
+        return (exact or filtered or [None])[0]
+
     if wanted:
-        if wanted not in names:
+        row = named(wanted)
+        if row is None:
             raise ValueError(f"Metric {wanted!r} is not reported by {task}; it reports "
                              f"{', '.join(names) or 'nothing'}.")
-        return next(r for r in mine if r["metric"] == wanted)
+        return row
     for name in zeroshot.HEADLINE:
-        if name in names:
-            return next(r for r in mine if r["metric"] == name)
+        row = named(name)
+        if row is not None:
+            return row
     if not mine:
         raise ValueError(f"lm-eval returned no score for {task}")
     return mine[0]

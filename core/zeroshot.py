@@ -26,7 +26,7 @@ TASKS_SOURCE = Path(__file__).resolve().parent / "tasks"
 #: Seed 000's task set (loads from the Hugging Face hub).
 DEFAULT_TASKS = ("piqa", "hellaswag", "arc_easy", "boolq", "rte")
 #: Shipped with the project, work offline.
-OFFLINE_TASKS = ("sb_everyday", "sb_wiki_next")
+OFFLINE_TASKS = ("sb_everyday", "sb_wiki_next", "sb_facts_gen")
 #: Metrics stored for a task, in order of preference for its headline number.
 HEADLINE = ("acc_norm", "acc", "exact_match", "exact", "bleu_max", "bleu", "f1")
 

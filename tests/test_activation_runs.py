@@ -245,3 +245,18 @@ def test_specs_round_trip_and_queue_without_dense_baseline(tmp_path: Path) -> No
     assert runs["method"].tolist() == ["sparsity-levels", "sparsity-levels"]
     assert runs["pattern"].tolist() == ["activation", "activation"]
     assert runs["sparsity"].isna().all()  # the parameter is not a measured sparsity
+
+
+def test_headline_metric_is_found_under_an_lm_eval_filter() -> None:
+    """triviaqa reports 'exact_match,remove_whitespace': stored as 'exact_match
+    (remove_whitespace)', it is still the exact_match a search scores."""
+    from core.activation_runs import pick_metric
+
+    rows = [{"dataset": "triviaqa", "metric": "exact_match (remove_whitespace)", "value": 0.25},
+            {"dataset": "other", "metric": "exact_match", "value": 0.9}]
+    assert pick_metric(rows, "triviaqa", "exact_match")["value"] == 0.25
+    assert pick_metric(rows, "triviaqa")["value"] == 0.25
+    rows.append({"dataset": "triviaqa", "metric": "exact_match", "value": 0.5})
+    assert pick_metric(rows, "triviaqa", "exact_match")["value"] == 0.5  # unfiltered first
+    with pytest.raises(ValueError, match="'bleu' is not reported by triviaqa"):
+        pick_metric(rows, "triviaqa", "bleu")
