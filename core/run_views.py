@@ -75,9 +75,11 @@ def short_source(source: str) -> str:
 
 
 def method_text(method: str, pattern: Any, sparsity: Any) -> str:
-    """'Wanda 50%', 'Magnitude 2:4', 'Dense'."""
+    """'Wanda 50%', 'Magnitude 2:4', 'Dense', 'CoreInfer (activation sparsity)'."""
     if method == "dense" or pattern == "dense":
         return "Dense"
+    if pattern == "activation" and _missing(sparsity):
+        return f"{tables.method_label(method)} (activation sparsity)"
     return tables.row_label(method, sparsity, pattern)
 
 

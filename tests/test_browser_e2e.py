@@ -265,7 +265,7 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
 
 
 def test_a_page_url_opened_first_shows_the_app_menu(app: dict[str, object]) -> None:
-    """On a fresh server, opening /ablations first must still show app.py's menu and layout
+    """On a fresh server, opening /zero_shot first must still show app.py's menu and layout
     (Streamlit would otherwise run the page alone in its legacy pages/ mode)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -274,11 +274,12 @@ def test_a_page_url_opened_first_shows_the_app_menu(app: dict[str, object]) -> N
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": 900})
             page.set_default_timeout(60_000)
-            page.goto(f"{app['url']}/ablations")
-            expect(page.get_by_role("heading", name="Compute time and ablations")).to_be_visible()
+            page.goto(f"{app['url']}/zero_shot")
+            expect(page.get_by_role("heading", name="Zero-shot accuracy")).to_be_visible()
             settle(page, 60)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
             sidebar = page.get_by_test_id("stSidebar")
-            expect(sidebar.get_by_role("link", name="Compute & ablations")).to_be_visible()
+            expect(sidebar.get_by_role("link", name="Zero-shot")).to_be_visible()
             expect(sidebar.get_by_role("link", name="Layer statistics")).to_be_visible()
             expect(sidebar.get_by_text("Results file:")).to_be_visible()  # app.py ran
             screenshot(page, app["shots"], "direct-url")  # type: ignore[arg-type]

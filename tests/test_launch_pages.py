@@ -456,3 +456,14 @@ def test_progress_is_read_defensively() -> None:
                                          "total": 8})
     assert progress.text == "perplexity on eval.txt: batch 2 of 8" and progress.fraction == 0.25
     assert run_views.parse_progress({"stage": "pruning", "done": 1, "total": 0}).fraction == 0.0
+
+
+def test_run_labels_name_activation_runs() -> None:
+    from core import run_views
+
+    assert run_views.method_text("coreinfer", "activation", None) == \
+        "CoreInfer (activation sparsity)"
+    assert run_views.method_text("sparsity-levels", "activation", float("nan")) == \
+        "Sparsity levels (activation sparsity)"
+    assert run_views.method_text("wanda", "2:4", 0.5) == "Wanda 2:4"
+    assert run_views.method_text("dense", "dense", 0) == "Dense"
