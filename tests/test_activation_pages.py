@@ -23,10 +23,8 @@ from core.executor import LocalExecutor
 from core.pipeline import ChildRun, RunResult, create_run, store_result
 from core.spec import ActivationSpec, SearchSpec
 from core.store import Store
+from tests.page_helpers import open_page, widget
 from tests.tiny_assets import tiny_llama_folder
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +46,6 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     monkeypatch.setattr(LocalExecutor, "ensure_workers", lambda self: calls.append(1) or [])
     return calls
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    at.switch_page(str(ROOT / page)).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def widget(widgets, label: str):  # noqa: ANN001, ANN201
-    found = [w for w in widgets if w.label == label]
-    assert found, f"no widget {label!r}; have {[w.label for w in widgets]}"
-    return found[0]
 
 
 def own_runs(db: Path) -> list[tuple]:

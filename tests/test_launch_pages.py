@@ -20,10 +20,9 @@ from core import published, run_views
 from core.executor import LocalExecutor
 from core.spec import PruneSpec
 from core.store import Store
+from tests.page_helpers import open_page, widget
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 60
 LOCAL = "a local .txt file…"
 
 
@@ -68,21 +67,6 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def own_runs(db: Path) -> pd.DataFrame:
     return Store(db).frame("SELECT id, status, method, spec, cancel_requested FROM runs "
                            "WHERE origin = 'own' ORDER BY id")
-
-
-def open_page(page: str) -> AppTest:
-    """The app as a visitor opens it (app.py first), then ``page`` from the menu."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    at.switch_page(str(ROOT / page)).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def widget(widgets, label: str):  # noqa: ANN001, ANN201
-    found = [w for w in widgets if w.label == label]
-    assert found, f"no widget {label!r}; have {[w.label for w in widgets]}"
-    return found[0]
 
 
 # -- the Launch page ------------------------------------------------------------------------------
