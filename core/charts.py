@@ -403,8 +403,10 @@ def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
     frame = summary.frame
     if summary.empty or frame[["Best %", "AVG %"]].isna().all().all():
         return empty_figure("No CoreInfer comparison to plot.")
-    labels = [f"{m} · {t} · goal {T.format_value(g, 'score')}" for m, t, g in
-              zip(frame["Model"], frame["Task"], frame["Goal"], strict=True)]
+    labels = [f"{m} · {t} · goal {T.format_value(g, 'score')}"
+              + (f" · run {int(s)}" if s is not None and not pd.isna(s) else "") for m, t, g, s in
+              zip(frame["Model"], frame["Task"], frame["Goal"],
+                  frame.get("_search", pd.Series([None] * len(frame))), strict=True)]
     fig = go.Figure()
     for column, color in (("AVG %", "#17becf"), ("Best %", "#1f77b4")):
         fig.add_trace(go.Bar(y=labels, x=frame[column], name=column.replace(" %", ""),

@@ -1206,6 +1206,7 @@ def final_rows(task_rows: pd.DataFrame, activation_rows: pd.DataFrame | None = N
     df = df[df["config"] != ""]
     df["goal"] = [s.get("goal") for s in df["spec"]]
     df["trial"] = [s.get("trial") for s in df["spec"]]
+    df["search"] = [s.get("search") for s in df["spec"]]  # own runs: the search they belong to
     actual: dict[int, float] = {}
     if activation_rows is not None and not activation_rows.empty:
         act = activation_rows[activation_rows["metric"] == "actual_sparsity"]
@@ -1215,7 +1216,11 @@ def final_rows(task_rows: pd.DataFrame, activation_rows: pd.DataFrame | None = N
 
 
 def _final_key(rec: Mapping[str, Any]) -> tuple:
-    return (rec["group"], rec["model"], _norm(rec["dataset"]), rec["metric"], rec["goal"])
+    """What a full-set score is compared within: an own search's runs only with its own
+    CoreInfer run; published rows by source, model, task, metric and goal."""
+    search = rec.get("search")
+    return (rec["group"], rec["model"], _norm(rec["dataset"]), rec["metric"], rec["goal"],
+            None if _isna_safe(search) else int(search))
 
 
 def _norm(name: Any) -> str:
@@ -1255,6 +1260,7 @@ def final_table(finals: pd.DataFrame, model: str | None = None, task: str | None
             "% of CoreInfer": pct, TEXT + "% of CoreInfer": "" if math.isnan(pct) else None,
             "Source": rec["source_label"], "Run": rec["run_id"], "Note": _join(why, rec["note"]),
             "_config": rec["config"].lower(), "_metric": rec["metric"],
+            "_search": _final_key(rec)[-1],
         })
     return Table(pd.DataFrame(out), formats)
 
@@ -1314,9 +1320,11 @@ def final_summary(finals: pd.DataFrame) -> Table:
         return Table(pd.DataFrame(columns=cols), formats)
     frame = table.frame
     out = []
-    keys = ["Model", "Goal", "Task", "Source"]
+    keys = ["Model", "Goal", "Task", "Source", "_search"]  # each own search is its own row
     for key, part in frame.groupby(keys, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        if not _isna_safe(row["_search"]):
+            row["Source"] = f"{OWN_GROUP}: search run {int(row['_search'])}"
         row["Metric"] = metric_label(part["_metric"].iloc[0])
         for config, name in (("coreinfer", "CoreInfer"), ("best", "Best"), ("avg", "AVG")):
             cell = part[part["_config"] == config]
@@ -1327,7 +1335,8 @@ def final_summary(finals: pd.DataFrame) -> Table:
                 row[f"{name} %"] = cell["% of CoreInfer"].iloc[-1] if found else math.nan
         out.append(row)
     frame = pd.DataFrame(out)
-    return Table(frame[cols + [c for c in frame.columns if c.startswith(TEXT)]], formats,
+    hidden = [c for c in frame.columns if c.startswith(TEXT)] + ["_search"]
+    return Table(frame[cols + hidden], formats,
                  ["Scores on the full dataset; % of CoreInfer is computed from the stored "
                   "scores (score / CoreInfer score)."])
 

@@ -150,7 +150,7 @@ def test_activation_form_validates_then_queues(db: Path, workers: list[int],
 
 
 # -- the Activation sparsity page on an own search -----------------------------------------------
-def store_search(db: Path, model: str) -> int:
+def store_search(db: Path, model: str, coreinfer_score: float = 0.5) -> int:
     """An own search stored exactly as a finished search run stores it."""
     store = Store(db).init()
     spec = SearchSpec(model=model, task="sb_everyday", goal=0.4, sum_weights=[0.2, 0.6])
@@ -163,7 +163,7 @@ def store_search(db: Path, model: str) -> int:
     ]
     children = []
     for config, score, actual, extra in (
-            ("CoreInfer", 0.5, 0.4, {"method": "coreinfer", "sparsity": 0.4}),
+            ("CoreInfer", coreinfer_score, 0.4, {"method": "coreinfer", "sparsity": 0.4}),
             ("best", 0.55, 0.398, {"method": "sparsity-levels", "levels": [0.44, 0.36],
                                    "trial": 2}),
             ("AVG", 0.45, 0.401, {"method": "sparsity-levels", "levels": [0.41, 0.39]})):
@@ -231,3 +231,17 @@ def test_activation_page_lists_own_runs_outside_a_search(db: Path, model_dir: st
     assert table["Actual sparsity"].tolist() == ["0.281"]  # measured, not the 0.3 parameter
     assert table["Parameters"].iloc[0].startswith("kept fraction 0.3 · token sparsity 0.2")
     assert not at.exception
+
+
+def test_two_own_searches_of_one_goal_are_two_rows(db: Path, model_dir: str) -> None:
+    """Each own search is compared with its own CoreInfer run, and both are listed."""
+    first = store_search(db, model_dir)
+    second = store_search(db, model_dir, coreinfer_score=0.4)
+    store = Store(db)
+    finals = tables.final_rows(tables.load_metrics(store, "task"),
+                               tables.load_metrics(store, "activation"))
+    shown = tables.final_summary(finals).display()
+    assert shown["Source"].tolist() == [f"Own runs: search run {first}",
+                                        f"Own runs: search run {second}"]
+    assert shown["Best %"].tolist() == ["110.00%", "137.50%"]  # 0.55/0.5 and 0.55/0.4
+    assert shown["AVG %"].tolist() == ["90.00%", "112.50%"]
