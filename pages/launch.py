@@ -1,4 +1,4 @@
-"""Launch: queue a run (prune + perplexity) for the background worker.
+"""Launch: queue a run (prune + evaluate, activation sparsity, parameter search) for the worker.
 
 No ``st.form`` here on purpose: the fields that depend on a choice (method parameters, the path
 of a local text file) must appear as soon as the choice is made.
@@ -19,8 +19,9 @@ LOCAL_FILE = "a local .txt file…"
 
 use_app_menu()
 st.title("Launch a run")
-st.caption("Prune a causal LM (or keep it dense) and measure its perplexity. The run is queued and "
-           "executed by a background worker; follow it on the Runs page.")
+st.caption("Queue a run for the background worker: prune a causal LM (or keep it dense) and "
+           "evaluate it, apply activation sparsity, or search the sparsity levels. Follow it on "
+           "the Runs page.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
 if not store.writable:
