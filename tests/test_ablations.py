@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import ablations, charts, sweep, tables
+from core.pipeline import create_run
 from core.spec import PruneSpec
 from core.store import Store
 from tests.seed_files import seed_file
@@ -117,9 +118,8 @@ def test_own_compute_time_and_costs(tmp_path: Path) -> None:
     store = Store(tmp_path / "r.duckdb").init(import_published=False)
     runs = []
     for method, seconds in (("wanda", 3.0), ("sparsegpt", 9.0), ("wanda", 4.0)):
-        spec = PruneSpec(method=method, sparsity="0.5")
-        run_id = store.create_run(kind="prune", model="m", method=method, sparsity=0.5,
-                                  pattern="unstructured", spec=spec.to_dict(), status="done")
+        run_id = create_run(store, PruneSpec(model="m", method=method, sparsity="0.5"),
+                            status="done")
         store.add_metrics(run_id, [
             {"kind": "timing", "dataset": "-", "metric": "prune_seconds", "value": seconds},
             {"kind": "timing", "dataset": "-", "metric": "eval_seconds", "value": 1.5},

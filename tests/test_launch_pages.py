@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import published, run_views
 from core.executor import LocalExecutor
+from core.pipeline import create_run
 from core.spec import PruneSpec
 from core.store import Store
 from tests.page_helpers import open_page, widget
@@ -276,10 +277,7 @@ def make_run(store: Store, assets: dict[str, str], status: str, method: str = "w
     spec = PruneSpec(model=model or assets["model"], method=method, sparsity=sparsity,
                      calibration=assets["text"], samples=2, seqlen=32,
                      ppl_datasets=[assets["text"]], ppl_seqlen=32, max_windows=4, batch_size=1)
-    target = spec.target()
-    run_id = store.create_run(kind="prune", model=spec.model, method=method,
-                              sparsity=target.fraction, pattern=target.pattern,
-                              spec=spec.to_dict(), identity=spec.identity(), status=status)
+    run_id = create_run(store, spec, status=status)
     if update:
         store.update_run(run_id, **update)
     return run_id

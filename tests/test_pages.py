@@ -16,6 +16,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from core import export, published, tables
+from core.pipeline import create_run
 from core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,10 +208,7 @@ def own_run(store: Store, method: str, metrics: list[dict], layer_stats: list[di
     from core.spec import PruneSpec
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else "0.5", **spec_fields)
-    target = spec.target()
-    run_id = store.create_run(kind="prune", model=spec.model, method=method,
-                              sparsity=target.fraction, pattern=target.pattern,
-                              spec=spec.to_dict(), identity=spec.identity(), status="done")
+    run_id = create_run(store, spec, status="done")
     store.add_metrics(run_id, metrics)
     store.add_layer_stats(run_id, layer_stats or [])
     return run_id

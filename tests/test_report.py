@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import compare, export, published, report, tables
+from core.pipeline import create_run
 from core.spec import PruneSpec
 from core.store import Store
 
@@ -44,10 +45,7 @@ def empty(db: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
 def own_run(store: Store, method: str, sparsity: str, metrics: list[dict],
             layer_stats: list[dict] | None = None) -> int:
     spec = PruneSpec(method=method, sparsity=sparsity, zero_shot_tasks=TASKS)
-    target = spec.target()
-    run_id = store.create_run(kind="prune", model=spec.model, method=method,
-                              sparsity=target.fraction, pattern=target.pattern,
-                              spec=spec.to_dict(), identity=spec.identity(), status="done")
+    run_id = create_run(store, spec, status="done")
     store.add_metrics(run_id, metrics)
     store.add_layer_stats(run_id, layer_stats or [])
     return run_id

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from core import charts, export, tables
+from core.pipeline import create_run
 from core.store import Store
 
 WANDA_README = "Wanda README (Sun et al. 2023)"
@@ -404,10 +405,7 @@ def own_run(store: Store, method: str, metrics: list[dict[str, Any]], sparsity: 
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else sparsity,
                      **spec_fields)
-    target = spec.target()
-    run_id = store.create_run(kind="prune", model=spec.model, method=method,
-                              sparsity=target.fraction, pattern=target.pattern,
-                              spec=spec.to_dict(), identity=spec.identity(), status="done")
+    run_id = create_run(store, spec, status="done")
     store.add_metrics(run_id, metrics)
     return run_id
 
