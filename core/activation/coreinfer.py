@@ -271,8 +271,9 @@ class CoreInferLlamaMLP(nn.Module):
         return sparse.project_out(hidden).reshape(*shape[:-1], -1)
 
 
-class CoreInferFc1(nn.Module):
-    """Replaces OPT's ``fc1`` (same ``weight``/``bias`` parameters)."""
+class _CoreInferLinear(nn.Module):
+    """Takes the place of an OPT linear with the same ``weight``/``bias`` parameters (so the
+    state dict keeps its names) and the block's CoreInfer state."""
 
     def __init__(self, linear: nn.Linear, state: _BlockState):
         super().__init__()
@@ -281,6 +282,10 @@ class CoreInferFc1(nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.coreinfer = state
+
+
+class CoreInferFc1(_CoreInferLinear):
+    """Replaces OPT's ``fc1``: selects the core neurons at pre-fill, computes only them after."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.coreinfer
@@ -296,17 +301,12 @@ class CoreInferFc1(nn.Module):
         return z.reshape(batch * tokens, -1)
 
 
-class CoreInferFc2(nn.Module):
+class CoreInferFc2(_CoreInferLinear):
     """Replaces OPT's ``fc2``: dense after a dense ``fc1``, kept columns after a sparse one."""
 
     def __init__(self, linear: nn.Linear, state: _BlockState):
-        super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        super().__init__(linear, state)
         self.probe = DecodeProbe()
-        self.coreinfer = state
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         state = self.coreinfer
