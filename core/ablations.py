@@ -24,6 +24,22 @@ RUN = "_run:"  # prefix of the hidden column holding the run of each grid cell
 
 
 # -- compute time (seed 004 Table 3) ------------------------------------------------------------
+def _time_cells(rows: pd.DataFrame, group: str, metric: str) -> pd.DataFrame:
+    """The timing rows of one group, pruned runs only, the latest run per method row ('_row')
+    and '<model> · <sparsity>' column ('_col'); '_key' orders the columns."""
+    df = rows[(rows["kind"] == "timing") & (rows["metric"] == metric)
+              & (rows["group"] == group) & ~rows["dense"]] if not rows.empty else rows
+    if df.empty:
+        return df
+    df = df.assign(_row=tables.grid_row_labels(df),
+                   _col=[f"{m} · {s}" for m, s in zip(df["model"], df["sparsity_label"],
+                                                      strict=True)],
+                   _key=[(m, tables.sparsity_key(s, p, me)) for m, s, p, me in
+                         zip(df["model"], df["sparsity"], df["pattern"], df["method"],
+                             strict=True)])
+    return tables.latest_runs(df, ["_row", "_col"])
+
+
 def compute_time_grid(rows: pd.DataFrame, group: str, metric: str = "prune_seconds"
                       ) -> tables.Table:
     """Rows = methods, columns = '<model> · <sparsity>', cells = seconds (latest run per cell).
@@ -31,17 +47,9 @@ def compute_time_grid(rows: pd.DataFrame, group: str, metric: str = "prune_secon
     ``rows`` are prepared metric rows of kind 'timing'; one ``group`` (a published source or own
     runs) at a time, since times from different machines are not comparable.
     """
-    df = rows[(rows["kind"] == "timing") & (rows["metric"] == metric)
-              & (rows["group"] == group) & ~rows["dense"]] if not rows.empty else rows
+    df = _time_cells(rows, group, metric)
     if df.empty:
         return tables.Table(pd.DataFrame(columns=["Method"]))
-    df = df.assign(_row=tables.grid_row_labels(df),
-                   _col=[f"{m} · {s}" for m, s in zip(df["model"], df["sparsity_label"],
-                                                      strict=True)],
-                   _key=[(m, tables.sparsity_key(s, p, me)) for m, s, p, me in
-                         zip(df["model"], df["sparsity"], df["pattern"], df["method"],
-                             strict=True)])
-    df = tables.latest_runs(df, ["_row", "_col"])
     keys = dict(zip(df["_col"], df["_key"], strict=True))
     columns = sorted(keys, key=keys.__getitem__)
     row_order = sorted(dict.fromkeys(df["_row"]), key=tables.natural_key)
@@ -63,17 +71,11 @@ def compute_time_grid(rows: pd.DataFrame, group: str, metric: str = "prune_secon
 def compute_time_long(rows: pd.DataFrame, group: str, metric: str = "prune_seconds"
                       ) -> pd.DataFrame:
     """The cells of :func:`compute_time_grid` as long rows (for the bar chart), with hover text."""
-    df = rows[(rows["kind"] == "timing") & (rows["metric"] == metric)
-              & (rows["group"] == group) & ~rows["dense"]] if not rows.empty else rows
+    df = _time_cells(rows, group, metric)
+    df = df[df["status"] == "ok"] if not df.empty else df
     if df.empty:
         return pd.DataFrame(columns=["model", "method", "sparsity", "seconds", "run", "spec"])
-    df = df.assign(_row=tables.grid_row_labels(df))
-    df = tables.latest_runs(df, ["_row", "model", "sparsity_label"])
-    df = df[df["status"] == "ok"]
-    order = sorted(range(len(df)), key=lambda i: (
-        df["model"].iloc[i], tables.sparsity_key(df["sparsity"].iloc[i], df["pattern"].iloc[i],
-                                                 df["method"].iloc[i])))
-    df = df.iloc[order]
+    df = df.iloc[sorted(range(len(df)), key=lambda i: df["_key"].iloc[i])]
     return pd.DataFrame({"model": df["model"].to_numpy(), "method": df["_row"].to_numpy(),
                          "sparsity": df["sparsity_label"].to_numpy(),
                          "seconds": df["value"].astype(float).to_numpy(),
