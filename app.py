@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import config, tables
-from core.store import StoreError
+from core import config
+from core.present import tables
+from core.store.db import StoreError
 
 st.set_page_config(page_title="SparseBench", layout="wide")
 

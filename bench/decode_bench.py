@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core import data, models  # noqa: E402
-from core.activation import FFNTimer, apply_coreinfer  # noqa: E402
-from core.adapters import get_adapter  # noqa: E402
+from core.engine import data, models  # noqa: E402
+from core.engine.activation import FFNTimer, apply_coreinfer  # noqa: E402
+from core.engine.adapters import get_adapter  # noqa: E402
 
 
 def _sync(device: str) -> None:

@@ -25,9 +25,9 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 def _measure_method(method: str, samples: int, seqlen: int, sparsity: str) -> dict:
     import torch
 
-    from core import data, environment, models
-    from core.methods import Target, get_method
-    from core.runner import prune_model
+    from core.engine import data, environment, models
+    from core.engine.prune.methods import Target, get_method
+    from core.engine.prune.runner import prune_model
 
     model, tok = models.load_model("smollm2-135m")
     calibration = data.calibration_ids(tok, "wiki-offline", samples, seqlen, seed=0)
@@ -48,8 +48,8 @@ def _measure_perplexity(windows: int, seqlen: int, batch_size: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from core import data, models
-    from core.perplexity import perplexity
+    from core.engine import data, models
+    from core.engine.evaluate.perplexity import perplexity
 
     model, tok = models.load_model("smollm2-135m")
     ids = data.evaluation_ids(tok, "wiki-offline")

@@ -25,9 +25,9 @@ def _run(method_name: str, block_range: tuple[int, int], args: argparse.Namespac
          calibration) -> dict:
     import torch
 
-    from core import models
-    from core.methods import Target, get_method
-    from core.runner import prune_model
+    from core.engine import models
+    from core.engine.prune.methods import Target, get_method
+    from core.engine.prune.runner import prune_model
 
     model, _ = models.load_model("smollm2-135m")
     method = get_method(method_name)
@@ -71,7 +71,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from core import data, models
+    from core.engine import data, models
 
     model, tok = models.load_model("smollm2-135m")
     n_blocks = model.config.num_hidden_layers

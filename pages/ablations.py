@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import ablations, charts, tables
+from core.present import ablations, charts, tables
 from ui.components import show_table, store_or_stop, use_app_menu
 
 use_app_menu()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import activation_views, charts, tables
+from core.present import activation as activation_views
+from core.present import charts, tables
 from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()

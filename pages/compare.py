@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import ablations, charts, compare, tables
+from core.present import ablations, charts, compare, tables
 from ui.components import show_table, store_or_stop, use_app_menu
 
 use_app_menu()

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import config, data, jobs, run_views, sweep, tables, zeroshot
-from core.executor import LocalExecutor
-from core.methods import REGISTRY, available
-from core.spec import DTYPE_CHOICES, LIMITS, OWL_METHODS, PruneSpec
-from core.store import StoreError
+from core import config
+from core.engine import data
+from core.engine.evaluate import zeroshot
+from core.engine.prune.methods import REGISTRY, available
+from core.execution import jobs
+from core.execution.local import LocalExecutor
+from core.present import runs as run_views
+from core.present import tables
+from core.runs import sweep
+from core.runs.specs import DTYPE_CHOICES, LIMITS, OWL_METHODS, PruneSpec
+from core.store.db import StoreError
 from ui.components import store_or_stop, use_app_menu
 
 LOCAL_FILE = "a local .txt file…"
@@ -213,7 +219,7 @@ if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     else:
         try:
             if grid:
-                submission = sweep.submit_sweep(store, spec, grid, fresh=fresh)
+                submission = jobs.submit_sweep(store, spec, grid, fresh=fresh)
             else:
                 submission = jobs.submit(store, spec, fresh=fresh)
             LocalExecutor(store).ensure_workers()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import config, tables
+from core import config
+from core.present import tables
 from ui.components import store_or_stop, use_app_menu
 
 use_app_menu()

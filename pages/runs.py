@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import jobs, run_views, tables
-from core.executor import LocalExecutor
-from core.store import StoreError
+from core.execution import jobs
+from core.execution.local import LocalExecutor
+from core.present import runs as run_views
+from core.present import tables
+from core.store.db import StoreError
 from ui.components import store_or_stop, use_app_menu
 
 REFRESH_S = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts, tables
+from core.present import charts, tables
 from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()

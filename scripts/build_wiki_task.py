@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.data import load_text  # noqa: E402
+from core.engine.data import load_text  # noqa: E402
 
 ITEMS = 120
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")

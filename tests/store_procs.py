@@ -6,7 +6,7 @@ import time
 
 import duckdb
 
-from core.store import Store
+from core.store.db import Store
 
 
 def hold_lock(path: str, seconds: float, ready) -> None:

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import ablations, charts, sweep, tables
-from core.pipeline import create_run
-from core.spec import PruneSpec
-from core.store import Store
+from core.execution import jobs
+from core.present import ablations, charts, tables
+from core.runs.specs import PruneSpec
+from core.store.db import Store
+from core.store.record import create_run
 from tests.seed_files import seed_file
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
@@ -88,7 +89,7 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
                      calibration=str(corpus), samples=2, seqlen=32,
                      ppl_datasets=[str(corpus)], ppl_seqlen=32, max_windows=2)
     grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5]}
-    submission = sweep.submit_sweep(store, base, grid)
+    submission = jobs.submit_sweep(store, base, grid)
     results = {0: (12.5, "ok"), 1: (11.0, "ok"), 2: (math.inf, "diverged")}  # cell 3 stays queued
     for index, (value, status) in results.items():
         run_id = submission.run_ids[index]

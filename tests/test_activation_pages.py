@@ -3,7 +3,7 @@
 
 Launch: the "Activation sparsity" and "Parameter search" run kinds report every bad field (what is
 wrong, what is allowed) and queue nothing; good values queue the runs without a dense baseline.
-Activation sparsity page: an own search written through ``pipeline.store_result`` renders as seed
+Activation sparsity page: an own search written through ``record.store_result`` renders as seed
 003 does (params, actual sparsity, metric; CoreInfer / best / AVG with % of CoreInfer).
 No worker is started (``LocalExecutor.ensure_workers`` is replaced by a recorder).
 """
@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import published, tables
-from core.executor import LocalExecutor
-from core.pipeline import ChildRun, RunResult, create_run, store_result
-from core.spec import ActivationSpec, SearchSpec
-from core.store import Store
+from core.execution.local import LocalExecutor
+from core.present import tables
+from core.runs.results import ChildRun, RunResult
+from core.runs.specs import ActivationSpec, SearchSpec
+from core.store import published
+from core.store.db import Store
+from core.store.record import create_run, store_result
 from tests.page_helpers import open_page, widget
 from tests.tiny_assets import tiny_llama_folder
 

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, tables
-from core.pipeline import create_run, run_and_store
-from core.spec import ActivationSpec, SearchSpec, spec_from_dict
-from core.store import Store
+from core.execution import jobs
+from core.execution.run import run_and_store
+from core.present import tables
+from core.runs.registry import spec_from_dict
+from core.runs.specs import ActivationSpec, SearchSpec
+from core.store.db import Store
+from core.store.record import create_run
 from tests.tiny_assets import tiny_llama_folder
 
 pytest.importorskip("lm_eval")
@@ -250,7 +253,7 @@ def test_specs_round_trip_and_queue_without_dense_baseline(tmp_path: Path) -> No
 def test_headline_metric_is_found_under_an_lm_eval_filter() -> None:
     """triviaqa reports 'exact_match,remove_whitespace': stored as 'exact_match
     (remove_whitespace)', it is still the exact_match a search scores."""
-    from core.activation_runs import pick_metric
+    from core.runs.kinds.activation import pick_metric
 
     rows = [{"dataset": "triviaqa", "metric": "exact_match (remove_whitespace)", "value": 0.25},
             {"dataset": "other", "metric": "exact_match", "value": 0.9}]

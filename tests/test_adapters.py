@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from core.adapters import get_adapter, prunable_names, set_weight_matrix, weight_matrix
+from core.engine.adapters import get_adapter, prunable_names, set_weight_matrix, weight_matrix
 
 
 def test_blocks_and_linear_names(arch, tiny_model):
@@ -68,6 +68,6 @@ def test_prunable_names_are_exactly_the_block_linears(arch, tiny_model):
 
 @pytest.mark.parametrize("model_type", ["mistral", "qwen3"])
 def test_llama_like_types_share_the_llama_adapter(model_type):
-    from core.adapters import ADAPTERS
+    from core.engine.adapters import ADAPTERS
 
     assert ADAPTERS[model_type] == ADAPTERS["llama"]

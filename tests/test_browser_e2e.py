@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from core import worker
-from core.store import Store
+from core.execution import worker
+from core.store.db import Store
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 pytestmark = pytest.mark.browser
@@ -65,7 +65,7 @@ def stop_worker(db: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         pid = int(lock.read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        if "core.worker" in cmdline and str(db) in cmdline:
+        if "core.execution.worker" in cmdline and str(db) in cmdline:
             os.kill(pid, signal.SIGTERM)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.activation import (
+from core.engine.activation import (
     CoreInferError,
     apply_coreinfer,
     core_neurons,
@@ -381,8 +381,8 @@ def test_split_loglikelihood_scores_continuation_sparse(family: str) -> None:
 
 def test_coreinfer_lm_through_lm_eval(tmp_path) -> None:
     pytest.importorskip("lm_eval")
-    from core import models
-    from core.activation import coreinfer_lm
+    from core.engine import models
+    from core.engine.activation import coreinfer_lm
     from tests.tiny_assets import tiny_llama_folder
 
     model, tokenizer = models.load_model(str(tiny_llama_folder(tmp_path / "m")))
@@ -403,8 +403,9 @@ def test_lm_eval_multiple_choice_plain_vs_split(tmp_path) -> None:
     """Plain HFLM: loglikelihood is pre-fill only, CoreInfer does not act (dense scores).
     coreinfer_lm: the continuations are scored sparse after the context pre-fill."""
     pytest.importorskip("lm_eval")
-    from core import models, zeroshot
-    from core.activation import coreinfer_lm
+    from core.engine import models
+    from core.engine.activation import coreinfer_lm
+    from core.engine.evaluate import zeroshot
     from tests.tiny_assets import tiny_llama_folder
 
     model, tokenizer = models.load_model(str(tiny_llama_folder(tmp_path / "m")))

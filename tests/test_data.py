@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import data
+from core.engine import data
 from tests.tiny_assets import tiny_tokenizer
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from core import findings as F
+from core.analysis import findings as F
 
 DENSE = F.Result("Dense", {"wikitext2": 5.114},
                  {"piqa": 0.7813, "hellaswag": 0.5710, "arc_easy": 0.7546, "boolq": 0.7933,

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from core import models, zeroshot
-from core.pipeline import create_run, run_and_store
-from core.spec import ActivationSpec
-from core.store import Store
+from core.engine import models
+from core.engine.evaluate import zeroshot
+from core.execution.run import run_and_store
+from core.runs.specs import ActivationSpec
+from core.store.db import Store
+from core.store.record import create_run
 from tests.tiny_assets import tiny_llama_folder
 
 pytest.importorskip("lm_eval")

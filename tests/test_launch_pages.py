@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import published, run_views
-from core.executor import LocalExecutor
-from core.pipeline import create_run
-from core.spec import PruneSpec
-from core.store import Store
+from core.execution.local import LocalExecutor
+from core.present import runs as run_views
+from core.runs.specs import PruneSpec
+from core.store import published
+from core.store.db import Store
+from core.store.record import create_run
 from tests.page_helpers import open_page, widget
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
@@ -263,9 +264,9 @@ def test_relative_paths_are_stored_absolute(db: Path, workers: list[int], assets
 
 def test_read_only_store_cannot_launch(store: Store, workers: list[int],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.store
+    import core.store.db
 
-    monkeypatch.setattr(core.store, "_writable", lambda path: False)
+    monkeypatch.setattr(core.store.db, "_writable", lambda path: False)
     at = open_page("pages/launch.py")
     assert at.error and "read-only" in at.error[0].value
     assert not [b for b in at.button if b.label == "Queue run"]
@@ -441,7 +442,7 @@ def test_progress_is_read_defensively() -> None:
 
 
 def test_run_labels_name_activation_runs() -> None:
-    from core import run_views
+    from core.present import runs as run_views
 
     assert run_views.method_text("coreinfer", "activation", None) == \
         "CoreInfer (activation sparsity)"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.activation import (
+from core.engine.activation import (
     BlockScores,
     apply_coreinfer,
     average_levels,

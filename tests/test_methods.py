@@ -21,10 +21,10 @@ from torch import nn
 from transformers import BertConfig, BertLMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from core.adapters import UnsupportedArchitecture, get_adapter
-from core.methods import get_method
-from core.methods.base import Target
-from core.runner import prune_model
+from core.engine.adapters import UnsupportedArchitecture, get_adapter
+from core.engine.prune.methods import get_method
+from core.engine.prune.methods.base import Target
+from core.engine.prune.runner import prune_model
 
 # (block index, name inside the block) -> tensor
 Weights = dict[tuple[int, str], torch.Tensor]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.methods import get_method
-from core.methods.base import Target
-from core.owl import outlier_ratios, owl_targets, targets_from_ratios
-from core.runner import prune_model
+from core.engine.prune.methods import get_method
+from core.engine.prune.methods.base import Target
+from core.engine.prune.owl import outlier_ratios, owl_targets, targets_from_ratios
+from core.engine.prune.runner import prune_model
 
 D = [0.012, 0.030, 0.004, 0.021, 0.030, 0.009, 0.017, 0.025]
 

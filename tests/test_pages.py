@@ -15,9 +15,10 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import export, published, tables
-from core.pipeline import create_run
-from core.store import Store
+from core.present import export, tables
+from core.store import published
+from core.store.db import Store
+from core.store.record import create_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["pages/overview.py", "pages/perplexity.py", "pages/zero_shot.py",
@@ -176,9 +177,9 @@ def test_empty_overview(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_read_only_file_still_shows_results(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.store
+    import core.store.db
 
-    monkeypatch.setattr(core.store, "_writable", lambda path: False)
+    monkeypatch.setattr(core.store.db, "_writable", lambda path: False)
     at = run("pages/perplexity.py")
     assert_clean(at)
     assert "6.42" in at.dataframe[0].value["PPL"].tolist()
@@ -205,7 +206,7 @@ def test_locked_database_is_reported(store: Store, db: Path,
 # -- own runs on the zero-shot and layer-statistics pages ----------------------------------------
 def own_run(store: Store, method: str, metrics: list[dict], layer_stats: list[dict] | None = None,
             **spec_fields: object) -> int:
-    from core.spec import PruneSpec
+    from core.runs.specs import PruneSpec
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else "0.5", **spec_fields)
     run_id = create_run(store, spec, status="done")

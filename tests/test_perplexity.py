@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.perplexity import perplexity, windows
+from core.engine.evaluate.perplexity import perplexity, windows
 
 SEQLEN = 16
 

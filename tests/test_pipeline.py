@@ -10,11 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from core import cli, models
-from core.pipeline import create_run, layer_stat_rows, run_and_store
-from core.runner import LinearSparsity, PruneReport
-from core.spec import PruneSpec
-from core.store import Store
+import cli
+from core.engine import models
+from core.engine.prune.runner import LinearSparsity, PruneReport
+from core.execution.run import run_and_store
+from core.runs.kinds.prune import layer_stat_rows
+from core.runs.specs import PruneSpec
+from core.store.db import Store
+from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 
@@ -142,7 +145,8 @@ def test_cli_prunes_and_stores(model_dir: Path, corpus: str, tmp_path: Path, cap
 
 def test_owl_run_stores_its_block_targets_and_follows_them(model_dir: Path, corpus: str,
                                                            tmp_path: Path) -> None:
-    from core import data, owl
+    from core.engine import data
+    from core.engine.prune import owl
 
     store = Store(tmp_path / "r.duckdb").init(import_published=False)
     spec = tiny_spec(model_dir, corpus, method="magnitude", sparsity="0.5",

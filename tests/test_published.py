@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from core import published
-from core.store import Store
+from core.store import published
+from core.store.db import Store
 from tests.seed_files import COPY, SHARED, seed_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import compare, export, published, report, tables
-from core.pipeline import create_run
-from core.spec import PruneSpec
-from core.store import Store
+from core.present import compare, export, report, tables
+from core.runs.specs import PruneSpec
+from core.store import published
+from core.store.db import Store
+from core.store.record import create_run
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = PruneSpec().model
@@ -463,7 +464,7 @@ def test_layers_page_shows_owl_targets_and_findings(store: Store) -> None:
 
 
 def test_sweep_charts_draw_every_cell() -> None:
-    from core import charts
+    from core.present import charts
 
     cells = pd.DataFrame({"alpha": [0.1, 0.1, 1.0, 1.0], "beta": [1, 5, 1, 5],
                           "run": [1, 2, 3, None], "status": ["done", "diverged", "done", "queued"],

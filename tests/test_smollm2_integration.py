@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from core import data, models
-from core.methods import Target, get_method
-from core.perplexity import perplexity
-from core.runner import prune_model
+from core.engine import data, models
+from core.engine.evaluate.perplexity import perplexity
+from core.engine.prune.methods import Target, get_method
+from core.engine.prune.runner import prune_model
 
 pytestmark = pytest.mark.slow
 

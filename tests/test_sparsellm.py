@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.methods import get_method
-from core.methods.base import Target
-from core.methods.sparsegpt import sparsegpt_prune
-from core.methods.sparsellm import (
+from core.engine.prune.methods import get_method
+from core.engine.prune.methods.base import Target
+from core.engine.prune.methods.sparsegpt import sparsegpt_prune
+from core.engine.prune.methods.sparsellm import (
     FFNActivations,
     FFNWeights,
     ffn_forward,
@@ -30,7 +30,7 @@ from core.methods.sparsellm import (
     z_step_relu,
     z_step_swiglu,
 )
-from core.runner import prune_model
+from core.engine.prune.runner import prune_model
 
 ATTENTION = {"opt": ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
                      "self_attn.out_proj"],

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import store as store_module
-from core.store import SCHEMA_VERSION, Store, StoreError
+from core.store import db as store_module
+from core.store.db import SCHEMA_VERSION, Store, StoreError
 from tests.store_procs import hold_lock
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from core import sweep
-from core.pipeline import run_and_store
-from core.spec import PruneSpec, spec_from_dict
-from core.store import Store
+from core.execution import jobs
+from core.execution.run import run_and_store
+from core.present import ablations
+from core.runs.registry import spec_from_dict
+from core.runs.specs import PruneSpec
+from core.store.db import Store
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 
@@ -34,7 +36,7 @@ def run_queue(store: Store) -> None:
 def test_sweep_stores_one_run_per_cell(base: PruneSpec, tmp_path: Path) -> None:
     store = Store(tmp_path / "r.duckdb").init(import_published=False)
     grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5, 0.7]}
-    submission = sweep.submit_sweep(store, base, grid)
+    submission = jobs.submit_sweep(store, base, grid)
     assert len(submission.run_ids) == 6 and len(set(submission.run_ids)) == 6
     runs = store.runs().set_index("id")
     assert runs.loc[submission.sweep_id, "kind"] == "sweep"
@@ -44,14 +46,14 @@ def test_sweep_stores_one_run_per_cell(base: PruneSpec, tmp_path: Path) -> None:
         (d, str(p)) for d in (0.01, 0.1) for p in (0.3, 0.5, 0.7)}
     assert all(s["sweep"] == submission.sweep_id for s in specs)
     run_queue(store)
-    table = sweep.sweep_cells(store, submission.sweep_id)
+    table = ablations.sweep_cells(store, submission.sweep_id)
     assert len(table) == 6 and (table["status"] == "done").all()
     assert table["ppl"].map(math.isfinite).all()
-    matrix, best = sweep.sweep_matrix(table, "method_params.dampening", "sparsity")
+    matrix, best = ablations.sweep_matrix(table, "method_params.dampening", "sparsity")
     assert matrix.shape == (2, 3)
     assert matrix.loc[best[0], best[1]] == table["ppl"].min()
     # The same sweep again reuses every stored cell.
-    again = sweep.submit_sweep(store, base, grid)
+    again = jobs.submit_sweep(store, base, grid)
     assert again.reused == 6 and again.run_ids == submission.run_ids
 
 
@@ -67,5 +69,5 @@ def test_bad_grids_are_refused(base: PruneSpec, tmp_path: Path) -> None:
     }
     for name, (grid, message) in cases.items():
         with pytest.raises(ValueError, match=message):
-            sweep.submit_sweep(store, base, grid)
+            jobs.submit_sweep(store, base, grid)
         assert store.runs().empty, name

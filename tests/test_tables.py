@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from core import charts, export, tables
-from core.pipeline import create_run
-from core.store import Store
+from core.present import charts, export, tables
+from core.store.db import Store
+from core.store.record import create_run
 
 WANDA_README = "Wanda README (Sun et al. 2023)"
 
@@ -401,7 +401,7 @@ def test_published_seed_000_tables(published_store: Store) -> None:
 def own_run(store: Store, method: str, metrics: list[dict[str, Any]], sparsity: str = "0.5",
             **spec_fields: Any) -> int:
     """An own, finished run created as the pipeline does (spec from ``PruneSpec``)."""
-    from core.spec import PruneSpec
+    from core.runs.specs import PruneSpec
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else sparsity,
                      **spec_fields)

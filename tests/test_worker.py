@@ -14,10 +14,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from core import config, data, jobs, worker
-from core.executor import LocalExecutor
-from core.spec import PruneSpec
-from core.store import Store
+from core import config
+from core.engine import data
+from core.execution import jobs, worker
+from core.execution.local import LocalExecutor
+from core.runs.specs import PruneSpec
+from core.store.db import Store
 from tests.store_procs import keep_writing
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder, tiny_tokenizer
 
@@ -58,7 +60,7 @@ def spec(assets: dict[str, str], model: str = "small", text: str = "short", **kw
 
 def start_worker(store: Store, idle_exit: float = 2.0) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "core.worker", "--db", str(store.path), "serve",
+        [sys.executable, "-m", "core.execution.worker", "--db", str(store.path), "serve",
          "--idle-exit", str(idle_exit)], cwd=config.REPO_ROOT)
 
 
@@ -156,8 +158,9 @@ def test_new_worker_fails_runs_left_by_a_dead_one(store: Store, assets) -> None:
 def test_only_one_worker_per_device(store: Store) -> None:
     with worker.device_lock(store.path, "cpu") as mine:
         assert mine and worker.worker_alive(store.path, "cpu")
-        proc = subprocess.Popen([sys.executable, "-m", "core.worker", "--db", str(store.path),
-                                 "serve", "--idle-exit", "30"], cwd=config.REPO_ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "core.execution.worker", "--db",
+                                 str(store.path), "serve", "--idle-exit", "30"],
+                                cwd=config.REPO_ROOT)
         assert proc.wait(30) == 0  # saw the lock and left at once
     assert not worker.worker_alive(store.path, "cpu")
 

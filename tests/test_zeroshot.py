@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, models, zeroshot
-from core.pipeline import create_run, run_and_store
-from core.spec import PruneSpec
-from core.store import Store
+from core.engine import models
+from core.engine.evaluate import zeroshot
+from core.execution import jobs
+from core.execution.run import run_and_store
+from core.runs.specs import PruneSpec
+from core.store.db import Store
+from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 BROKEN_TASK = """task: sb_broken

@@ -15,10 +15,13 @@ from typing import Any
 
 import streamlit as st
 
-from core import data, jobs, run_views, zeroshot
-from core.executor import LocalExecutor
-from core.spec import DTYPE_CHOICES, LIMITS, ActivationSpec, SearchSpec
-from core.store import Store, StoreError
+from core.engine import data
+from core.engine.evaluate import zeroshot
+from core.execution import jobs
+from core.execution.local import LocalExecutor
+from core.present import runs as run_views
+from core.runs.specs import DTYPE_CHOICES, LIMITS, ActivationSpec, SearchSpec
+from core.store.db import Store, StoreError
 
 METHODS = {"CoreInfer": "coreinfer", "Sparsity levels": "sparsity-levels"}
 GOAL_MODES = ("Fixed goal", "Relative to CoreInfer's measured kept fraction")

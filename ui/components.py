@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import export, tables
-from core.store import StoreError
+from core.present import export, tables
+from core.store.db import StoreError
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 

@@ -1,0 +1,3 @@
+"""Analysis of stored results: baselines, retention, findings worded from the numbers.
+
+May import ``core.store``, ``core.runs``, ``core.engine`` and ``core.config``."""

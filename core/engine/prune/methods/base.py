@@ -1,0 +1,114 @@
+"""The pruning-method interface: one class per method, with a small lifecycle.
+
+For each decoder block the shared runner (``core.runner``) asks the method for a statistics
+collector per linear (``collector``), feeds it the linear's inputs during one dense pass
+(``Collector.add_batch``), then calls ``prune_block``, which by default prunes each linear on its
+own with ``prune``.  A method that prunes a block jointly (SparseLLM) overrides ``prune_block``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.engine.adapters import Adapter, set_weight_matrix, weight_matrix
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to prune: an unstructured fraction, or N:M (N pruned in every M consecutive inputs)."""
+
+    sparsity: float = 0.0
+    n: int = 0
+    m: int = 0
+
+    def __post_init__(self) -> None:
+        if self.m:
+            if not (0 < self.n < self.m):
+                raise ValueError(f"N:M needs 0 < N < M; got {self.n}:{self.m} "
+                                 "(N weights pruned in every M, e.g. 2:4)")
+        elif not (0.0 <= self.sparsity < 1.0):
+            why = " (1.0 would remove every weight)" if self.sparsity >= 1 else ""
+            raise ValueError(f"sparsity must be in [0, 1); got {self.sparsity}{why}")
+
+    @classmethod
+    def parse(cls, text: str | float) -> Target:
+        """'0.5', '50%', 0.5 -> unstructured; '2:4' -> N:M."""
+        if isinstance(text, (int, float)):
+            return cls(sparsity=float(text))
+        raw = str(text).strip()
+        match = re.fullmatch(r"(\d+)\s*:\s*(\d+)", raw)
+        if match:
+            return cls(n=int(match[1]), m=int(match[2]))
+        try:
+            value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot read {text!r}: write 0.5, 50% or N:M like 2:4") from exc
+        return cls(sparsity=value)
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    @property
+    def fraction(self) -> float:
+        """The share of weights pruned."""
+        return self.n / self.m if self.is_nm else self.sparsity
+
+    @property
+    def pattern(self) -> str:
+        if self.is_nm:
+            return f"{self.n}:{self.m}"
+        return "dense" if self.sparsity == 0 else "unstructured"
+
+    @property
+    def label(self) -> str:
+        return self.pattern if self.is_nm else f"{self.sparsity:.0%}"
+
+
+class Collector:
+    """Accumulates statistics of one linear's inputs over the calibration tokens."""
+
+    def add_batch(self, inputs: torch.Tensor) -> None:  # inputs: [tokens, in_features]
+        raise NotImplementedError
+
+
+class PruningMethod(ABC):
+    """Base class: subclasses set ``name``, ``defaults`` and implement ``prune``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.name} has no parameter(s) {sorted(unknown)}; "
+                             f"allowed: {sorted(self.defaults) or 'none'}")
+        self.params = {**self.defaults, **params}
+        self.validate()
+
+    def validate(self) -> None:  # noqa: B027 - optional hook, most methods need no checks
+        """Raise ValueError for out-of-range parameters."""
+
+    def collector(self, module: nn.Module) -> Collector | None:
+        """A statistics collector for one linear, or None when the method needs no data."""
+        return None
+
+    @abstractmethod
+    def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
+        """Return the pruned ``[out, in]`` fp32 weight (pruned entries exactly zero)."""
+
+    def prune_block(self, block: nn.Module, adapter: Adapter,
+                    stats: dict[str, Collector | None], target: Target) -> None:
+        """Prune every linear of one block; the default treats each linear on its own."""
+        for name, module in adapter.linears(block).items():
+            weight = weight_matrix(module).float()
+            set_weight_matrix(module, self.prune(weight, stats.get(name), target))

@@ -1,0 +1,101 @@
+"""SparseGPT (Frantar & Alistarh 2023): OBS pruning with error compensation, column blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.engine.masks import lowest_mask
+from core.engine.prune.methods import register
+from core.engine.prune.methods.base import Collector, PruningMethod, Target
+from core.engine.prune.methods.wanda import in_features
+
+
+class Hessian(Collector):
+    """Accumulates sum x x^T (fp32) and the number of sequences seen."""
+
+    def __init__(self, in_features: int) -> None:
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.samples = 0
+
+    def add_batch(self, inputs: torch.Tensor, sequences: int = 1) -> None:
+        x = inputs.float()
+        self.xtx += (x.t() @ x).cpu()
+        self.samples += sequences
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H = (2 / N) sum X X^T, N = calibration sequences."""
+        return self.xtx * (2.0 / max(self.samples, 1))
+
+
+def inverse_cholesky_upper(hessian: torch.Tensor, weight: torch.Tensor,
+                           dampening: float) -> torch.Tensor:
+    """Fix dead inputs (zeroing their weight columns in place), damp, return upper chol of H^-1."""
+    h = hessian.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    h += dampening * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype,
+                                                             device=h.device)
+    h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(h_inv, upper=True)
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: Target,
+                    blocksize: int = 128, dampening: float = 0.01) -> torch.Tensor:
+    """Prune ``weight`` [out, in] (fp32 copy returned) given its layer Hessian."""
+    w = weight.clone().float()
+    u = inverse_cholesky_upper(hessian.to(w.device), w, dampening)
+    cols = w.shape[1]
+    if target.is_nm:
+        if cols % target.m:
+            raise ValueError(f"N:M needs the input width ({cols}) to be a multiple of "
+                             f"M={target.m}")
+        blocksize = max(target.m, blocksize - blocksize % target.m)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        block = w[:, start:end].clone()
+        u_block = u[start:end, start:end]
+        errors = torch.zeros_like(block)
+        diag = torch.diag(u_block)
+        if target.is_nm:
+            mask = torch.zeros_like(block, dtype=torch.bool)
+        else:
+            metric = block.pow(2) / diag.pow(2).unsqueeze(0)
+            k = int(block.numel() * target.sparsity)
+            mask = lowest_mask(metric.reshape(-1), k).reshape(block.shape)
+        for i in range(end - start):
+            if target.is_nm and i % target.m == 0:
+                group = block[:, i:i + target.m].pow(2) / diag[i:i + target.m].pow(2)
+                mask[:, i:i + target.m] = lowest_mask(group, target.n)
+            column = block[:, i]
+            quantised = column.masked_fill(mask[:, i], 0.0)
+            err = (column - quantised) / u_block[i, i]
+            block[:, i:] -= err.unsqueeze(1) @ u_block[i, i:].unsqueeze(0)
+            block[:, i] = quantised
+            errors[:, i] = err
+        w[:, start:end] = block
+        w[:, end:] -= errors @ u[start:end, end:]
+    return w
+
+
+@register
+class SparseGPT(PruningMethod):
+    name = "sparsegpt"
+    description = "One-shot OBS pruning with weight updates (blocks of columns, dampened Hessian)."
+    defaults = {"blocksize": 128, "dampening": 0.01}
+
+    def validate(self) -> None:
+        if int(self.params["blocksize"]) < 1:
+            raise ValueError("sparsegpt blocksize must be >= 1")
+        if not 0 <= float(self.params["dampening"]) < 1:
+            raise ValueError("sparsegpt dampening must be in [0, 1)")
+
+    def collector(self, module: nn.Module) -> Collector:
+        return Hessian(in_features(module))
+
+    def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
+        assert isinstance(stats, Hessian), "SparseGPT needs calibration statistics"
+        return sparsegpt_prune(weight, stats.hessian, target, int(self.params["blocksize"]),
+                               float(self.params["dampening"]))

@@ -1,0 +1,410 @@
+"""SparseLLM (Bai et al. 2024): the FFN of a block pruned jointly, attention pruned by SparseGPT.
+
+The FFN's linears are decoupled by auxiliary variables and pruned by alternating minimisation of
+
+* OPT (``fc1 -> ReLU -> fc2``), z = fc1 pre-activation, p = fc2 input, Y = dense FFN output::
+
+      alpha ||z - W1 X - b1||^2 + gamma ||p - ReLU(z)||^2 + beta ||W2 p + b2 - Y||^2
+
+* Llama family (SwiGLU ``down(act(gate x) * up x)``), z = up output, s = gate output,
+  p = down input::
+
+      alpha ||z - Wu X||^2 + alpha ||s - Wg X||^2 + gamma ||p - silu(s) * z||^2
+          + beta ||Wd p - Y||^2
+
+Every iteration (see ``sparsellm_ffn``): after the first, refit the dense weights to the current
+auxiliary variables; prune every FFN linear with SparseGPT (the input-side linears with the
+Hessian of X, the output linear with the Hessian of p); then update p, z (and s) in closed form
+or by a few gradient steps.  The first iteration is plain SparseGPT on the dense pass's inputs.
+X, p and Y come from the runner's one dense pass of the block, through collectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.engine.adapters import Adapter, set_weight_matrix, weight_matrix
+from core.engine.prune.methods import register
+from core.engine.prune.methods.base import Collector, PruningMethod, Target
+from core.engine.prune.methods.sparsegpt import Hessian, sparsegpt_prune
+from core.engine.prune.methods.wanda import in_features
+
+log = logging.getLogger(__name__)
+
+#: Per-architecture defaults (the paper / its released code): OPT 0.1 and Llama 5, 4 iterations.
+FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
+    "opt": {"alpha": 0.1, "beta": 0.1, "gamma": 0.1, "iterations": 4},
+    "llama": {"alpha": 5.0, "beta": 5.0, "gamma": 5.0, "iterations": 4},
+}
+SUPPORTED = ("OPT (fc1 -> ReLU -> fc2) and the Llama family with a SwiGLU FFN (model types "
+             "llama, mistral, qwen2, qwen3)")
+#: "A few gradient steps": the OPT fc2 refit (cheap: on the Gram matrix) and the Llama s-update
+#: (elementwise over tokens x FFN width, the costly one).
+REFIT_STEPS = 10
+S_STEPS = 5
+
+
+class FFNActivations(Hessian):
+    """A Hessian collector that also keeps the raw inputs (and, when asked, the outputs)."""
+
+    def __init__(self, in_features: int, keep_outputs: bool = False) -> None:
+        super().__init__(in_features)
+        self.wants_output = keep_outputs
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+
+    def add_batch(self, inputs: torch.Tensor, sequences: int = 1,  # type: ignore[override]
+                  outputs: torch.Tensor | None = None) -> None:
+        super().add_batch(inputs, sequences)
+        self.inputs.append(inputs.detach().float())
+        if outputs is not None:
+            self.outputs.append(outputs.detach().float())
+
+    def stacked_inputs(self) -> torch.Tensor:
+        return torch.cat(self.inputs)
+
+    def stacked_outputs(self) -> torch.Tensor:
+        if not self.outputs:
+            raise ValueError("sparsellm: the FFN output linear's outputs were not collected")
+        return torch.cat(self.outputs)
+
+
+@dataclass
+class FFNWeights:
+    """fp32 weights ``[out, in]`` and biases of one FFN (gate only for SwiGLU)."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+    gate_bias: torch.Tensor | None = None
+
+
+@dataclass
+class FFNResult:
+    weights: FFNWeights
+    #: ||FFN(X) - Y||^2 on the calibration tokens after each iteration's pruning (only the
+    #: first and the last unless every one was asked for).
+    errors: list[float] = field(default_factory=list)
+
+
+def ffn_forward(family: str, weights: FFNWeights, x: torch.Tensor) -> torch.Tensor:
+    """The FFN's output for inputs ``x`` [tokens, hidden] with the given weights."""
+    up = F.linear(x, weights.up, weights.up_bias)
+    if family == "opt":
+        hidden = F.relu(up)
+    else:
+        assert weights.gate is not None
+        hidden = F.silu(F.linear(x, weights.gate, weights.gate_bias)) * up
+    return F.linear(hidden, weights.down, weights.down_bias)
+
+
+def _bias(bias: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    """The bias, or zeros of the weight's output size."""
+    if bias is None:
+        return torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return bias
+
+
+def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """matrix^-1 rhs for a symmetric positive (semi-)definite matrix."""
+    chol, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.pinv(matrix, hermitian=True) @ rhs
+
+
+def refit_least_squares(gram: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+                        anchor: torch.Tensor, dampening: float) -> torch.Tensor:
+    """Dense least-squares weights W [out, in] with ``inputs W^T ~ targets``.
+
+    ``gram`` = inputs^T inputs.  Dampened like SparseGPT's Hessian (lambda = dampening x mean of
+    the diagonal), towards ``anchor`` (the dense pre-trained weight) rather than towards zero:
+    argmin ||inputs W^T - targets||^2 + lambda ||W - anchor||^2.  When the targets are exactly
+    ``inputs anchor^T`` the answer is ``anchor`` itself.
+    """
+    damp = dampening * float(gram.diagonal().mean())
+    if damp <= 0:
+        damp = 1e-8 * max(float(gram.diagonal().mean()), 1.0)
+    system = gram + damp * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    rhs = inputs.t() @ targets + damp * anchor.t()
+    return _solve_spd(system, rhs).t().contiguous()
+
+
+def refit_gradient(weight: torch.Tensor, gram: torch.Tensor, inputs: torch.Tensor,
+                   targets: torch.Tensor, steps: int = REFIT_STEPS) -> torch.Tensor:
+    """A few steepest-descent steps (exact line search) on ||inputs W^T - targets||^2 from W."""
+    w = weight.clone()
+    cross = targets.t() @ inputs  # [out, in]
+    for _ in range(steps):
+        grad = w @ gram - cross  # half the gradient
+        curvature = float((grad @ gram * grad).sum())
+        if curvature <= 0:
+            break
+        w -= (float((grad * grad).sum()) / curvature) * grad
+    return w
+
+
+def p_step(down: torch.Tensor, residual: torch.Tensor, activation: torch.Tensor, beta: float,
+           gamma: float) -> torch.Tensor:
+    """p = (beta W^T W + gamma I)^-1 (beta W^T (Y - b) + gamma act), row per token."""
+    system = beta * down.t() @ down
+    system.diagonal().add_(gamma)
+    rhs = beta * down.t() @ residual.t() + gamma * activation.t()  # [ffn, tokens]
+    return _solve_spd(system, rhs).t().contiguous()
+
+
+def z_step_relu(p: torch.Tensor, m: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """argmin_z gamma (p - ReLU z)^2 + alpha (z - m)^2, elementwise (two candidate branches)."""
+    positive = ((gamma * p + alpha * m) / (gamma + alpha)).clamp_min(0.0)
+    negative = m.clamp_max(0.0)
+    cost_pos = gamma * (p - positive).pow(2) + alpha * (positive - m).pow(2)
+    cost_neg = gamma * p.pow(2) + alpha * (negative - m).pow(2)
+    return torch.where(cost_pos <= cost_neg, positive, negative)
+
+
+def z_step_swiglu(p: torch.Tensor, m: torch.Tensor, s: torch.Tensor, alpha: float,
+                  gamma: float) -> torch.Tensor:
+    """argmin_z gamma (p - a z)^2 + alpha (z - m)^2, a = silu(s): (alpha m + gamma a p) / (alpha +
+    gamma a^2).  With alpha = gamma this is REFERENCE.md's (m + a p) / (a^2 + 1)."""
+    act = F.silu(s)
+    return (alpha * m + gamma * act * p) / (alpha + gamma * act * act)
+
+
+def s_step(s: torch.Tensor, p: torch.Tensor, z: torch.Tensor, n: torch.Tensor, alpha: float,
+           gamma: float, steps: int = S_STEPS) -> torch.Tensor:
+    """A few gradient steps on gamma (p - silu(s) z)^2 + alpha (s - n)^2 (elementwise).
+
+    Each step is the gradient divided by the Gauss-Newton curvature 2 gamma (silu'(s) z)^2 +
+    2 alpha, times a per-element trust factor; a step that would not lower the objective is not
+    taken (and that element's factor halves; an accepted one doubles it back towards 1), so the
+    objective never rises.  Elementwise, so it runs over row chunks that stay in the CPU cache.
+    """
+    out = torch.empty_like(s)
+    rows = s.shape[0] if s.is_cuda or s.dim() < 2 else max(1, _CHUNK // max(s.shape[-1], 1))
+    for start in range(0, s.shape[0], rows):
+        part = slice(start, start + rows)
+        out[part] = _s_steps(s[part], p[part], z[part], n[part], alpha, gamma, steps)
+    return out
+
+
+_CHUNK = 1 << 16  # elements per chunk of the elementwise s-update on CPU
+
+
+def _s_steps(s: torch.Tensor, p: torch.Tensor, z: torch.Tensor, n: torch.Tensor, alpha: float,
+             gamma: float, steps: int) -> torch.Tensor:
+    def cost(values: torch.Tensor) -> torch.Tensor:
+        return gamma * (p - F.silu(values) * z).pow(2) + alpha * (values - n).pow(2)
+
+    scale = torch.ones_like(s)
+    current = cost(s)
+    for _ in range(steps):
+        sig = torch.sigmoid(s)
+        slope = sig * (1 + s * (1 - sig)) * z  # d(silu(s) z)/ds
+        half_grad = alpha * (s - n) - gamma * (p - s * sig * z) * slope
+        candidate = s - scale * half_grad / (gamma * slope * slope + alpha)
+        new = cost(candidate)
+        better = new < current
+        s = torch.where(better, candidate, s)
+        current = torch.where(better, new, current)
+        scale = torch.where(better, (2 * scale).clamp_max(1.0), scale / 2)
+    return s
+
+
+def sparsellm_ffn(family: str, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor,
+                  x_hessian: torch.Tensor, p_hessian: torch.Tensor, sequences: int,
+                  dense: FFNWeights, target: Target, alpha: float, beta: float, gamma: float,
+                  iterations: int, blocksize: int = 128, dampening: float = 0.01,
+                  gate_hessian: torch.Tensor | None = None,
+                  every_error: bool = False) -> FFNResult:
+    """Prune one FFN jointly; returns the pruned fp32 weights (biases unchanged).
+
+    ``x`` [tokens, hidden]: the FFN inputs, ``y`` [tokens, hidden]: the dense FFN outputs,
+    ``p`` [tokens, ffn]: the dense input of the output linear; ``x_hessian`` / ``p_hessian``:
+    SparseGPT's Hessians of those inputs as collected (``sequences`` calibration windows), so the
+    first iteration is exactly SparseGPT; ``gate_hessian`` defaults to ``x_hessian``.
+    ``every_error`` records the FFN error after every iteration, not only the first and last.
+    """
+    def prune(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+        return sparsegpt_prune(weight, hessian, target, blocksize, dampening)
+
+    gram_x = x.t() @ x
+    b_up = _bias(dense.up_bias, dense.up)
+    b_down = _bias(dense.down_bias, dense.down)
+    y_res = y - b_down  # the target of W_down p
+    z = F.linear(x, dense.up, dense.up_bias)  # up / fc1 output (OPT: pre-activation)
+    s = F.linear(x, dense.gate, dense.gate_bias) if family == "llama" else None
+    p = p.clone()
+    current = replace(dense)
+    result = FFNResult(current)
+    for iteration in range(iterations):
+        if iteration == 0:
+            up, down, gate = dense.up, dense.down, dense.gate
+            hp = p_hessian
+        else:
+            gram_p = p.t() @ p
+            hp = gram_p * (2.0 / max(sequences, 1))
+            up = refit_least_squares(gram_x, x, z - b_up, dense.up, dampening)
+            if family == "opt":
+                down = refit_gradient(dense.down, gram_p, p, y_res)
+                gate = None
+            else:
+                down = refit_least_squares(gram_p, p, y_res, dense.down, dampening)
+                assert s is not None and dense.gate is not None
+                gate = refit_least_squares(gram_x, x, s - _bias(dense.gate_bias, dense.gate),
+                                           dense.gate, dampening)
+        current = replace(current, up=prune(up, x_hessian), down=prune(down, hp))
+        if gate is not None:
+            current = replace(current, gate=prune(gate, gate_hessian if gate_hessian is not None
+                                                  else x_hessian))
+        if every_error or iteration in (0, iterations - 1):
+            result.errors.append(float((ffn_forward(family, current, x) - y).pow(2).sum()))
+        result.weights = current
+        if iteration == iterations - 1:
+            break
+        m = F.linear(x, current.up, current.up_bias)
+        if family == "opt":
+            p = p_step(current.down, y_res, F.relu(z), beta, gamma)
+            z = z_step_relu(p, m, alpha, gamma)
+        else:
+            assert s is not None and current.gate is not None
+            p = p_step(current.down, y_res, F.silu(s) * z, beta, gamma)
+            z = z_step_swiglu(p, m, s, alpha, gamma)
+            s = s_step(s, p, z, F.linear(x, current.gate, current.gate_bias), alpha, gamma)
+    return result
+
+
+def ffn_family(block: nn.Module, adapter: Adapter) -> str:
+    """'opt' or 'llama' when the block's FFN is one SparseLLM handles; a clear error otherwise."""
+    family = adapter.family
+    if family not in FAMILY_DEFAULTS:
+        raise ValueError(f"sparsellm supports {SUPPORTED}; this model's architecture is "
+                         f"{family!r}. Use sparsegpt or wanda for it.")
+    if adapter.ffn_activation:
+        activation = block.get_submodule(adapter.ffn_activation)
+    else:
+        activation = getattr(block, "activation_fn", None)
+    probe = torch.linspace(-6, 6, 49)
+    expected, label = (F.relu, "ReLU") if family == "opt" else (F.silu, "SiLU (SwiGLU)")
+    try:
+        ok = activation is not None and torch.allclose(activation(probe), expected(probe),
+                                                       atol=1e-4)
+    except Exception:  # noqa: BLE001 - any failure means "not the activation we handle"
+        ok = False
+    if not ok:
+        raise ValueError(f"sparsellm supports {SUPPORTED}; this {family} model's FFN activation "
+                         f"is {type(activation).__name__}, not {label}.")
+    return family
+
+
+@register
+class SparseLLM(PruningMethod):
+    name = "sparsellm"
+    description = ("Global FFN pruning by alternating minimisation with auxiliary variables "
+                   "(attention by SparseGPT). OPT and Llama-family models; empty alpha/beta/"
+                   "gamma/iterations = the architecture's defaults (OPT 0.1, Llama 5; 4 "
+                   "iterations). Several times SparseGPT's time: its cost grows with the "
+                   "calibration tokens; wants well over 2x the FFN width in tokens.")
+    defaults: dict[str, Any] = {"alpha": None, "beta": None, "gamma": None, "iterations": None,
+                                "blocksize": 128, "dampening": 0.01}
+
+    def validate(self) -> None:
+        for key in ("alpha", "beta", "gamma"):
+            value = self.params[key]
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"sparsellm {key} must be > 0 (or empty for the "
+                                 f"architecture's default); got {value}")
+        iterations = self.params["iterations"]
+        if iterations is not None and (int(iterations) != iterations or int(iterations) < 1):
+            raise ValueError(f"sparsellm iterations must be a whole number >= 1 (or empty for "
+                             f"the architecture's default); got {iterations}")
+        if int(self.params["blocksize"]) < 1:
+            raise ValueError("sparsellm blocksize must be >= 1")
+        if not 0 <= float(self.params["dampening"]) < 1:
+            raise ValueError("sparsellm dampening must be in [0, 1)")
+
+    def settings(self, family: str) -> dict[str, float]:
+        """alpha, beta, gamma, iterations: the user's values, else the architecture's."""
+        chosen = dict(FAMILY_DEFAULTS[family])
+        for key in chosen:
+            if self.params[key] is not None:
+                chosen[key] = float(self.params[key])
+        chosen["iterations"] = int(chosen["iterations"])
+        return chosen
+
+    def collector(self, module: nn.Module) -> Collector:
+        return Hessian(in_features(module))
+
+    def block_collectors(self, block: nn.Module, adapter: Adapter) -> dict[str, Collector]:
+        """Hessians for every linear; the FFN's first linear also keeps X, the last p and Y."""
+        ffn_family(block, adapter)
+        stats: dict[str, Collector] = {}
+        for name, module in adapter.linears(block).items():
+            if name == adapter.ffn_up:
+                stats[name] = FFNActivations(in_features(module))
+            elif name == adapter.ffn_down:
+                stats[name] = FFNActivations(in_features(module), keep_outputs=True)
+            else:
+                stats[name] = Hessian(in_features(module))
+        return stats
+
+    def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
+        assert isinstance(stats, Hessian), "SparseLLM needs calibration statistics"
+        return sparsegpt_prune(weight, stats.hessian, target, int(self.params["blocksize"]),
+                               float(self.params["dampening"]))
+
+    def prune_block(self, block: nn.Module, adapter: Adapter,
+                    stats: dict[str, Collector | None], target: Target) -> None:
+        family = ffn_family(block, adapter)
+        ffn = {adapter.ffn_up, adapter.ffn_down, adapter.ffn_gate} - {None}
+        linears = adapter.linears(block)
+        for name, module in linears.items():
+            if name not in ffn:
+                set_weight_matrix(module, self.prune(weight_matrix(module).float(),
+                                                     stats.get(name), target))
+        up_stats, down_stats = stats.get(adapter.ffn_up), stats.get(adapter.ffn_down)
+        if not (isinstance(up_stats, FFNActivations) and isinstance(down_stats, FFNActivations)):
+            raise ValueError("sparsellm needs the FFN's calibration inputs and outputs; run it "
+                             "through core.runner.prune_model")
+        up_mod, down_mod = linears[adapter.ffn_up], linears[adapter.ffn_down]
+        gate_mod = linears[adapter.ffn_gate] if adapter.ffn_gate else None
+        device = weight_matrix(up_mod).device
+
+        def fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to(device=device, dtype=torch.float32)
+
+        dense = FFNWeights(
+            up=weight_matrix(up_mod).to(device).float().clone(),
+            down=weight_matrix(down_mod).to(device).float().clone(),
+            up_bias=fp32(up_mod.bias), down_bias=fp32(down_mod.bias),
+            gate=None if gate_mod is None else weight_matrix(gate_mod).to(device).float().clone(),
+            gate_bias=None if gate_mod is None else fp32(gate_mod.bias))
+        gate_stats = stats.get(adapter.ffn_gate) if adapter.ffn_gate else None
+        settings = self.settings(family)
+        tokens, width = sum(t.shape[0] for t in up_stats.inputs), dense.up.shape[0]
+        if tokens < 2 * width and not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning("sparsellm: %d calibration tokens for an FFN %d wide: its auxiliary "
+                        "least-squares problems are under-determined below about 2x the FFN "
+                        "width, and the result can be worse than SparseGPT's; use more "
+                        "calibration tokens.", tokens, width)
+        result = sparsellm_ffn(
+            family, up_stats.stacked_inputs().to(device), down_stats.stacked_outputs().to(device),
+            down_stats.stacked_inputs().to(device), up_stats.hessian, down_stats.hessian,
+            down_stats.samples, dense, target, settings["alpha"], settings["beta"],
+            settings["gamma"], int(settings["iterations"]), int(self.params["blocksize"]),
+            float(self.params["dampening"]),
+            gate_hessian=gate_stats.hessian if isinstance(gate_stats, Hessian) else None)
+        self.last_errors = result.errors
+        set_weight_matrix(up_mod, result.weights.up)
+        set_weight_matrix(down_mod, result.weights.down)
+        if gate_mod is not None:
+            assert result.weights.gate is not None
+            set_weight_matrix(gate_mod, result.weights.gate)

@@ -1,0 +1,3 @@
+"""Queue, run control and executors: submit / cancel, the worker process, where runs execute.
+
+May import ``core.store``, ``core.runs``, ``core.engine`` and ``core.config``."""

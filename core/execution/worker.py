@@ -1,0 +1,222 @@
+"""The background worker: executes queued runs one at a time per device.
+
+    python -m core.worker serve --device cpu        # started by the dashboard, or by hand
+    python -m core.worker execute RUN_ID            # one run (what ``serve`` spawns)
+
+``serve`` holds an exclusive lock file per device, so at most one worker serves a device.  Each
+run executes in a child process that the worker supervises: it writes the run's heartbeat, stops
+the child when the user cancels, and records a crash.  The child dies with its worker
+(PR_SET_PDEATHSIG), so a killed worker never leaves an orphan computing.  A new worker fails
+every run its dead predecessor left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from core import config
+from core.execution import jobs
+from core.execution.run import run_and_store
+from core.runs.registry import spec_from_dict
+from core.store.db import Store, StoreError
+
+log = logging.getLogger("sparsebench.worker")
+
+HEARTBEAT_S = 3.0
+POLL_S = 0.5
+CANCEL_GRACE_S = 3.0
+PROGRESS_EVERY_S = 0.5
+
+
+def lock_path(db: Path, device: str) -> Path:
+    return db.with_name(f"{db.name}.worker-{device.replace(':', '_')}.lock")
+
+
+@contextlib.contextmanager
+def device_lock(db: Path, device: str) -> Iterator[bool]:
+    """Try to hold the worker lock of ``device``; yields whether it was acquired."""
+    path = lock_path(db, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def worker_alive(db: Path, device: str) -> bool:
+    """Whether a worker currently serves ``device`` (it holds the lock)."""
+    with device_lock(db, device) as acquired:
+        return not acquired
+
+
+# -- the child: one run ---------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the worker) dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def execute(db: Path, run_id: int) -> int:
+    """Execute one stored run; progress and log lines go to the store as it goes."""
+    store = Store(db)
+    frame = store.frame("SELECT spec FROM runs WHERE id = ?", [run_id])
+    if frame.empty:
+        print(f"no run {run_id}", file=sys.stderr)
+        return 2
+    spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY_S and done < total:
+            return
+        last[0] = now
+        store.update_run(run_id, progress={"stage": stage, "done": done, "total": total,
+                                           "percent": round(100 * done / max(total, 1), 1)})
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        store.append_log(run_id, line)
+
+    try:
+        run_and_store(store, run_id, spec, progress, say)
+    except Exception as exc:  # already recorded as failed by run_and_store
+        say(f"failed: {type(exc).__name__}: {exc}")
+        return 1
+    say("done")
+    return 0
+
+
+# -- the supervisor -------------------------------------------------------------------------
+class Worker:
+    """Serves queued runs of one device until idle for ``idle_exit_s`` seconds."""
+
+    def __init__(self, db: Path, device: str = "cpu", idle_exit_s: float = 60.0) -> None:
+        self.db = db
+        self.device = device
+        self.idle_exit_s = idle_exit_s
+        self.store = Store(db)
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{device}"
+
+    def serve(self) -> int:
+        with device_lock(self.db, self.device) as acquired:
+            if not acquired:
+                log.info("another worker already serves %s", self.device)
+                return 0
+            self.store.init()
+            failed = jobs.recover_stale(
+                self.store, device=self.device,
+                reason="the worker running it stopped (killed or crashed); results were not "
+                       "stored")
+            if failed:
+                log.warning("marked runs %s failed: their worker had died", failed)
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < self.idle_exit_s:
+                run_id = jobs.claim_next(self.store, self.device, self.name)
+                if run_id is None:
+                    time.sleep(1.0)
+                    continue
+                self.supervise(run_id)
+                idle_since = time.monotonic()
+        return 0
+
+    def supervise(self, run_id: int) -> str:
+        """Run one claimed run in a child process; returns its final status."""
+        log_file = config.cache_dir() / "logs" / f"run-{run_id}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "core.execution.worker", "--db", str(self.db), "execute",
+                 str(run_id)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=config.REPO_ROOT,
+                preexec_fn=_die_with_parent,
+            )
+            cancelled = self._watch(run_id, child)
+        return self._finish(run_id, child.returncode, cancelled, log_file)
+
+    def _watch(self, run_id: int, child: subprocess.Popen) -> bool:
+        last_beat = 0.0
+        while child.poll() is None:
+            now = time.monotonic()
+            try:
+                if now - last_beat >= HEARTBEAT_S:
+                    self.store.update_run(run_id, heartbeat_at=datetime.now())
+                    last_beat = now
+                row = self.store.frame("SELECT cancel_requested FROM runs WHERE id = ?",
+                                       [run_id])
+            except StoreError as exc:  # keep supervising; the next poll retries
+                log.warning("store busy: %s", exc)
+                row = None
+            if row is not None and len(row) and bool(row.iloc[0, 0]):
+                child.terminate()
+                try:
+                    child.wait(CANCEL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                return True
+            time.sleep(POLL_S)
+        return False
+
+    def _finish(self, run_id: int, code: int | None, cancelled: bool, log_file: Path) -> str:
+        status = self.store.frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
+        if status != "running":  # the child recorded done / failed itself
+            return str(status)
+        if cancelled:
+            reason, final = "cancelled by the user; no results were stored", "cancelled"
+        else:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            how = (f"killed by signal {-code}" if code is not None and code < 0
+                   else f"exited with code {code}")
+            reason, final = f"the run's process {how}. Last output: {' | '.join(tail)}", "failed"
+        self.store.update_run(run_id, status=final, finished_at=datetime.now(), error=reason,
+                              progress=None)
+        self.store.append_log(run_id, reason)
+        return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="execute queued runs of one device")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--idle-exit", type=float, default=60.0,
+                       help="exit after this many idle seconds")
+    one = sub.add_parser("execute", help="execute one run (used by serve)")
+    one.add_argument("run_id", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    db = args.db or config.db_path()
+    if args.command == "execute":
+        _die_with_parent()
+        return execute(db, args.run_id)
+    return Worker(db, args.device, args.idle_exit).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

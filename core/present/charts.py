@@ -1,0 +1,643 @@
+"""Plotly figures for the dashboard (no Streamlit here).
+
+Own runs are drawn with filled markers and solid lines; published figures with open markers,
+dotted lines and a text label naming their source.  Hover text shows run id, source and spec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from core.present import tables as T
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#17becf", "#7f7f7f", "#bcbd22")
+METHOD_COLORS = {"dense": "#444444", "magnitude": "#d62728", "wanda": "#1f77b4",
+                 "sparsegpt": "#2ca02c", "sparsellm": "#9467bd", "coreinfer": "#ff7f0e",
+                 "sparsity-levels": "#17becf"}
+PUBLISHED_OPACITY = 0.85
+NM_SYMBOLS = {"2:4": "square", "4:8": "diamond", "1:4": "triangle-down", "3:4": "triangle-up"}
+_LAYOUT = {"template": "plotly_white", "height": 480,
+           "margin": {"l": 60, "r": 30, "t": 60, "b": 60},
+           "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+           "hoverlabel": {"align": "left"}}
+
+
+def method_color(method: str, index: int = 0) -> str:
+    """A stable colour per method (unknown methods take a palette colour)."""
+    return METHOD_COLORS.get(method, PALETTE[index % len(PALETTE)])
+
+
+def short_source(source: str) -> str:
+    """'Wanda README (Sun et al. 2023)' -> 'Wanda README'."""
+    return source.split(" (")[0] if source else "own run"
+
+
+def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str, *extra: str) -> str:
+    """Hover lines: run id, source and a summary of the spec, plus any extra lines."""
+    summary = spec if isinstance(spec, str) else T.spec_summary(spec)
+    lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra, f"spec: {summary}"]
+    return "<br>".join(_wrap(line) for line in lines if line)
+
+
+def _wrap(text: str, width: int = 70) -> str:
+    words, out, line = text.split(" "), [], ""
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    out.append(line)
+    return "<br>".join(out)
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says why there is nothing to draw."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 15})
+    fig.update_layout(**{**_LAYOUT, "height": 260}, xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
+# -- perplexity ----------------------------------------------------------------------------------
+def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Perplexity against sparsity, one line per method and group; dense as a dashed level."""
+    ppl = rows[rows["kind"] == "perplexity"] if not rows.empty else rows
+    if ppl.empty:
+        return empty_figure("No perplexity to plot for this selection.")
+    ok = ppl[(ppl["status"] == "ok") & ppl["value"].notna()]
+    several = ppl[["model", "dataset"]].drop_duplicates().shape[0] > 1
+    fig = go.Figure()
+    for key, part in _trace_groups(ppl[~ppl["dense"]]):
+        _add_ppl_trace(fig, part[part["status"] == "ok"], key, several)
+    right = max([T.sparsity_fraction(s, p) * 100 for s, p in
+                 zip(ppl["sparsity"], ppl["pattern"], strict=True)] + [10.0])
+    _add_dense_levels(fig, ppl[ppl["dense"] & (ppl["status"] == "ok")], several, right)
+    top = float(ok["value"].max()) * 2 if not ok.empty else 10.0
+    _add_diverged(fig, ppl[ppl["status"] == "diverged"], top)
+    fig.update_layout(**_LAYOUT, title=title or "Perplexity vs sparsity (lower is better)")
+    values = [*ok["value"], top] if not ok.empty else [1.0, top]
+    ticks = log_ticks(min(values), max(values))
+    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    fig.update_xaxes(title="Sparsity (% of weights pruned)", ticksuffix="%",
+                     range=[-2, right * 1.15])
+    return fig
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values covering [low, high] (readable labels on a log axis)."""
+    low, high = max(low, 1e-9), max(high, low)
+    start = math.floor(math.log10(low))
+    ticks = [m * 10.0 ** e for e in range(start, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    return inside or [low, high]
+
+
+def _trace_groups(rows: pd.DataFrame):
+    """Rows of one line: model, dataset, group, method and structure (unstructured or one N:M)."""
+    if rows.empty:
+        return []
+    structure = [p if T.is_nm(p) else "" for p in rows["pattern"]]
+    keyed = rows.assign(_structure=structure)
+    keys = ["model", "dataset", "group", "method", "_structure", "origin", "settings"]
+    return list(keyed.groupby(keys, sort=False))
+
+
+def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool) -> None:
+    if part.empty:
+        return
+    model, dataset, group, method, structure, origin, _settings = key
+    part = part.assign(_x=[T.sparsity_fraction(s, p) * 100 for s, p in
+                           zip(part["sparsity"], part["pattern"], strict=True)]).sort_values("_x")
+    published = origin == "published"
+    name = T.method_label(method) + (f" {structure}" if structure else "")
+    name += f" · {short_source(group) if published else 'own'}"
+    if several:
+        name += f" · {model} {T.dataset_label(dataset)}"
+    symbol = NM_SYMBOLS.get(structure, "triangle-up") if structure else "circle"
+    # Published lines are labelled with their source at their last point; single published
+    # points are told apart by their open marker and named in the legend and hover.
+    label = short_source(group) if published and len(part) > 1 else ""
+    # Runs that differ only in settings (an ablation) share one legend entry.
+    shown = {t.legendgroup for t in fig.data}
+    fig.add_trace(go.Scatter(
+        x=part["_x"], y=part["value"], name=name, legendgroup=name,
+        showlegend=name not in shown,
+        mode="lines+markers+text" if label else "lines+markers",
+        text=[""] * (len(part) - 1) + [label],
+        textposition="middle right", textfont={"size": 10, "color": method_color(method)},
+        line={"color": method_color(method), "dash": "dot" if published else "solid"},
+        marker={"symbol": symbol + ("-open" if published else ""), "size": 11 if published else 9,
+                "color": method_color(method), "line": {"width": 2}},
+        opacity=PUBLISHED_OPACITY if published else 1.0,
+        hovertext=_ppl_hover(part), hoverinfo="text",
+    ))
+
+
+def _ppl_hover(part: pd.DataFrame) -> list[str]:
+    return [hover_text(r["run_id"], r["source_label"], r["spec"],
+                       f"{T.row_label(r['method'], r['sparsity'], r['pattern'])} on "
+                       f"{r['dataset']}: PPL {T.format_value(r['value'], 'ppl')}")
+            for r in part.to_dict("records")]
+
+
+def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right: float) -> None:
+    """Each dense baseline as a horizontal line across the plot, labelled at its right end.
+
+    (A trace rather than ``add_hline``: hline annotations land at 10**y on a log axis.)
+    """
+    levels = T.latest_runs(dense, ["model", "dataset", "group"]).to_dict("records")
+    for rec in levels:
+        published = rec["origin"] == "published"
+        label = f"Dense {rec['value']:.2f} · {short_source(rec['group']) if published else 'own'}"
+        if several:
+            label += f" · {rec['model']} {T.dataset_label(rec['dataset'])}"
+        hover = hover_text(rec["run_id"], rec["source_label"], rec["spec"],
+                           f"Dense on {rec['dataset']}: PPL {rec['value']:.2f}")
+        fig.add_trace(go.Scatter(
+            x=[0, right], y=[rec["value"]] * 2, name=label,
+            mode="lines+markers+text" if len(levels) == 1 else "lines+markers",
+            text=["", label], textposition="bottom left", textfont={"size": 10},
+            line={"color": "#555555", "width": 1.5, "dash": "dash" if published else "solid"},
+            marker={"symbol": "diamond-open" if published else "diamond", "size": [10, 0],
+                    "color": "#444444"},
+            hovertext=[hover, hover], hoverinfo="text"))
+
+
+def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
+    if diverged.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=[T.sparsity_fraction(s, p) * 100 for s, p in
+           zip(diverged["sparsity"], diverged["pattern"], strict=True)],
+        y=[top] * len(diverged), mode="markers+text", name="diverged (no finite PPL)",
+        text=[f"{T.method_label(m)}: diverged" for m in diverged["method"]],
+        textposition="bottom center", textfont={"size": 10, "color": "#b00020"},
+        marker={"symbol": "x", "size": 12, "color": "#b00020"},
+        hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                              f"{T.row_label(r['method'], r['sparsity'], r['pattern'])}: "
+                              "diverged (no finite perplexity)")
+                   for r in diverged.to_dict("records")],
+        hoverinfo="text"))
+
+
+# -- zero-shot -----------------------------------------------------------------------------------
+def retention_chart(table: T.Table) -> go.Figure:
+    """Retention of dense accuracy, one horizontal bar per run; published bars are hatched."""
+    frame = table.frame
+    if table.empty or frame["Retention"].isna().all():
+        return empty_figure("No retention to plot (a dense baseline is needed).")
+    frame = frame[frame["Retention"].notna()]
+    fig = go.Figure()
+    for origin, part in frame.groupby("Origin", sort=False):
+        published = origin == T.ORIGIN_NAMES["published"]
+        fig.add_trace(go.Bar(
+            y=[_bar_label(r) for r in part.to_dict("records")], x=part["Retention"] * 100,
+            orientation="h", name="Published (hatched)" if published else "Own runs",
+            marker={"color": [method_color(m, i) for i, m in enumerate(part["_method"])],
+                    "pattern": {"shape": "/" if published else ""},
+                    "line": {"color": "#333333", "width": 1 if published else 0}},
+            opacity=PUBLISHED_OPACITY if published else 1.0,
+            text=[f"{v * 100:.1f}%" for v in part["Retention"]], textposition="outside",
+            cliponaxis=False,
+            hovertext=[hover_text(r["Run"], r["Source"], r["_spec"],
+                                  f"average {T.format_value(r['Accuracy'], 'pct')}")
+                       for r in part.to_dict("records")], hoverinfo="text"))
+    fig.add_vline(x=100, line_dash="dot", line_color="#666666")
+    top = max(100.0, float(frame["Retention"].max()) * 100)
+    fig.update_layout(**{**_LAYOUT, "height": 140 + 30 * len(frame),
+                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+                         "margin": {"l": 20, "r": 40, "t": 90, "b": 50}},
+                      title="Zero-shot retention (pruned average / dense average)",
+                      showlegend=True)
+    fig.update_xaxes(title="Retention of dense accuracy", ticksuffix="%", range=[0, top * 1.12])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+def _bar_label(rec: Mapping[str, Any]) -> str:
+    source = short_source(rec["Source"]) if rec["Origin"] == T.ORIGIN_NAMES["published"] else "own"
+    return f"{rec['Model']} · {rec['Method']} · {source} #{rec['Run']}"
+
+
+def per_task_chart(long: pd.DataFrame) -> go.Figure:
+    """Accuracy per task, one bar group per task and one bar per method (and group); a failed or
+    missing score is an empty bar labelled 'failed' / 'no value' (its note on hover)."""
+    if long.empty:
+        return empty_figure("No per-task scores for this selection.")
+    fig = go.Figure()
+    tasks = sorted(set(long["dataset"]), key=T.task_key)
+    for i, (column, part) in enumerate(long.groupby("column", sort=False)):
+        part = part.drop_duplicates("dataset", keep="last")
+        published = (part["origin"] == "published").all()
+        records = part.to_dict("records")
+        first = records[0]
+        records += [{**first, "dataset": t, "value": None, "status": "missing",
+                     "note": f"run {first['run_id']} did not evaluate {t}"}
+                    for t in tasks if t not in set(part["dataset"])]
+        ok = [r["status"] == "ok" and not pd.isna(r["value"]) for r in records]
+        fig.add_trace(go.Bar(
+            x=[r["dataset"] for r in records],
+            y=[r["value"] * 100 if good else 0 for r, good in zip(records, ok, strict=True)],
+            name=str(column),
+            text=["" if good else T.zs_cell_text(r["status"], r["note"]) or T.NO_VALUE
+                  for r, good in zip(records, ok, strict=True)],
+            textposition="outside", textangle=-90, textfont={"color": "#b00020", "size": 11},
+            cliponaxis=False,
+            marker={"color": method_color(part["method"].iloc[0], i),
+                    "pattern": {"shape": "/" if published else ""}},
+            hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                                  f"{r['dataset']}: "
+                                  + (f"{r['value'] * 100:.2f}%" if good else
+                                     (r["note"] if isinstance(r["note"], str) and r["note"]
+                                      else T.NO_VALUE)))
+                       for r, good in zip(records, ok, strict=True)], hoverinfo="text"))
+    fig.update_layout(**_LAYOUT, title="Zero-shot accuracy per task", barmode="group")
+    fig.update_xaxes(categoryorder="array", categoryarray=tasks)
+    fig.update_yaxes(title="Accuracy", ticksuffix="%", rangemode="tozero")
+    return fig
+
+
+def drop_chart(table: T.Table) -> go.Figure:
+    """Heatmap of the drop from dense in points: rows = methods, columns = tasks and the average;
+    red = worse than dense, blue = better; failed / missing cells are grey and labelled."""
+    frame = table.frame
+    if table.empty or frame["Drop (points)"].isna().all():
+        return empty_figure("No drop from dense to plot (a dense baseline is needed).")
+    tasks = list(dict.fromkeys(frame["Task"]))
+    methods = list(dict.fromkeys(frame["Method"]))
+    cells = {(r["Method"], r["Task"]): r for r in frame.to_dict("records")}
+    z, text, hover = [], [], []
+    shown = table.display().set_index(["Method", "Task"])
+    for method in methods:
+        z_row, text_row, hover_row = [], [], []
+        for task in tasks:
+            rec = cells.get((method, task))
+            if rec is None:
+                z_row.append(None)
+                text_row.append("")
+                hover_row.append(f"{method} · {task}: not in this selection")
+                continue
+            drop = rec["Drop (points)"]
+            row = shown.loc[(method, task)]
+            z_row.append(None if pd.isna(drop) else float(drop))
+            text_row.append(row["Drop (points)"] if not pd.isna(drop) else
+                            (row["Score"] if row["Score"] in (T.FAILED, T.NO_VALUE)
+                             else row["Dense"] if row["Dense"] in (T.FAILED, T.NO_VALUE)
+                             else ""))
+            hover_row.append(_wrap(
+                f"{method} · {task}: score {row['Score']}, dense {row['Dense']}, "
+                f"drop {row['Drop (points)'] or '—'} points, relative {row['Relative drop'] or '—'}"
+                f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")
+                + (f"<br>spec: {rec['_spec']}" if rec.get("_spec") else "")))
+        z.append(z_row)
+        text.append(text_row)
+        hover.append(hover_row)
+    limit = max(1.0, float(frame["Drop (points)"].abs().max()))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=tasks, y=methods, text=text, texttemplate="%{text}", textfont={"size": 13},
+        hovertext=hover, hoverinfo="text", colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+        xgap=2, ygap=2, colorbar={"title": {"text": "points"}, "ticksuffix": ""}))
+    fig.update_layout(**{**_LAYOUT, "height": 170 + 48 * len(methods),
+                         "plot_bgcolor": "#e6e6e6",
+                         "margin": {"l": 20, "r": 30, "t": 60, "b": 50}},
+                      title="Drop from dense in accuracy points (pruned − dense; red = worse)")
+    fig.update_xaxes(side="bottom", showgrid=False)
+    fig.update_yaxes(autorange="reversed", automargin=True, showgrid=False)
+    return fig
+
+
+# -- layer statistics ----------------------------------------------------------------------------
+def block_sparsity_chart(table: T.Table, target: float | None = None,
+                         title: str = "Measured sparsity by block") -> go.Figure:
+    """Measured sparsity of each block as bars, with the target and the mean as lines."""
+    frame = table.frame
+    if table.empty or frame["Sparsity"].isna().all():
+        return empty_figure("No per-block sparsity stored for this run.")
+    values = frame["Sparsity"].astype(float) * 100
+    fig = go.Figure(go.Bar(
+        x=frame["Block"], y=values, name="measured sparsity", marker_color="#1f77b4",
+        hovertext=[f"block {b}: {v:.3f}%<br>least pruned: {lo}<br>most pruned: {hi}"
+                   for b, v, lo, hi in zip(frame["Block"], values, frame["Least pruned linear"],
+                                           frame["Most pruned linear"], strict=True)],
+        hoverinfo="text"))
+    mean = float(values.mean())
+    fig.add_hline(y=mean, line_dash="dot", line_color="#444444",
+                  annotation_text=f"mean {mean:.2f}%", annotation_position="top right",
+                  annotation_font_color="#444444")
+    if target is not None and target > 0:
+        fig.add_hline(y=target * 100, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"target {target * 100:g}%", annotation_position="top left",
+                      annotation_font_color="#d62728")
+    top = max(float(values.max()), (target or 0) * 100)
+    fig.update_layout(**{**_LAYOUT, "height": 380}, title=title, showlegend=False, bargap=0.15)
+    fig.update_xaxes(title="Block", dtick=1 if len(frame) <= 40 else None)
+    fig.update_yaxes(title="Sparsity", ticksuffix="%", range=[0, max(top * 1.12, 1.0)])
+    return fig
+
+
+# -- activation sparsity -------------------------------------------------------------------------
+def search_chart(trials: pd.DataFrame, finals: T.Table | None = None,
+                 goal: float | None = None) -> go.Figure:
+    """Search configurations: actual sparsity against the task metric (scored on the search's n
+    samples), with CoreInfer's full-dataset score as a line and the best/AVG full-dataset scores
+    as stars."""
+    if trials.empty:
+        return empty_figure("No search trials for this selection.")
+    metric = T.metric_label(trials["metric"].iloc[0])
+    ok = trials[trials["value"].notna()]
+    counts = {int(n) for n in trials.get("n_samples", pd.Series(dtype=float)).dropna()}
+    scored_on = f"{counts.pop()} samples" if len(counts) == 1 else "search samples"
+    fig = go.Figure(go.Scatter(
+        x=ok["actual_sparsity"], y=ok["value"], mode="markers",
+        name=f"configuration ({scored_on})",
+        marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
+        hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                              f"params {T.params_label(r['params']) or r['label'] or r['trial']}",
+                              f"actual sparsity {r['actual_sparsity']}, {metric} {r['value']}")
+                   for r in ok.to_dict("records")], hoverinfo="text"))
+    if finals is not None and not finals.empty:
+        _add_finals(fig, finals.frame, goal)
+    if goal is not None and not math.isnan(float(goal)):
+        fig.add_vline(x=float(goal), line_dash="dot", line_color="#999999",
+                      annotation_text=f"goal {goal}", annotation_position="top")
+    fig.update_layout(**_LAYOUT, title=f"Search: actual sparsity vs {metric}")
+    fig.update_xaxes(title="Actual sparsity")
+    fig.update_yaxes(title=metric)
+    return fig
+
+
+def _add_finals(fig: go.Figure, finals: pd.DataFrame, goal: float | None) -> None:
+    ok = finals[finals["Score"].notna()]
+    for rec in ok.to_dict("records"):
+        if rec["_config"] == "coreinfer":
+            fig.add_hline(y=rec["Score"], line_dash="dash", line_color="#ff7f0e",
+                          annotation_text=f"CoreInfer {T.format_value(rec['Score'], 'score')} "
+                                          "(full dataset)",
+                          annotation_position="top left")
+    others = ok[ok["_config"] != "coreinfer"]
+    if others.empty:
+        return
+    x = [a if not pd.isna(a) else goal for a in others["Actual sparsity"]]
+    fig.add_trace(go.Scatter(
+        x=x, y=others["Score"], mode="markers+text", name="best / AVG (full dataset)",
+        text=others["Config"], textposition="middle right",
+        marker={"symbol": "star", "size": 15, "color": "#17becf",
+                "line": {"width": 1, "color": "#333333"}},
+        hovertext=[f"run {r['Run']}<br>{r['Config']}: {T.format_value(r['Score'], 'score')}"
+                   f" ({T.format_value(r['% of CoreInfer'], 'percent')} of CoreInfer)"
+                   for r in others.to_dict("records")], hoverinfo="text"))
+
+
+def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
+    """Best and AVG configurations as % of CoreInfer's score, one row per task (100% = parity)."""
+    frame = summary.frame
+    if summary.empty or frame[["Best %", "AVG %"]].isna().all().all():
+        return empty_figure("No CoreInfer comparison to plot.")
+    labels = [f"{m} · {t} · goal {T.format_value(g, 'score')}"
+              + (f" · run {int(s)}" if s is not None and not pd.isna(s) else "") for m, t, g, s in
+              zip(frame["Model"], frame["Task"], frame["Goal"],
+                  frame.get("_search", pd.Series([None] * len(frame))), strict=True)]
+    fig = go.Figure()
+    for column, color in (("AVG %", "#17becf"), ("Best %", "#1f77b4")):
+        fig.add_trace(go.Bar(y=labels, x=frame[column], name=column.replace(" %", ""),
+                             orientation="h", marker_color=color,
+                             text=[T.format_value(v, "percent") for v in frame[column]],
+                             textposition="outside", cliponaxis=False))
+    missing = [(label, name) for name in ("Best", "AVG")
+               for label, text in zip(labels, summary.text(name), strict=True)
+               if text == T.NO_VALUE]
+    if missing:
+        fig.add_trace(go.Scatter(
+            y=[m[0] for m in missing], x=[2] * len(missing), mode="text", showlegend=False,
+            text=[f"{name}: no value" for _, name in missing], textposition="middle right",
+            textfont={"color": "#b00020"}, hoverinfo="skip"))
+    fig.add_vline(x=100, line_dash="dash", line_color="#ff7f0e",
+                  annotation_text="CoreInfer = 100%", annotation_position="top")
+    top = float(frame[["Best %", "AVG %"]].max().max())
+    fig.update_layout(**{**_LAYOUT, "height": 140 + 44 * len(frame),
+                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0,
+                                    "traceorder": "reversed"},
+                         "margin": {"l": 20, "r": 40, "t": 90, "b": 50}},
+                      barmode="group",
+                      title="Sparsity levels as % of CoreInfer's full-dataset score")
+    fig.update_xaxes(title="% of CoreInfer", ticksuffix="%", range=[0, top * 1.15])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+# -- compute time and ablation grids (seed 004 Tables 3 and 4) ----------------------------------
+def compute_time_chart(long: pd.DataFrame, title: str = "Pruning time") -> go.Figure:
+    """Seconds per method as grouped bars, one group per (model, sparsity)."""
+    if long.empty:
+        return empty_figure("No pruning times stored for this selection.")
+    fig = go.Figure()
+    x_order = list(dict.fromkeys(f"{m} · {s}" for m, s in
+                                 zip(long["model"], long["sparsity"], strict=True)))
+    for index, (method, part) in enumerate(long.groupby("method", sort=False)):
+        base = part["spec"].iloc[0].get("method", "") if len(part) else ""
+        fig.add_trace(go.Bar(
+            x=[f"{m} · {s}" for m, s in zip(part["model"], part["sparsity"], strict=True)],
+            y=part["seconds"], name=method, marker_color=method_color(base, index),
+            text=[f"{v:.1f}" for v in part["seconds"]], textposition="outside",
+            hovertext=[hover_text(r, src, spec, f"{method}: {v:.2f} s") for r, src, spec, v in
+                       zip(part["run"], part["source"], part["spec"], part["seconds"],
+                           strict=True)],
+            hoverinfo="text"))
+    fig.update_layout(**_LAYOUT, title=title, barmode="group", bargap=0.2)
+    fig.update_xaxes(categoryorder="array", categoryarray=x_order, title="Model · sparsity")
+    fig.update_yaxes(title="Seconds", rangemode="tozero")
+    return fig
+
+
+def _grid_hover(row_param: str, row: str, col_param: str, col: str, shown: str,
+                runs: pd.Series | None, index: int, spec: str) -> str:
+    run = runs.iloc[index] if runs is not None else None
+    lines = [f"{row_param}={row}, {col_param}={col}: {shown}",
+             f"run {int(run)}" if run is not None and not pd.isna(run) else "no run",
+             f"spec: {spec}" if spec else ""]
+    return "<br>".join(_wrap(line) for line in lines if line)
+
+
+def ablation_heatmap(table: T.Table, title: str, spec: str = "") -> go.Figure:
+    """The grid of :func:`core.ablations.ablation_table` as a heatmap with the values written
+    in the cells and the best cell outlined; hover names each cell's run and the grid's shared
+    ``spec`` (the settings every cell has in common)."""
+    frame = table.frame
+    if table.empty or len(table.columns) < 2:
+        return empty_figure("No grid to draw.")
+    row_name, *cols = table.columns
+    shown = table.display()
+    z = [[float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+          for v in frame[c]] for c in cols]
+    z = [list(r) for r in zip(*z, strict=True)]  # rows x columns
+    text = [[shown.iloc[i][c] for c in cols] for i in range(len(frame))]
+    rows = list(frame[row_name])
+    row_param, _, col_param = row_name.partition(" \\ ")
+    hover = [[_grid_hover(row_param, r, col_param, c, text[i][j], frame.get("_run:" + c),
+                          i, spec) for j, c in enumerate(cols)] for i, r in enumerate(rows)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale="Viridis_r",
+        colorbar={"title": "PPL"}, xgap=2, ygap=2, customdata=hover,
+        hovertemplate="%{customdata}<extra></extra>"))
+    for i, row in enumerate(text):
+        for j, cell in enumerate(row):
+            if cell.endswith("(best)"):
+                fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                              line={"color": "#d62728", "width": 3})
+    fig.update_layout(**{**_LAYOUT, "height": 120 + 48 * len(rows)}, title=title)
+    fig.update_xaxes(title=row_name.split(" \\ ")[-1], type="category", side="top")
+    fig.update_yaxes(title=row_name.split(" \\ ")[0], type="category", autorange="reversed")
+    return fig
+
+
+def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -> go.Figure:
+    """Per-block levels of a search's full-set runs (``activation_views.search_levels``): the
+    configured kept fraction as a solid line, the one measured during decode as a dotted line."""
+    if levels.empty:
+        return empty_figure("No per-block levels stored for this search (published searches "
+                            "print none).")
+    fig = go.Figure()
+    for i, (config, part) in enumerate(levels.groupby("config", sort=False)):
+        color = (METHOD_COLORS["coreinfer"] if str(config) == "CoreInfer"
+                 else PALETTE[i % len(PALETTE)])
+        run = int(part["run_id"].iloc[0])
+        fig.add_trace(go.Scatter(
+            x=part["block"], y=part["configured"], mode="lines+markers",
+            name=f"{config}: configured", line={"color": color},
+            hovertext=[f"run {run}<br>{config}, block {b}: configured {v:.3f}"
+                       for b, v in zip(part["block"], part["configured"], strict=True)],
+            hoverinfo="text"))
+        measured = part[part["measured"].notna()]
+        if not measured.empty:
+            fig.add_trace(go.Scatter(
+                x=measured["block"], y=measured["measured"], mode="lines+markers",
+                name=f"{config}: measured", line={"color": color, "dash": "dot"},
+                marker={"symbol": "circle-open"},
+                hovertext=[f"run {run}<br>{config}, block {b}: measured {v:.3f}"
+                           for b, v in zip(measured["block"], measured["measured"],
+                                           strict=True)],
+                hoverinfo="text"))
+    fig.update_layout(**_LAYOUT, title=title)
+    fig.update_xaxes(title="Block", dtick=1)
+    fig.update_yaxes(title="Kept fraction of FFN neurons")
+    return fig
+
+
+# -- OWL block targets and sweeps (issue 8) -----------------------------------------------------
+def block_targets_chart(table: T.Table, owl_targets: Mapping[int, float] | None = None,
+                        target: float | None = None, title: str = "Sparsity by block",
+                        run_id: Any = None, source: str = "",
+                        spec: Mapping[str, Any] | None = None) -> go.Figure:
+    """Measured sparsity per block (bars) with the OWL target of each block (line and markers)
+    and the overall target; hover names the run and its spec."""
+    fig = block_sparsity_chart(table, target, title)
+    frame = table.frame
+    if table.empty or frame["Sparsity"].isna().all():
+        return fig
+    spec = spec or {}
+    owl = dict(owl_targets or {})
+    values = frame["Sparsity"].astype(float) * 100
+    fig.data[0].hovertext = [
+        hover_text(run_id, source, spec, f"block {b}: measured {v:.3f}%"
+                   + (f", OWL target {owl[int(b)] * 100:.3f}%" if int(b) in owl else ""),
+                   f"least pruned: {lo}", f"most pruned: {hi}")
+        for b, v, lo, hi in zip(frame["Block"], values, frame["Least pruned linear"],
+                                frame["Most pruned linear"], strict=True)]
+    if owl:
+        blocks = sorted(owl)
+        fig.add_trace(go.Scatter(
+            x=blocks, y=[owl[b] * 100 for b in blocks], mode="lines+markers",
+            name="OWL target", line={"color": "#ff7f0e", "width": 2},
+            marker={"symbol": "diamond", "size": 8, "color": "#ff7f0e"},
+            hovertext=[hover_text(run_id, source, spec, f"block {b}: OWL target "
+                                                        f"{owl[b] * 100:.3f}%") for b in blocks],
+            hoverinfo="text"))
+        top = max(float(values.max()), max(owl.values()) * 100, (target or 0) * 100)
+        fig.update_layout(showlegend=True)
+        fig.update_yaxes(range=[0, max(top * 1.12, 1.0)])
+    return fig
+
+
+def _sweep_hover(rec: Mapping[str, Any], params: list[str]) -> str:
+    values = ", ".join(f"{p}={rec[p]}" for p in params)
+    ppl = rec.get("ppl")
+    result = (f"PPL {ppl:.2f}" if isinstance(ppl, (int, float)) and math.isfinite(ppl)
+              else str(rec.get("status", "no value")))
+    run = rec.get("run")
+    return hover_text(run if run is not None and not pd.isna(run) else "—", "own run",
+                      values, result)
+
+
+def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.Figure:
+    """Perplexity of every sweep cell against one swept parameter (log axis); cells without a
+    finite perplexity are listed as red crosses at the top, labelled with their status."""
+    if cells.empty or param not in cells:
+        return empty_figure("No sweep cells to plot.")
+    params = [c for c in cells.columns if c not in ("run", "status", "ppl", "diverged")]
+    ok = cells[cells["ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    bad = cells.drop(index=ok.index)
+    fig = go.Figure()
+    if not ok.empty:
+        fig.add_trace(go.Scatter(
+            x=ok[param], y=ok["ppl"], mode="markers", name="cell",
+            marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
+            hovertext=[_sweep_hover(r, params) for r in ok.to_dict("records")],
+            hoverinfo="text"))
+    top = float(ok["ppl"].max()) * 2 if not ok.empty else 10.0
+    if not bad.empty:
+        fig.add_trace(go.Scatter(
+            x=bad[param], y=[top] * len(bad), mode="markers+text", name="no finite PPL",
+            text=[str(s) for s in bad["status"]], textposition="bottom center",
+            textfont={"size": 10, "color": "#b00020"},
+            marker={"symbol": "x", "size": 11, "color": "#b00020"},
+            hovertext=[_sweep_hover(r, params) for r in bad.to_dict("records")],
+            hoverinfo="text"))
+    values = [*ok["ppl"], top] if not ok.empty else [1.0, top]
+    ticks = log_ticks(min(values), max(values))
+    fig.update_layout(**_LAYOUT, title=title)
+    fig.update_xaxes(title=param)
+    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    return fig
+
+
+def sweep_parallel_chart(cells: pd.DataFrame, params: list[str],
+                         title: str = "Sweep: parallel coordinates") -> go.Figure:
+    """One line per sweep cell through its parameter values and its perplexity (coloured by
+    perplexity, lower = darker); cells without a finite perplexity are counted in the title."""
+    if cells.empty or not params:
+        return empty_figure("No sweep cells to plot.")
+    numeric = [p for p in params
+               if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in cells[p] if not pd.isna(v))]
+    ok = cells[cells["ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    if ok.empty:
+        return empty_figure("No sweep cell has a finite perplexity yet.")
+    dimensions = []
+    for p in params:
+        if p in numeric:
+            dimensions.append({"label": p, "values": ok[p].astype(float).tolist()})
+        else:  # a categorical parameter: its values at evenly spaced ticks
+            cats = sorted({str(v) for v in ok[p]})
+            dimensions.append({"label": p, "values": [cats.index(str(v)) for v in ok[p]],
+                               "tickvals": list(range(len(cats))), "ticktext": cats})
+    dimensions.append({"label": "perplexity", "values": ok["ppl"].astype(float).tolist()})
+    left_out = len(cells) - len(ok)
+    fig = go.Figure(go.Parcoords(
+        line={"color": ok["ppl"].astype(float).tolist(), "colorscale": "Viridis_r",
+              "showscale": True, "colorbar": {"title": {"text": "PPL"}}},
+        dimensions=dimensions))
+    full = title + (f" ({left_out} cell{'s' if left_out > 1 else ''} without a finite "
+                    "perplexity not drawn)" if left_out else "")
+    fig.update_layout(**{**_LAYOUT, "margin": {"l": 70, "r": 50, "t": 90, "b": 40}}, title=full)
+    return fig

@@ -1,0 +1,228 @@
+"""Compare chosen runs (own or published) side by side, with their differences (no Streamlit).
+
+Every stored metric of the chosen runs becomes a row; each run a column; each run after the
+first (the reference) gets a difference column:
+
+* perplexity, time and memory: relative change ``(run - reference) / reference x 100`` (%),
+  lower is better for perplexity and time;
+* accuracy-like scores stored as fractions (zero-shot accuracy, measured sparsity): change in
+  points ``(run - reference) x 100``; higher accuracy is better;
+* any other number: the plain difference ``run - reference``.
+
+A diverged value reads 'diverged' and a value a run does not have reads '—'; neither gets a
+difference.  The spec table lists every spec entry of the chosen runs and marks those that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from core.analysis import findings
+from core.present import tables
+from core.present.tables import TEXT, Table
+
+#: Metric kinds whose values are fractions shown as percentages and compared in points.
+FRACTION_KINDS = {"zero_shot", "zero_shot_summary", "task", "sparsity", "activation"}
+FRACTION_METRICS = {"acc", "acc_norm", "retention", "measured", "actual_sparsity"}
+LOWER_IS_BETTER = {"perplexity", "timing"}
+KIND_NAMES = {"perplexity": "Perplexity", "zero_shot": "Zero-shot", "timing": "Time",
+              "memory": "Memory", "sparsity": "Sparsity", "task": "Task",
+              "activation": "Activation", "perplexity_summary": "Perplexity (printed summary)",
+              "zero_shot_summary": "Zero-shot (printed summary)"}
+KIND_ORDER = ("perplexity", "zero_shot", "task", "activation", "sparsity", "timing", "memory")
+
+
+def run_options(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs that have results, each with a label for a picker: own runs first (latest
+    first), then published ones."""
+    cols = ["run_id", "label", "origin"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    df = runs[(runs["status"] == "done") & (runs["kind"] != "sweep")]
+    out = []
+    for rec in df.to_dict("records"):
+        spec = tables.parse_spec(rec["spec"])
+        method = tables.row_label(rec["method"], rec["sparsity"], rec["pattern"])
+        if rec["origin"] == "own":
+            where = "own run"
+        else:
+            where = str(rec["source"]).split(" (")[0]
+            if spec.get("table"):
+                where += f", {spec['table']}"
+        out.append({"run_id": int(rec["id"]), "origin": rec["origin"],
+                    "label": f"#{int(rec['id'])} · {rec['model']} · {method} · {where}"})
+    frame = pd.DataFrame(out, columns=cols)
+    if frame.empty:
+        return frame
+    frame["_key"] = [(o != "own", -r if o == "own" else r)
+                     for o, r in zip(frame["origin"], frame["run_id"], strict=True)]
+    return frame.sort_values("_key").drop(columns="_key").reset_index(drop=True)
+
+
+def _is_fraction(kind: str, metric: str) -> bool:
+    return kind in FRACTION_KINDS and metric in FRACTION_METRICS
+
+
+def row_name(kind: str, dataset: str, metric: str) -> str:
+    """'Perplexity · WT2', 'Zero-shot · piqa (Accuracy)', 'Time · prune_seconds'."""
+    name = KIND_NAMES.get(kind, kind)
+    if kind == "perplexity" and metric == "ppl":
+        return f"{name} · {tables.dataset_label(dataset)}"
+    if dataset in ("-", "", None):
+        return f"{name} · {metric}"
+    return f"{name} · {dataset} ({tables.metric_label(metric)})"
+
+
+def _row_key(kind: str, dataset: str, metric: str) -> tuple:
+    rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+    data = (tables.DATASET_ORDER.index(dataset) if dataset in tables.DATASET_ORDER
+            else len(tables.DATASET_ORDER) + tables.task_key(dataset)[0])
+    return (rank, kind, data, str(dataset), metric)
+
+
+def _shown(value: float, status: Any, fraction: bool, kind: str) -> str:
+    if status == "diverged":
+        return tables.DIVERGED
+    if not findings.finite(value):
+        return tables.MISSING
+    if fraction:
+        return tables.format_value(value, "pct")
+    if kind == "perplexity":
+        return tables.format_value(value, "ppl")
+    if kind == "timing":
+        return f"{value:.2f} s"
+    if kind == "memory":
+        return f"{value:.0f} MB"
+    return tables.format_value(value, "score")
+
+
+def difference(value: float, reference: float, kind: str, metric: str
+               ) -> tuple[float, str]:
+    """The difference of ``value`` against ``reference`` and its text (with the verdict where a
+    direction is defined); NaN and '' when either is missing."""
+    if not findings.finite(value) or not findings.finite(reference):
+        return math.nan, ""
+    if _is_fraction(kind, metric):
+        change = (value - reference) * 100.0
+        text = f"{findings.fmt(change) if findings._r(change) else '0.00'} pts"
+        if findings._r(change) > 0:
+            text = "+" + text
+        better = kind in ("zero_shot", "zero_shot_summary", "task")
+        verdict = findings.verdict_of(change, higher_is_better=True) if better else ""
+    elif kind in ("perplexity", "timing", "memory"):
+        if reference == 0:
+            return math.nan, ""
+        change = findings.relative_change(value, reference)
+        text = tables.format_value(change, "delta")
+        verdict = (findings.verdict_of(change, higher_is_better=False)
+                   if kind in LOWER_IS_BETTER else "")
+    else:
+        change = value - reference
+        text = f"{change:+.4g}" if change else "0"
+        verdict = ""
+    return change, text + (f" ({verdict})" if verdict else "")
+
+
+def _column(rec: dict[str, Any]) -> str:
+    method = tables.row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    where = "own" if rec["origin"] == "own" else str(rec["source"]).split(" (")[0]
+    return f"#{int(rec['run_id'])} {rec['model']} · {method} · {where}"
+
+
+def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
+    """Every metric of the chosen runs side by side, with differences against the first run."""
+    run_ids = [int(r) for r in run_ids]
+    rows = metrics[metrics["run_id"].isin(run_ids)] if not metrics.empty else metrics
+    if rows.empty or not run_ids:
+        return Table(pd.DataFrame(columns=["Metric"]))
+    heads = {int(r["run_id"]): _column(r) for r in rows.drop_duplicates("run_id")
+             .to_dict("records")}
+    present = [r for r in run_ids if r in heads]
+    cells: dict[tuple, dict[int, tuple[float, Any]]] = {}
+    for rec in rows.to_dict("records"):
+        key = (rec["kind"], str(rec["dataset"]), str(rec["metric"]))
+        value = float(rec["value"]) if findings.finite(rec["value"]) else math.nan
+        cells.setdefault(key, {})[int(rec["run_id"])] = (value, rec["status"])
+    keys = sorted(cells, key=lambda k: _row_key(*k))
+    frame: dict[str, list[Any]] = {"Metric": [row_name(*k) for k in keys]}
+    formats: dict[str, str] = {}
+    ref = present[0]
+    for run in present:
+        column = heads[run]
+        values, texts = [], []
+        for key in keys:
+            value, status = cells[key].get(run, (math.nan, "missing"))
+            values.append(value)
+            texts.append(_shown(value, status, _is_fraction(key[0], key[2]), key[0]))
+        frame[column], frame[TEXT + column] = values, texts
+        formats[column] = "score"
+        if run == ref:
+            continue
+        diff = f"Δ #{run} vs #{ref}"
+        changes, notes = [], []
+        for key in keys:
+            mine = cells[key].get(run, (math.nan, "missing"))
+            base = cells[key].get(ref, (math.nan, "missing"))
+            change, text = difference(mine[0] if mine[1] == "ok" else math.nan,
+                                      base[0] if base[1] == "ok" else math.nan, *key[::2])
+            changes.append(change)
+            notes.append(text)
+        frame[diff], frame[TEXT + diff] = changes, notes
+        formats[diff] = "score"
+    notes = [f"Differences are against the first run (#{ref}): relative change in % for "
+             "perplexity, time and memory, change in points for scores stored as fractions "
+             "(accuracy, sparsity), the plain difference otherwise."]
+    if len(present) < len(run_ids):
+        notes.append("Runs without any stored metric are not shown: "
+                     + ", ".join(f"#{r}" for r in run_ids if r not in heads) + ".")
+    return Table(pd.DataFrame(frame), formats, notes)
+
+
+def _spec_text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if value is None:
+        return tables.MISSING
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def spec_table(runs: pd.DataFrame, run_ids: Sequence[int]) -> Table:
+    """Every spec entry of the chosen runs side by side; entries that differ come first and are
+    marked in the 'Differs' column."""
+    run_ids = [int(r) for r in run_ids]
+    df = runs[runs["id"].isin(run_ids)] if not runs.empty else runs
+    if df.empty:
+        return Table(pd.DataFrame(columns=["Setting"]))
+    by_id = {int(r["id"]): r for r in df.to_dict("records")}
+    present = [r for r in run_ids if r in by_id]
+    specs = {}
+    for run in present:
+        rec = by_id[run]
+        spec = {"model": rec["model"], "method": rec["method"],
+                "sparsity": tables.sparsity_label(rec["sparsity"], rec["pattern"],
+                                                  rec["method"]),
+                "origin": tables.ORIGIN_NAMES.get(rec["origin"], rec["origin"])}
+        if rec["origin"] == "published":
+            spec["source"] = rec["source"]
+        spec.update({k: v for k, v in tables.parse_spec(rec["spec"]).items()
+                     if k not in ("model", "method", "sparsity", "source")})
+        specs[run] = {k: _spec_text(v) for k, v in spec.items()}
+    keys = list(dict.fromkeys(k for s in specs.values() for k in s))
+    differs = {k: len({specs[r].get(k, tables.MISSING) for r in present}) > 1 for k in keys}
+    head = ["model", "method", "sparsity", "origin", "source"]
+    keys.sort(key=lambda k: (not differs[k], head.index(k) if k in head else len(head), k))
+    frame: dict[str, list[Any]] = {"Setting": keys}
+    for run in present:
+        rec = by_id[run]
+        frame[f"#{run}"] = [specs[run].get(k, tables.MISSING) for k in keys]
+    frame["Differs"] = ["yes" if differs[k] else "" for k in keys]
+    shown = sum(differs.values())
+    return Table(pd.DataFrame(frame), {}, [f"{shown} of {len(keys)} settings differ between the "
+                                           "chosen runs."])

@@ -1,0 +1,463 @@
+"""Read models for the Launch and Runs pages: run list, progress, logs, form parsing.
+
+No Streamlit here: the pages only lay out what these functions return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.engine.prune.methods import REGISTRY
+from core.present import tables
+from core.store.db import Store
+
+#: Statuses in the order the summary line lists them.
+STATUS_ORDER = ("running", "cancelling", "queued", "done", "failed", "cancelled")
+ACTIVE = ("running", "cancelling")
+FINISHED = ("done", "failed", "cancelled")
+#: The run list's columns, as shown.
+COLUMNS = ["Run", "Status", "Model", "Method", "Progress", "Stage", "Queued", "Started",
+           "Duration", "Error"]
+ERROR_CHARS = 140
+
+
+# -- progress ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else 0.0
+
+    @property
+    def text(self) -> str:
+        """'pruning: block 3 of 30', 'perplexity on sample.txt: batch 2 of 8', 'loading model'."""
+        stage = self.stage or "starting"
+        if stage.startswith("perplexity "):
+            stage = f"perplexity on {short_source(stage[len('perplexity '):])}"
+        if self.total <= 1:  # a one-step stage: its name says it all
+            return stage
+        unit = "block" if self.stage in ("pruning", "capturing block inputs") else "batch"
+        return f"{stage}: {unit} {self.done} of {self.total}"
+
+
+def parse_progress(value: Any) -> Progress | None:
+    """The worker's progress JSON (or dict) as a ``Progress``; None when absent or unreadable."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        data = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(data, dict):
+            return None
+        return Progress(str(data.get("stage") or ""), int(data.get("done") or 0),
+                        int(data.get("total") or 0))
+    except (ValueError, TypeError):
+        return None
+
+
+# -- labels -----------------------------------------------------------------------------------
+def short_source(source: str) -> str:
+    """A text source or model as people say it: a path becomes its file or folder name."""
+    text = str(source)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return Path(text).name or text
+    return text
+
+
+def method_text(method: str, pattern: Any, sparsity: Any) -> str:
+    """'Wanda 50%', 'Magnitude 2:4', 'Dense', 'CoreInfer (activation sparsity)'."""
+    if method == "dense" or pattern == "dense":
+        return "Dense"
+    if pattern == "activation" and _missing(sparsity):
+        return f"{tables.method_label(method)} (activation sparsity)"
+    return tables.row_label(method, sparsity, pattern)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def when(value: Any, now: datetime | None = None) -> str:
+    """A timestamp as people read it: '14:03:27' today, 'Nov 21 14:03' before; '' if absent."""
+    if _missing(value):
+        return ""
+    stamp = pd.Timestamp(value).to_pydatetime()
+    now = now or datetime.now()
+    if stamp.date() == now.date():
+        return f"{stamp:%H:%M:%S}"
+    if stamp.year == now.year:
+        return f"{stamp:%b %d %H:%M}"
+    return f"{stamp:%Y-%m-%d %H:%M}"
+
+
+def duration(seconds: float | None) -> str:
+    """'8 s', '2 min 05 s', '1 h 02 min'; '' when unknown."""
+    if seconds is None or math.isnan(seconds):
+        return ""
+    total = max(int(round(seconds)), 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def elapsed(start: Any, end: Any, now: datetime | None = None) -> str:
+    """How long a run took (or has been running, when ``end`` is absent)."""
+    if _missing(start):
+        return ""
+    finish = (now or datetime.now()) if _missing(end) else pd.Timestamp(end).to_pydatetime()
+    return duration((finish - pd.Timestamp(start).to_pydatetime()).total_seconds())
+
+
+def first_line(text: Any, limit: int = ERROR_CHARS) -> str:
+    if _missing(text):
+        return ""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# -- the run list -----------------------------------------------------------------------------
+def runs_table(store: Store, now: datetime | None = None) -> pd.DataFrame:
+    """The user's own runs, newest first, as shown on the Runs page (``COLUMNS``).
+
+    Every cell is text except Run (an id) and Progress (0-100, only while a run is active).
+    """
+    frame = store.frame(
+        "SELECT id, status, model, method, pattern, sparsity, progress, created_at, started_at, "
+        "finished_at, error, cancel_requested FROM runs WHERE origin = 'own' ORDER BY id DESC")
+    if frame.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    now = now or datetime.now()
+    status = [("cancelling" if s == "running" and not _missing(c) and bool(c) else str(s))
+              for s, c in zip(frame["status"], frame["cancel_requested"], strict=True)]
+    progress = [parse_progress(p) if s in ACTIVE else None
+                for p, s in zip(frame["progress"], status, strict=True)]
+    return pd.DataFrame({
+        "Run": frame["id"].astype(int),
+        "Status": status,
+        "Model": [short_source(m) for m in frame["model"]],
+        "Method": [method_text(m, p, s) for m, p, s in
+                   zip(frame["method"], frame["pattern"], frame["sparsity"], strict=True)],
+        "Progress": [p.fraction * 100 if p else None for p in progress],
+        "Stage": [p.text if p else ("starting" if s in ACTIVE else "")
+                  for p, s in zip(progress, status, strict=True)],
+        "Queued": [when(t, now) for t in frame["created_at"]],
+        "Started": [when(t, now) for t in frame["started_at"]],
+        "Duration": [elapsed(a, b, now) for a, b in
+                     zip(frame["started_at"], frame["finished_at"], strict=True)],
+        "Error": [first_line(e) if s in ("failed", "cancelled") else ""
+                  for e, s in zip(frame["error"], status, strict=True)],
+    }, columns=COLUMNS)
+
+
+def summary(runs: pd.DataFrame) -> str:
+    """'1 running · 2 queued · 3 done' (Markdown, statuses in a fixed order)."""
+    counts = runs["Status"].value_counts()
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts.index) - set(STATUS_ORDER))
+    return "  ·  ".join(f"**{counts[s]}** {s}" for s in order)
+
+
+def run_label(runs: pd.DataFrame, run_id: int, status: bool = True) -> str:
+    """'Run 12 · running · Wanda 50% · tiny-model' (without the status for the run picker,
+    whose labels must not change while a run progresses)."""
+    row = runs[runs["Run"] == run_id]
+    if row.empty:
+        return f"Run {run_id}"
+    r = row.iloc[0]
+    parts = [f"Run {run_id}", *([r["Status"]] if status else []), r["Method"], r["Model"]]
+    return " · ".join(parts)
+
+
+def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
+    """(fraction, text) of each active run, for a progress bar each."""
+    bars = []
+    for row in runs[runs["Status"].isin(ACTIVE)].itertuples(index=False):
+        fraction = 0.0 if _missing(row.Progress) else float(row.Progress) / 100
+        bars.append((fraction, f"**{run_label(runs, row.Run)}** — {row.Stage}"))
+    return bars
+
+
+def default_run(runs: pd.DataFrame) -> int:
+    """The run the details open on: the active one, else the newest."""
+    active = runs[runs["Status"].isin(ACTIVE)]
+    return int((active if len(active) else runs)["Run"].iloc[0])
+
+
+# -- one run ----------------------------------------------------------------------------------
+def run_detail(store: Store, run_id: int, now: datetime | None = None) -> dict[str, Any]:
+    """One run's row with spec / environment parsed, progress and readable times."""
+    frame = store.frame("SELECT * FROM runs WHERE id = ?", [run_id])
+    if frame.empty:
+        raise ValueError(f"no run {run_id}")
+    row = frame.iloc[0].to_dict()
+    for key in ("spec", "environment"):
+        row[key] = tables.parse_spec(row[key]) if not _missing(row[key]) else {}
+    row["cancel_requested"] = not _missing(row["cancel_requested"]) and bool(
+        row["cancel_requested"])
+    row["progress"] = parse_progress(row["progress"]) if row["status"] == "running" else None
+    row["error"] = None if _missing(row["error"]) else str(row["error"])
+    now = now or datetime.now()
+    row["times"] = {
+        "Queued": when(row["created_at"], now),
+        "Started": when(row["started_at"], now),
+        "Finished": when(row["finished_at"], now),
+        "Running for" if _missing(row["finished_at"]) else "Took":
+            elapsed(row["started_at"], row["finished_at"], now),
+    }
+    return row
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "" or value == [] or value == {}:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_value_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+#: Readable names of spec fields, in the order they are listed.
+SPEC_LABELS = {
+    "model": "Model", "method": "Method", "sparsity": "Sparsity",
+    "method_params": "Method parameters", "block_range": "Block range",
+    "calibration": "Calibration text", "samples": "Calibration samples",
+    "seqlen": "Tokens per sample", "seed": "Seed", "ppl_datasets": "Evaluation datasets",
+    "ppl_seqlen": "Window length", "max_windows": "Max windows", "batch_size": "Batch size",
+    "dtype": "Weights dtype", "device": "Device", "trust_remote_code": "Trust remote code",
+    "zero_shot_tasks": "Zero-shot tasks", "num_fewshot": "Few-shot examples",
+    "zs_limit": "Zero-shot examples per task",
+    "save_dir": "Saved to", "kind": "Run kind",
+}
+ZERO_SHOT_KEYS = ("num_fewshot", "zs_limit")
+CALIBRATION_KEYS = ("calibration", "samples", "seqlen", "seed")
+DENSE_ONLY_HIDDEN = ("sparsity", "method_params", "block_range", *CALIBRATION_KEYS)
+
+
+def spec_rows(spec: dict[str, Any]) -> pd.DataFrame:
+    """A run's spec as a two-column table of text: settings its method ignores and empty
+    optional settings are left out."""
+    method = spec.get("method")
+    hidden: tuple[str, ...] = ("kind",)
+    if method == "dense":
+        hidden += DENSE_ONLY_HIDDEN
+    elif method in REGISTRY and not REGISTRY[method].needs_calibration:
+        hidden += CALIBRATION_KEYS
+    if not spec.get("zero_shot_tasks"):
+        hidden += ZERO_SHOT_KEYS
+    when_empty = {"max_windows": "all", "zs_limit": "all", "block_range": "all blocks",
+                  "method_params": "defaults"}
+    rows = []
+    for key in [*SPEC_LABELS, *(k for k in spec if k not in SPEC_LABELS)]:
+        if key not in spec or key in hidden:
+            continue
+        value = spec[key]
+        if _blank(value):
+            if key not in when_empty:
+                continue
+            value = when_empty[key]
+        if key == "method":
+            value = tables.method_label(value)
+        rows.append((SPEC_LABELS.get(key, key.replace("_", " ").capitalize()),
+                     _value_text(value)))
+    return pd.DataFrame(rows, columns=["Setting", "Value"])
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, list, dict)) and not value)
+
+
+def environment_rows(environment: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([(k, _value_text(v)) for k, v in environment.items()],
+                        columns=["Setting", "Value"])
+
+
+def run_results(store: Store, run_id: int) -> pd.DataFrame:
+    """A finished run's numbers as text: perplexity per dataset, measured sparsity, timings."""
+    frame = store.frame("SELECT kind, dataset, metric, value, status, n_samples FROM metrics "
+                        "WHERE run_id = ? ORDER BY kind, dataset, metric", [run_id])
+    rows = []
+    for r in frame.itertuples(index=False):
+        if r.kind == "perplexity":
+            what = f"Perplexity on {short_source(r.dataset)}"
+            value = ("diverged" if r.status == "diverged" or _missing(r.value)
+                     else f"{r.value:.3f}")
+            if not _missing(r.n_samples):
+                value += f"  ({int(r.n_samples):,} tokens)"
+        elif r.kind == "sparsity":
+            what, value = "Measured sparsity", f"{r.value:.2%}"
+        elif r.kind == "timing":
+            what = {"prune_seconds": "Pruning time", "eval_seconds": "Evaluation time"}.get(
+                r.metric, r.metric)
+            value = duration(r.value) if r.value >= 1 else f"{r.value:.2f} s"
+        elif r.kind == "zero_shot":
+            what = f"Zero-shot {r.dataset}: {r.metric}"
+            value = "—" if _missing(r.value) else f"{r.value:.4f}"
+        elif r.kind == "memory":
+            what, value = "Peak memory", f"{r.value:,.0f} MB"
+        else:
+            what, value = f"{r.kind} {r.metric} ({r.dataset})", tables.format_value(r.value,
+                                                                                    "score")
+        rows.append((what, value))
+    order = {"Perplexity": 0, "Zero-shot": 1, "Measured": 2, "Pruning": 3, "Evaluation": 4,
+             "Peak": 5}
+    rows.sort(key=lambda row: order.get(row[0].split()[0], 6))
+    return pd.DataFrame(rows, columns=["Result", "Value"])
+
+
+def log_tail(store: Store, run_id: int, lines: int = 40) -> list[str]:
+    frame = store.frame("SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, "
+                        "rowid DESC LIMIT ?", [run_id, lines])
+    return [f"{ts:%H:%M:%S}  {line}" for ts, line in
+            zip(frame["ts"][::-1], frame["line"][::-1], strict=True)]
+
+
+def status_counts(store: Store) -> dict[str, int]:
+    frame = store.frame("SELECT status, count(*) AS n FROM runs WHERE origin = 'own' "
+                        "GROUP BY status")
+    return dict(zip(frame["status"], frame["n"].astype(int), strict=True))
+
+
+# -- the launch form --------------------------------------------------------------------------
+def method_parameters(method: str) -> dict[str, Any]:
+    """A method's tunable parameters and their defaults (for the launch form)."""
+    return dict(REGISTRY[method].defaults) if method in REGISTRY else {}
+
+
+def parameter_label(name: str) -> str:
+    """'blocksize' -> 'Blocksize', 'dampening' -> 'Dampening'."""
+    return name.replace("_", " ").capitalize()
+
+
+def parse_block_range(text: str) -> tuple[list[int] | None, str | None]:
+    """'' -> no range; '0,15' -> [0, 15]; anything unreadable -> a problem for the form."""
+    if not text.strip():
+        return None, None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        return None, (f"Block range: {text.strip()!r} is not two whole numbers; write start,end "
+                      "such as 0,15 (blocks start to end-1 are pruned), or leave it empty for "
+                      "all blocks.")
+    return values, None
+
+
+def local_path(text: str) -> str:
+    """A local path made absolute (the worker runs in another folder); other text unchanged."""
+    text = text.strip()
+    if not text:
+        return text
+    path = Path(text).expanduser()
+    if text.startswith(("/", ".", "~")) or path.exists():
+        return str(path.resolve())
+    return text
+
+
+def text_file_problems(label: str, paths: list[str]) -> list[str]:
+    """Problems with the local .txt files given for ``label`` (empty entry, missing file)."""
+    if not paths:
+        return [f"{label}: enter the path of a .txt file, or pick one of the listed sources."]
+    return [f"{label}: the file {p!r} does not exist; give the path of a UTF-8 .txt file."
+            for p in paths if not Path(p).expanduser().is_file()]
+
+
+#: The Launch form's fields from top to bottom: problems are listed in this order.
+FORM_ORDER = ("Model", "Dtype", "Device", "Method", "Sparsity", "Block range",
+              "Method parameters", "Calibration", "Evaluation", "Perplexity seqlen",
+              "Max windows", "Batch size", "Zero-shot", "Few-shot", "Sweep")
+
+
+def merge_problems(form: list[str], spec: list[str]) -> list[str]:
+    """The form's and the spec's problems in form order, each field's problem said once."""
+    covered = {"Calibration text:": "Calibration source", "Evaluation:": "Evaluation"}
+    skip = tuple(prefix for mark, prefix in covered.items()
+                 if any(p.startswith(mark) for p in form))
+    merged = [*form, *(p for p in spec if not (skip and p.startswith(skip)))]
+
+    def position(problem: str) -> int:
+        starts = [i for i, name in enumerate(FORM_ORDER) if problem.startswith(name)]
+        return max(starts, key=lambda i: len(FORM_ORDER[i])) if starts else len(FORM_ORDER)
+
+    return sorted(merged, key=position)
+
+
+def submission_message(store: Store, submission: Any) -> str:
+    """What the Launch page says after ``jobs.submit`` (a ``jobs.Submission``)."""
+    statuses = store.frame("SELECT id, status, method, pattern, sparsity, model FROM runs "
+                           "WHERE id IN (?, ?)",
+                           [submission.run_id, submission.baseline_id or submission.run_id])
+    rows = {int(r.id): r for r in statuses.itertuples(index=False)}
+    run = rows[submission.run_id]
+    what = f"{method_text(run.method, run.pattern, run.sparsity)} on {short_source(run.model)}"
+    if submission.reused:
+        text = (f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) is "
+                f"already {run.status}, and its results are reused. Tick 'Run again even if an "
+                "identical run is stored' for a fresh run.")
+    else:
+        text = f"Queued run {submission.run_id}: {what}."
+    baseline = rows.get(submission.baseline_id) if submission.baseline_id else None
+    if baseline is not None and not submission.reused:
+        text += (f" Its dense baseline (for the change from dense) is run {baseline.id}, "
+                 f"{baseline.status}.")
+    return text
+
+
+def sweep_message(submission: Any) -> str:
+    """What the Launch page says after ``jobs.submit_sweep`` (a ``jobs.SweepSubmission``)."""
+    cells = len(submission.run_ids)
+    fresh = cells - submission.reused
+    text = (f"Queued sweep {submission.sweep_id}: {cells} cell(s), {fresh} new run(s)")
+    if submission.reused:
+        text += f", {submission.reused} identical run(s) reused"
+    return text + ". Its grid fills in on the Compute & ablations page as the runs finish."
+
+
+def parse_grid(text: str) -> tuple[dict[str, list[float]] | None, list[str]]:
+    """'name = v1, v2' lines -> ({name: [v1, v2]}, problems); an empty text is no sweep."""
+    grid: dict[str, list[float]] = {}
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, values = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(f"Sweep line {number}: write 'name = value, value', e.g. "
+                            "'method_params.alpha = 0.1, 1, 5'.")
+            continue
+        parsed = []
+        for item in values.split(","):
+            item = item.strip()
+            try:
+                number_value = float(item)
+            except ValueError:
+                problems.append(f"Sweep line {number}: {item!r} is not a number.")
+                continue
+            parsed.append(int(number_value) if number_value.is_integer() and "." not in item
+                          else number_value)
+        if name in grid:
+            problems.append(f"Sweep line {number}: {name!r} is given twice.")
+        grid[name] = parsed
+    return (grid or None), problems
+
+
+def split_paths(text: str) -> list[str]:
+    return [local_path(p) for p in text.split(",") if p.strip()]

@@ -1,0 +1,244 @@
+"""Run kind ``activation`` (nothing is stored here).
+
+* :class:`~core.runs.specs.ActivationSpec`: CoreInfer with one kept fraction, or
+  the sparsity-levels method with one kept fraction per block, evaluated on lm-eval tasks (through
+  :func:`core.activation.coreinfer_lm`: multiple-choice continuations are scored sparse after the
+  context pre-fill, generation tasks generate sparse) and/or perplexity (the first half of each
+  window is pre-filled, dense, and selects the core neurons; the second half is scored sparse).
+The helpers here (loading, task scoring, split perplexity) also serve the ``search`` kind.
+
+The kept fraction reported as "actual sparsity" is always measured by the CoreInfer hooks during
+the sparse (decode) forwards of the evaluation itself, never copied from the parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from core.engine import data, environment, models
+from core.engine.activation import (
+    CoreInferHandle,
+    CoreInferStats,
+    apply_coreinfer,
+    coreinfer_lm,
+    split_loglikelihood,
+)
+from core.engine.adapters import get_adapter
+from core.engine.evaluate import zeroshot
+from core.engine.evaluate.perplexity import windows
+from core.runs.registry import register_kind
+from core.runs.results import ProgressFn, RunResult, Say
+from core.runs.specs import ActivationSpec
+
+log = logging.getLogger(__name__)
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def load(spec: Any, progress: ProgressFn, say: Say) -> tuple[Any, Any]:
+    """The spec's model and tokenizer, on its device."""
+    progress("loading model", 0, 1)
+    say(f"loading {spec.model} ({spec.dtype}) on {spec.device}")
+    model, tokenizer = models.load_model(spec.model, dtype=spec.dtype, device="cpu",
+                                         trust_remote_code=spec.trust_remote_code)
+    model.to(spec.device)
+    return model, tokenizer
+
+
+def converted_range(block_range: Sequence[int] | None, n_blocks: int) -> tuple[int, int]:
+    """``[start, end)`` of the converted blocks, checked against the model."""
+    start, end = block_range or (0, n_blocks)
+    if not 0 <= start < end <= n_blocks:
+        raise ValueError(f"Block range [{start}, {end}) does not fit the model: it has "
+                         f"{n_blocks} blocks, so give 0 <= start < end <= {n_blocks}.")
+    return int(start), int(end)
+
+
+def pick_metric(rows: list[dict[str, Any]], task: str, wanted: str = "") -> dict[str, Any]:
+    """The headline metric row of ``task`` among lm-eval's rows (``wanted`` when named)."""
+    mine = [r for r in rows if r["dataset"] == task and r.get("status", "ok") == "ok"]
+    names = [r["metric"] for r in mine]
+
+    def named(name: str) -> dict[str, Any] | None:
+        """The row of metric ``name``, else of ``name`` under a filter ('exact_match
+        (remove_whitespace)', as triviaqa reports it)."""
+        exact = [r for r in mine if r["metric"] == name]
+        filtered = [r for r in mine if r["metric"].partition(" (")[0] == name]
+        return (exact or filtered or [None])[0]
+
+    if wanted:
+        row = named(wanted)
+        if row is None:
+            raise ValueError(f"Metric {wanted!r} is not reported by {task}; it reports "
+                             f"{', '.join(names) or 'nothing'}.")
+        return row
+    for name in zeroshot.HEADLINE:
+        row = named(name)
+        if row is not None:
+            return row
+    if not mine:
+        raise ValueError(f"lm-eval returned no score for {task}")
+    return mine[0]
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int,
+                   limit: int | None, batch_size: int, device: str) -> zeroshot.ZeroShotResult:
+    """lm-eval on a CoreInfer-converted model, with causal (sparse) multiple-choice scores."""
+    lm = coreinfer_lm(model, tokenizer, batch_size=batch_size, device=device)
+    return zeroshot.evaluate(model, tokenizer, tasks, num_fewshot, limit, batch_size, device,
+                             lm=lm)
+
+
+@torch.no_grad()
+def split_perplexity(model: Any, ids: torch.Tensor, seqlen: int, max_windows: int | None,
+                     progress: ProgressFn | None = None) -> tuple[float | None, int, int]:
+    """CoreInfer perplexity: per window, the first half is pre-filled (dense, selects the core
+    neurons) and the second half scored as cached forwards (sparse).  Returns (ppl, windows,
+    scored tokens); ppl is None when the loss is not finite."""
+    chunks = windows(ids, seqlen, max_windows)
+    prefix = seqlen // 2
+    nll, tokens = 0.0, 0
+    for i, window in enumerate(chunks):
+        logprob, _ = split_loglikelihood(model, window[:prefix].tolist(),
+                                         window[prefix:].tolist())
+        nll -= logprob
+        tokens += seqlen - prefix
+        if progress:
+            progress("perplexity", i + 1, chunks.shape[0])
+    mean = nll / max(tokens, 1)
+    value = math.exp(mean) if math.isfinite(mean) and mean < 700 else None
+    return value, int(chunks.shape[0]), tokens
+
+
+def combine_stats(parts: Sequence[CoreInferStats]) -> dict[str, Any]:
+    """Kept fractions over several measured evaluations, weighted by their decode tokens
+    (exactly what one meter over all of them would report)."""
+    per_block: dict[int, float | None] = {}
+    blocks = parts[0].blocks if parts else []
+    for block in blocks:
+        weighted = [(p.kept_per_block[block], p.decode_tokens) for p in parts
+                    if p.kept_per_block.get(block) is not None and p.decode_tokens]
+        total = sum(w for _, w in weighted)
+        per_block[block] = sum(v * w for v, w in weighted) / total if total else None
+    known = [v for v in per_block.values() if v is not None]
+    return {"kept_per_block": per_block,
+            "kept_fraction": sum(known) / len(known) if known and len(known) == len(blocks)
+            else None,
+            "decode_tokens": sum(p.decode_tokens for p in parts)}
+
+
+def _stats_rows(stats: CoreInferStats, dataset: str) -> list[dict[str, Any]]:
+    rows = stats.metric_rows()
+    for row in rows:
+        row["dataset"] = dataset
+    return rows
+
+
+# -- kind 'activation' -----------------------------------------------------------------------------
+def execute_activation(spec: ActivationSpec, progress: ProgressFn, say: Say) -> RunResult:
+    """CoreInfer / sparsity levels on the spec's tasks and perplexity datasets."""
+    model, tokenizer = load(spec, progress, say)
+    n_blocks = len(get_adapter(model).blocks(model))
+    start, end = converted_range(spec.block_range, n_blocks)
+    result = RunResult()
+    started = time.perf_counter()
+    handle = apply_coreinfer(model, sparsity=spec.sparsity, token_sparsity=spec.token_sparsity,
+                             start=start, end=end,
+                             levels=spec.levels if spec.method == "sparsity-levels" else None)
+    what = (f"kept fraction {spec.sparsity}" if spec.method == "coreinfer"
+            else f"levels {', '.join(f'{v:g}' for v in handle.fractions.values())}")
+    say(f"{spec.method}: {what}, token sparsity {spec.token_sparsity}, blocks {start}..{end - 1}")
+    try:
+        measured = _sparse_tasks(model, tokenizer, spec, handle, result, progress, say)
+        measured += _sparse_perplexity(model, tokenizer, spec, handle, result, progress, say)
+    finally:
+        handle.remove()
+    overall = combine_stats(measured)
+    acted = overall["decode_tokens"] > 0
+    result.metrics += [
+        {"kind": "activation", "dataset": "-", "metric": "actual_sparsity",
+         "value": overall["kept_fraction"] if acted else None,
+         "status": "ok" if acted and overall["kept_fraction"] is not None else "missing",
+         "note": None if acted else "CoreInfer never ran a sparse (decode) forward"},
+        {"kind": "activation", "dataset": "-", "metric": "decode_tokens",
+         "value": float(overall["decode_tokens"])},
+        {"kind": "timing", "dataset": "-", "metric": "eval_seconds",
+         "value": time.perf_counter() - started},
+        {"kind": "memory", "dataset": "-", "metric": "peak_mb",
+         "value": environment.peak_memory_mb(spec.device)},
+    ]
+    result.layer_stats += _block_rows(handle.fractions, overall)
+    return result
+
+
+def _sparse_tasks(model: Any, tokenizer: Any, spec: ActivationSpec, handle: CoreInferHandle,
+                  result: RunResult, progress: ProgressFn, say: Say) -> list[CoreInferStats]:
+    """Each lm-eval task scored on the converted model, its kept fraction measured."""
+    measured: list[CoreInferStats] = []
+    for i, task in enumerate(spec.tasks):
+        progress(f"task {task}", i, len(spec.tasks))
+        handle.reset_stats()
+        zs = evaluate_tasks(model, tokenizer, [task], spec.num_fewshot, spec.limit,
+                            spec.batch_size, spec.device)
+        stats = handle.stats()
+        measured.append(stats)
+        if task in zs.failures:
+            say(f"task {task} failed (other tasks kept): {zs.failures[task]}")
+            result.metrics.append({"kind": "task", "dataset": task, "metric": "acc",
+                                   "value": None, "status": "missing",
+                                   "note": f"task failed: {zs.failures[task][:500]}"})
+            continue
+        row = dict(pick_metric(zs.rows, task, spec.metric), kind="task")
+        result.metrics.append(row)
+        result.metrics += [r for r in _stats_rows(stats, task)
+                           if r["metric"] == "actual_sparsity"]
+        say(f"{task}: {row['metric']} {row['value']:.4f}; measured kept fraction "
+            + (f"{stats.kept_fraction:.4f}" if stats.acted else "n/a (CoreInfer never "
+               "decoded: every answer was scored by the dense pre-fill)"))
+    return measured
+
+
+def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
+                       handle: CoreInferHandle, result: RunResult, progress: ProgressFn,
+                       say: Say) -> list[CoreInferStats]:
+    """Split perplexity (dense pre-fill, sparse second half) on each dataset."""
+    measured: list[CoreInferStats] = []
+    for name in spec.ppl_datasets:
+        handle.reset_stats()
+        ids = data.evaluation_ids(tokenizer, name)
+        value, n_windows, n_tokens = split_perplexity(
+            model, ids, spec.ppl_seqlen, spec.max_windows,
+            lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
+        stats = handle.stats()
+        measured.append(stats)
+        result.metrics.append({
+            "kind": "activation", "dataset": name, "metric": "ppl", "value": value,
+            "n_samples": n_tokens, "status": "ok" if value is not None else "diverged",
+            "note": f"{n_windows} windows of {spec.ppl_seqlen}: first half pre-filled "
+                    "(dense, selects the core neurons), second half scored sparse"})
+        result.metrics += [r for r in _stats_rows(stats, name)
+                           if r["metric"] == "actual_sparsity"]
+        say(f"{name}: CoreInfer perplexity "
+            + (f"{value:.3f}" if value is not None else "diverged")
+            + f" over {n_windows} windows")
+    return measured
+
+
+def _block_rows(configured: dict[int, float], overall: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for block, fraction in configured.items():
+        rows.append({"block": block, "layer": "ffn", "stat": "kept_fraction",
+                     "value": overall["kept_per_block"].get(block)})
+        rows.append({"block": block, "layer": "ffn", "stat": "configured_fraction",
+                     "value": fraction})
+    rows.append({"block": None, "layer": "model", "stat": "kept_fraction",
+                 "value": overall["kept_fraction"]})
+    return rows
+
+
+register_kind("activation", ActivationSpec, execute_activation, title="Activation sparsity")

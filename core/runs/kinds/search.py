@@ -1,0 +1,221 @@
+"""Run kind ``search``: seed 003's parameter search of the sparsity levels, compared with
+CoreInfer (nothing is stored here; the full-set runs come back as child runs)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.engine import environment
+from core.engine.activation import (
+    CoreInferStats,
+    apply_coreinfer,
+    average_levels,
+    collect_scores,
+    search_configs,
+)
+from core.engine.adapters import get_adapter
+from core.engine.evaluate import zeroshot
+from core.runs.kinds.activation import converted_range, evaluate_tasks, load, pick_metric
+from core.runs.registry import register_kind
+from core.runs.results import ChildRun, ProgressFn, RunResult, Say
+from core.runs.specs import ActivationSpec, SearchSpec
+
+
+def task_prompts(task: str, n: int) -> list[str]:
+    """The prompts (``doc_to_text``) of the last ``n`` examples of ``task``'s evaluation split:
+    apart from the first examples that score the configurations whenever the split has room."""
+    from lm_eval.tasks import get_task_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        found = get_task_dict([task], zeroshot.task_manager(None))
+    if task not in found:
+        raise ValueError(f"{task!r} is a group of tasks; a search needs one task")
+    obj = found[task]
+    if obj.has_test_docs():
+        docs = list(obj.test_docs())
+    elif obj.has_validation_docs():
+        docs = list(obj.validation_docs())
+    else:
+        raise ValueError(f"task {task} has no test or validation examples")
+    if not docs:
+        raise ValueError(f"task {task} has no examples")
+    return [str(obj.doc_to_text(doc)) for doc in docs[-n:]]
+
+
+@dataclass
+class Scored:
+    row: dict[str, Any]  # the headline metric row (kind 'task')
+    stats: CoreInferStats
+
+
+def score_config(model: Any, tokenizer: Any, spec: SearchSpec, start: int, end: int,
+                 limit: int | None, metric: str, levels: Sequence[float] | None = None,
+                 sparsity: float | None = None) -> Scored:
+    """One configuration on ``limit`` examples of the task, measured by the CoreInfer hooks."""
+    handle = apply_coreinfer(model, sparsity=sparsity if sparsity is not None else 0.4,
+                             token_sparsity=spec.token_sparsity, start=start, end=end,
+                             levels=levels)
+    try:
+        zs = evaluate_tasks(model, tokenizer, [spec.task], spec.num_fewshot, limit,
+                            spec.batch_size, spec.device)
+        stats = handle.stats()
+    finally:
+        handle.remove()
+    if spec.task in zs.failures:
+        raise RuntimeError(f"task {spec.task} failed: {zs.failures[spec.task]}")
+    return Scored(dict(pick_metric(zs.rows, spec.task, metric), kind="task"), stats)
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the highest score (the first one on ties); every task metric of seed 003
+    is higher-is-better."""
+    scored = [t for t in trials if t["value"] is not None and math.isfinite(t["value"])]
+    if not scored:
+        raise RuntimeError("no search configuration produced a score")
+    return max(scored, key=lambda t: (t["value"], -t["trial"]))
+
+
+def execute_search(spec: SearchSpec, progress: ProgressFn, say: Say) -> RunResult:
+    """Seed 003's search, end to end.
+
+    1. per-block neuron scores from ``n_calibration`` prompts of the task (dense model);
+    2. CoreInfer (``coreinfer_sparsity``) on the full set: the reference, and the measured kept
+       fraction a relative goal is taken from;
+    3. for each sum weight the bisection threshold whose mean level over the converted blocks is
+       within ``tolerance`` of the goal; each configuration scored on ``n_search`` examples with
+       its kept fraction measured -> the search trials;
+    4. the best configuration and AVG (element-wise mean of all level vectors) on the full set.
+    CoreInfer, best and AVG are stored as activation runs of this search (``config`` set), so
+    "% of CoreInfer" comes out of ``tables.final_summary`` as for the published rows.
+    """
+    model, tokenizer = load(spec, progress, say)
+    n_blocks = len(get_adapter(model).blocks(model))
+    start, end = converted_range(spec.block_range, n_blocks)
+    total = 4 + len(spec.sum_weights)
+    started = time.perf_counter()
+
+    progress("calibration scores", 0, total)
+    prompts = task_prompts(spec.task, spec.n_calibration)
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    scores = collect_scores(model, ids, top_k=spec.top_k)
+    say(f"neuron scores from {len(prompts)} prompts of {spec.task} "
+        f"({sum(len(i) for i in ids)} tokens), top_k {spec.top_k}")
+
+    progress("CoreInfer on the full set", 1, total)
+    core = score_config(model, tokenizer, spec, start, end, spec.full_limit, spec.metric,
+                        sparsity=spec.coreinfer_sparsity)
+    metric = core.row["metric"]
+    core_actual = core.stats.kept_fraction if core.stats.acted else None
+    say(f"CoreInfer ({spec.coreinfer_sparsity}): {metric} {core.row['value']:.4f}, measured "
+        f"kept fraction {core_actual if core_actual is not None else 'n/a'}")
+    goal = resolve_goal(spec, core_actual, say)
+
+    configs = search_configs(scores, spec.sum_weights, goal, spec.top_k, spec.tolerance,
+                             blocks=list(range(start, end)))
+    trials = [run_trial(model, tokenizer, spec, (start, end), i, cfg, metric, progress, say)
+              for i, cfg in enumerate(configs)]
+    finals = final_runs(model, tokenizer, spec, (start, end), trials, metric, progress)
+    say(f"best (config {best_trial(trials)['trial']}): {finals['best'].row['value']:.4f}; AVG: "
+        f"{finals['AVG'].row['value']:.4f}; CoreInfer: {core.row['value']:.4f}")
+
+    result = RunResult(trials=trials)
+    result.children += child_runs(spec, {"CoreInfer": core, **finals}, trials, goal, metric,
+                                  (start, end))
+    result.metrics += [
+        {"kind": "search", "dataset": spec.task, "metric": "goal", "value": goal},
+        {"kind": "search", "dataset": spec.task, "metric": "coreinfer_actual_sparsity",
+         "value": core_actual, "status": "ok" if core_actual is not None else "missing"},
+        {"kind": "timing", "dataset": "-", "metric": "search_seconds",
+         "value": time.perf_counter() - started},
+        {"kind": "memory", "dataset": "-", "metric": "peak_mb",
+         "value": environment.peak_memory_mb(spec.device)},
+    ]
+    if spec.goal_factor is not None:
+        result.spec_updates["goal"] = goal
+    progress("done", total, total)
+    return result
+
+
+def resolve_goal(spec: SearchSpec, core_actual: float | None, say: Say) -> float:
+    """The goal mean kept fraction: fixed, or a factor of CoreInfer's measured one."""
+    if spec.goal_factor is None:
+        return float(spec.goal)
+    if core_actual is None:
+        raise RuntimeError("CoreInfer never ran a sparse (decode) forward on this task, so "
+                           "there is no measured kept fraction to set the goal from; give "
+                           "a fixed goal instead")
+    goal = round(spec.goal_factor * core_actual, 4)
+    say(f"goal = {spec.goal_factor} x CoreInfer's measured {core_actual:.4f} = {goal}")
+    return goal
+
+
+def run_trial(model: Any, tokenizer: Any, spec: SearchSpec, blocks: tuple[int, int], i: int,
+              cfg: Any, metric: str, progress: ProgressFn, say: Say) -> dict[str, Any]:
+    """Score configuration ``i`` on the search samples: one search-trial row."""
+    progress(f"search configuration {i + 1}/{len(spec.sum_weights)}", 2 + i,
+             4 + len(spec.sum_weights))
+    scored = score_config(model, tokenizer, spec, *blocks, spec.n_search, metric,
+                          levels=cfg.levels)
+    actual = scored.stats.kept_fraction if scored.stats.acted else None
+    note = None if cfg.reached else (f"the levels' mean {cfg.mean:.4f} misses the goal by "
+                                     f"more than {spec.tolerance}")
+    trial = {
+        "trial": i + 1, "label": None,
+        "params": [round(cfg.sum_weight, 6), round(cfg.count_weight, 6),
+                   round(cfg.threshold, 4), cfg.top_k],
+        "levels": list(cfg.levels), "actual_sparsity": actual, "metric": metric,
+        "value": scored.row["value"], "n_samples": scored.row.get("n_samples"),
+        "note": note,
+    }
+    say(f"config {i + 1} {trial['params']}: mean level {cfg.mean:.4f}, measured "
+        f"{actual if actual is not None else 'n/a'}, {metric} {scored.row['value']:.4f}")
+    return trial
+
+
+def final_runs(model: Any, tokenizer: Any, spec: SearchSpec, blocks: tuple[int, int],
+               trials: list[dict[str, Any]], metric: str, progress: ProgressFn
+               ) -> dict[str, Scored]:
+    """The best configuration and AVG scored on the full set."""
+    total = 4 + len(trials)
+    progress("best configuration on the full set", 2 + len(trials), total)
+    best = score_config(model, tokenizer, spec, *blocks, spec.full_limit, metric,
+                        levels=best_trial(trials)["levels"])
+    progress("AVG on the full set", 3 + len(trials), total)
+    avg = score_config(model, tokenizer, spec, *blocks, spec.full_limit, metric,
+                       levels=average_levels([t["levels"] for t in trials]))
+    return {"best": best, "AVG": avg}
+
+
+def child_runs(spec: SearchSpec, scored: dict[str, Scored], trials: list[dict[str, Any]],
+               goal: float, metric: str, blocks: tuple[int, int]) -> list[ChildRun]:
+    """CoreInfer, best and AVG as activation runs of this search (``config`` set)."""
+    start, end = blocks
+    best = best_trial(trials)
+    avg = average_levels([t["levels"] for t in trials])
+    common = {"model": spec.model, "token_sparsity": spec.token_sparsity,
+              "block_range": spec.block_range, "tasks": [spec.task],
+              "num_fewshot": spec.num_fewshot, "limit": spec.full_limit, "metric": metric,
+              "batch_size": spec.batch_size, "dtype": spec.dtype, "device": spec.device,
+              "trust_remote_code": spec.trust_remote_code, "goal": goal}
+    extras = {"CoreInfer": {"method": "coreinfer", "sparsity": spec.coreinfer_sparsity},
+              "best": {"method": "sparsity-levels", "trial": best["trial"],
+                       "levels": list(best["levels"][start:end])},
+              "AVG": {"method": "sparsity-levels", "levels": avg[start:end]}}
+    children = []
+    for config, extra in extras.items():
+        run = scored[config]
+        metrics = [run.row, *run.stats.metric_rows()]
+        for row in metrics[1:]:
+            row["dataset"] = spec.task
+        children.append(ChildRun(ActivationSpec(**common, **extra, config=config), metrics,
+                                 run.stats.layer_stat_rows()))
+    return children
+
+
+register_kind("search", SearchSpec, execute_search, title="Parameter search")

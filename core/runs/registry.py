@@ -1,0 +1,63 @@
+"""Run kinds by name: each kind module in ``core.runs.kinds`` registers its spec class and its
+execute function with :func:`register_kind`; the worker, the store and the forms look kinds up here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.runs.results import ProgressFn, RunResult, Say, quiet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    name: str
+    spec: type  # the spec class; its ``kind`` field equals ``name``
+    execute: Callable[[Any, ProgressFn, Say], RunResult]
+    title: str = ""  # how forms and pages name the kind ("Prune + evaluate")
+
+
+KINDS: dict[str, RunKind] = {}
+
+
+def register_kind(name: str, spec: type, execute: Callable[[Any, ProgressFn, Say], RunResult],
+                  title: str = "") -> RunKind:
+    """Make run kind ``name`` available (called once by each kind module)."""
+    if name in KINDS and KINDS[name].spec is not spec:
+        raise ValueError(f"run kind {name!r} registered twice")
+    KINDS[name] = RunKind(name, spec, execute, title or name)
+    return KINDS[name]
+
+
+def discover(package: str = "core.runs.kinds") -> None:
+    """Import every kind module of ``package`` so that it registers itself."""
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+
+
+def get_kind(name: str) -> RunKind:
+    discover()
+    if name not in KINDS:
+        raise ValueError(f"unknown run kind {name!r}; known: {', '.join(sorted(KINDS))}")
+    return KINDS[name]
+
+
+def spec_from_dict(values: dict[str, Any]) -> Any:
+    """Rebuild a stored spec of any run kind."""
+    return get_kind(values.get("kind", "prune")).spec.from_dict(values)
+
+
+def execute(spec: Any, progress: ProgressFn = quiet, say: Say = log.info) -> RunResult:
+    """Check ``spec`` and run it with its kind's execute function (nothing is stored here)."""
+    problems = spec.validate()
+    if problems:
+        raise ValueError("Invalid run spec: " + " ".join(problems))
+    return get_kind(spec.kind).execute(spec, progress, say)

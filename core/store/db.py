@@ -1,0 +1,372 @@
+"""The DuckDB results store: runs, metrics, layer statistics and search trials.
+
+Every connection is short-lived (opened for one read or one transaction, then closed) so that the
+dashboard and a worker process can share the file; a lock held by another process is retried with
+backoff.  Every statement takes its values as parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from core import config
+
+RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+METRIC_STATUSES = ("ok", "diverged", "missing")
+
+# Each migration takes the schema from version i to i + 1.  Never edit a released step: append one.
+MIGRATIONS: list[list[str]] = [
+    # 1: runs, metrics, per-layer statistics, search trials.
+    [
+        "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+        "CREATE SEQUENCE run_ids START 1",
+        """CREATE TABLE runs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
+            origin VARCHAR NOT NULL,
+            source VARCHAR,
+            kind VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            sparsity DOUBLE,
+            pattern VARCHAR NOT NULL,
+            spec JSON NOT NULL,
+            spec_hash VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            heartbeat_at TIMESTAMP,
+            progress JSON,
+            error VARCHAR,
+            environment JSON
+        )""",
+        """CREATE TABLE metrics (
+            run_id BIGINT NOT NULL,
+            kind VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            metric VARCHAR NOT NULL,
+            value DOUBLE,
+            stderr DOUBLE,
+            n_samples BIGINT,
+            status VARCHAR NOT NULL DEFAULT 'ok'
+        )""",
+        """CREATE TABLE layer_stats (
+            run_id BIGINT NOT NULL,
+            block INTEGER,
+            layer VARCHAR NOT NULL,
+            stat VARCHAR NOT NULL,
+            value DOUBLE
+        )""",
+        """CREATE TABLE search_trials (
+            run_id BIGINT NOT NULL,
+            trial INTEGER NOT NULL,
+            label VARCHAR,
+            params JSON,
+            levels JSON,
+            actual_sparsity DOUBLE,
+            metric VARCHAR,
+            value DOUBLE,
+            n_samples BIGINT
+        )""",
+    ],
+    # 2: provenance of each number: the text the source printed and a note (e.g. "seed prints nan").
+    [
+        "ALTER TABLE metrics ADD COLUMN raw VARCHAR",
+        "ALTER TABLE metrics ADD COLUMN note VARCHAR",
+        "ALTER TABLE layer_stats ADD COLUMN raw VARCHAR",
+        "ALTER TABLE layer_stats ADD COLUMN note VARCHAR",
+        "ALTER TABLE search_trials ADD COLUMN raw VARCHAR",
+        "ALTER TABLE search_trials ADD COLUMN note VARCHAR",
+        """CREATE TABLE run_logs (
+            run_id BIGINT NOT NULL,
+            ts TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            line VARCHAR NOT NULL
+        )""",
+    ],
+    # 3: background execution: cancel requests and which worker holds a run.
+    [
+        "ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN DEFAULT false",
+        "ALTER TABLE runs ADD COLUMN worker VARCHAR",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_METRIC_COLUMNS = (
+    "kind", "dataset", "metric", "value", "stderr", "n_samples", "status", "raw", "note",
+)
+_LAYER_COLUMNS = ("block", "layer", "stat", "value", "raw", "note")
+_TRIAL_COLUMNS = (
+    "trial", "label", "params", "levels", "actual_sparsity", "metric", "value", "n_samples", "raw",
+    "note",
+)
+_RUN_UPDATABLE = (
+    "status", "started_at", "finished_at", "heartbeat_at", "progress", "error", "environment",
+    "cancel_requested", "worker",
+)
+
+
+class StoreError(RuntimeError):
+    """A problem with the results file, worded for the person looking at the page."""
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of a run spec (keys sorted), used to find an identical earlier run."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _explain(path: Path, exc: Exception) -> StoreError:
+    text = str(exc)
+    low = text.lower()
+    if "lock" in low:
+        msg = (f"The results database {path} is locked by another process that did not release it. "
+               "Stop the other program (or wait) and reload.")
+    elif "permission" in low or "read-only" in low or "read only" in low:
+        msg = (f"The results database {path} cannot be written (permission denied / read-only). "
+               "Results are shown read-only; set SPARSEBENCH_DB to a writable path to launch runs.")
+    elif "not a valid duckdb" in low or "corrupt" in low or "serializ" in low or "magic" in low:
+        msg = (f"The results database {path} is not a readable DuckDB file (corrupt or from "
+               "another program). It was left untouched. Move it aside, or point SPARSEBENCH_DB "
+               "elsewhere.")
+    else:
+        msg = f"The results database {path} could not be opened: {text}"
+    return StoreError(msg)
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    low = str(exc).lower()
+    return "lock" in low and ("conflict" in low or "could not set lock" in low or "resource" in low)
+
+
+class Store:
+    """Access to one results file.  Cheap to create; holds no open connection."""
+
+    # One connection at a time inside a process: DuckDB refuses two differently configured
+    # connections to the same file in one process, and Streamlit serves sessions from threads.
+    _process_lock = threading.RLock()
+
+    def __init__(self, path: Path | str | None = None, retries: int = 60, max_wait: float = 0.5):
+        self.path = Path(path) if path is not None else config.db_path()
+        self.retries = retries
+        self.max_wait = max_wait
+        self.writable = True
+
+    # -- connections -------------------------------------------------------------------------
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short connection; retried with backoff while another process holds the lock."""
+        if write and not self.writable:
+            raise StoreError(
+                f"The results database {self.path} is read-only here; nothing was written.")
+        with self._process_lock:
+            con = self._open(read_only=not self.writable)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        delay = 0.01
+        last: Exception | None = None
+        for _ in range(self.retries):
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise _explain(self.path, exc) from exc
+                last = exc
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_wait)
+        raise _explain(self.path, last or RuntimeError("lock"))
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write connection inside BEGIN/COMMIT; rolled back on any error."""
+        with self.connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # -- schema ------------------------------------------------------------------------------
+    def init(self, import_published: bool = True) -> Store:
+        """Create or migrate the schema, and import the published figures when they changed.
+
+        A file that cannot be written but holds the current schema is opened read-only.
+        """
+        if self.path.exists() and not _writable(self.path):
+            self.writable = False
+            if self.schema_version() != SCHEMA_VERSION:
+                raise StoreError(f"The results database {self.path} is read-only and has an older "
+                                 "schema; it cannot be upgraded here.")
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+        if import_published:
+            from core.store import published
+
+            published.sync(self)
+        return self
+
+    def schema_version(self) -> int:
+        with self.connect() as con:
+            has_meta = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+            ).fetchone()[0]
+            if not has_meta:
+                return 0
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self, target: int = SCHEMA_VERSION) -> int:
+        """Apply the missing migration steps up to ``target``; returns the new version."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"The results database {self.path} has schema {current}, newer "
+                             f"than this program ({SCHEMA_VERSION}). Update SparseBench.")
+        for version in range(current, target):
+            with self.transaction() as con:
+                for statement in MIGRATIONS[version]:
+                    con.execute(statement)
+                con.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    [str(version + 1)],
+                )
+        return max(current, target)
+
+    def get_meta(self, key: str) -> str | None:
+        with self.connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    # -- writes ------------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        kind: str,
+        model: str,
+        method: str,
+        spec: Mapping[str, Any],
+        sparsity: float | None = None,
+        pattern: str = "unstructured",
+        origin: str = "own",
+        source: str | None = None,
+        status: str = "queued",
+        identity: Mapping[str, Any] | None = None,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> int:
+        """Insert a run and return its id (inside ``con``'s transaction when given).
+
+        ``identity`` (default: the spec) is hashed to find identical runs later.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}; allowed: {RUN_STATUSES}")
+        if origin not in ("own", "published"):
+            raise ValueError(f"origin must be 'own' or 'published', not {origin!r}")
+        args = [origin, source, kind, model, method, sparsity, pattern,
+                json.dumps(spec, sort_keys=True, default=str),
+                spec_hash(identity if identity is not None else spec), status]
+        sql = ("INSERT INTO runs (origin, source, kind, model, method, sparsity, pattern, spec, "
+               "spec_hash, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+        if con is not None:
+            return int(con.execute(sql, args).fetchone()[0])
+        with self.transaction() as own:
+            return int(own.execute(sql, args).fetchone()[0])
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        """Set some of a run's mutable columns (status, progress, error, timestamps...)."""
+        unknown = set(fields) - set(_RUN_UPDATABLE)
+        if unknown:
+            raise ValueError(f"cannot update run columns {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {fields['status']!r}")
+        values = [json.dumps(v) if k in ("progress", "environment") and v is not None else v
+                  for k, v in fields.items()]
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as con:
+            con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, run_id])
+
+    def add_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]],
+                    con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Store metric rows: kind, dataset, metric, value and optionally stderr, n_samples..."""
+        prepared = []
+        for row in rows:
+            status = row.get("status", "ok")
+            if status not in METRIC_STATUSES:
+                raise ValueError(f"unknown metric status {status!r}")
+            prepared.append([run_id, *(row.get(c, "ok" if c == "status" else None)
+                                       for c in _METRIC_COLUMNS)])
+        self._insert_many("metrics", ("run_id", *_METRIC_COLUMNS), prepared, con)
+
+    def add_layer_stats(self, run_id: int, rows: Iterable[Mapping[str, Any]],
+                        con: duckdb.DuckDBPyConnection | None = None) -> None:
+        prepared = [[run_id, *(row.get(c) for c in _LAYER_COLUMNS)] for row in rows]
+        self._insert_many("layer_stats", ("run_id", *_LAYER_COLUMNS), prepared, con)
+
+    def add_search_trials(self, run_id: int, rows: Iterable[Mapping[str, Any]],
+                          con: duckdb.DuckDBPyConnection | None = None) -> None:
+        prepared = []
+        for row in rows:
+            values = [row.get(c) for c in _TRIAL_COLUMNS]
+            for i, column in enumerate(_TRIAL_COLUMNS):
+                if column in ("params", "levels") and values[i] is not None:
+                    values[i] = json.dumps(values[i])
+            prepared.append([run_id, *values])
+        self._insert_many("search_trials", ("run_id", *_TRIAL_COLUMNS), prepared, con)
+
+    def append_log(self, run_id: int, line: str) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO run_logs (run_id, line) VALUES (?, ?)", [run_id, line])
+
+    def _insert_many(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
+                     con: duckdb.DuckDBPyConnection | None) -> None:
+        if not rows:
+            return
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        if con is not None:
+            con.executemany(sql, rows)
+            return
+        with self.transaction() as own:
+            own.executemany(sql, rows)
+
+    # -- reads -------------------------------------------------------------------------------
+    def frame(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        """Run a read query and return a DataFrame."""
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
+
+    def runs(self) -> pd.DataFrame:
+        return self.frame("SELECT * FROM runs ORDER BY id")
+
+    def metrics(self, kind: str | None = None) -> pd.DataFrame:
+        """Metric rows joined with their run's model, method, sparsity, origin and source."""
+        sql = """SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
+                        r.sparsity, r.pattern, r.spec, r.status AS run_status,
+                        m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples,
+                        m.status, m.raw, m.note
+                 FROM metrics m JOIN runs r ON r.id = m.run_id"""
+        params: list[Any] = []
+        if kind is not None:
+            sql += " WHERE m.kind = ?"
+            params.append(kind)
+        return self.frame(sql + " ORDER BY r.id", params)
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
