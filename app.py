@@ -1,6 +1,8 @@
 """SparseBench dashboard: ``streamlit run app.py``.
 
-Opens the results store once per session, then hands over to the page chosen in the menu.
+Opens the results store once per session (``tables.session_store``: create or migrate the
+schema, then import the published figures when they changed), then hands over to the page
+chosen in the menu.
 """
 
 from __future__ import annotations

@@ -9,47 +9,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from core import config
-from core.engine.prune.methods import available
 from core.execution.run import run_and_store
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
+from core.runs.options import add_method_options, add_spec_options, spec_values
+from core.runs.specs import check
+from core.store import published
 from core.store.db import Store, StoreError
 from core.store.record import create_run
 
 
 def _prune_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="prune a model (or evaluate it dense) and store the results")
-    d = PruneSpec()
-    p.add_argument("--model", default=d.model, help="smollm2-135m, a local folder or a hub id")
-    p.add_argument("--method", default=d.method, choices=["dense", *available()])
-    p.add_argument("--sparsity", default=d.sparsity, help="0.5, 50%% or N:M such as 2:4")
+    p = sub.add_parser("prune", help="prune a model (or evaluate it dense) and store the results",
+                       description="Every option below comes from the run spec's schema and "
+                                   "the pruning methods' parameters.")
+    add_spec_options(p, PruneSpec)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method parameter, e.g. dampening=0.01 (JSON values)")
-    p.add_argument("--calibration", default=d.calibration,
-                   help="wiki-offline, wikitext2, ptb, c4 or a .txt path")
-    p.add_argument("--samples", type=int, default=d.samples)
-    p.add_argument("--seqlen", type=int, default=d.seqlen)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--blocks", type=int, nargs=2, metavar=("START", "END"))
-    p.add_argument("--owl", type=float, nargs=2, metavar=("M", "LAMBDA"),
-                   help="OWL layer-wise sparsity (magnitude, wanda, sparsegpt), e.g. --owl 5 0.08")
-    p.add_argument("--eval", nargs="+", default=d.ppl_datasets, dest="ppl_datasets")
-    p.add_argument("--ppl-seqlen", type=int, default=d.ppl_seqlen)
-    p.add_argument("--max-windows", type=int, default=d.max_windows,
-                   help="cap on evaluation windows (0 = all)")
-    p.add_argument("--zero-shot", nargs="+", default=[], dest="zero_shot_tasks", metavar="TASK",
-                   help="lm-eval tasks, e.g. piqa hellaswag arc_easy boolq rte, or the offline "
-                        "sb_everyday sb_wiki_next")
-    p.add_argument("--num-fewshot", type=int, default=d.num_fewshot)
-    p.add_argument("--zs-limit", type=int, default=None, help="examples per zero-shot task")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--dtype", default=d.dtype)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--save", dest="save_dir", help="save the pruned model (safetensors) here")
+                   help="a parameter of the chosen method as KEY=VALUE (JSON values); the "
+                        "same as --<method>-<key>")
+    add_method_options(p)
 
 
 def _params(pairs: list[str]) -> dict[str, object]:
@@ -57,7 +39,7 @@ def _params(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--param needs KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--param needs KEY=VALUE, got {pair!r}")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -65,20 +47,30 @@ def _params(pairs: list[str]) -> dict[str, object]:
     return params
 
 
+def prune_spec(args: argparse.Namespace) -> tuple[PruneSpec | None, list[str]]:
+    """The spec the options describe, or every problem with them."""
+    try:
+        values = spec_values(args, PruneSpec)
+        values["method_params"] = {**values.get("method_params", {}), **_params(args.param)}
+    except ValueError as exc:
+        return None, [str(exc)]
+    for key in ("model", "calibration", "save_dir"):
+        if isinstance(values.get(key), str):
+            values[key] = local_path(values[key])
+    values["ppl_datasets"] = [local_path(p) for p in values.get("ppl_datasets", [])] or (
+        values.get("ppl_datasets", PruneSpec().ppl_datasets))
+    return check(PruneSpec, values)
+
+
+def local_path(text: str) -> str:
+    """A local path made absolute (the worker runs in another folder); other text unchanged."""
+    path = Path(text).expanduser()
+    return str(path.resolve()) if text.startswith(("/", ".", "~")) or path.exists() else text
+
+
 def cmd_prune(args: argparse.Namespace, store: Store) -> int:
-    spec = PruneSpec(
-        model=args.model, method=args.method, sparsity=args.sparsity,
-        method_params=_params(args.param), calibration=args.calibration, samples=args.samples,
-        seqlen=args.seqlen, seed=args.seed, block_range=list(args.blocks) if args.blocks else None,
-        owl={"M": args.owl[0], "lambda": args.owl[1]} if args.owl else None,
-        ppl_datasets=args.ppl_datasets, ppl_seqlen=args.ppl_seqlen,
-        max_windows=args.max_windows or None, zero_shot_tasks=args.zero_shot_tasks,
-        num_fewshot=args.num_fewshot, zs_limit=args.zs_limit,
-        batch_size=args.batch_size, dtype=args.dtype,
-        device=args.device, trust_remote_code=args.trust_remote_code, save_dir=args.save_dir,
-    )
-    problems = spec.validate()
-    if problems:
+    spec, problems = prune_spec(args)
+    if spec is None:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -118,7 +110,8 @@ def cmd_runs(store: Store) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``prune`` options come from the spec schema and the methods."""
     parser = argparse.ArgumentParser(prog="python cli.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default=None, help=f"results file (default {config.db_path()})")
@@ -126,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     _prune_parser(sub)
     sub.add_parser("runs", help="list your runs")
     sub.add_parser("init", help="create the database and import the published figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         store = Store(args.db).init()
@@ -133,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prune(args, store)
         if args.command == "runs":
             return cmd_runs(store)
-        print(f"database ready: {store.path}")
+        if not store.writable:
+            print(f"database ready, read-only: {store.path} (published figures not imported)")
+        elif published.sync(store):
+            print(f"database ready: {store.path} (published figures imported)")
+        else:
+            print(f"database ready: {store.path} (published figures up to date)")
         return 0
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

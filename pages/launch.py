@@ -17,9 +17,11 @@ from core.execution.local import LocalExecutor
 from core.present import runs as run_views
 from core.present import tables
 from core.runs import sweep
-from core.runs.specs import DTYPE_CHOICES, LIMITS, OWL_METHODS, PruneSpec
+from core.runs.kinds.prune import OWL_METHODS, PruneSpec
+from core.runs.specs import check
 from core.store.db import StoreError
 from ui.components import store_or_stop, use_app_menu
+from ui.schema_form import field_input, params_inputs
 
 LOCAL_FILE = "a local .txt file…"
 
@@ -53,6 +55,28 @@ sources = data.known_sources()
 problems: list[str] = []  # what the form itself finds (the spec checks the rest)
 
 
+def queue(spec: PruneSpec, grid: dict | None, fresh: bool) -> None:
+    """Submit the checked spec (or its sweep) and say what was queued or reused."""
+    try:
+        if grid:
+            submission = jobs.submit_sweep(store, spec, grid, fresh=fresh)
+        else:
+            submission = jobs.submit(store, spec, fresh=fresh)
+        LocalExecutor(store).ensure_workers()
+        message = (run_views.sweep_message(submission) if grid
+                   else run_views.submission_message(store, submission))
+    except ValueError as exc:  # a grid cell the spec checks refuse
+        st.error(f"Nothing was queued. Please fix: {exc}")
+    except StoreError as exc:
+        st.error(str(exc))
+    else:
+        nothing_new = (submission.reused == len(submission.run_ids) if grid
+                       else submission.reused)
+        (st.info if nothing_new else st.success)(message)
+        st.page_link("pages/runs.py", label="Follow it on the Runs page",
+                     icon=":material/play_circle:")
+
+
 def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
     """The path(s) typed for a local text source, made absolute; problems are noted."""
     text = st.text_input(
@@ -69,17 +93,11 @@ def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
 
 
 st.subheader("Model")
-model = st.text_input(
-    "Model name or folder", defaults.model,
-    help="'smollm2-135m' is the offline default (installed with the app). Or a local folder "
-         "with a transformers model, or a hub id such as meta-llama/Llama-2-7b-hf (needs "
-         "network access).")
+model = field_input(PruneSpec, "model", key="prune-model")
 left, mid, right = st.columns(3, vertical_alignment="bottom")
-dtype = left.selectbox("Weights dtype", DTYPE_CHOICES)
-device = mid.text_input("Device", defaults.device, help="cpu, cuda, cuda:1 or mps")
-trust = right.checkbox("Trust remote code", False,
-                       help="Runs Python code shipped with the model. Off unless you trust the "
-                            "model's authors.")
+dtype = field_input(PruneSpec, "dtype", key="prune-dtype", container=left)
+device = field_input(PruneSpec, "device", key="prune-device", container=mid)
+trust = field_input(PruneSpec, "trust_remote_code", key="prune-trust", container=right)
 
 st.subheader("Pruning")
 methods = ["dense", *available()]
@@ -93,9 +111,7 @@ block_range = None
 sparsity = "0"
 if method != "dense":
     left, right = st.columns(2)
-    sparsity = left.text_input("Sparsity", defaults.sparsity,
-                               help="Fraction of weights pruned: 0.5 or 50%; or N:M such as 2:4 "
-                                    "(N pruned in every M consecutive inputs).")
+    sparsity = field_input(PruneSpec, "sparsity", key="prune-sparsity", container=left)
     block_text = right.text_input("Block range (optional)", "", placeholder="all blocks",
                                   help="start,end such as 0,15: prune blocks start to end-1 "
                                        "only; empty = every block.")
@@ -115,21 +131,7 @@ if method != "dense":
                                                 value=5.0)),
                    "lambda": float(right.number_input("OWL lambda (max deviation)", 0.0, 0.49,
                                                       value=0.08, format="%.3f"))}
-    method_params = run_views.method_parameters(method)
-    columns = st.columns(max(len(method_params), 1))
-    for column, (name, default) in zip(columns, method_params.items(), strict=False):
-        label = run_views.parameter_label(name)
-        if isinstance(default, bool):
-            params[name] = column.checkbox(label, default)
-        elif isinstance(default, int):
-            params[name] = int(column.number_input(label, value=default, step=1))
-        elif default is None:  # "architecture default" (e.g. SparseLLM's alpha): empty field
-            value = column.number_input(label, value=None, format="%.4f",
-                                        placeholder="architecture default")
-            if value is not None:  # whole numbers as int (e.g. SparseLLM's iterations)
-                params[name] = int(value) if float(value).is_integer() else value
-        else:
-            params[name] = float(column.number_input(label, value=float(default), format="%.4f"))
+    params = params_inputs(REGISTRY[method].Params, key=f"prune-{method}")
 
 calibration, samples, seqlen, seed = (defaults.calibration, defaults.samples, defaults.seqlen,
                                       defaults.seed)
@@ -145,9 +147,9 @@ if method in REGISTRY and (REGISTRY[method].needs_calibration or owl is not None
     else:
         calibration = choice
     left, mid, right = st.columns(3)
-    samples = int(left.number_input("Samples", *LIMITS["samples"], value=defaults.samples))
-    seqlen = int(mid.number_input("Tokens per sample", *LIMITS["seqlen"], value=defaults.seqlen))
-    seed = int(right.number_input("Seed", 0, 2**31 - 1, value=defaults.seed))
+    samples = field_input(PruneSpec, "samples", key="prune-samples", container=left)
+    seqlen = field_input(PruneSpec, "seqlen", key="prune-seqlen", container=mid)
+    seed = field_input(PruneSpec, "seed", key="prune-seed", container=right)
 
 st.subheader("Perplexity evaluation")
 chosen = st.multiselect("Evaluation datasets", [*sources, LOCAL_FILE],
@@ -159,12 +161,9 @@ if LOCAL_FILE in chosen:
     ppl_datasets += text_files("Evaluation", "Evaluation .txt files (comma separated)",
                                    "evaluation-paths", many=True)
 left, mid, right = st.columns(3)
-ppl_seqlen = int(left.number_input("Window length (tokens)", *LIMITS["seqlen"],
-                                   value=defaults.ppl_seqlen))
-max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windows"][1],
-                                   value=defaults.max_windows or 0))
-batch_size = int(right.number_input("Batch size", *LIMITS["batch_size"],
-                                    value=defaults.batch_size))
+ppl_seqlen = field_input(PruneSpec, "ppl_seqlen", key="prune-ppl-seqlen", container=left)
+max_windows = field_input(PruneSpec, "max_windows", key="prune-windows", container=mid)
+batch_size = field_input(PruneSpec, "batch_size", key="prune-batch", container=right)
 
 st.subheader("Zero-shot evaluation (lm-evaluation-harness)")
 offline_tasks = list(zeroshot.OFFLINE_TASKS)
@@ -182,8 +181,8 @@ zero_shot_tasks = list(dict.fromkeys(
 num_fewshot, zs_limit = 0, None
 if zero_shot_tasks:
     left, right = st.columns(2)
-    num_fewshot = int(left.number_input("Few-shot examples", 0, 64, value=0))
-    zs_limit = int(right.number_input("Examples per task (0 = all)", 0, 10**7, value=0)) or None
+    num_fewshot = field_input(PruneSpec, "num_fewshot", key="prune-fewshot", container=left)
+    zs_limit = field_input(PruneSpec, "zs_limit", key="prune-zs-limit", container=right)
 
 st.subheader("Sweep (optional)")
 sweep_text = st.text_area(
@@ -201,39 +200,20 @@ save_dir = st.text_input("Save the pruned model to (optional folder)", "",
 fresh = st.checkbox("Run again even if an identical run is stored", False)
 
 if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
-    spec = PruneSpec(
+    spec, spec_problems = check(PruneSpec, dict(
         model=run_views.local_path(model), method=method, sparsity=sparsity.strip(),
         method_params=params, calibration=calibration, samples=samples, seqlen=seqlen,
         seed=seed, block_range=block_range, owl=owl, ppl_datasets=ppl_datasets,
         ppl_seqlen=ppl_seqlen, zero_shot_tasks=zero_shot_tasks, num_fewshot=num_fewshot,
-        zs_limit=zs_limit,
-        max_windows=max_windows or None, batch_size=batch_size, dtype=dtype,
+        zs_limit=zs_limit, max_windows=max_windows, batch_size=batch_size, dtype=dtype,
         device=device.strip(), trust_remote_code=trust,
-        save_dir=run_views.local_path(save_dir) or None,
-    )
-    problems = run_views.merge_problems(problems, spec.validate())
+        save_dir=run_views.local_path(save_dir) or None))
+    problems = run_views.merge_problems(problems, spec_problems)
     if grid and not problems:
         problems = sweep.validate_grid(spec, grid)
     if problems:
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
     else:
-        try:
-            if grid:
-                submission = jobs.submit_sweep(store, spec, grid, fresh=fresh)
-            else:
-                submission = jobs.submit(store, spec, fresh=fresh)
-            LocalExecutor(store).ensure_workers()
-            message = (run_views.sweep_message(submission) if grid
-                       else run_views.submission_message(store, submission))
-        except ValueError as exc:  # a grid cell the spec checks refuse
-            st.error(f"Nothing was queued. Please fix: {exc}")
-        except StoreError as exc:
-            st.error(str(exc))
-        else:
-            nothing_new = (submission.reused == len(submission.run_ids) if grid
-                           else submission.reused)
-            (st.info if nothing_new else st.success)(message)
-            st.page_link("pages/runs.py", label="Follow it on the Runs page",
-                         icon=":material/play_circle:")
+        queue(spec, grid, fresh)
 
 st.caption(f"Results are stored in `{config.db_path()}`.")

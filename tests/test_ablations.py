@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.execution import jobs
 from core.present import ablations, charts, tables
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
+from core.store import published
 from core.store.db import Store
 from core.store.record import create_run
 from tests.seed_files import seed_file
@@ -33,7 +34,9 @@ def seed_section(title: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def published_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    return Store(tmp_path_factory.mktemp("abl") / "r.duckdb").init()
+    store = Store(tmp_path_factory.mktemp("abl") / "r.duckdb").init()
+    published.sync(store)
+    return store
 
 
 def test_compute_time_grid_holds_seed_table_3(published_store: Store) -> None:
@@ -81,7 +84,7 @@ def test_published_table_4_grid_and_best_cell(published_store: Store) -> None:
 
 
 def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     folder = tiny_llama_folder(tmp_path / "model")
     corpus = tmp_path / "c.txt"
     corpus.write_text(SAMPLE_TEXT)
@@ -116,7 +119,7 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
 
 
 def test_own_compute_time_and_costs(tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     runs = []
     for method, seconds in (("wanda", 3.0), ("sparsegpt", 9.0), ("wanda", 4.0)):
         run_id = create_run(store, PruneSpec(model="m", method=method, sparsity="0.5"),

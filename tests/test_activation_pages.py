@@ -20,8 +20,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.execution.local import LocalExecutor
 from core.present import tables
+from core.runs.kinds.activation import ActivationSpec
+from core.runs.kinds.search import SearchSpec
 from core.runs.results import ChildRun, RunResult
-from core.runs.specs import ActivationSpec, SearchSpec
 from core.store import published
 from core.store.db import Store
 from core.store.record import create_run, store_result

@@ -19,8 +19,10 @@ import pytest
 from core.execution import jobs
 from core.execution.run import run_and_store
 from core.present import tables
+from core.runs.kinds.activation import ActivationSpec
+from core.runs.kinds.search import SearchSpec
 from core.runs.registry import spec_from_dict
-from core.runs.specs import ActivationSpec, SearchSpec
+from core.runs.specs import check
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import tiny_llama_folder
@@ -37,7 +39,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def new_store(folder: Path) -> Store:
-    return Store(folder / "results.duckdb").init(import_published=False)
+    return Store(folder / "results.duckdb").init()
 
 
 def search_spec(model: str, **change: object) -> SearchSpec:
@@ -188,11 +190,15 @@ def test_failed_search_leaves_nothing_half_written(model_dir: str, tmp_path: Pat
     assert store.frame("SELECT count(*) FROM runs").iloc[0, 0] == 1  # no child run either
 
 
+def problems_of(cls: type, **values: object) -> list[str]:
+    """Every problem ``check`` finds in a spec built from ``values``."""
+    return check(cls, values)[1]
+
+
 def test_search_spec_messages() -> None:
-    bad = SearchSpec(model="./nope/model", task="no_such_task_xyz", goal=1.5,
-                     sum_weights=[0.2, 1.2, 0.2], top_k=0, n_calibration=0, n_search=0,
-                     block_range=[3, 1], device="gpu", tolerance=0.5)
-    problems = bad.validate()
+    problems = problems_of(SearchSpec, model="./nope/model", task="no_such_task_xyz", goal=1.5,
+                           sum_weights=[0.2, 1.2, 0.2], top_k=0, n_calibration=0, n_search=0,
+                           block_range=[3, 1], device="gpu", tolerance=0.5)
     expected = ["Model: the folder './nope/model' does not exist",
                 "Task 'no_such_task_xyz' is not an lm-eval task",
                 "Goal: 1.5 is not a number above 0 and at most 1",
@@ -207,28 +213,28 @@ def test_search_spec_messages() -> None:
     for part in expected:
         assert any(part in p for p in problems), (part, problems)
     assert len(problems) == len(expected), problems
-    neither = SearchSpec(goal=None, goal_factor=None).validate()
+    neither = problems_of(SearchSpec, goal=None, goal_factor=None)
     assert any(p.startswith("Goal: give a goal") for p in neither)
-    assert SearchSpec(goal=None, goal_factor=0.9).validate() == []
-    assert SearchSpec().validate() == []
+    assert problems_of(SearchSpec, goal=None, goal_factor=0.9) == []
+    assert problems_of(SearchSpec) == []
 
 
 def test_activation_spec_messages() -> None:
-    assert ActivationSpec(tasks=[TASK]).validate() == []
-    problems = ActivationSpec(method="coreinfer", sparsity=0.0, token_sparsity=2).validate()
+    assert problems_of(ActivationSpec, tasks=[TASK]) == []
+    problems = problems_of(ActivationSpec, method="coreinfer", sparsity=0.0, token_sparsity=2)
     assert any(p.startswith("Kept fraction (CoreInfer sparsity): 0.0 is not a number above 0")
                for p in problems)
     assert any(p.startswith("Token sparsity: 2") for p in problems)
     assert any(p.startswith("Evaluation: choose at least one") for p in problems)
-    levels = ActivationSpec(method="sparsity-levels", levels=None, tasks=[TASK]).validate()
+    levels = problems_of(ActivationSpec, method="sparsity-levels", levels=None, tasks=[TASK])
     assert levels == ["Levels: give one kept fraction per converted block, e.g. 0.35, 0.4, "
                       "0.45 (each between 0 and 1)."]
-    wrong = ActivationSpec(method="sparsity-levels", levels=[0.4, 1.3, 0.2], block_range=[0, 2],
-                           tasks=[TASK]).validate()
+    wrong = problems_of(ActivationSpec, method="sparsity-levels", levels=[0.4, 1.3, 0.2],
+                        block_range=[0, 2], tasks=[TASK])
     assert any("[1.3] are not kept fractions" in p for p in wrong)
     assert any("3 values for the block range [0, 2]" in p for p in wrong)
-    assert any("'lasso' is unknown" in p for p in ActivationSpec(method="lasso",
-                                                                  tasks=[TASK]).validate())
+    assert any("'lasso' is unknown" in p for p in problems_of(ActivationSpec, method="lasso",
+                                                                  tasks=[TASK]))
 
 
 def test_specs_round_trip_and_queue_without_dense_baseline(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from core.engine import models
 from core.engine.evaluate import zeroshot
 from core.execution.run import run_and_store
-from core.runs.specs import ActivationSpec
+from core.runs.kinds.activation import ActivationSpec
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import tiny_llama_folder
@@ -60,7 +60,7 @@ def test_activation_run_generates_sparse(model_dir: str, tmp_path: Path) -> None
     """token_sparsity 1: every token votes for all its positive neurons, so each prompt has more
     than enough candidates and CoreInfer keeps exactly int(64 x 0.4) = 25 neurons per block in
     every decode step of the generation (batch 2: padded batches count only real neurons)."""
-    store = Store(tmp_path / "results.duckdb").init(import_published=False)
+    store = Store(tmp_path / "results.duckdb").init()
     spec = ActivationSpec(model=model_dir, method="coreinfer", sparsity=0.4, token_sparsity=1.0,
                           tasks=[TASK], limit=4, batch_size=2)
     run_id = create_run(store, spec)

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.execution.local import LocalExecutor
 from core.present import runs as run_views
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
 from core.store import published
 from core.store.db import Store
 from core.store.record import create_run

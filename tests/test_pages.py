@@ -36,7 +36,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def store(db: Path) -> Store:
-    return Store().init()
+    store = Store().init()
+    published.sync(store)
+    return store
 
 
 @pytest.fixture
@@ -206,7 +208,7 @@ def test_locked_database_is_reported(store: Store, db: Path,
 # -- own runs on the zero-shot and layer-statistics pages ----------------------------------------
 def own_run(store: Store, method: str, metrics: list[dict], layer_stats: list[dict] | None = None,
             **spec_fields: object) -> int:
-    from core.runs.specs import PruneSpec
+    from core.runs.kinds.prune import PruneSpec
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else "0.5", **spec_fields)
     run_id = create_run(store, spec, status="done")

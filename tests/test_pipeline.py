@@ -14,8 +14,8 @@ import cli
 from core.engine import models
 from core.engine.prune.runner import LinearSparsity, PruneReport
 from core.execution.run import run_and_store
-from core.runs.kinds.prune import layer_stat_rows
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec, layer_stat_rows
+from core.runs.specs import check
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
@@ -41,8 +41,15 @@ def tiny_spec(model_dir: Path, corpus: str, **overrides) -> PruneSpec:
     return PruneSpec(**values)
 
 
+def spec_problems(model_dir: Path, corpus: str, **overrides) -> list[str]:
+    """Every problem ``check`` finds in the tiny spec with ``overrides``."""
+    values = tiny_spec(model_dir, corpus).to_dict()
+    values.update(overrides)
+    return check(PruneSpec, values)[1]
+
+
 def test_validation_messages_say_what_is_allowed(model_dir: Path, corpus: str) -> None:
-    assert tiny_spec(model_dir, corpus).validate() == []
+    assert spec_problems(model_dir, corpus) == []
     cases = {
         "sparsity": ("1.0", "1.0 would remove every weight"),
         "method": ("pruneall", "choose dense or one of"),
@@ -54,13 +61,13 @@ def test_validation_messages_say_what_is_allowed(model_dir: Path, corpus: str) -
         "method_params": ({"alpha": 1}, "has no parameter"),
     }
     for field, (value, message) in cases.items():
-        problems = tiny_spec(model_dir, corpus, **{field: value}).validate()
+        problems = spec_problems(model_dir, corpus, **{field: value})
         assert any(message in p for p in problems), (field, problems)
-    assert any("N < M" in p for p in tiny_spec(model_dir, corpus, sparsity="4:4").validate())
+    assert any("N < M" in p for p in spec_problems(model_dir, corpus, sparsity="4:4"))
 
 
 def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     dense = tiny_spec(model_dir, corpus).dense_baseline()
     pruned = tiny_spec(model_dir, corpus, method="sparsegpt", sparsity="2:4")
     for spec in (dense, pruned):
@@ -83,7 +90,7 @@ def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path
 
 def test_failed_run_keeps_its_error_and_no_results(model_dir: Path, corpus: str,
                                                    tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     short = tmp_path / "short.txt"
     short.write_text("too short to fill one window")
     spec = tiny_spec(model_dir, corpus, ppl_datasets=[str(short)])  # evaluation fails
@@ -97,7 +104,7 @@ def test_failed_run_keeps_its_error_and_no_results(model_dir: Path, corpus: str,
 
 def test_saved_model_reloads_with_transformers(model_dir: Path, corpus: str,
                                                tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     spec = tiny_spec(model_dir, corpus, method="magnitude", save_dir=str(tmp_path / "saved"))
     run_and_store(store, create_run(store, spec), spec)
     assert list((tmp_path / "saved").glob("*.safetensors"))
@@ -148,10 +155,10 @@ def test_owl_run_stores_its_block_targets_and_follows_them(model_dir: Path, corp
     from core.engine import data
     from core.engine.prune import owl
 
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     spec = tiny_spec(model_dir, corpus, method="magnitude", sparsity="0.5",
                      owl={"M": 2.0, "lambda": 0.2})
-    assert spec.validate() == []
+    assert spec.problems() == []
     run_and_store(store, create_run(store, spec), spec)
     stats = store.frame("SELECT block, stat, value FROM layer_stats "
                         "WHERE layer = 'block' ORDER BY block")
@@ -171,7 +178,7 @@ def test_owl_run_stores_its_block_targets_and_follows_them(model_dir: Path, corp
 
 def test_owl_with_a_block_range_averages_over_the_range(model_dir: Path, corpus: str,
                                                         tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     spec = tiny_spec(model_dir, corpus, method="wanda", sparsity="0.4", block_range=[1, 2],
                      owl={"M": 2.0, "lambda": 0.1})
     run_and_store(store, create_run(store, spec), spec)

@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from core.present import tables
+from core.store import db as store_db
 from core.store import published
 from core.store.db import Store
 from tests.seed_files import COPY, SHARED, seed_file
@@ -47,7 +49,9 @@ def test_seed_copies_equal_the_shared_seeds() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    return Store(tmp_path_factory.mktemp("published") / "t.duckdb").init()
+    store = Store(tmp_path_factory.mktemp("published") / "t.duckdb").init()
+    published.sync(store)
+    return store
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -617,3 +621,133 @@ def test_seed_003_trials_carry_the_sample_count_the_seed_states(store: Store,
     counts = store.frame("SELECT DISTINCT t.n_samples FROM search_trials t JOIN runs r "
                          "ON r.id = t.run_id WHERE r.origin = 'published'")["n_samples"]
     assert counts.tolist() == [int(stated[0])]
+
+
+# ------------------------------------------------------------- explicit import, stable ids
+def _published_ids(store: Store) -> dict[int, dict[str, Any]]:
+    frame = store.frame("SELECT id, spec FROM runs WHERE origin = 'published'")
+    return {int(i): json.loads(s) for i, s in zip(frame["id"], frame["spec"], strict=True)}
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=published.FIGURE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _key(row: dict[str, str]) -> tuple:
+    params = json.loads(row["params"]) if row["params"].strip() else {}
+    return published.figure_key(row, {k: v for k, v in params.items()
+                                      if k not in published.ROW_KEYS})
+
+
+def test_init_only_creates_the_schema(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.duckdb").init()
+    assert store.schema_version() == store_db.SCHEMA_VERSION
+    assert store.runs().empty
+    assert store.get_meta("published_fingerprint") is None
+
+
+def test_sync_imports_once_and_only_when_changed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.duckdb").init()
+    assert published.sync(store) is True
+    ids = _published_ids(store)
+    assert len(ids) == len(published.collect()) > 0
+    assert published.sync(store) is False  # nothing changed: not imported again
+    assert _published_ids(store) == ids
+
+
+def test_published_ids_are_derived_and_never_an_own_runs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.duckdb").init()
+    before = store.create_run(kind="prune", model="m", method="wanda", spec={"n": 1})
+    published.sync(store)
+    after = store.create_run(kind="prune", model="m", method="wanda", spec={"n": 2})
+    ids = set(_published_ids(store))
+    assert ids == set(published.collect())
+    assert all(-published.ID_SPAN <= i <= -1 for i in ids)
+    assert {before, after} == {1, 2} and not ids & {before, after}
+    # the same files give the same ids in any other store
+    other = Store(tmp_path / "other.duckdb").init()
+    published.sync(other)
+    assert set(_published_ids(other)) == ids
+
+
+def test_reimport_keeps_the_ids_of_unchanged_runs(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = tmp_path / "figures.csv"
+    rows = _csv(published.FIGURES)
+    _write_csv(figures, rows)
+    monkeypatch.setattr(published, "FIGURES", figures)
+    store = Store(tmp_path / "r.duckdb").init()
+    own = store.create_run(kind="prune", model="m", method="wanda", spec={}, status="done")
+    store.add_metrics(own, [{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                             "value": 9.0}])
+    assert published.sync(store)
+    first = _published_ids(store)
+    sizes = Counter(_key(r) for r in rows)
+    single = [i for i, r in enumerate(rows) if sizes[_key(r)] == 1 and r["kind"] == "perplexity"]
+    revalued, moved, dropped = single[0], single[1], single[2]
+    old_value = rows[revalued]["value"]
+    changed = [dict(r) for r in rows]
+    changed[revalued].update(value="123.45", raw="123.45")  # a corrected number: same run
+    changed[moved]["model"] = rows[moved]["model"] + "-moved"  # another run now
+    added = {**rows[0], "table": "A table added later", "value": "1.5", "raw": "1.5"}
+    keys = {name: _key(rows[i]) for name, i in
+            (("revalued", revalued), ("moved", moved), ("dropped", dropped))}
+    del changed[dropped]
+    _write_csv(figures, [*changed, added])
+    assert published.sync(store)
+    second = _published_ids(store)
+
+    ids = {name: published.run_id(key) for name, key in keys.items()}
+    assert set(ids.values()) <= set(first)
+    untouched = set(first) - {ids["moved"], ids["dropped"]}
+    assert {i: first[i] for i in untouched} == {i: second[i] for i in untouched}
+    assert ids["moved"] not in second and ids["dropped"] not in second
+    new = set(second) - set(first)
+    assert new == {published.run_id(_key(changed[moved - (moved > dropped)])),
+                   published.run_id(_key(added))}
+    assert second[published.run_id(_key(added))]["table"] == "A table added later"
+    value = store.frame("SELECT value FROM metrics WHERE run_id = ?", [ids["revalued"]])
+    assert value["value"].tolist() == [123.45] and old_value != "123.45"
+    # every number written once, own run untouched
+    counts = store.frame("SELECT (SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
+                         "WHERE r.origin = 'published') + (SELECT count(*) FROM layer_stats)")
+    assert counts.iloc[0, 0] == len(changed) + 1
+    assert store.metrics().query("origin == 'own'")["value"].tolist() == [9.0]
+    assert int(store.runs().query("origin == 'own'")["id"].iloc[0]) == own
+
+
+def test_runs_imported_with_sequence_ids_get_their_stable_ids(tmp_path: Path) -> None:
+    """A file written before stable ids holds published runs numbered by the sequence."""
+    store = Store(tmp_path / "old.duckdb").init()
+    old = store.create_run(kind="published", model="m", method="wanda", origin="published",
+                           spec={"x": 1}, status="done")
+    store.add_metrics(old, [{"kind": "perplexity", "dataset": "d", "metric": "ppl", "value": 1}])
+    own = store.create_run(kind="prune", model="m", method="wanda", spec={}, status="done")
+    with store.transaction() as con:
+        con.execute("INSERT INTO meta VALUES ('published_fingerprint', 'from importer 2')")
+    assert published.sync(store)
+    ids = set(_published_ids(store))
+    assert old not in ids and ids == set(published.collect())
+    assert store.frame("SELECT count(*) FROM metrics WHERE run_id = ?", [old]).iloc[0, 0] == 0
+    assert store.runs().query("origin == 'own'")["id"].tolist() == [own]
+
+
+def test_read_only_store_is_not_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "r.duckdb").init()
+    monkeypatch.setattr(store_db, "_writable", lambda _path: False)
+    readonly = Store(store.path).init()
+    assert published.sync(readonly) is False and readonly.runs().empty
+
+
+def test_dashboard_store_imports_the_figures_once_per_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSEBENCH_DB", str(tmp_path / "results.duckdb"))
+    state: dict[str, Any] = {}
+    store = tables.session_store(state)
+    assert set(_published_ids(store)) == set(published.collect())
+    calls: list[Store] = []
+    monkeypatch.setattr(published, "sync", calls.append)
+    assert tables.session_store(state) is store and not calls

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.present import compare, export, report, tables
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
 from core.store import published
 from core.store.db import Store
 from core.store.record import create_run
@@ -33,7 +33,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def store(db: Path) -> Store:
-    return Store().init()
+    store = Store().init()
+    published.sync(store)
+    return store
 
 
 @pytest.fixture

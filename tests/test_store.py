@@ -15,7 +15,7 @@ from tests.store_procs import hold_lock
 
 
 def make_store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "results.duckdb").init(import_published=False)
+    return Store(tmp_path / "results.duckdb").init()
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
                     "'done')")
         con.execute("INSERT INTO metrics (run_id, kind, dataset, metric, value) "
                     "VALUES (1, 'perplexity', 'wikitext2', 'ppl', 7.5)")
-    upgraded = Store(path).init(import_published=False)
+    upgraded = Store(path).init()
     assert upgraded.schema_version() == SCHEMA_VERSION
     frame = upgraded.metrics()
     assert frame["value"].tolist() == [7.5] and "raw" in frame.columns

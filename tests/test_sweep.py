@@ -11,8 +11,8 @@ import pytest
 from core.execution import jobs
 from core.execution.run import run_and_store
 from core.present import ablations
+from core.runs.kinds.prune import PruneSpec
 from core.runs.registry import spec_from_dict
-from core.runs.specs import PruneSpec
 from core.store.db import Store
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
@@ -34,7 +34,7 @@ def run_queue(store: Store) -> None:
 
 
 def test_sweep_stores_one_run_per_cell(base: PruneSpec, tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5, 0.7]}
     submission = jobs.submit_sweep(store, base, grid)
     assert len(submission.run_ids) == 6 and len(set(submission.run_ids)) == 6
@@ -58,7 +58,7 @@ def test_sweep_stores_one_run_per_cell(base: PruneSpec, tmp_path: Path) -> None:
 
 
 def test_bad_grids_are_refused(base: PruneSpec, tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     cases = {
         "model": ({"model": [1, 2]}, "cannot be swept"),
         "text": ({"method_params.dampening": ["a"]}, "must be numbers"),

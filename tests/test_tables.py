@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from core.present import charts, export, tables
+from core.store import published as published_figures
 from core.store.db import Store
 from core.store.record import create_run
 
@@ -273,7 +274,7 @@ def test_coreinfer_is_matched_on_the_same_goal() -> None:
 
 @pytest.fixture
 def store(tmp_path) -> Store:
-    return Store(tmp_path / "t.duckdb").init(import_published=False)
+    return Store(tmp_path / "t.duckdb").init()
 
 
 def test_search_table_from_a_store(store: Store) -> None:
@@ -370,7 +371,9 @@ def test_retention_chart_hatches_published_bars() -> None:
 # -- the published figures, end to end -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def published_store(tmp_path_factory) -> Store:
-    return Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
+    store = Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
+    published_figures.sync(store)
+    return store
 
 
 def test_published_reference_rows(published_store: Store) -> None:
@@ -401,7 +404,7 @@ def test_published_seed_000_tables(published_store: Store) -> None:
 def own_run(store: Store, method: str, metrics: list[dict[str, Any]], sparsity: str = "0.5",
             **spec_fields: Any) -> int:
     """An own, finished run created as the pipeline does (spec from ``PruneSpec``)."""
-    from core.runs.specs import PruneSpec
+    from core.runs.kinds.prune import PruneSpec
 
     spec = PruneSpec(method=method, sparsity="0" if method == "dense" else sparsity,
                      **spec_fields)

@@ -18,7 +18,7 @@ from core import config
 from core.engine import data
 from core.execution import jobs, worker
 from core.execution.local import LocalExecutor
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
 from core.store.db import Store
 from tests.store_procs import keep_writing
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder, tiny_tokenizer
@@ -47,7 +47,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture()
 def store(tmp_path: Path, monkeypatch) -> Store:
     monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
-    return Store(tmp_path / "results.duckdb").init(import_published=False)
+    return Store(tmp_path / "results.duckdb").init()
 
 
 def spec(assets: dict[str, str], model: str = "small", text: str = "short", **kw) -> PruneSpec:

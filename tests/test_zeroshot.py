@@ -11,7 +11,7 @@ from core.engine import models
 from core.engine.evaluate import zeroshot
 from core.execution import jobs
 from core.execution.run import run_and_store
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
@@ -69,10 +69,10 @@ def test_task_with_missing_data_fails_alone(tiny, tmp_path: Path) -> None:
 
 def test_unknown_task_is_refused_before_queueing(tiny, tmp_path: Path) -> None:
     folder, corpus, _, _ = tiny
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     spec = PruneSpec(model=str(folder), method="magnitude", ppl_datasets=[],
                      zero_shot_tasks=["sb_everyday", "no_such_task_xyz"])
-    problems = spec.validate()
+    problems = spec.problems()
     assert any("no_such_task_xyz" in p and "not an lm-eval task" in p for p in problems)
     with pytest.raises(ValueError, match="no_such_task_xyz"):
         jobs.submit(store, spec)
@@ -82,7 +82,7 @@ def test_unknown_task_is_refused_before_queueing(tiny, tmp_path: Path) -> None:
 
 def test_pipeline_stores_zero_shot_with_stderr_and_version(tiny, tmp_path: Path) -> None:
     folder, corpus, _, _ = tiny
-    store = Store(tmp_path / "r.duckdb").init(import_published=False)
+    store = Store(tmp_path / "r.duckdb").init()
     spec = PruneSpec(model=str(folder), method="magnitude", sparsity="0.5",
                      ppl_datasets=[str(corpus)], ppl_seqlen=32, max_windows=2,
                      zero_shot_tasks=["sb_everyday"], zs_limit=8)

@@ -1,9 +1,9 @@
 """The Launch page's forms for the activation-sparsity run kinds.
 
 * :func:`activation_form` -- CoreInfer or sparsity levels (explicit per-block levels), evaluated on
-  lm-eval tasks and/or CoreInfer perplexity (``core.spec.ActivationSpec``);
+  lm-eval tasks and/or CoreInfer perplexity (``ActivationSpec``);
 * :func:`search_form` -- seed 003's parameter search, one search per task
-  (``core.spec.SearchSpec``).
+  (``SearchSpec``).
 
 Every field is checked before anything is queued; the message names the field, says what is
 wrong and what is allowed.  Parsing of the text fields is in :func:`parse_numbers`.
@@ -20,8 +20,11 @@ from core.engine.evaluate import zeroshot
 from core.execution import jobs
 from core.execution.local import LocalExecutor
 from core.present import runs as run_views
-from core.runs.specs import DTYPE_CHOICES, LIMITS, ActivationSpec, SearchSpec
+from core.runs.kinds.activation import ActivationSpec
+from core.runs.kinds.search import SearchSpec
+from core.runs.specs import check
 from core.store.db import Store, StoreError
+from ui.schema_form import field_input
 
 METHODS = {"CoreInfer": "coreinfer", "Sparsity levels": "sparsity-levels"}
 GOAL_MODES = ("Fixed goal", "Relative to CoreInfer's measured kept fraction")
@@ -56,9 +59,9 @@ def _model_fields(key: str) -> dict[str, Any]:
         help="'smollm2-135m' is the offline default. CoreInfer supports the Llama family "
              "(SwiGLU FFN) and OPT (ReLU FFN).")
     left, mid, right = st.columns(3, vertical_alignment="bottom")
-    dtype = left.selectbox("Weights dtype", DTYPE_CHOICES, key=f"{key}-dtype")
+    dtype = field_input(ActivationSpec, "dtype", key=f"{key}-dtype", container=left)
     device = mid.text_input("Device", "cpu", key=f"{key}-device", help="cpu, cuda, cuda:1 or mps")
-    trust = right.checkbox("Trust remote code", False, key=f"{key}-trust")
+    trust = field_input(ActivationSpec, "trust_remote_code", key=f"{key}-trust", container=right)
     return {"model": run_views.local_path(model), "dtype": dtype, "device": device.strip(),
             "trust_remote_code": trust}
 
@@ -74,13 +77,16 @@ def _block_range(key: str, problems: list[str]) -> list[int] | None:
     return block_range
 
 
-def _queue(store: Store, specs: list[Any], problems: list[str], fresh: bool) -> None:
-    """Validate every spec (a field the form already reported is not reported again), then
-    queue them all or nothing."""
+def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[str],
+           fresh: bool) -> None:
+    """Check every spec built from ``cells`` (a field the form already reported is not
+    reported again), then queue them all or nothing."""
     reported = {p.split(":")[0] for p in problems}
-    for spec in specs:
-        problems += [p for p in spec.validate()
-                     if p not in problems and p.split(":")[0] not in reported]
+    specs = []
+    for values in cells:
+        spec, found = check(cls, values)
+        specs.append(spec)
+        problems += [p for p in found if p not in problems and p.split(":")[0] not in reported]
     if problems:
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
         return
@@ -126,10 +132,7 @@ def activation_form(store: Store) -> None:
     left, mid, right = st.columns(3)
     sparsity, levels = defaults.sparsity, None
     if method == "coreinfer":
-        sparsity = float(left.number_input("Kept fraction (sparsity)", 0.0, 1.0,
-                                           defaults.sparsity, 0.01, key="act-sparsity",
-                                           help="Fraction of FFN neurons KEPT (CoreInfer's "
-                                                "'sparsity'; 0.4 = 40% computed)."))
+        sparsity = field_input(ActivationSpec, "sparsity", key="act-sparsity", container=left)
     else:
         text = left.text_input("Levels (kept fraction per converted block)", "",
                                key="act-levels", placeholder="0.35, 0.4, 0.45, …",
@@ -138,10 +141,8 @@ def activation_form(store: Store) -> None:
         parsed, bad = parse_numbers("Levels", text, "0.35, 0.4, 0.45")
         problems += bad
         levels = parsed or None
-    token_sparsity = float(mid.number_input("Token sparsity", 0.0, 1.0, defaults.token_sparsity,
-                                            0.01, key="act-token",
-                                            help="Share of each token's positive activations "
-                                                 "it votes for (CoreInfer's default 0.2)."))
+    token_sparsity = field_input(ActivationSpec, "token_sparsity", key="act-token",
+                                 container=mid)
     with right:
         block_range = _block_range("act", problems)
 
@@ -152,8 +153,8 @@ def activation_form(store: Store) -> None:
              "sparse); generation tasks generate sparse. Offline: "
              f"{', '.join(zeroshot.OFFLINE_TASKS)}.")
     left, mid, right = st.columns(3)
-    limit = int(left.number_input("Examples per task (0 = all)", 0, 10**7, 0, key="act-limit"))
-    fewshot = int(mid.number_input("Few-shot examples", 0, 64, 0, key="act-fewshot"))
+    limit = field_input(ActivationSpec, "limit", key="act-limit", container=left)
+    fewshot = field_input(ActivationSpec, "num_fewshot", key="act-fewshot", container=mid)
     metric = right.text_input("Metric (optional)", "", key="act-metric",
                               placeholder="acc_norm, acc, exact_match, bleu_max…")
     ppl = st.multiselect("Perplexity datasets (CoreInfer perplexity)", data.known_sources(),
@@ -161,21 +162,17 @@ def activation_form(store: Store) -> None:
                          help="Each window's first half is pre-filled (dense, selects the core "
                               "neurons); its second half is scored sparse.")
     left, mid, right = st.columns(3)
-    ppl_seqlen = int(left.number_input("Window length (tokens)", *LIMITS["seqlen"],
-                                       value=defaults.ppl_seqlen, key="act-seqlen"))
-    max_windows = int(mid.number_input("Max windows (0 = all)", 0, LIMITS["max_windows"][1],
-                                       value=defaults.max_windows or 0, key="act-windows"))
-    batch = int(right.number_input("Batch size", *LIMITS["batch_size"],
-                                   value=defaults.batch_size, key="act-batch"))
+    ppl_seqlen = field_input(ActivationSpec, "ppl_seqlen", key="act-seqlen", container=left)
+    max_windows = field_input(ActivationSpec, "max_windows", key="act-windows", container=mid)
+    batch = field_input(ActivationSpec, "batch_size", key="act-batch", container=right)
     fresh = st.checkbox("Run again even if an identical run is stored", False, key="act-fresh")
     if st.button("Queue activation run", type="primary", icon=":material/rocket_launch:"):
-        spec = ActivationSpec(method=method, sparsity=sparsity, token_sparsity=token_sparsity,
-                              levels=levels, block_range=block_range,
-                              tasks=split_names(tasks_text), num_fewshot=fewshot,
-                              limit=limit or None, metric=metric.strip(), ppl_datasets=ppl,
-                              ppl_seqlen=ppl_seqlen, max_windows=max_windows or None,
-                              batch_size=batch, **common)
-        _queue(store, [spec], problems, fresh)
+        values = dict(method=method, sparsity=sparsity, token_sparsity=token_sparsity,
+                      levels=levels, block_range=block_range, tasks=split_names(tasks_text),
+                      num_fewshot=fewshot, limit=limit, metric=metric.strip(),
+                      ppl_datasets=ppl, ppl_seqlen=ppl_seqlen, max_windows=max_windows,
+                      batch_size=batch, **common)
+        _queue(store, ActivationSpec, [values], problems, fresh)
 
 
 def search_form(store: Store) -> None:
@@ -196,17 +193,12 @@ def search_form(store: Store) -> None:
     left, mid, right = st.columns(3)
     goal, factor = None, None
     if mode == GOAL_MODES[0]:
-        goal = float(left.number_input("Goal (mean kept fraction)", 0.0, 1.0, 0.4, 0.01,
-                                       key="search-goal"))
+        goal = field_input(SearchSpec, "goal", key="search-goal", container=left)
     else:
-        factor = float(left.number_input("Factor of CoreInfer's kept fraction", 0.0, 1.0, 0.9,
-                                         0.01, key="search-factor"))
-    core = float(mid.number_input("CoreInfer kept fraction", 0.0, 1.0,
-                                  defaults.coreinfer_sparsity, 0.01, key="search-core",
-                                  help="CoreInfer's 'sparsity' parameter for the comparison "
-                                       "(seed 003: 0.4)."))
-    token = float(right.number_input("Token sparsity", 0.0, 1.0, defaults.token_sparsity, 0.01,
-                                     key="search-token"))
+        factor = field_input(SearchSpec, "goal_factor", key="search-factor", container=left,
+                             value=0.9)
+    core = field_input(SearchSpec, "coreinfer_sparsity", key="search-core", container=mid)
+    token = field_input(SearchSpec, "token_sparsity", key="search-token", container=right)
 
     st.subheader("Search")
     weights_text = st.text_input(
@@ -217,35 +209,28 @@ def search_form(store: Store) -> None:
     weights, bad = parse_numbers("Sum weights", weights_text, "0.15, 0.3, 0.45")
     problems += bad
     left, mid, right = st.columns(3)
-    top_k = int(left.number_input("Top-k", 0, 10**6, defaults.top_k, key="search-topk",
-                                  help="The sum score is divided by the top_k-th largest sum."))
-    n_cal = int(mid.number_input("Calibration prompts", 0, LIMITS["samples"][1],
-                                 defaults.n_calibration, key="search-ncal"))
-    n_search = int(right.number_input("Search samples", 0, 10**7, defaults.n_search,
-                                      key="search-nsearch",
-                                      help="Examples each configuration is scored on."))
+    top_k = field_input(SearchSpec, "top_k", key="search-topk", container=left)
+    n_cal = field_input(SearchSpec, "n_calibration", key="search-ncal", container=mid)
+    n_search = field_input(SearchSpec, "n_search", key="search-nsearch", container=right)
     left, mid, right = st.columns(3)
-    full = int(left.number_input("Full-set limit (0 = all)", 0, 10**7, 0, key="search-full"))
+    full = field_input(SearchSpec, "full_limit", key="search-full", container=left)
     with mid:
         block_range = _block_range("search", problems)
-    tolerance = float(right.number_input("Tolerance", 0.0, 0.1, defaults.tolerance, 0.001,
-                                         format="%.3f", key="search-tol"))
+    tolerance = field_input(SearchSpec, "tolerance", key="search-tol", container=right)
     left, mid, right = st.columns(3)
-    fewshot = int(left.number_input("Few-shot examples", 0, 64, 0, key="search-fewshot"))
+    fewshot = field_input(SearchSpec, "num_fewshot", key="search-fewshot", container=left)
     metric = mid.text_input("Metric (optional)", "", key="search-metric",
                             placeholder="the task's headline metric")
-    batch = int(right.number_input("Batch size", *LIMITS["batch_size"],
-                                   value=defaults.batch_size, key="search-batch"))
+    batch = field_input(SearchSpec, "batch_size", key="search-batch", container=right)
     fresh = st.checkbox("Run again even if an identical run is stored", False,
                         key="search-fresh")
     if st.button("Queue search", type="primary", icon=":material/rocket_launch:"):
         tasks = split_names(tasks_text)
         if not tasks:
             problems.append("Task: give at least one lm-eval task name, e.g. sb_everyday.")
-        specs = [SearchSpec(task=task, goal=goal, goal_factor=factor, coreinfer_sparsity=core,
-                            token_sparsity=token, sum_weights=weights,
-                            top_k=top_k, n_calibration=n_cal, n_search=n_search,
-                            full_limit=full or None, block_range=block_range,
-                            num_fewshot=fewshot, metric=metric.strip(), tolerance=tolerance,
-                            batch_size=batch, **common) for task in tasks]
-        _queue(store, specs, problems, fresh)
+        cells = [dict(task=task, goal=goal, goal_factor=factor, coreinfer_sparsity=core,
+                      token_sparsity=token, sum_weights=weights, top_k=top_k,
+                      n_calibration=n_cal, n_search=n_search, full_limit=full,
+                      block_range=block_range, num_fewshot=fewshot, metric=metric.strip(),
+                      tolerance=tolerance, batch_size=batch, **common) for task in tasks]
+        _queue(store, SearchSpec, cells, problems, fresh)

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.runs import sweep
+from core.runs.kinds.prune import PruneSpec
 from core.runs.registry import spec_from_dict
-from core.runs.specs import PruneSpec
 from core.store.db import Store, spec_hash
 from core.store.record import create_run
 
@@ -43,7 +43,7 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False) -> Submission:
     A pruned run also needs the dense baseline of the same model and evaluation (for change
     from dense and retention): it is queued first when no such run exists.
     """
-    problems = spec.validate()
+    problems = spec.problems()
     if problems:
         raise ValueError(" ".join(problems))
     baseline_id = None
@@ -141,7 +141,7 @@ def submit_sweep(store: Store, base: PruneSpec, grid: dict[str, list[Any]],
     problems = sweep.validate_grid(base, grid)
     cells = [] if problems else sweep.expand(base, grid)
     for spec in cells:
-        problems += spec.validate()
+        problems += spec.problems()
     if problems:
         raise ValueError(" ".join(dict.fromkeys(problems)))
     target = base.target()

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from core.present import tables
-from core.runs.specs import PruneSpec
+from core.runs.kinds.prune import PruneSpec
 from core.runs.sweep import expand, get_path
 from core.store.db import Store
 

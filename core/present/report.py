@@ -343,6 +343,20 @@ def _datasets(ppl: pd.DataFrame) -> list[str]:
     return tables.choices(ppl, "dataset") if not ppl.empty else []
 
 
+class _Writer:
+    """Appends blocks to a report; a table's notes are shown only where they first appear."""
+
+    def __init__(self, report: Report) -> None:
+        self.add = report.blocks.append
+        self.seen_notes: set[str] = set()
+
+    def table(self, table: Table, name: str, chart: str = "") -> None:
+        """Add ``table`` with those of its notes no earlier table showed."""
+        notes = [n for n in table.notes if n not in self.seen_notes]
+        self.seen_notes.update(notes)
+        self.add(Block("table", table=table, lines=notes, name=name, chart=chart))
+
+
 def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame, model: str, group: str,
           metric: str = "acc", evaluation: str | None = None) -> Report:
     """The report of ``model`` from ``group`` (prepared frames of ``tables.load_metrics`` for
@@ -352,65 +366,85 @@ def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame, model: str, 
     zs = _evaluation_filter(_part(zs, model, group), evaluation)
     stats = _part(stats, model, group)
     report = Report(model, group)
-    add = report.blocks.append
-    add(Block("heading", 1, f"Report: {model}"))
+    out = _Writer(report)
+    _add_intro(out, model, group, evaluation)
+    _add_perplexity(out, ppl)
+    _add_zero_shot(out, zs, metric)
+    levels = _levels(ppl, zs)
+    _add_key_findings(out, ppl, zs, model, levels, metric, evaluation)
+    _add_per_task(out, zs, model, levels, metric, evaluation)
+    _add_layer_statistics(out, stats)
+    return report
+
+
+def _add_intro(out: _Writer, model: str, group: str, evaluation: str | None) -> None:
+    """The title and the line naming the source (and the zero-shot setting, if chosen)."""
+    out.add(Block("heading", 1, f"Report: {model}"))
     source = "own runs" if group == tables.OWN_GROUP else group
     intro = f"*Source: {source}. {INTRO}"
     if evaluation:
         intro += f" Zero-shot evaluation of own runs: {evaluation}."
-    add(Block("text", text=intro + "*"))
+    out.add(Block("text", text=intro + "*"))
 
-    seen_notes: set[str] = set()
 
-    def table_block(table: Table, name: str, chart: str = "") -> None:
-        notes = [n for n in table.notes if n not in seen_notes]
-        seen_notes.update(notes)
-        add(Block("table", table=table, lines=notes, name=name, chart=chart))
-
+def _add_perplexity(out: _Writer, ppl: pd.DataFrame) -> None:
+    """One perplexity section per dataset that has a non-empty table."""
     for dataset in _datasets(ppl):
         table = perplexity_section_table(ppl, dataset)
         if table.empty:
             continue
-        add(Block("heading", 2, f"Perplexity Results ({findings.dataset_name(dataset)})"))
-        table_block(table, f"report-perplexity-{dataset}", f"perplexity:{dataset}")
+        out.add(Block("heading", 2, f"Perplexity Results ({findings.dataset_name(dataset)})"))
+        out.table(table, f"report-perplexity-{dataset}", f"perplexity:{dataset}")
 
+
+def _add_zero_shot(out: _Writer, zs: pd.DataFrame, metric: str) -> None:
+    """The zero-shot accuracy section, when there is any zero-shot result."""
     zs_table = zero_shot_section_table(zs, metric) if not zs.empty else Table(pd.DataFrame())
     if not zs_table.empty:
-        add(Block("heading", 2, "Zero-Shot Accuracy"))
-        table_block(zs_table, "report-zero-shot", "zero_shot")
+        out.add(Block("heading", 2, "Zero-Shot Accuracy"))
+        out.table(zs_table, "report-zero-shot", "zero_shot")
 
-    levels = _levels(ppl, zs)
+
+def _add_key_findings(out: _Writer, ppl: pd.DataFrame, zs: pd.DataFrame, model: str,
+                      levels: list[str], metric: str, evaluation: str | None) -> None:
+    """The key findings, one list per sparsity level that has any."""
     per_level = [(lv, level_findings(ppl, zs, model, lv, metric, evaluation)) for lv in levels]
     if any(found for _, found in per_level):
-        add(Block("heading", 2, "Key Findings"))
-        add(Block("text", text=f"*{FINDINGS_NOTE}*"))
+        out.add(Block("heading", 2, "Key Findings"))
+        out.add(Block("text", text=f"*{FINDINGS_NOTE}*"))
         for level, found in per_level:
             if found:
-                add(Block("heading", 3, f"{level} Sparsity"))
-                add(Block("bullets", lines=[f.text for f in found]))
+                out.add(Block("heading", 3, f"{level} Sparsity"))
+                out.add(Block("bullets", lines=[f.text for f in found]))
 
+
+def _add_per_task(out: _Writer, zs: pd.DataFrame, model: str, levels: list[str], metric: str,
+                  evaluation: str | None) -> None:
+    """The per-task zero-shot tables, one per sparsity level that has one."""
     task_tables = [(lv, tables.per_task_table(zs, model, lv, metric, evaluation=evaluation))
                    for lv in levels] if not zs.empty else []
     task_tables = [(lv, t) for lv, t in task_tables if not t.empty]
     if task_tables:
-        add(Block("heading", 2, "Per-Task Zero-Shot Breakdown"))
+        out.add(Block("heading", 2, "Per-Task Zero-Shot Breakdown"))
         for level, table in task_tables:
-            add(Block("heading", 3, f"{level} Sparsity"))
-            table_block(table, f"report-per-task-{slug(level)}", f"per_task:{level}")
+            out.add(Block("heading", 3, f"{level} Sparsity"))
+            out.table(table, f"report-per-task-{slug(level)}", f"per_task:{level}")
 
+
+def _add_layer_statistics(out: _Writer, stats: pd.DataFrame) -> None:
+    """Each reported run's layer-statistics table and findings."""
     runs = layer_report_runs(stats)
     if not runs.empty:
-        add(Block("heading", 2, "Layer Statistics"))
+        out.add(Block("heading", 2, "Layer Statistics"))
         for run in runs.to_dict("records"):
             run_id = int(run["run_id"])
             label = tables.row_label(run["method"], run["sparsity"], run["pattern"])
-            add(Block("heading", 3, f"{label} (run {run_id})"))
-            table_block(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}",
-                        f"layers:{run_id}")
+            out.add(Block("heading", 3, f"{label} (run {run_id})"))
+            out.table(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}",
+                      f"layers:{run_id}")
             found = layer_findings_for(stats, run_id)
             if found:
-                add(Block("bullets", lines=[f.text for f in found]))
-    return report
+                out.add(Block("bullets", lines=[f.text for f in found]))
 
 
 def slug(text: str) -> str:

@@ -334,16 +334,6 @@ def status_counts(store: Store) -> dict[str, int]:
 
 
 # -- the launch form --------------------------------------------------------------------------
-def method_parameters(method: str) -> dict[str, Any]:
-    """A method's tunable parameters and their defaults (for the launch form)."""
-    return dict(REGISTRY[method].defaults) if method in REGISTRY else {}
-
-
-def parameter_label(name: str) -> str:
-    """'blocksize' -> 'Blocksize', 'dampening' -> 'Dampening'."""
-    return name.replace("_", " ").capitalize()
-
-
 def parse_block_range(text: str) -> tuple[list[int] | None, str | None]:
     """'' -> no range; '0,15' -> [0, 15]; anything unreadable -> a problem for the form."""
     if not text.strip():

@@ -340,16 +340,20 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def session_store(state: MutableMapping[str, Any]) -> Store:
-    """The store of this browser session, opened (and initialised) once per session and path.
+    """The store of this browser session, opened once per session and path: the schema created
+    or migrated, then the published figures imported when they are new or changed (the explicit
+    start-up step ``published.sync``; a cheap check when nothing changed).
 
     ``state`` is ``st.session_state``; raises ``StoreError`` when the file cannot be used.
     """
     from core import config
+    from core.store import published
     from core.store.db import Store
 
     store = state.get("store")
     if store is None or store.path != config.db_path():
         store = Store().init()
+        published.sync(store)
         state["store"] = store
     return store
 

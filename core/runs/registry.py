@@ -9,9 +9,12 @@ import logging
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from core.runs.results import ProgressFn, RunResult, Say, quiet
+from core.runs.specs import messages
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,29 @@ def get_kind(name: str) -> RunKind:
     return KINDS[name]
 
 
+def spec_union() -> TypeAdapter:
+    """The discriminated union of every registered kind's spec, on ``kind``."""
+    discover()
+    specs = tuple(kind.spec for kind in KINDS.values())
+    return TypeAdapter(Annotated[Union[specs], Field(discriminator="kind")])  # noqa: UP007
+
+
 def spec_from_dict(values: dict[str, Any]) -> Any:
-    """Rebuild a stored spec of any run kind."""
-    return get_kind(values.get("kind", "prune")).spec.from_dict(values)
+    """Rebuild a stored spec of any run kind (old specs without ``kind`` are prune runs)."""
+    values = {**values, "kind": values.get("kind", "prune")}
+    cls = get_kind(values["kind"]).spec
+    unknown = set(values) - set(cls.model_fields)
+    if unknown:
+        raise ValueError(f"unknown spec field(s): {sorted(unknown)}")
+    try:
+        return spec_union().validate_python(values)
+    except ValidationError as exc:
+        raise ValueError(" ".join(messages(cls, exc))) from exc
 
 
 def execute(spec: Any, progress: ProgressFn = quiet, say: Say = log.info) -> RunResult:
     """Check ``spec`` and run it with its kind's execute function (nothing is stored here)."""
-    problems = spec.validate()
+    problems = spec.problems()
     if problems:
         raise ValueError("Invalid run spec: " + " ".join(problems))
     return get_kind(spec.kind).execute(spec, progress, say)

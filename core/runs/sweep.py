@@ -14,7 +14,10 @@ import itertools
 import math
 from typing import Any
 
-from core.runs.specs import PruneSpec
+from pydantic import ValidationError
+
+from core.runs.kinds.prune import PruneSpec
+from core.runs.specs import check, messages
 
 MAX_CELLS = 400
 
@@ -59,18 +62,28 @@ def validate_grid(base: PruneSpec, grid: dict[str, list[Any]]) -> list[str]:
         errors.append(f"Sweep: {cells} cells is more than {MAX_CELLS}; shrink the grid.")
     if errors:
         return errors
-    for spec in expand(base, grid)[:1]:  # every cell shares validity but for the values
-        errors += [f"Sweep cell: {p}" for p in spec.validate()]
-    return errors
+    cells = expand_values(base, grid)
+    errors += [f"Sweep cell: {p}" for p in check(PruneSpec, cells[0])[1]]
+    for values in cells[1:]:  # the rest differ only in the swept values: their field checks
+        try:
+            PruneSpec.model_validate(values)
+        except ValidationError as exc:
+            errors += [f"Sweep cell: {p}" for p in messages(PruneSpec, exc)]
+    return list(dict.fromkeys(errors))
 
 
-def expand(base: PruneSpec, grid: dict[str, list[Any]]) -> list[PruneSpec]:
-    """One spec per grid cell (cartesian product, in the grid's order)."""
+def expand_values(base: PruneSpec, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The spec values of every grid cell (cartesian product, in the grid's order)."""
     paths = list(grid)
-    specs = []
+    cells = []
     for combo in itertools.product(*(grid[p] for p in paths)):
         values = copy.deepcopy(base.to_dict())
         for path, value in zip(paths, combo, strict=True):
             _set(values, path, str(value) if path == "sparsity" else value)
-        specs.append(PruneSpec.from_dict(values))
-    return specs
+        cells.append(values)
+    return cells
+
+
+def expand(base: PruneSpec, grid: dict[str, list[Any]]) -> list[PruneSpec]:
+    """One spec per grid cell (ValueError for a cell that is not a valid spec)."""
+    return [PruneSpec.from_dict(values) for values in expand_values(base, grid)]

@@ -202,8 +202,9 @@ class Store:
             con.execute("COMMIT")
 
     # -- schema ------------------------------------------------------------------------------
-    def init(self, import_published: bool = True) -> Store:
-        """Create or migrate the schema, and import the published figures when they changed.
+    def init(self) -> Store:
+        """Create or migrate the schema; nothing else (the published figures are imported by
+        ``core.store.published.sync``, an explicit start-up step).
 
         A file that cannot be written but holds the current schema is opened read-only.
         """
@@ -215,10 +216,6 @@ class Store:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.migrate()
-        if import_published:
-            from core.store import published
-
-            published.sync(self)
         return self
 
     def schema_version(self) -> int:
@@ -302,46 +299,41 @@ class Store:
     def add_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]],
                     con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Store metric rows: kind, dataset, metric, value and optionally stderr, n_samples..."""
-        prepared = []
-        for row in rows:
-            status = row.get("status", "ok")
-            if status not in METRIC_STATUSES:
-                raise ValueError(f"unknown metric status {status!r}")
-            prepared.append([run_id, *(row.get(c, "ok" if c == "status" else None)
-                                       for c in _METRIC_COLUMNS)])
-        self._insert_many("metrics", ("run_id", *_METRIC_COLUMNS), prepared, con)
+        self.add_rows(metrics=[(run_id, row) for row in rows], con=con)
 
     def add_layer_stats(self, run_id: int, rows: Iterable[Mapping[str, Any]],
                         con: duckdb.DuckDBPyConnection | None = None) -> None:
-        prepared = [[run_id, *(row.get(c) for c in _LAYER_COLUMNS)] for row in rows]
-        self._insert_many("layer_stats", ("run_id", *_LAYER_COLUMNS), prepared, con)
+        self.add_rows(layer_stats=[(run_id, row) for row in rows], con=con)
 
     def add_search_trials(self, run_id: int, rows: Iterable[Mapping[str, Any]],
                           con: duckdb.DuckDBPyConnection | None = None) -> None:
-        prepared = []
-        for row in rows:
-            values = [row.get(c) for c in _TRIAL_COLUMNS]
-            for i, column in enumerate(_TRIAL_COLUMNS):
-                if column in ("params", "levels") and values[i] is not None:
-                    values[i] = json.dumps(values[i])
-            prepared.append([run_id, *values])
-        self._insert_many("search_trials", ("run_id", *_TRIAL_COLUMNS), prepared, con)
+        self.add_rows(trials=[(run_id, row) for row in rows], con=con)
+
+    def add_rows(self, *, metrics: Iterable[tuple[int, Mapping[str, Any]]] = (),
+                 layer_stats: Iterable[tuple[int, Mapping[str, Any]]] = (),
+                 trials: Iterable[tuple[int, Mapping[str, Any]]] = (),
+                 con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Rows of any runs, as ``(run_id, row)`` pairs, written in one transaction (``con``'s
+        when given) with one statement per table."""
+        batches = (("metrics", ("run_id", *_METRIC_COLUMNS), [_metric_values(i, r)
+                                                             for i, r in metrics]),
+                   ("layer_stats", ("run_id", *_LAYER_COLUMNS),
+                    [[i, *(r.get(c) for c in _LAYER_COLUMNS)] for i, r in layer_stats]),
+                   ("search_trials", ("run_id", *_TRIAL_COLUMNS),
+                    [_trial_values(i, r) for i, r in trials]))
+        if con is None:
+            if not any(rows for _, _, rows in batches):
+                return
+            with self.transaction() as own:
+                for table, columns, rows in batches:
+                    insert_rows(own, table, columns, rows)
+            return
+        for table, columns, rows in batches:
+            insert_rows(con, table, columns, rows)
 
     def append_log(self, run_id: int, line: str) -> None:
         with self.transaction() as con:
             con.execute("INSERT INTO run_logs (run_id, line) VALUES (?, ?)", [run_id, line])
-
-    def _insert_many(self, table: str, columns: tuple[str, ...], rows: list[list[Any]],
-                     con: duckdb.DuckDBPyConnection | None) -> None:
-        if not rows:
-            return
-        sql = (f"INSERT INTO {table} ({', '.join(columns)}) "
-               f"VALUES ({', '.join('?' for _ in columns)})")
-        if con is not None:
-            con.executemany(sql, rows)
-            return
-        with self.transaction() as own:
-            own.executemany(sql, rows)
 
     # -- reads -------------------------------------------------------------------------------
     def frame(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
@@ -364,6 +356,36 @@ class Store:
             sql += " WHERE m.kind = ?"
             params.append(kind)
         return self.frame(sql + " ORDER BY r.id", params)
+
+
+def _metric_values(run_id: int, row: Mapping[str, Any]) -> list[Any]:
+    status = row.get("status", "ok")
+    if status not in METRIC_STATUSES:
+        raise ValueError(f"unknown metric status {status!r}")
+    return [run_id, *(row.get(c, "ok" if c == "status" else None) for c in _METRIC_COLUMNS)]
+
+
+def _trial_values(run_id: int, row: Mapping[str, Any]) -> list[Any]:
+    values = [row.get(c) for c in _TRIAL_COLUMNS]
+    for i, column in enumerate(_TRIAL_COLUMNS):
+        if column in ("params", "levels") and values[i] is not None:
+            values[i] = json.dumps(values[i])
+    return [run_id, *values]
+
+
+#: Rows per INSERT statement: one multi-row VALUES list is far quicker than ``executemany``.
+_CHUNK = 500
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...],
+                 rows: list[list[Any]]) -> None:
+    """Insert ``rows`` (lists of values in ``columns`` order) into ``table`` inside ``con``'s
+    transaction: multi-row VALUES lists, every value a parameter."""
+    row_marks = f"({', '.join('?' for _ in columns)})"
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                    + ", ".join(row_marks for _ in chunk), [v for row in chunk for v in row])
 
 
 def _writable(path: Path) -> bool:

@@ -51,7 +51,7 @@ the gathered copies (``3 x kept x hidden`` per block and sequence for Llama) are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.engine.activation.measure import CoreInferStats, DecodeMeter, DecodeProbe
-from core.engine.adapters import get_adapter
+from core.engine.adapters import Adapter, get_adapter
 
 SUPPORTED_FAMILIES = ("llama", "opt")
 DEFAULT_SPARSITY = 0.4
@@ -413,6 +413,9 @@ class CoreInferHandle:
         self.remove()
 
 
+_Restore = tuple[nn.Module, str, nn.Module]  # (parent, attribute, original module)
+
+
 def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
                     token_sparsity: float = DEFAULT_TOKEN_SPARSITY, start: int = 0,
                     end: int | None = None,
@@ -424,6 +427,36 @@ def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
     of each token's positive activations it votes for; blocks ``start <= i < end`` are converted
     (default all; the authors keep the first and last few dense).
     """
+    adapter = _checked_adapter(model, token_sparsity)
+    blocks = adapter.blocks(model)
+    fractions = resolve_fractions(len(blocks), start, end, sparsity, levels)
+    phase = _Phase()
+    d_ffn = {b: _ffn_width(adapter.family, blocks[b]) for b in fractions}
+    meter = DecodeMeter(d_ffn, len(blocks), fractions)
+    states: dict[int, _BlockState] = {}
+    restore: list[_Restore] = []
+    hooks: list[Any] = []
+    wrap = _wrap_llama_block if adapter.family == "llama" else _wrap_opt_block
+    for b, fraction in fractions.items():
+        block = blocks[b]
+        inputs, output = _ffn_modules(adapter.family, block)
+        state = _BlockState(b, d_ffn[b], fraction, token_sparsity, phase, meter, inputs, output)
+        block_restore, block_hooks = wrap(block, state)
+        restore += block_restore
+        hooks += block_hooks
+        states[b] = state
+    hooks.append(model.register_forward_pre_hook(_phase_hook(model, phase, meter),
+                                                 with_kwargs=True))
+    hooks.append(model.register_forward_hook(_end_of_forward_hook(phase, states),
+                                             with_kwargs=True, always_call=True))
+    handle = CoreInferHandle(model, adapter.family, fractions, token_sparsity, meter, states,
+                             restore, hooks)
+    setattr(model, _MARKER, handle)
+    return handle
+
+
+def _checked_adapter(model: nn.Module, token_sparsity: float) -> Adapter:
+    """The model's adapter, after checking it can be converted with ``token_sparsity``."""
     if getattr(model, _MARKER, None) is not None:
         raise CoreInferError("the model is already CoreInfer-converted; remove() that first")
     adapter = get_adapter(model)
@@ -432,35 +465,43 @@ def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
                              f"families (SwiGLU / ReLU FFNs), not {adapter.family!r}")
     if not 0 < token_sparsity <= 1:
         raise CoreInferError(f"token_sparsity must be in (0, 1]; got {token_sparsity}")
-    blocks = adapter.blocks(model)
-    fractions = resolve_fractions(len(blocks), start, end, sparsity, levels)
-    phase = _Phase()
-    d_ffn = {b: _ffn_width(adapter.family, blocks[b]) for b in fractions}
-    meter = DecodeMeter(d_ffn, len(blocks), fractions)
-    states: dict[int, _BlockState] = {}
-    restore: list[tuple[nn.Module, str, nn.Module]] = []
-    hooks: list[Any] = []
-    for b, fraction in fractions.items():
-        block = blocks[b]
-        if adapter.family == "llama":
-            mlp = block.mlp
-            state = _BlockState(b, d_ffn[b], fraction, token_sparsity, phase, meter,
-                                [mlp.gate_proj, mlp.up_proj], mlp.down_proj)
-            wrapper = CoreInferLlamaMLP(mlp, state)
-            restore.append((block, "mlp", mlp))
-            block.mlp = wrapper
-            hooks.append(meter.attach(wrapper.probe, b))
-        else:
-            fc1, fc2 = block.fc1, block.fc2
-            state = _BlockState(b, d_ffn[b], fraction, token_sparsity, phase, meter, [fc1], fc2)
-            new_fc2 = CoreInferFc2(fc2, state)
-            restore += [(block, "fc1", fc1), (block, "fc2", fc2)]
-            block.fc1 = CoreInferFc1(fc1, state)
-            block.fc2 = new_fc2
-            hooks.append(meter.attach(new_fc2.probe, b))
-            hooks.append(block.register_forward_pre_hook(_layer_shape_hook(state),
-                                                         with_kwargs=True))
-        states[b] = state
+    return adapter
+
+
+def _ffn_modules(family: str, block: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """The FFN linears whose rows are gathered (gate and up, or fc1) and the one whose columns
+    are gathered (down, or fc2)."""
+    if family == "llama":
+        mlp = block.mlp
+        return [mlp.gate_proj, mlp.up_proj], mlp.down_proj
+    return [block.fc1], block.fc2
+
+
+def _wrap_llama_block(block: nn.Module, state: _BlockState) -> tuple[list[_Restore], list[Any]]:
+    """Swap a Llama-family block's MLP for a CoreInfer one; return what to restore and the
+    hooks added."""
+    mlp = block.mlp
+    wrapper = CoreInferLlamaMLP(mlp, state)
+    block.mlp = wrapper
+    return [(block, "mlp", mlp)], [state.meter.attach(wrapper.probe, state.index)]
+
+
+def _wrap_opt_block(block: nn.Module, state: _BlockState) -> tuple[list[_Restore], list[Any]]:
+    """Swap an OPT block's fc1 and fc2 for CoreInfer ones; return what to restore and the hooks
+    added (the decode meter's and the layer-shape pre-hook)."""
+    fc1, fc2 = block.fc1, block.fc2
+    new_fc2 = CoreInferFc2(fc2, state)
+    block.fc1 = CoreInferFc1(fc1, state)
+    block.fc2 = new_fc2
+    hooks = [state.meter.attach(new_fc2.probe, state.index),
+             block.register_forward_pre_hook(_layer_shape_hook(state), with_kwargs=True)]
+    return [(block, "fc1", fc1), (block, "fc2", fc2)], hooks
+
+
+def _phase_hook(model: nn.Module, phase: _Phase, meter: DecodeMeter
+                ) -> Callable[[nn.Module, tuple, dict], None]:
+    """Model forward pre-hook: set the phase (pre-fill, dense or decode) and the attention mask
+    for this forward, and count it."""
 
     def before(_m: nn.Module, args: tuple, kwargs: dict) -> None:
         cached = _cached_length(kwargs.get("past_key_values"))
@@ -478,6 +519,14 @@ def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
         else:
             meter.decode_steps += 1
 
+    return before
+
+
+def _end_of_forward_hook(phase: _Phase, states: dict[int, _BlockState]
+                         ) -> Callable[[nn.Module, tuple, dict, Any], None]:
+    """Model forward hook (always called): clear the phase and every block's per-forward
+    state."""
+
     def after(_m: nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
         phase.phase = None
         phase.attention_mask = None
@@ -485,12 +534,7 @@ def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
             state.sparse_active = False
             state.layer_shape = None
 
-    hooks.append(model.register_forward_pre_hook(before, with_kwargs=True))
-    hooks.append(model.register_forward_hook(after, with_kwargs=True, always_call=True))
-    handle = CoreInferHandle(model, adapter.family, fractions, token_sparsity, meter, states,
-                             restore, hooks)
-    setattr(model, _MARKER, handle)
-    return handle
+    return after
 
 
 def _ffn_width(family: str, block: nn.Module) -> int:

@@ -140,17 +140,8 @@ def prune_model(
     """
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
-    start, end = block_range or (0, len(blocks))
-    if not 0 <= start < end <= len(blocks):
-        raise ValueError(f"block range {start}..{end} is outside the model's {len(blocks)} blocks")
-    if block_targets is None:
-        targets = [target] * len(blocks)
-    else:
-        targets = [t if isinstance(t, Target) else Target.parse(t) for t in block_targets]
-        if len(targets) != len(blocks):
-            raise ValueError(f"block_targets has {len(targets)} entries; the model has "
-                             f"{len(blocks)} decoder blocks (one target per block)")
-    report = PruneReport()
+    start, end = _checked_range(block_range, len(blocks))
+    targets = _per_block_targets(target, block_targets, len(blocks))
     prune_now = any(t.fraction > 0 for t in targets[start:end])
     needs_data = prune_now and method.needs_calibration
     if needs_data and (calibration is None or calibration.numel() == 0):
@@ -158,32 +149,74 @@ def prune_model(
 
     inputs = None
     if needs_data:
-        home = next(model.parameters()).device
-        _move_outside_blocks(model, adapter.blocks_path, device)
-        if progress:
-            progress("capturing block inputs", 0, len(blocks))
-        try:
-            inputs = capture_inputs(model, adapter, calibration, device)
-        finally:  # embeddings, final norm and head go back where they were
-            _move_outside_blocks(model, adapter.blocks_path, home)
+        inputs = _capture_on_device(model, adapter, calibration, device, progress, len(blocks))
 
     last = end if needs_data else len(blocks)
     for index in range(last):
-        block = blocks[index]
-        home = next(block.parameters()).device
-        block.to(device)
-        if start <= index < end and targets[index].fraction > 0:
-            stats = _collect(block, adapter, method, inputs) if needs_data else {}
-            method.prune_block(block, adapter, stats, targets[index])
-            del stats
-        if inputs is not None and index + 1 < last:
-            inputs.hidden = [_block_output(block(h, *a, **k))
-                             for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs,
-                                                strict=True)]
-        block.to(home)
+        prune = start <= index < end and targets[index].fraction > 0
+        _process_block(blocks[index], adapter, method, targets[index] if prune else None,
+                       inputs, device, propagate=index + 1 < last)
         if progress:
             progress("pruning", index + 1, last)
+    return _measure_sparsity(blocks, adapter)
 
+
+def _checked_range(block_range: tuple[int, int] | None, n_blocks: int) -> tuple[int, int]:
+    """``block_range`` (default: every block), checked against the model's ``n_blocks``."""
+    start, end = block_range or (0, n_blocks)
+    if not 0 <= start < end <= n_blocks:
+        raise ValueError(f"block range {start}..{end} is outside the model's {n_blocks} blocks")
+    return start, end
+
+
+def _per_block_targets(target: Target, block_targets: Sequence[Target | float] | None,
+                       n_blocks: int) -> list[Target]:
+    """One target per decoder block: ``block_targets`` parsed, or ``target`` for every block."""
+    if block_targets is None:
+        return [target] * n_blocks
+    targets = [t if isinstance(t, Target) else Target.parse(t) for t in block_targets]
+    if len(targets) != n_blocks:
+        raise ValueError(f"block_targets has {len(targets)} entries; the model has "
+                         f"{n_blocks} decoder blocks (one target per block)")
+    return targets
+
+
+def _capture_on_device(model: nn.Module, adapter: Adapter, calibration: torch.Tensor,
+                       device: torch.device | str, progress: ProgressFn | None,
+                       n_blocks: int) -> BlockInputs:
+    """Block 0's inputs, captured with everything outside the blocks moved to ``device`` for
+    the time of the capture."""
+    home = next(model.parameters()).device
+    _move_outside_blocks(model, adapter.blocks_path, device)
+    if progress:
+        progress("capturing block inputs", 0, n_blocks)
+    try:
+        return capture_inputs(model, adapter, calibration, device)
+    finally:  # embeddings, final norm and head go back where they were
+        _move_outside_blocks(model, adapter.blocks_path, home)
+
+
+def _process_block(block: nn.Module, adapter: Adapter, method: PruningMethod,
+                   target: Target | None, inputs: BlockInputs | None,
+                   device: torch.device | str, propagate: bool) -> None:
+    """On ``device``: prune ``block`` to ``target`` (None: leave it dense) from its collected
+    inputs, then, if ``propagate``, run the pruned block to give the next block its inputs."""
+    home = next(block.parameters()).device
+    block.to(device)
+    if target is not None:
+        stats = _collect(block, adapter, method, inputs) if inputs is not None else {}
+        method.prune_block(block, adapter, stats, target)
+        del stats
+    if inputs is not None and propagate:
+        inputs.hidden = [_block_output(block(h, *a, **k))
+                         for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs,
+                                            strict=True)]
+    block.to(home)
+
+
+def _measure_sparsity(blocks: Sequence[nn.Module], adapter: Adapter) -> PruneReport:
+    """The measured share of zero weights of every prunable linear of ``blocks``."""
+    report = PruneReport()
     for index, block in enumerate(blocks):
         for name, module in adapter.linears(block).items():
             w = weight_matrix(module)

@@ -17,10 +17,12 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import field_validator
 
+from core import config
 from core.engine import data, environment, models
 from core.engine.activation import (
     CoreInferHandle,
@@ -34,9 +36,113 @@ from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import windows
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
-from core.runs.specs import ActivationSpec
+from core.runs.specs import (
+    LIMITS,
+    Dtype,
+    SpecModel,
+    check_block_range,
+    check_fractions,
+    device_problems,
+    fraction,
+    labelled,
+    model_problems,
+    source_problems,
+    task_problems,
+    valid_block_range,
+    whole,
+)
 
 log = logging.getLogger(__name__)
+
+
+ACTIVATION_METHODS = ("coreinfer", "sparsity-levels")
+
+
+class ActivationSpec(SpecModel):
+    """CoreInfer (one kept fraction) or sparsity levels (one kept fraction per block), evaluated
+    on lm-eval tasks and/or perplexity.  No weights change; the actual (measured) kept fraction
+    is stored, never the parameter.  A parameter search stores its full-set runs as activation
+    runs with ``config`` / ``goal`` / ``trial`` / ``search`` set."""
+
+    kind: Literal["activation"] = "activation"
+    model: str = labelled(config.DEFAULT_MODEL, "Model")
+    method: str = labelled("coreinfer", "Method",
+                           choices=list(ACTIVATION_METHODS))
+    sparsity: float = fraction(0.4, "Kept fraction (CoreInfer sparsity)",
+                               form_label="Kept fraction (sparsity)",
+                               help="Fraction of FFN neurons KEPT (CoreInfer's 'sparsity'; 0.4 = "
+                                    "40% computed).")
+    token_sparsity: float = fraction(0.2, "Token sparsity",
+                                     help="Share of each token's positive activations it votes "
+                                          "for (CoreInfer's default 0.2).")
+    levels: list[float] | None = labelled(None, "Levels")
+    block_range: list[int] | None = labelled(None, "Block range")
+    tasks: list[str] = labelled(list, "Tasks")  # lm-eval task names
+    num_fewshot: int = whole(0, 0, 64, "Few-shot examples")
+    limit: int | None = whole(None, 1, 10**7, "Examples per task",
+                              form_label="Examples per task (0 = all)")
+    metric: str = labelled("", "Metric")  # '' = the task's headline metric
+    ppl_datasets: list[str] = labelled(list, "Evaluation datasets")
+    ppl_seqlen: int = whole(256, *LIMITS["seqlen"], "Perplexity seqlen",
+                            form_label="Window length (tokens)")
+    max_windows: int | None = whole(16, *LIMITS["max_windows"], "Max windows",
+                                    form_label="Max windows (0 = all)")
+    batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
+    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    device: str = labelled("cpu", "Device")
+    trust_remote_code: bool = labelled(False, "Trust remote code")
+    config: str = ""  # set by a search: CoreInfer / best / AVG ('' = not part of a search)
+    goal: float | None = None  # set by a search: its goal mean kept fraction
+    trial: int | None = None  # set by a search: the trial the best config came from
+    search: int | None = None  # set by a search: the search run's id
+
+    SYSTEM_FIELDS = ("kind", "config", "goal", "trial", "search")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in ACTIVATION_METHODS:
+            raise ValueError(f"Method: {value!r} is unknown; choose one of "
+                             f"{', '.join(ACTIVATION_METHODS)}.")
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _level_fractions(cls, value: list[float] | None) -> list[float] | None:
+        check_fractions("Levels", value, "are not kept fractions; each level must be a number "
+                        "between 0 and 1.")
+        return value
+
+    _block_range = field_validator("block_range")(check_block_range)
+
+    def cross_problems(self) -> list[str]:
+        errors = []
+        if self.method == "sparsity-levels" and not self.levels:
+            errors.append("Levels: give one kept fraction per converted block, e.g. "
+                          "0.35, 0.4, 0.45 (each between 0 and 1).")
+        elif (self.method == "sparsity-levels" and valid_block_range(self.block_range)
+              and len(self.levels) != self.block_range[1] - self.block_range[0]):
+            errors.append(f"Levels: {len(self.levels)} values for the block range "
+                          f"{self.block_range}; give one per converted block "
+                          f"({self.block_range[1] - self.block_range[0]}).")
+        if not self.tasks and not self.ppl_datasets:
+            errors.append("Evaluation: choose at least one lm-eval task or perplexity dataset.")
+        return errors
+
+    def machine_problems(self) -> list[str]:
+        errors = model_problems(self.model)
+        if self.tasks:
+            errors += task_problems(self.tasks)
+        for name in self.ppl_datasets:
+            errors += source_problems("Evaluation dataset", name)
+        return errors + device_problems(self.device)
+
+    def identity(self) -> dict[str, Any]:
+        values = self.to_dict()
+        for key in ("device", "batch_size", "search"):
+            values.pop(key)
+        values.pop("levels" if self.method == "coreinfer" else "sparsity")
+        return values
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
@@ -231,11 +337,11 @@ def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
 
 def _block_rows(configured: dict[int, float], overall: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for block, fraction in configured.items():
+    for block, configured_fraction in configured.items():
         rows.append({"block": block, "layer": "ffn", "stat": "kept_fraction",
                      "value": overall["kept_per_block"].get(block)})
         rows.append({"block": block, "layer": "ffn", "stat": "configured_fraction",
-                     "value": fraction})
+                     "value": configured_fraction})
     rows.append({"block": None, "layer": "model", "stat": "kept_fraction",
                  "value": overall["kept_fraction"]})
     return rows

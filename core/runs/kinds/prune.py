@@ -6,19 +6,214 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import ValidationInfo, field_validator
 
+from core import config
 from core.engine import data, environment, models
 from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import perplexity
 from core.engine.prune import owl
-from core.engine.prune.methods import get_method
+from core.engine.prune.methods import REGISTRY, Target, get_method
 from core.engine.prune.runner import PruneReport, prune_model
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
-from core.runs.specs import PruneSpec
+from core.runs.specs import (
+    LIMITS,
+    Dtype,
+    SpecModel,
+    check_block_range,
+    device_problems,
+    labelled,
+    model_problems,
+    source_problems,
+    task_problems,
+    whole,
+)
+
+DENSE = "dense"
+OWL_METHODS = ("magnitude", "wanda", "sparsegpt")
+CALIBRATION_FIELDS = ("calibration", "samples", "seqlen")
+
+
+class PruneSpec(SpecModel):
+    """Prune a model (or leave it dense) and evaluate its perplexity and zero-shot accuracy."""
+
+    kind: Literal["prune"] = "prune"
+    model: str = labelled(
+        config.DEFAULT_MODEL, "Model", form_label="Model name or folder",
+        help=f"'{config.DEFAULT_MODEL}' is the offline default (installed with the app): "
+             "SmolLM2-135M-Instruct, Llama architecture, de-quantised from a 4-bit GGUF. Or a "
+             "local folder with a transformers model, or a hub id such as "
+             "meta-llama/Llama-2-7b-hf (needs network access).")
+    method: str = labelled("wanda", "Method", help=f"{DENSE} or a pruning method: "
+                                                  f"{', '.join(sorted(REGISTRY))}")
+    sparsity: str = labelled(
+        "0.5", "Sparsity", help="Fraction of weights pruned: 0.5 or 50%; or N:M such as 2:4 "
+                                "(N pruned in every M consecutive inputs).")
+    method_params: dict[str, Any] = labelled(dict, "Method parameters")
+    calibration: str = labelled(config.DEFAULT_TEXT, "Calibration source",
+                                help="wiki-offline, wikitext2, ptb, c4 or a .txt path")
+    samples: int = whole(32, *LIMITS["samples"], "Calibration samples", form_label="Samples",
+                         help="Calibration sequences (the papers use 128).")
+    seqlen: int = whole(512, *LIMITS["seqlen"], "Calibration seqlen",
+                        form_label="Tokens per sample", help="Tokens in each calibration sequence.")
+    seed: int = whole(0, 0, 2**31 - 1, "Seed", help="Seed of the calibration windows.")
+    block_range: list[int] | None = labelled(
+        None, "Block range", help="[start, end): blocks outside stay dense.", cli="--blocks",
+        cli_nargs=2, cli_metavar=["START", "END"])
+    owl: dict[str, float] | None = labelled(  # {"M": 5, "lambda": 0.08}
+        None, "OWL", help="OWL layer-wise sparsity (magnitude, wanda, sparsegpt), e.g. --owl 5 "
+                          "0.08", cli="--owl", cli_nargs=2, cli_metavar=["M", "lambda"])
+    ppl_datasets: list[str] = labelled(
+        lambda: [config.DEFAULT_TEXT], "Evaluation datasets", cli="--eval",
+        help="wiki-offline, wikitext2, ptb, c4 or .txt paths")
+    ppl_seqlen: int = whole(512, *LIMITS["seqlen"], "Perplexity seqlen",
+                            form_label="Window length (tokens)",
+                            help="Perplexity windows: non-overlapping, of this many tokens.")
+    max_windows: int | None = whole(32, *LIMITS["max_windows"], "Max windows",
+                                    form_label="Max windows (0 = all)",
+                                    help="Cap on evaluation windows per dataset (0 = all).",
+                                    cli_zero_is_none=True)
+    zero_shot_tasks: list[str] = labelled(
+        list, "Zero-shot tasks", cli="--zero-shot",
+        help="lm-eval tasks, e.g. piqa hellaswag arc_easy boolq rte, or the offline "
+             "sb_everyday sb_wiki_next")
+    num_fewshot: int = whole(0, 0, 64, "Few-shot examples")
+    zs_limit: int | None = whole(None, 1, 10**7, "Zero-shot limit",
+                                 form_label="Examples per task (0 = all)")
+    batch_size: int = whole(4, *LIMITS["batch_size"], "Batch size",
+                            help="Windows / examples per forward pass.")
+    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    device: str = labelled("cpu", "Device", help="cpu, cuda, cuda:1 or mps")
+    trust_remote_code: bool = labelled(
+        False, "Trust remote code", help="Runs Python code shipped with the model. Off unless "
+                                         "you trust the model's authors.")
+    save_dir: str | None = labelled(None, "Save to", cli="--save",
+                                    help="save the pruned model (safetensors) in this folder")
+    sweep: int | None = None  # id of the sweep this run is a cell of (set by a sweep)
+
+    SYSTEM_FIELDS = ("kind", "sweep")
+
+    # -- field checks ------------------------------------------------------------------------
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value != DENSE and value not in REGISTRY:
+            raise ValueError(f"Method: {value!r} is unknown; choose dense or one of "
+                             f"{', '.join(sorted(REGISTRY))}.")
+        return value
+
+    @field_validator("sparsity")
+    @classmethod
+    def _readable_sparsity(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("method", DENSE) == DENSE:
+            return value
+        try:
+            target = Target.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"Sparsity: {exc}") from exc
+        if target.fraction == 0:
+            raise ValueError("Sparsity: 0 prunes nothing; pick the 'dense' method instead.")
+        return value
+
+    @field_validator("method_params")
+    @classmethod
+    def _method_accepts(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method", DENSE)
+        if method in REGISTRY:
+            try:
+                get_method(method, **value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"Method parameters: {exc}") from exc
+        return value
+
+    @field_validator(*CALIBRATION_FIELDS, mode="wrap")
+    @classmethod
+    def _blank_when_dense(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """A dense run keeps no calibration settings (stored as 0 / '')."""
+        if info.data.get("method") == DENSE and value in (0, ""):
+            return value
+        return handler(value)
+
+    _block_range = field_validator("block_range")(check_block_range)
+
+    # -- checks between fields and of the machine ----------------------------------------------
+    def cross_problems(self) -> list[str]:
+        errors = self._owl_problems() if self.owl is not None else []
+        if not self.ppl_datasets and not self.zero_shot_tasks:
+            errors.append("Evaluation: choose at least one perplexity dataset or zero-shot task.")
+        return errors
+
+    def _owl_problems(self) -> list[str]:
+        errors = []
+        if self.method not in OWL_METHODS:
+            errors.append(f"OWL: works with {', '.join(OWL_METHODS)}, not {self.method!r}.")
+        try:
+            if Target.parse(self.sparsity).is_nm:
+                errors.append("OWL: layer-wise sparsity is for unstructured targets, not N:M.")
+        except ValueError:
+            pass  # reported by the sparsity check
+        unknown = set(self.owl) - {"M", "lambda"}
+        if unknown:
+            errors.append(f"OWL: unknown setting(s) {sorted(unknown)}; allowed: M, lambda.")
+        m, lam = self.owl.get("M", 5), self.owl.get("lambda", 0.08)
+        if not isinstance(m, (int, float)) or m <= 0:
+            errors.append(f"OWL: M must be a positive number, not {m!r}.")
+        if not isinstance(lam, (int, float)) or not 0 <= lam < 0.5:
+            errors.append(f"OWL: lambda must be in [0, 0.5), not {lam!r}.")
+        return errors
+
+    def needs_calibration(self) -> bool:
+        return self.method in REGISTRY and (REGISTRY[self.method].needs_calibration
+                                            or self.owl is not None)
+
+    def machine_problems(self) -> list[str]:
+        errors = model_problems(self.model)
+        if self.needs_calibration():
+            errors += source_problems("Calibration source", self.calibration)
+        for name in self.ppl_datasets:
+            errors += source_problems("Evaluation dataset", name)
+        if self.zero_shot_tasks:
+            errors += task_problems(self.zero_shot_tasks)
+        return errors + device_problems(self.device)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        return self.method == DENSE
+
+    def target(self) -> Target:
+        return Target() if self.is_dense else Target.parse(self.sparsity)
+
+    def sparsity_columns(self) -> tuple[float | None, str]:
+        target = self.target()
+        return target.fraction, target.pattern
+
+    def baseline(self) -> PruneSpec | None:
+        return None if self.is_dense else self.dense_baseline()
+
+    def dense_baseline(self) -> PruneSpec:
+        """The dense run whose perplexity this run is compared with (same model and evaluation)."""
+        return PruneSpec(model=self.model, method=DENSE, sparsity="0", samples=0, seqlen=0,
+                         seed=0, calibration="", ppl_datasets=list(self.ppl_datasets),
+                         ppl_seqlen=self.ppl_seqlen, max_windows=self.max_windows,
+                         zero_shot_tasks=list(self.zero_shot_tasks), num_fewshot=self.num_fewshot,
+                         zs_limit=self.zs_limit, batch_size=self.batch_size, dtype=self.dtype,
+                         device=self.device, trust_remote_code=self.trust_remote_code)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the result (not where it runs or is saved)."""
+        values = self.to_dict()
+        for key in ("device", "batch_size", "save_dir", "sweep"):
+            values.pop(key)
+        if self.is_dense:
+            for key in ("sparsity", "method_params", "calibration", "samples", "seqlen", "seed",
+                        "block_range", "owl"):
+                values.pop(key)
+        return values
 
 
 def layer_stat_rows(report: PruneReport) -> list[dict[str, Any]]:

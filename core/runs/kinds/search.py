@@ -8,8 +8,11 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
+
+from core import config
 from core.engine import environment
 from core.engine.activation import (
     CoreInferStats,
@@ -20,10 +23,120 @@ from core.engine.activation import (
 )
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
-from core.runs.kinds.activation import converted_range, evaluate_tasks, load, pick_metric
+from core.runs.kinds.activation import (
+    ActivationSpec,
+    converted_range,
+    evaluate_tasks,
+    load,
+    pick_metric,
+)
 from core.runs.registry import register_kind
 from core.runs.results import ChildRun, ProgressFn, RunResult, Say
-from core.runs.specs import ActivationSpec, SearchSpec
+from core.runs.specs import (
+    LIMITS,
+    Dtype,
+    SpecModel,
+    check_block_range,
+    device_problems,
+    fraction,
+    labelled,
+    model_problems,
+    task_problems,
+    whole,
+)
+
+
+class SearchSpec(SpecModel):
+    """Seed 003's parameter search for the sparsity-levels method on one lm-eval task.
+
+    Neuron scores come from ``n_calibration`` prompts of the task; for each ``sum_weight``
+    (``count_weight = 1 - sum_weight``) the threshold whose mean level over the converted blocks
+    is within ``tolerance`` of the goal is found by bisection; each configuration is scored on
+    the first ``n_search`` examples; the best one, AVG (element-wise mean of all level vectors)
+    and CoreInfer then run on the full set (``full_limit`` examples, None = all).  The goal is
+    either ``goal`` (a mean kept fraction) or ``goal_factor`` x CoreInfer's measured kept
+    fraction (1.0 = the same actual sparsity, 0.9 = "10% less"); with ``goal_factor`` the run
+    fills in ``goal``.
+    """
+
+    kind: Literal["search"] = "search"
+    model: str = labelled(config.DEFAULT_MODEL, "Model")
+    task: str = labelled("sb_everyday", "Task")
+    goal: float | None = fraction(0.4, "Goal", form_label="Goal (mean kept fraction)")
+    goal_factor: float | None = fraction(None, "Goal factor",
+                                         form_label="Factor of CoreInfer's kept fraction")
+    coreinfer_sparsity: float = fraction(0.4, "CoreInfer kept fraction",
+                                         help="CoreInfer's 'sparsity' parameter for the "
+                                              "comparison (seed 003: 0.4).")
+    token_sparsity: float = fraction(0.2, "Token sparsity")
+    sum_weights: list[float] = labelled(lambda: [0.15, 0.2, 0.25, 0.3, 0.4, 0.45, 0.55, 0.6],
+                                        "Sum weights")
+    top_k: int = whole(100, 1, 10**6, "Top-k",
+                       help="The sum score is divided by the top_k-th largest sum.")
+    n_calibration: int = whole(16, *LIMITS["samples"], "Calibration prompts")
+    n_search: int = whole(100, 1, 10**7, "Search samples",
+                          help="Examples each configuration is scored on.")
+    full_limit: int | None = whole(None, 1, 10**7, "Full-set limit",
+                                   form_label="Full-set limit (0 = all)")
+    block_range: list[int] | None = labelled(None, "Block range")
+    num_fewshot: int = whole(0, 0, 64, "Few-shot examples")
+    metric: str = labelled("", "Metric")  # '' = the task's headline metric
+    tolerance: float = Field(0.005, gt=0, le=0.1, title="Tolerance")
+    batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
+    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    device: str = labelled("cpu", "Device")
+    trust_remote_code: bool = labelled(False, "Trust remote code")
+
+    @property
+    def method(self) -> str:
+        return "sparsity-levels"
+
+    @field_validator("task")
+    @classmethod
+    def _one_task(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("Task: give one lm-eval task name, e.g. sb_everyday or "
+                             "truthfulqa_gen.")
+        return value
+
+    @field_validator("sum_weights")
+    @classmethod
+    def _sum_weights(cls, value: list[float]) -> list[float]:
+        errors = []
+        if not value:
+            errors.append("Sum weights: give at least one value between 0 and 1, e.g. "
+                          "0.15, 0.3, 0.45.")
+        bad = [w for w in value if not 0 <= w <= 1]
+        if bad:
+            errors.append(f"Sum weights: {bad} are outside [0, 1]; each sum weight is a "
+                          "number between 0 and 1 (count weight = 1 - sum weight).")
+        if len(set(value)) != len(value):
+            errors.append("Sum weights: a value is repeated; give each value once.")
+        if len(value) > 50:
+            errors.append(f"Sum weights: {len(value)} values; at most 50.")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return value
+
+    _block_range = field_validator("block_range")(check_block_range)
+
+    def cross_problems(self) -> list[str]:
+        if self.goal_factor is None and self.goal is None:
+            return ["Goal: give a goal mean kept fraction, or a factor of CoreInfer's "
+                    "measured kept fraction."]
+        return []
+
+    def machine_problems(self) -> list[str]:
+        return (model_problems(self.model) + task_problems([self.task], label="Task")
+                + device_problems(self.device))
+
+    def identity(self) -> dict[str, Any]:
+        values = self.to_dict()
+        for key in ("device", "batch_size"):
+            values.pop(key)
+        if self.goal_factor is not None:
+            values.pop("goal")  # resolved from CoreInfer's measured kept fraction at run time
+        return values
 
 
 def task_prompts(task: str, n: int) -> list[str]:
@@ -208,12 +321,12 @@ def child_runs(spec: SearchSpec, scored: dict[str, Scored], trials: list[dict[st
                        "levels": list(best["levels"][start:end])},
               "AVG": {"method": "sparsity-levels", "levels": avg[start:end]}}
     children = []
-    for config, extra in extras.items():
-        run = scored[config]
+    for name, extra in extras.items():
+        run = scored[name]
         metrics = [run.row, *run.stats.metric_rows()]
         for row in metrics[1:]:
             row["dataset"] = spec.task
-        children.append(ChildRun(ActivationSpec(**common, **extra, config=config), metrics,
+        children.append(ChildRun(ActivationSpec(**common, **extra, config=name), metrics,
                                  run.stats.layer_stat_rows()))
     return children
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from core.engine.adapters import Adapter, set_weight_matrix, weight_matrix
@@ -79,24 +81,66 @@ class Collector:
         raise NotImplementedError
 
 
+class NoParams(BaseModel):
+    """Parameters of a method that takes none.  A method's ``Params`` is a pydantic model: its
+    fields (type, default, range, ``description``) are the method's parameters, and the Launch
+    form and the command line are built from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def param_rule(info: Any) -> str:
+    """'>= 1', 'in [0, 1)', '> 0 (or empty for ...)' from a parameter field's constraints."""
+    extra = info.json_schema_extra or {}
+    if "rule" in extra:
+        return str(extra["rule"])
+    limits = {key: getattr(item, key) for item in info.metadata
+              for cls, key in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt"))
+              if isinstance(item, cls)}
+    low = (f"[{limits['ge']:g}" if "ge" in limits else f"({limits['gt']:g}"
+           if "gt" in limits else None)
+    high = (f"{limits['le']:g}]" if "le" in limits else f"{limits['lt']:g})"
+            if "lt" in limits else None)
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    if high:
+        return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+    return f"of type {getattr(info.annotation, '__name__', info.annotation)}"
+
+
 class PruningMethod(ABC):
-    """Base class: subclasses set ``name``, ``defaults`` and implement ``prune``."""
+    """Base class: subclasses set ``name``, a ``Params`` model and implement ``prune``."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = True
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: {parameter: default}, derived from ``Params``.
     defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {name: f.default for name, f in cls.Params.model_fields.items()}
+
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
+        unknown = set(params) - set(self.Params.model_fields)
         if unknown:
             raise ValueError(f"{self.name} has no parameter(s) {sorted(unknown)}; "
                              f"allowed: {sorted(self.defaults) or 'none'}")
-        self.params = {**self.defaults, **params}
-        self.validate()
+        try:
+            self.params = self.Params(**params).model_dump()
+        except ValidationError as exc:
+            raise ValueError("; ".join(self._messages(exc))) from exc
 
-    def validate(self) -> None:  # noqa: B027 - optional hook, most methods need no checks
-        """Raise ValueError for out-of-range parameters."""
+    def _messages(self, exc: ValidationError) -> list[str]:
+        found = []
+        for error in exc.errors():
+            key = str(error["loc"][0])
+            rule = param_rule(self.Params.model_fields[key])
+            found.append(f"{self.name} {key} must be {rule}; got {error['input']!r}")
+        return found
 
     def collector(self, module: nn.Module) -> Collector | None:
         """A statistics collector for one linear, or None when the method needs no data."""

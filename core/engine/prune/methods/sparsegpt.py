@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from core.engine.masks import lowest_mask
@@ -80,17 +81,18 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: Target,
     return w
 
 
+class SparseGPTParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    blocksize: int = Field(128, ge=1, description="Columns per block: one mask per block.")
+    dampening: float = Field(0.01, ge=0, lt=1, description="Added to the Hessian diagonal, as "
+                             "a fraction of its mean.")
+
+
 @register
 class SparseGPT(PruningMethod):
     name = "sparsegpt"
     description = "One-shot OBS pruning with weight updates (blocks of columns, dampened Hessian)."
-    defaults = {"blocksize": 128, "dampening": 0.01}
-
-    def validate(self) -> None:
-        if int(self.params["blocksize"]) < 1:
-            raise ValueError("sparsegpt blocksize must be >= 1")
-        if not 0 <= float(self.params["dampening"]) < 1:
-            raise ValueError("sparsegpt dampening must be in [0, 1)")
+    Params = SparseGPTParams
 
     def collector(self, module: nn.Module) -> Collector:
         return Hessian(in_features(module))

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from core.engine.adapters import Adapter, set_weight_matrix, weight_matrix
@@ -249,17 +250,8 @@ def sparsellm_ffn(family: str, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor
             up, down, gate = dense.up, dense.down, dense.gate
             hp = p_hessian
         else:
-            gram_p = p.t() @ p
-            hp = gram_p * (2.0 / max(sequences, 1))
-            up = refit_least_squares(gram_x, x, z - b_up, dense.up, dampening)
-            if family == "opt":
-                down = refit_gradient(dense.down, gram_p, p, y_res)
-                gate = None
-            else:
-                down = refit_least_squares(gram_p, p, y_res, dense.down, dampening)
-                assert s is not None and dense.gate is not None
-                gate = refit_least_squares(gram_x, x, s - _bias(dense.gate_bias, dense.gate),
-                                           dense.gate, dampening)
+            up, down, gate, hp = _refit(family, dense, x, gram_x, z - b_up, s, p, y_res,
+                                        sequences, dampening)
         current = replace(current, up=prune(up, x_hessian), down=prune(down, hp))
         if gate is not None:
             current = replace(current, gate=prune(gate, gate_hessian if gate_hessian is not None
@@ -279,6 +271,23 @@ def sparsellm_ffn(family: str, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor
             z = z_step_swiglu(p, m, s, alpha, gamma)
             s = s_step(s, p, z, F.linear(x, current.gate, current.gate_bias), alpha, gamma)
     return result
+
+
+def _refit(family: str, dense: FFNWeights, x: torch.Tensor, gram_x: torch.Tensor,
+           z_target: torch.Tensor, s: torch.Tensor | None, p: torch.Tensor, y_res: torch.Tensor,
+           sequences: int, dampening: float
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The dense weights refitted to the current auxiliary variables, and p's Hessian."""
+    gram_p = p.t() @ p
+    hp = gram_p * (2.0 / max(sequences, 1))
+    up = refit_least_squares(gram_x, x, z_target, dense.up, dampening)
+    if family == "opt":
+        return up, refit_gradient(dense.down, gram_p, p, y_res), None, hp
+    down = refit_least_squares(gram_p, p, y_res, dense.down, dampening)
+    assert s is not None and dense.gate is not None
+    gate = refit_least_squares(gram_x, x, s - _bias(dense.gate_bias, dense.gate), dense.gate,
+                               dampening)
+    return up, down, gate, hp
 
 
 def ffn_family(block: nn.Module, adapter: Adapter) -> str:
@@ -304,6 +313,26 @@ def ffn_family(block: nn.Module, adapter: Adapter) -> str:
     return family
 
 
+ARCH_DEFAULT = " (or empty for the architecture's default)"
+
+
+def _weight(label: str) -> Any:
+    return Field(None, gt=0, description=f"{label}; empty = the architecture's default "
+                 "(OPT 0.1, Llama 5).", json_schema_extra={"rule": "> 0" + ARCH_DEFAULT})
+
+
+class SparseLLMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float | None = _weight("Weight of the input-side fit ||z - W1 X||")
+    beta: float | None = _weight("Weight of the output fit ||W2 p - Y||")
+    gamma: float | None = _weight("Weight of the activation coupling ||p - act(z)||")
+    iterations: int | None = Field(None, ge=1, description="Alternating-minimisation rounds; "
+                                   "empty = 4.", json_schema_extra={
+                                       "rule": "a whole number >= 1" + ARCH_DEFAULT})
+    blocksize: int = Field(128, ge=1, description="SparseGPT columns per block.")
+    dampening: float = Field(0.01, ge=0, lt=1, description="SparseGPT Hessian dampening.")
+
+
 @register
 class SparseLLM(PruningMethod):
     name = "sparsellm"
@@ -312,23 +341,7 @@ class SparseLLM(PruningMethod):
                    "gamma/iterations = the architecture's defaults (OPT 0.1, Llama 5; 4 "
                    "iterations). Several times SparseGPT's time: its cost grows with the "
                    "calibration tokens; wants well over 2x the FFN width in tokens.")
-    defaults: dict[str, Any] = {"alpha": None, "beta": None, "gamma": None, "iterations": None,
-                                "blocksize": 128, "dampening": 0.01}
-
-    def validate(self) -> None:
-        for key in ("alpha", "beta", "gamma"):
-            value = self.params[key]
-            if value is not None and not float(value) > 0:
-                raise ValueError(f"sparsellm {key} must be > 0 (or empty for the "
-                                 f"architecture's default); got {value}")
-        iterations = self.params["iterations"]
-        if iterations is not None and (int(iterations) != iterations or int(iterations) < 1):
-            raise ValueError(f"sparsellm iterations must be a whole number >= 1 (or empty for "
-                             f"the architecture's default); got {iterations}")
-        if int(self.params["blocksize"]) < 1:
-            raise ValueError("sparsellm blocksize must be >= 1")
-        if not 0 <= float(self.params["dampening"]) < 1:
-            raise ValueError("sparsellm dampening must be in [0, 1)")
+    Params = SparseLLMParams
 
     def settings(self, family: str) -> dict[str, float]:
         """alpha, beta, gamma, iterations: the user's values, else the architecture's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from core.engine.masks import nm_mask, row_mask
@@ -64,7 +65,12 @@ class Wanda(PruningMethod):
     name = "wanda"
     description = ("Prune by |W| x input-feature norm, per output row. 'variant' prunes by a "
                    "cumulative-score threshold found by bisection.")
-    defaults = {"variant": False}
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        variant: bool = Field(False, description="Prune by a cumulative-score threshold per "
+                              "row found by bisection (the paper's variant), not the lowest "
+                              "scores.")
 
     def collector(self, module: nn.Module) -> Collector:
         return InputNorms(in_features(module))
