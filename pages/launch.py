@@ -16,7 +16,7 @@ from core.execution import jobs
 from core.execution.local import LocalExecutor
 from core.present import runs as run_views
 from core.present import tables
-from core.runs import sweep
+from core.runs import registry, sweep
 from core.runs.kinds.prune import OWL_METHODS, PruneSpec
 from core.runs.specs import check
 from core.store.db import StoreError
@@ -37,16 +37,19 @@ if not store.writable:
              "SPARSEBENCH_DB to a writable file and restart.")
     st.stop()
 
-RUN_KINDS = ("Prune + evaluate", "Activation sparsity", "Parameter search")
-run_kind = st.radio("Run kind", RUN_KINDS, horizontal=True,
-                    help="Activation sparsity: CoreInfer or per-block sparsity levels (no weights "
-                         "change). Parameter search: seed 003's search of the sparsity levels, "
-                         "compared with CoreInfer.")
-if run_kind != RUN_KINDS[0]:
+kinds = registry.all_kinds()
+titles = [kind.title for kind in kinds]
+run_kind = kinds[titles.index(st.radio(
+    "Run kind", titles, horizontal=True,
+    help="Activation sparsity: CoreInfer or per-block sparsity levels (no weights change). "
+         "Parameter search: seed 003's search of the sparsity levels, compared with "
+         "CoreInfer."))]
+if run_kind.name != "prune":
     from ui import activation_forms
 
-    (activation_forms.activation_form if run_kind == RUN_KINDS[1]
-     else activation_forms.search_form)(store)
+    forms = {"activation": activation_forms.activation_form,
+             "search": activation_forms.search_form}
+    forms.get(run_kind.name, lambda s: activation_forms.kind_form(s, run_kind.spec))(store)
     st.caption(f"Results are stored in `{config.db_path()}`.")
     st.stop()
 

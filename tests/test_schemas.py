@@ -10,18 +10,23 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import ValidationError
 
 import cli
 from core.engine.prune.methods import REGISTRY, get_method
+from core.execution.local import LocalExecutor
+from core.execution.run import run_and_store
 from core.runs import registry
 from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.prune import PruneSpec
 from core.runs.kinds.search import SearchSpec
-from core.runs.specs import check
+from core.runs.results import RunResult
+from core.runs.specs import SpecModel, check, labelled, whole
 from core.store import published
+from core.store.db import Store
 from tests.page_helpers import open_page, widget
 
 TOY_METHOD = '''
@@ -131,3 +136,59 @@ def test_kinds_are_registered_and_stored_specs_come_back_through_the_union() -> 
         registry.spec_from_dict({"kind": "nope"})
     with pytest.raises(ValueError, match=r"unknown spec field\(s\): \['colour'\]"):
         registry.spec_from_dict({"kind": "prune", "colour": "red"})
+
+
+class EchoSpec(SpecModel):
+    """A run kind written in a test: stores the number it is given."""
+
+    kind: Literal["echo"] = "echo"
+    model: str = labelled("smollm2-135m", "Model")
+    number: int = whole(3, 1, 9, "Number", help="The number to store.")
+    words: list[str] = labelled(list, "Words")
+    device: str = labelled("cpu", "Device")
+
+    @property
+    def method(self) -> str:
+        return "echo"
+
+    def identity(self) -> dict:
+        return self.to_dict()
+
+
+def execute_echo(spec: EchoSpec, progress, say) -> RunResult:  # noqa: ANN001
+    say(f"echo {spec.number}")
+    return RunResult(metrics=[{"kind": "echo", "dataset": "-", "metric": "number",
+                               "value": float(spec.number)}])
+
+
+@pytest.fixture
+def echo_kind() -> Iterator[str]:
+    registry.register_kind("echo", EchoSpec, execute_echo, title="Echo")
+    try:
+        yield "echo"
+    finally:
+        registry.KINDS.pop("echo", None)
+
+
+def test_a_new_run_kind_is_one_registered_spec_and_execute(
+        echo_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSEBENCH_DB", str(tmp_path / "r.duckdb"))
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(published, "FIGURES", tmp_path / "none.csv")
+    monkeypatch.setattr(published, "TRIALS", tmp_path / "none-trials.csv")
+    monkeypatch.setattr(LocalExecutor, "ensure_workers", lambda self: [])
+    at = open_page("pages/launch.py")
+    widget(at.radio, "Run kind").set_value("Echo").run()
+    widget(at.number_input, "Number").set_value(12)
+    widget(at.button, "Queue run").click().run()
+    assert "Number: 12 is not a whole number between 1 and 9." in at.error[0].value
+    widget(at.number_input, "Number").set_value(7)
+    widget(at.text_input, "Words (comma separated)").set_value("a, b")
+    widget(at.button, "Queue run").click().run()
+    assert not at.error and "Queued run" in at.success[0].value
+    store = Store(tmp_path / "r.duckdb")
+    run_id, stored = store.frame("SELECT id, spec FROM runs WHERE kind = 'echo'").iloc[0]
+    spec = registry.spec_from_dict(json.loads(stored))
+    assert spec == EchoSpec(number=7, words=["a", "b"])
+    run_and_store(store, int(run_id), spec)
+    assert store.metrics("echo")["value"].tolist() == [7.0]

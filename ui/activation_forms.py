@@ -24,7 +24,7 @@ from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.search import SearchSpec
 from core.runs.specs import check
 from core.store.db import Store, StoreError
-from ui.schema_form import field_input
+from ui.schema_form import field_input, spec_inputs
 
 METHODS = {"CoreInfer": "coreinfer", "Sparsity levels": "sparsity-levels"}
 GOAL_MODES = ("Fixed goal", "Relative to CoreInfer's measured kept fraction")
@@ -97,7 +97,7 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
         st.error(str(exc))
         return
     for spec, submission in zip(specs, submissions, strict=True):
-        what = describe(spec)
+        what = spec.summary(run_views.short_source(spec.model))
         if submission.reused:
             st.info(f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) "
                     "is already stored or pending, and its results are reused. Tick 'Run again "
@@ -107,16 +107,14 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
     st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
 
 
-def describe(spec: Any) -> str:
-    """'parameter search on sb_everyday (goal 0.4) with tiny' and the like."""
-    model = run_views.short_source(spec.model)
-    if spec.kind == "search":
-        goal = (f"goal {spec.goal}" if spec.goal_factor is None
-                else f"goal {spec.goal_factor} x CoreInfer's measured kept fraction")
-        return f"parameter search on {spec.task} ({goal}) with {model}"
-    what = (f"CoreInfer, kept fraction {spec.sparsity}" if spec.method == "coreinfer"
-            else f"sparsity levels {', '.join(f'{v:g}' for v in spec.levels or [])}")
-    return f"{what} on {model}"
+def kind_form(store: Store, spec: type) -> None:
+    """The generic form of a run kind without a form of its own, built from its schema."""
+    key = spec.model_fields["kind"].default
+    values = spec_inputs(spec, key=key)
+    fresh = st.checkbox("Run again even if an identical run is stored", False,
+                        key=f"{key}-fresh")
+    if st.button("Queue run", type="primary", icon=":material/rocket_launch:", key=f"{key}-go"):
+        _queue(store, spec, [values], [], fresh)
 
 
 def activation_form(store: Store) -> None:

@@ -84,3 +84,39 @@ def params_inputs(params: type[BaseModel], key: str) -> dict[str, Any]:
                                 label=name.replace("_", " ").capitalize())
               for column, name in zip(columns, names, strict=True)}
     return {name: value for name, value in chosen.items() if value is not None}
+
+
+def _list_input(model: type[BaseModel], name: str, key: str) -> Any:
+    """A comma-separated text field for a list (numbers parsed by the item type)."""
+    info = model.model_fields[name]
+    default = info.get_default(call_default_factory=True) or []
+    text = st.text_input(f"{label_of(model, name)} (comma separated)",
+                         ", ".join(map(str, default)), key=key, help=help_of(model, name))
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    item = get_args(next((a for a in (info.annotation, *get_args(info.annotation))
+                          if getattr(a, "__origin__", None) is list), list[str]))[0]
+    values: list[Any] = []
+    for part in parts:
+        try:
+            values.append(item(part) if item in (int, float) else part)
+        except ValueError:
+            values.append(part)  # refused, with its field, by the spec check
+    return values or (None if _optional(info) else [])
+
+
+def spec_inputs(model: type[BaseModel], key: str) -> dict[str, Any]:
+    """A widget for every field a user sets (system fields left out): the generic form of a
+    run kind that has no form of its own."""
+    system = set(getattr(model, "SYSTEM_FIELDS", ()))
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name in system:
+            continue
+        kinds = (info.annotation, *get_args(info.annotation))
+        if any(getattr(a, "__origin__", None) is list for a in kinds):
+            values[name] = _list_input(model, name, f"{key}-{name}")
+        elif any(getattr(a, "__origin__", None) is dict for a in kinds):
+            continue  # nested settings: the kind's defaults
+        else:
+            values[name] = field_input(model, name, key=f"{key}-{name}")
+    return values

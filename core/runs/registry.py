@@ -46,6 +46,14 @@ def discover(package: str = "core.runs.kinds") -> None:
         importlib.import_module(f"{package}.{info.name}")
 
 
+def all_kinds() -> list[RunKind]:
+    """Every registered kind, the built-in ones first (prune, activation, search)."""
+    discover()
+    order = ("prune", "activation", "search")
+    return sorted(KINDS.values(), key=lambda k: (order.index(k.name) if k.name in order
+                                                 else len(order), k.name))
+
+
 def get_kind(name: str) -> RunKind:
     discover()
     if name not in KINDS:

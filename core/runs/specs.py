@@ -48,7 +48,11 @@ def labelled(default: Any, label: str, **extra: Any) -> Any:
 
 
 class SpecModel(BaseModel):
-    """Base of every run spec: strict types, unknown fields refused, dict round trip."""
+    """Base of every run spec: strict types, unknown fields refused, dict round trip.
+
+    A kind's spec declares ``kind`` (a Literal of its name), ``model``, ``device`` (where it
+    runs) and a ``method`` (field or property), and says what decides its result in
+    ``identity()``."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
     #: Fields that are set by the system (a search's child runs, sweeps), not by a form.
@@ -75,6 +79,10 @@ class SpecModel(BaseModel):
     def baseline(self) -> Any:
         """The dense run this run is compared with (queued with it when missing), or None."""
         return None
+
+    def summary(self, model: str) -> str:
+        """What the run is, in a few words, for messages ('parameter search on ... with tiny')."""
+        return f"{self.kind} run on {model}"
 
     def cross_problems(self) -> list[str]:
         """Problems between fields (both valid on their own); kinds override."""

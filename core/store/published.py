@@ -37,8 +37,9 @@ TRIAL_COLUMNS = ("source", "ref", "table", "model", "task", "metric", "goal", "t
 #: Per-number keys of ``params`` (they describe the number, not the run).
 ROW_KEYS = ("block",)
 IMPORTER_VERSION = "3"  # bump when the mapping of CSV rows to runs changes (3: stable ids)
-#: Published run ids lie in [-ID_SPAN, -1] (see ``run_id``).
-ID_SPAN = 2**53 - 1
+#: Published run ids lie in [-ID_SPAN, -1] (see ``run_id``): nine digits at most, short enough
+#: to read and to type in a URL; a clash between two of the few hundred keys is refused at import.
+ID_SPAN = 10**9 - 1
 
 
 def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -111,8 +112,8 @@ def run_id(key: tuple) -> int:
     its settings; for a search table: model, task and goal).  The numbers themselves are not part
     of it: a corrected figure is the same run with a new value, so its id stays.  Ids are
     negative, in ``[-ID_SPAN, -1]``: own runs take theirs from the ``run_ids`` sequence, which
-    starts at 1, so the two never meet; and every id stays exactly representable as a float
-    (|id| < 2**53), as pandas holds a column of run ids with gaps (e.g. "Baseline run").
+    starts at 1, so the two never meet; and every id stays exactly representable as a float,
+    as pandas holds a column of run ids with gaps (e.g. "Baseline run").
     """
     canonical = json.dumps(key, separators=(",", ":"), default=str)
     digest = hashlib.sha256(canonical.encode()).digest()

@@ -137,6 +137,11 @@ class ActivationSpec(SpecModel):
             errors += source_problems("Evaluation dataset", name)
         return errors + device_problems(self.device)
 
+    def summary(self, model: str) -> str:
+        what = (f"CoreInfer, kept fraction {self.sparsity}" if self.method == "coreinfer"
+                else f"sparsity levels {', '.join(f'{v:g}' for v in self.levels or [])}")
+        return f"{what} on {model}"
+
     def identity(self) -> dict[str, Any]:
         values = self.to_dict()
         for key in ("device", "batch_size", "search"):

@@ -130,6 +130,11 @@ class SearchSpec(SpecModel):
         return (model_problems(self.model) + task_problems([self.task], label="Task")
                 + device_problems(self.device))
 
+    def summary(self, model: str) -> str:
+        goal = (f"goal {self.goal}" if self.goal_factor is None
+                else f"goal {self.goal_factor} x CoreInfer's measured kept fraction")
+        return f"parameter search on {self.task} ({goal}) with {model}"
+
     def identity(self) -> dict[str, Any]:
         values = self.to_dict()
         for key in ("device", "batch_size"):
