@@ -25,7 +25,7 @@ with store_or_stop():
 
 if finals.empty and trials.empty and own_runs.empty:
     st.info("No activation-sparsity results yet. Launch a CoreInfer or sparsity-levels run, or "
-            "check that core/published/ holds figures.csv and search_trials.csv.")
+            "check that core/store/published/ holds figures.csv and search_trials.csv.")
     st.stop()
 
 selection = sidebar_filters(pd.concat([finals[["model", "group", "origin"]],

@@ -21,7 +21,7 @@ with store_or_stop():
 options = compare.run_options(runs)
 if options.empty:
     st.info("No finished runs to compare yet. Launch a pruning run, or check that "
-            "core/published/figures.csv is present: published figures are imported at start.")
+            "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
 labels = list(options["label"])

@@ -11,6 +11,7 @@ import streamlit as st
 from core import config
 from core.engine import data
 from core.engine.evaluate import zeroshot
+from core.engine.prune import owl as owl_targets
 from core.engine.prune.methods import REGISTRY, available
 from core.execution import jobs
 from core.execution.local import LocalExecutor
@@ -130,10 +131,11 @@ if method != "dense":
                  "sparsity above. Unstructured targets only; needs calibration data.")
         if use_owl:
             left, right = st.columns(2)
-            owl = {"M": float(left.number_input("OWL M (outlier threshold × mean)", 0.1, 1000.0,
-                                                value=5.0)),
-                   "lambda": float(right.number_input("OWL lambda (max deviation)", 0.0, 0.49,
-                                                      value=0.08, format="%.3f"))}
+            owl = {"M": float(left.number_input("OWL M (outlier threshold × mean)",
+                                                value=owl_targets.DEFAULT_M)),
+                   "lambda": float(right.number_input("OWL lambda (max deviation)",
+                                                      value=owl_targets.DEFAULT_LAMBDA,
+                                                      step=0.01, format="%.3f"))}
     params = params_inputs(REGISTRY[method].Params, key=f"prune-{method}")
 
 calibration, samples, seqlen, seed = (defaults.calibration, defaults.samples, defaults.seqlen,

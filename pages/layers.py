@@ -18,7 +18,7 @@ with store_or_stop():
 
 if all_stats.empty:
     st.info("No layer statistics yet. Every pruning run stores them; launch one, or check that "
-            "core/published/figures.csv is present: published figures are imported at start.")
+            "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
 stats = tables.filter_rows(all_stats, **sidebar_filters(all_stats))

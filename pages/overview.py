@@ -25,7 +25,7 @@ third.metric("Results file", config.db_path().name, help=str(config.db_path()))
 
 if own + published == 0:
     st.info("The results file is empty. Published reference figures are imported from "
-            "core/published/ at start; launch a pruning run to add your own.")
+            "core/store/published/ at start; launch a pruning run to add your own.")
 else:
     st.dataframe(counts, hide_index=True, width="content")
 

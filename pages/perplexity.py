@@ -20,7 +20,7 @@ with store_or_stop():
 
 if all_rows.empty:
     st.info("No perplexity results yet. Launch a pruning run, or check that "
-            "core/published/figures.csv is present: published figures are imported at start.")
+            "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
 selection = sidebar_filters(all_rows)

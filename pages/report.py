@@ -22,7 +22,7 @@ with store_or_stop():
 subjects = report.subjects(ppl, zs, stats)
 if not subjects:
     st.info("No results to report yet. Launch a pruning run, or check that "
-            "core/published/figures.csv is present: published figures are imported at start.")
+            "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
 labels = [report.subject_label(m, g) for m, g in subjects]

@@ -20,7 +20,8 @@ with store_or_stop():
 
 if all_rows.empty:
     st.info("No zero-shot results yet. Launch an evaluation run with zero-shot tasks, or check "
-            "that core/published/figures.csv is present: published figures are imported at start.")
+            "that core/store/published/figures.csv is present: published figures are imported "
+            "at start.")
     st.stop()
 
 selection = sidebar_filters(all_rows)

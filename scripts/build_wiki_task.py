@@ -1,4 +1,4 @@
-"""Build core/tasks/sb_wiki_next.jsonl: pick the true next sentence of a Wikipedia passage.
+"""Build core/engine/evaluate/tasks/sb_wiki_next.jsonl: the true next sentence of a passage.
 
 Passages come from the held-out (evaluation) part of the offline Wikipedia text; the three wrong
 choices are sentences of similar length from other articles.  Run once; the output is committed.
@@ -61,7 +61,7 @@ def main() -> None:
         rng.shuffle(choices)
         items.append({"id": len(items), "context": context, "choices": choices,
                       "label": choices.index(answer)})
-    out = ROOT / "core" / "tasks" / "sb_wiki_next.jsonl"
+    out = ROOT / "core" / "engine" / "evaluate" / "tasks" / "sb_wiki_next.jsonl"
     out.write_text("".join(json.dumps(item) + "\n" for item in items))
     print(f"wrote {len(items)} items from {len(articles)} articles to {out}")
 

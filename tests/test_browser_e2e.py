@@ -175,7 +175,7 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
 
             # Launch: a tiny Wanda run with a local model and local calibration / evaluation text.
             sidebar.get_by_role("link", name="Launch").click()
-            expect(page.get_by_role("heading", name="Launch a run")).to_be_visible()
+            expect(page.get_by_role("heading", name="Launch a run")).to_be_visible(timeout=30_000)
             settle(page)
             type_into(page, "Model name or folder", str(app["model"]))
             choose(page, "Method", "Wanda")

@@ -1,10 +1,11 @@
 """The published figures hold every number of the four seed reports.
 
 Each seed file is parsed here on its own (nothing is imported from the script that wrote the CSV
-files, and no number is typed in): every figure the seed prints must be found in the store built
-from ``core/published/*.csv``, at the place (model, method, sparsity, dataset, ...) the seed gives
-it.  Tokens that are not figures (table and section numbers, "Magnitude 30%" labels, the "100"
-samples, the ``top_k`` of 100 in the parameter lists, ordinals such as "6th") are named below.
+files, and no number is typed in): every figure the seed prints must be found in the store
+built from ``core/store/published/*.csv``, at the place (model, method, sparsity, dataset, ...)
+the seed gives it.  Tokens that are not figures (table and section numbers, "Magnitude 30%"
+labels, the "100" samples, the ``top_k`` of 100 in the parameter lists, ordinals such as "6th")
+are named below.
 """
 
 from __future__ import annotations

@@ -390,7 +390,7 @@ def test_published_seed_000_tables(published_store: Store) -> None:
     rows = tables.load_metrics(published_store, "perplexity")
     seed = [g for g in tables.choices(rows, "group") if g.startswith("Seed report 000")]
     if not seed:
-        pytest.skip("seed 000 figures not in core/published/figures.csv")
+        pytest.skip("seed 000 figures not in core/store/published/figures.csv")
     table = tables.perplexity_table(tables.filter_rows(rows, groups=seed))
     assert cell(table, "Magnitude 70%", "PPL") == "diverged"
     assert cell(table, "Magnitude 30%", "Δ from dense") == "+12.14%"
@@ -602,7 +602,7 @@ def test_drop_table_of_the_published_seed_000(published_store: Store) -> None:
     rows = tables.load_metrics(published_store, "zero_shot")
     seed = [g for g in tables.choices(rows, "group") if g.startswith("Seed report 000")]
     if not seed:
-        pytest.skip("seed 000 figures not in core/published/figures.csv")
+        pytest.skip("seed 000 figures not in core/store/published/figures.csv")
     table = tables.drop_table(rows, "Llama-2-7b-hf", "30%", groups=seed)
     shown = table.display().set_index(["Task", "Method"])
     piqa = shown.loc[("piqa", "Magnitude 30%")]  # 78.40% vs dense 78.13%: an improvement
@@ -680,7 +680,7 @@ def test_seed_002_layer_statistics(published_store: Store) -> None:
     runs = tables.layer_runs(stats)
     seed = runs[runs["group"].str.startswith("Seed report 002")]
     if seed.empty:
-        pytest.skip("seed 002 figures not in core/published/figures.csv")
+        pytest.skip("seed 002 figures not in core/store/published/figures.csv")
     run = int(seed["run_id"].iloc[0])
     assert tables.block_sparsity_table(stats, run).empty  # the seed gives only the summary
     summary = tables.layer_summary_table(stats, run).display().set_index("Statistic")

@@ -42,7 +42,10 @@ class LocalExecutor:
         return sorted(frame["device"].tolist())
 
     def workers_alive(self) -> dict[str, bool]:
-        return {d: worker.worker_alive(self.store.path, d) for d in self.pending_devices()}
+        """Per device with pending work: whether a worker serves it or is starting up."""
+        path = Path(self.store.path)
+        return {d: worker.worker_alive(path, d) or worker.worker_starting(path, d)
+                for d in self.pending_devices()}
 
     def ensure_workers(self) -> list[str]:
         """Fail runs whose worker died, then start a worker for each unserved device."""
@@ -58,9 +61,11 @@ class LocalExecutor:
         log_file = config.cache_dir() / "logs" / f"worker-{device.replace(':', '_')}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as out:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "core.execution.worker", "--db", str(Path(self.store.path)),
                  "serve", "--device", device, "--idle-exit", str(self.idle_exit_s)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=config.REPO_ROOT, start_new_session=True,
             )
+        worker.starting_path(Path(self.store.path), device).write_text(f"{proc.pid}\n")
+        return proc

@@ -39,6 +39,7 @@ HEARTBEAT_S = 3.0
 POLL_S = 0.5
 CANCEL_GRACE_S = 3.0
 PROGRESS_EVERY_S = 0.5
+LOCK_WAIT_S = 2.0  # how long a starting worker tries for the device lock
 
 
 def lock_path(db: Path, device: str) -> Path:
@@ -46,16 +47,22 @@ def lock_path(db: Path, device: str) -> Path:
 
 
 @contextlib.contextmanager
-def device_lock(db: Path, device: str) -> Iterator[bool]:
-    """Try to hold the worker lock of ``device``; yields whether it was acquired."""
+def device_lock(db: Path, device: str, wait_s: float = 0.0) -> Iterator[bool]:
+    """Try to hold the worker lock of ``device`` (for up to ``wait_s`` seconds: a page that
+    probes the lock holds it for an instant); yields whether it was acquired."""
     path = lock_path(db, device)
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         try:
             handle.seek(0)
             handle.truncate()
@@ -70,6 +77,40 @@ def worker_alive(db: Path, device: str) -> bool:
     """Whether a worker currently serves ``device`` (it holds the lock)."""
     with device_lock(db, device) as acquired:
         return not acquired
+
+
+def starting_path(db: Path, device: str) -> Path:
+    """Where the executor notes the worker it started and not yet serving (pid)."""
+    return lock_path(db, device).with_suffix(".starting")
+
+
+def worker_starting(db: Path, device: str, within_s: float = 120.0) -> bool:
+    """Whether a worker started for ``device`` in the last ``within_s`` s is still alive (it
+    may still be importing before it takes the lock)."""
+    path = starting_path(db, device)
+    try:
+        pid = int(path.read_text().strip())
+        young = time.time() - path.stat().st_mtime < within_s
+    except (OSError, ValueError):
+        return False
+    return young and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """A running process (not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _clear_starting(db: Path, device: str) -> None:
+    """This worker is serving (or leaving): it no longer counts as starting."""
+    path = starting_path(db, device)
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
 
 
 # -- the child: one run ---------------------------------------------------------------------
@@ -122,7 +163,8 @@ class Worker:
         self.name = f"{os.uname().nodename}:{os.getpid()}:{device}"
 
     def serve(self) -> int:
-        with device_lock(self.db, self.device) as acquired:
+        with device_lock(self.db, self.device, wait_s=LOCK_WAIT_S) as acquired:
+            _clear_starting(self.db, self.device)
             if not acquired:
                 log.info("another worker already serves %s", self.device)
                 return 0

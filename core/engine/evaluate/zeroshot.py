@@ -3,7 +3,7 @@
 The pruned model is wrapped with ``HFLM(pretrained=<model>, tokenizer=...)`` and evaluated with
 ``simple_evaluate``: it is never saved and reloaded.  Each task is evaluated on its own, so a task
 whose data cannot be loaded fails alone and the other tasks' results are kept.  The project ships
-small offline tasks (``core/tasks``) for tests and the offline demo.
+small offline tasks (``core/engine/evaluate/tasks``) for tests and the offline demo.
 """
 
 from __future__ import annotations

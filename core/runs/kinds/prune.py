@@ -159,7 +159,7 @@ class PruneSpec(SpecModel):
         unknown = set(self.owl) - {"M", "lambda"}
         if unknown:
             errors.append(f"OWL: unknown setting(s) {sorted(unknown)}; allowed: M, lambda.")
-        m, lam = self.owl.get("M", 5), self.owl.get("lambda", 0.08)
+        m, lam = self.owl.get("M", owl.DEFAULT_M), self.owl.get("lambda", owl.DEFAULT_LAMBDA)
         if not isinstance(m, (int, float)) or m <= 0:
             errors.append(f"OWL: M must be a positive number, not {m!r}.")
         if not isinstance(lam, (int, float)) or not 0 <= lam < 0.5:
