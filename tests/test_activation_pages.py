@@ -92,7 +92,7 @@ def test_search_form_reports_every_bad_field(db: Path, workers: list[int]) -> No
     widget(at.button, "Queue search").click().run()
     problems = problems_of(at)
     expected = {"Model": "does not exist", "Task 'nope_zz'": "is not an lm-eval task",
-                "Goal": "0.0 is not a number above 0 and at most 1",
+                "Goal": "0.0 is not a number above 0 and below 1",
                 "Sum weights": "'abc' is not a number; give comma-separated numbers",
                 "Top-k": "0 is not a whole number between 1", "Block range": "0 <= start < end"}
     for field, part in expected.items():

@@ -201,7 +201,7 @@ def test_search_spec_messages() -> None:
                            block_range=[3, 1], device="gpu", tolerance=0.5)
     expected = ["Model: the folder './nope/model' does not exist",
                 "Task 'no_such_task_xyz' is not an lm-eval task",
-                "Goal: 1.5 is not a number above 0 and at most 1",
+                "Goal: 1.5 is not a number above 0 and below 1",
                 "Sum weights: [1.2] are outside [0, 1]",
                 "Sum weights: a value is repeated",
                 "Top-k: 0 is not a whole number between 1",

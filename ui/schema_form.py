@@ -15,22 +15,17 @@ import streamlit as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from core.runs.specs import _is_int, _literal_choices
-
-
-def _extra(info: FieldInfo) -> dict[str, Any]:
-    extra = info.json_schema_extra
-    return dict(extra) if isinstance(extra, dict) else {}
+from core.runs.specs import extra_of, is_int, literal_choices
 
 
 def label_of(model: type[BaseModel], name: str) -> str:
     info = model.model_fields[name]
-    return str(_extra(info).get("form_label") or info.title or name.replace("_", " "))
+    return str(extra_of(info).get("form_label") or info.title or name.replace("_", " "))
 
 
 def help_of(model: type[BaseModel], name: str) -> str | None:
     info = model.model_fields[name]
-    return _extra(info).get("help") or info.description
+    return extra_of(info).get("help") or info.description
 
 
 def _optional(info: FieldInfo) -> bool:
@@ -51,12 +46,12 @@ def field_input(model: type[BaseModel], name: str, *, key: str, container: Any =
     value = info.get_default(call_default_factory=True) if value is ... else value
     text = label or label_of(model, name)
     hint = help_of(model, name)
-    choices = _literal_choices(info.annotation)
+    choices = literal_choices(info.annotation)
     if info.annotation is bool:
         return container.checkbox(text, bool(value), key=key, help=hint)
     if choices:
         return container.selectbox(text, choices, index=choices.index(value), key=key, help=hint)
-    if _is_int(info.annotation):
+    if is_int(info.annotation):
         zero_is_none = _optional(info) and "(0 = all)" in text
         shown = 0 if value is None and zero_is_none else value
         typed = container.number_input(text, value=shown, step=1, key=key, help=hint,

@@ -16,13 +16,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from core.engine.prune.methods import REGISTRY
+from core.runs.specs import extra_of
 
 PARAM_PREFIX = "param:"
-
-
-def _extra(info: FieldInfo) -> dict[str, Any]:
-    extra = info.json_schema_extra
-    return dict(extra) if isinstance(extra, dict) else {}
 
 
 def _flag(name: str) -> str:
@@ -38,7 +34,7 @@ def _kind(annotation: Any) -> Any:
 
 def _argument(info: FieldInfo) -> dict[str, Any]:
     """argparse keywords (type, nargs, choices, action) for one schema field."""
-    extra = _extra(info)
+    extra = extra_of(info)
     kind = _kind(info.annotation)
     if kind is bool:
         return {"action": "store_true"}
@@ -52,7 +48,7 @@ def _argument(info: FieldInfo) -> dict[str, Any]:
 
 
 def _help(info: FieldInfo) -> str:
-    extra = _extra(info)
+    extra = extra_of(info)
     text = extra.get("help") or info.description or ""
     default = info.get_default(call_default_factory=True)
     shown = "" if default in (None, [], {}, "") else f" (default {default})"
@@ -67,7 +63,7 @@ def add_spec_options(parser: argparse.ArgumentParser, spec: type[BaseModel],
     for name, info in spec.model_fields.items():
         if name in system:
             continue
-        flag = _extra(info).get("cli", _flag(name))
+        flag = extra_of(info).get("cli", _flag(name))
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=_help(info),
                             **_argument(info))
 
@@ -95,7 +91,7 @@ def spec_values(args: argparse.Namespace, spec: type[BaseModel]) -> dict[str, An
     for name, info in spec.model_fields.items():
         if name not in given:
             continue
-        extra, value = _extra(info), given[name]
+        extra, value = extra_of(info), given[name]
         if get_origin(_kind(info.annotation)) is dict:  # e.g. --owl M LAMBDA
             value = dict(zip(extra["cli_metavar"], value, strict=True))
         elif extra.get("cli_zero_is_none") and value == 0:

@@ -5,7 +5,8 @@ human-worded problems ("Calibration samples: 0 is not a whole number between 1 a
 A spec is a pydantic model: types, ranges and choices are checked when it is built (unknown
 fields refused), so an invalid spec never exists.  :func:`check` builds one and returns every
 problem at once: field problems, the checks between fields and those that need the machine
-(files, devices, lm-eval tasks).  Each run kind declares its spec class in its own module
+(files, devices, lm-eval tasks, and ``core.runs.preflight``: the model's config, text files,
+memory).  Each run kind declares its spec class in its own module
 (``core.runs.kinds``); the forms and the command line are built from these schemas.
 """
 
@@ -34,10 +35,12 @@ def whole(default: Any, low: int, high: int, label: str, **extra: Any) -> Any:
     return Field(default, ge=low, le=high, title=label, json_schema_extra=extra or None)
 
 
-def fraction(default: Any, label: str, zero_ok: bool = False, **extra: Any) -> Any:
-    """A fraction in (0, 1] (or [0, 1] with ``zero_ok``)."""
-    bounds = {"ge": 0} if zero_ok else {"gt": 0}
-    return Field(default, le=1, title=label, json_schema_extra=extra or None, **bounds)
+def fraction(default: Any, label: str, zero_ok: bool = False, below_one: bool = False,
+             **extra: Any) -> Any:
+    """A fraction in (0, 1] (or [0, 1] with ``zero_ok``, (0, 1) with ``below_one``)."""
+    bounds: dict[str, float] = {"ge": 0} if zero_ok else {"gt": 0}
+    bounds.update({"lt": 1} if below_one else {"le": 1})
+    return Field(default, title=label, json_schema_extra=extra or None, **bounds)
 
 
 def labelled(default: Any, label: str, **extra: Any) -> Any:
@@ -108,11 +111,17 @@ def bounds(info: FieldInfo) -> dict[str, float]:
     return found
 
 
-def _is_int(annotation: Any) -> bool:
+def extra_of(info: FieldInfo) -> dict[str, Any]:
+    """A field's form and command-line hints (``json_schema_extra``: form_label, help, cli...)."""
+    extra = info.json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def is_int(annotation: Any) -> bool:
     return annotation is int or int in get_args(annotation)
 
 
-def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+def literal_choices(annotation: Any) -> tuple[Any, ...]:
     if getattr(annotation, "__origin__", None) is Literal:
         return get_args(annotation)
     for arg in get_args(annotation):
@@ -131,14 +140,16 @@ def interval(limits: dict[str, float]) -> str:
 def field_message(label: str, info: FieldInfo, value: Any) -> str:
     """How a bad value of one field is worded, from the field's type and range."""
     limits = bounds(info)
-    choices = _literal_choices(info.annotation)
+    choices = literal_choices(info.annotation)
     if choices:
         return f"{label}: {value!r} is not one of {', '.join(map(str, choices))}."
-    if _is_int(info.annotation) and limits:
+    if is_int(info.annotation) and limits:
         return (f"{label}: {value!r} is not a whole number between {limits.get('ge')} and "
                 f"{limits.get('le')}.")
     if limits == {"gt": 0, "le": 1}:
         return f"{label}: {value!r} is not a number above 0 and at most 1."
+    if limits == {"gt": 0, "lt": 1}:
+        return f"{label}: {value!r} is not a number above 0 and below 1."
     if limits == {"ge": 0, "le": 1}:
         return f"{label}: {value!r} is not a number between 0 and 1."
     if limits:
@@ -195,9 +206,10 @@ def looks_like_path(name: str) -> bool:
 
 
 def model_problems(model: str) -> list[str]:
+    """No model, or a folder that does not exist (the rest: ``preflight.load_config``)."""
     if not model.strip():
         return ["Model: give 'smollm2-135m', a local folder or a hub id."]
-    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+    if looks_like_path(model) and not Path(model).expanduser().exists():
         return [f"Model: the folder {model!r} does not exist; give an existing model folder, "
                 f"'{config.DEFAULT_MODEL}' or a hub id such as meta-llama/Llama-2-7b-hf."]
     return []

@@ -34,6 +34,7 @@ from core.engine.activation import (
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import windows
+from core.runs import preflight
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -135,7 +136,14 @@ class ActivationSpec(SpecModel):
             errors += task_problems(self.tasks)
         for name in self.ppl_datasets:
             errors += source_problems("Evaluation dataset", name)
-        return errors + device_problems(self.device)
+            errors += preflight.evaluation_text_problems("Evaluation dataset", name,
+                                                         self.ppl_seqlen)
+        device = device_problems(self.device)
+        windows = ({type(self).model_fields["ppl_seqlen"].title: self.ppl_seqlen}
+                   if self.ppl_datasets else {})
+        return errors + device + preflight.model_fit_problems(
+            self.model, need="coreinfer", windows=windows, dtype=self.dtype,
+            device=None if device else self.device, trust_remote_code=self.trust_remote_code)
 
     def summary(self, model: str) -> str:
         what = (f"CoreInfer, kept fraction {self.sparsity}" if self.method == "coreinfer"

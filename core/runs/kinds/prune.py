@@ -18,6 +18,7 @@ from core.engine.evaluate.perplexity import perplexity
 from core.engine.prune import owl
 from core.engine.prune.methods import REGISTRY, Target, get_method
 from core.engine.prune.runner import PruneReport, prune_model
+from core.runs import preflight
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -174,11 +175,32 @@ class PruneSpec(SpecModel):
         errors = model_problems(self.model)
         if self.needs_calibration():
             errors += source_problems("Calibration source", self.calibration)
+            errors += preflight.calibration_text_problems("Calibration source",
+                                                          self.calibration, self.seqlen)
         for name in self.ppl_datasets:
             errors += source_problems("Evaluation dataset", name)
+            errors += preflight.evaluation_text_problems("Evaluation dataset", name,
+                                                         self.ppl_seqlen)
         if self.zero_shot_tasks:
             errors += task_problems(self.zero_shot_tasks)
-        return errors + device_problems(self.device)
+        device = device_problems(self.device)
+        return errors + device + self._preflight(device_ok=not device)
+
+    def _preflight(self, device_ok: bool) -> list[str]:
+        """The model resolves, has an adapter (a pruned run), its windows fit, and the
+        estimated memory fits the device (``core.runs.preflight``)."""
+        fields = type(self).model_fields
+        windows = {}
+        calibration = None
+        if self.needs_calibration():
+            windows[fields["seqlen"].title] = self.seqlen
+            calibration = preflight.Calibration(self.method, self.samples, self.seqlen)
+        if self.ppl_datasets:
+            windows[fields["ppl_seqlen"].title] = self.ppl_seqlen
+        return preflight.model_fit_problems(
+            self.model, need="causal" if self.is_dense else "adapter", windows=windows,
+            dtype=self.dtype, device=self.device if device_ok else None,
+            trust_remote_code=self.trust_remote_code, calibration=calibration)
 
     # -- derived ----------------------------------------------------------------------------
     @property

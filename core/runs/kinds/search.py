@@ -23,6 +23,7 @@ from core.engine.activation import (
 )
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
+from core.runs import preflight
 from core.runs.kinds.activation import (
     ActivationSpec,
     converted_range,
@@ -55,14 +56,15 @@ class SearchSpec(SpecModel):
     the first ``n_search`` examples; the best one, AVG (element-wise mean of all level vectors)
     and CoreInfer then run on the full set (``full_limit`` examples, None = all).  The goal is
     either ``goal`` (a mean kept fraction) or ``goal_factor`` x CoreInfer's measured kept
-    fraction (1.0 = the same actual sparsity, 0.9 = "10% less"); with ``goal_factor`` the run
-    fills in ``goal``.
+    fraction (in (0, 1]: 1.0 = the same actual sparsity, 0.9 = "10% less"); the goal itself is
+    a kept fraction in the open range (0, 1).  With ``goal_factor`` the run fills in ``goal``.
     """
 
     kind: Literal["search"] = "search"
     model: str = labelled(config.DEFAULT_MODEL, "Model")
     task: str = labelled("sb_everyday", "Task")
-    goal: float | None = fraction(0.4, "Goal", form_label="Goal (mean kept fraction)")
+    goal: float | None = fraction(0.4, "Goal", below_one=True,
+                                  form_label="Goal (mean kept fraction)")
     goal_factor: float | None = fraction(None, "Goal factor",
                                          form_label="Factor of CoreInfer's kept fraction")
     coreinfer_sparsity: float = fraction(0.4, "CoreInfer kept fraction",
@@ -127,8 +129,12 @@ class SearchSpec(SpecModel):
         return []
 
     def machine_problems(self) -> list[str]:
-        return (model_problems(self.model) + task_problems([self.task], label="Task")
-                + device_problems(self.device))
+        device = device_problems(self.device)
+        return (model_problems(self.model) + task_problems([self.task], label="Task") + device
+                + preflight.model_fit_problems(
+                    self.model, need="coreinfer", windows={}, dtype=self.dtype,
+                    device=None if device else self.device,
+                    trust_remote_code=self.trust_remote_code))
 
     def summary(self, model: str) -> str:
         goal = (f"goal {self.goal}" if self.goal_factor is None
