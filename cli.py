@@ -1,4 +1,6 @@
-"""Command line for headless use: prune + evaluate one spec and store the result.
+"""Command line for headless use: submit a prune + evaluate run (and its dense baseline) and
+execute it here, through the worker's supervised child process, storing the results.  With
+SPARSEBENCH_EXECUTOR=ray the runs go to the Ray executor instead and are followed here.
 
     python cli.py prune --model smollm2-135m --method wanda --sparsity 0.5
     python cli.py runs
@@ -9,18 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from core import config
-from core.execution.run import run_and_store
+from core.execution import jobs
+from core.execution.executors import Executor, executor_for, executor_name
+from core.execution.worker import Worker
 from core.runs.kinds.prune import PruneSpec
 from core.runs.options import add_method_options, add_spec_options, spec_values
 from core.runs.specs import check
 from core.store import published
 from core.store.db import Store, StoreError
-from core.store.record import create_run
 
 
 def _prune_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +32,8 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
                        description="Every option below comes from the run spec's schema and "
                                    "the pruning methods' parameters.")
     add_spec_options(p, PruneSpec)
+    p.add_argument("--fresh", action="store_true",
+                   help="run again even if an identical run is stored")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the chosen method as KEY=VALUE (JSON values); the "
                         "same as --<method>-<key>")
@@ -69,37 +75,101 @@ def local_path(text: str) -> str:
 
 
 def cmd_prune(args: argparse.Namespace, store: Store) -> int:
+    """Submit the run as the dashboard does (dense baseline included), then execute what this
+    submit queued through the worker's own code: a supervised child process with heartbeats,
+    so nobody's recovery fails it."""
     spec, problems = prune_spec(args)
     if spec is None:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    run_id = create_run(store, spec, status="running")
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for old in bars.values():
-                old.close()
-            bars.clear()
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True)
-        bar.n = done
-        bar.refresh()
-
     try:
-        result = run_and_store(store, run_id, spec, progress, say=lambda m: tqdm.write(m))
-    except Exception as exc:  # stored as failed by run_and_store
-        print(f"run {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for bar in bars.values():
-            bar.close()
-    print(f"run {run_id} done")
-    for row in result.metrics:
-        status = row.get("status", "ok")
-        value = status if status != "ok" else f"{row['value']:.4f}"
-        print(f"  {row['kind']:<11} {row['dataset']:<14} {row['metric']:<14} {value}")
+        where = executor_name()
+        submission = jobs.submit(store, spec, fresh=args.fresh)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if submission.reused:
+        status = store.frame("SELECT status FROM runs WHERE id = ?", [submission.run_id])
+        print(f"an identical run {submission.run_id} is {status.iloc[0, 0]}: nothing new was "
+              "queued (--fresh runs it again)")
+        return print_metrics(store, submission.run_id)
+    run_ids = [i for i in (submission.baseline_id, submission.run_id) if i is not None]
+    if where != "local":
+        return run_elsewhere(executor_for(store), store, run_ids)
+    worker = Worker(store.path, spec.device)
+    worker.name = f"cli:{worker.name}"
+    for run_id in run_ids:
+        if jobs.claim(store, run_id, worker.name):
+            final = worker.supervise(run_id, on_poll=LiveOutput(store, run_id))
+        else:  # a background worker took it: follow it there
+            final = follow(store, run_id)
+        if not reported(store, run_id, final):
+            return 1
+    return print_metrics(store, submission.run_id)
+
+
+def run_elsewhere(executor: Executor, store: Store, run_ids: list[int]) -> int:
+    """Hand the runs to the configured executor (Ray) and follow them until they end."""
+    for run_id in run_ids:
+        executor.submit(run_id)
+    for run_id in run_ids:
+        if not reported(store, run_id, follow(store, run_id)):
+            return 1
+    return print_metrics(store, run_ids[-1])
+
+
+def reported(store: Store, run_id: int, final: str) -> bool:
+    """Print how a run ended (its error when not done); whether it is done."""
+    print(f"run {run_id} {final}")
+    if final != "done":
+        error = store.frame("SELECT error FROM runs WHERE id = ?", [run_id])
+        print(f"run {run_id} {final}: {error.iloc[0, 0]}", file=sys.stderr)
+    return final == "done"
+
+
+def follow(store: Store, run_id: int) -> str:
+    """Wait for a run another worker executes; its final status."""
+    output = LiveOutput(store, run_id)
+    while True:
+        output()
+        status = str(store.frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0])
+        if status not in jobs.ACTIVE:
+            return status
+        time.sleep(1.0)
+
+
+class LiveOutput:
+    """Prints a run's new log lines and its progress while the worker supervises it."""
+
+    def __init__(self, store: Store, run_id: int) -> None:
+        self.store, self.run_id, self.seen, self.bar = store, run_id, 0, None
+
+    def __call__(self) -> None:
+        frame = self.store.frame("SELECT line FROM run_logs WHERE run_id = ? ORDER BY rowid "
+                                 f"OFFSET {self.seen}", [self.run_id])
+        for line in frame["line"]:
+            tqdm.write(line)
+        self.seen += len(frame)
+        progress = self.store.frame("SELECT progress FROM runs WHERE id = ?", [self.run_id])
+        raw = progress.iloc[0, 0] if len(progress) else None
+        if raw:
+            value = json.loads(raw)
+            if self.bar is None or self.bar.desc != value["stage"]:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=value["total"], desc=value["stage"], unit="step")
+            self.bar.n = value["done"]
+            self.bar.refresh()
+
+
+def print_metrics(store: Store, run_id: int) -> int:
+    """The stored metrics of a run, one per line."""
+    rows = store.frame("SELECT kind, dataset, metric, value, status FROM metrics "
+                       "WHERE run_id = ? ORDER BY kind, dataset, metric", [run_id])
+    for row in rows.itertuples():
+        value = row.status if row.status != "ok" else f"{row.value:.4f}"
+        print(f"  {row.kind:<11} {row.dataset:<14} {row.metric:<14} {value}")
     return 0
 
 

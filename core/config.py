@@ -23,3 +23,15 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("SPARSEBENCH_CACHE", default))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def log_dir(db: Path) -> Path:
+    """Where the logs of the runs of results file ``db`` go: one folder per results file
+    (``<name>-<hash of its absolute path>``), so files sharing a cache never mix their logs."""
+    import hashlib
+
+    resolved = Path(db).expanduser().resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    path = cache_dir() / "logs" / f"{resolved.stem}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -14,7 +14,7 @@ from core.engine.evaluate import zeroshot
 from core.engine.prune import owl as owl_targets
 from core.engine.prune.methods import REGISTRY, available
 from core.execution import jobs
-from core.execution.local import LocalExecutor
+from core.execution.executors import executor_for
 from core.present import runs as run_views
 from core.present import tables
 from core.runs import registry, sweep
@@ -66,7 +66,7 @@ def queue(spec: PruneSpec, grid: dict | None, fresh: bool) -> None:
             submission = jobs.submit_sweep(store, spec, grid, fresh=fresh)
         else:
             submission = jobs.submit(store, spec, fresh=fresh)
-        LocalExecutor(store).ensure_workers()
+        executor_for(store).ensure_workers()
         message = (run_views.sweep_message(submission) if grid
                    else run_views.submission_message(store, submission))
     except ValueError as exc:  # a grid cell the spec checks refuse

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.execution import jobs
-from core.execution.local import LocalExecutor
+from core.execution.executors import executor_for
 from core.present import runs as run_views
 from core.present import tables
 from core.store.db import StoreError
@@ -29,7 +29,7 @@ with store_or_stop():
 def live() -> None:
     try:
         if store.writable:
-            LocalExecutor(store).ensure_workers()
+            executor_for(store).ensure_workers()
         runs = run_views.runs_table(store)
     except StoreError as exc:
         st.error(str(exc))
@@ -83,7 +83,7 @@ def detail(runs) -> None:  # noqa: ANN001
             "Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
             disabled=info["cancel_requested"] or not store.writable,
             help="A queued run is dropped at once; a running one is stopped and stores nothing."):
-        new_status = jobs.request_cancel(store, run_id)
+        new_status = executor_for(store).cancel(run_id)
         st.session_state[FLASH] = (f"Run {run_id} was cancelled." if new_status == "cancelled"
                                    else f"Stopping run {run_id}…")
         st.rerun()
@@ -96,7 +96,7 @@ def detail(runs) -> None:  # noqa: ANN001
         except ValueError as exc:  # its spec is no longer valid (e.g. the model folder is gone)
             rerun_problem = f"Run {run_id} cannot be run again: {exc}"
         else:
-            LocalExecutor(store).ensure_workers()
+            executor_for(store).ensure_workers()
             st.session_state[PENDING] = new_id
             st.session_state[FLASH] = f"Queued run {new_id}, a fresh copy of run {run_id}."
             st.rerun()

@@ -28,3 +28,15 @@ def keep_writing(path: str, seconds: float) -> None:
         store.append_log(run_id, f"line {i}")
         store.update_run(run_id, progress={"done": i})
         i += 1
+
+
+def submit_many(path: str, spec_values: dict, times: int, start, out) -> None:
+    """Submit the same spec ``times`` times as fast as possible once ``start`` is set; put the
+    run ids answered on ``out``."""
+    from core.execution import jobs
+    from core.runs.kinds.prune import PruneSpec
+
+    store = Store(path)
+    spec = PruneSpec(**spec_values)
+    start.wait()
+    out.put([jobs.submit(store, spec).run_id for _ in range(times)])

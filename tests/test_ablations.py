@@ -98,7 +98,8 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
         run_id = submission.run_ids[index]
         store.add_metrics(run_id, [{"kind": "perplexity", "dataset": str(corpus),
                                     "metric": "ppl", "value": value, "status": status}])
-        store.update_run(run_id, status="done")
+        store.move(run_id, "running")
+        store.move(run_id, "done")
     ppl = tables.load_metrics(store, "perplexity")
     own = [g for g in ablations.ablation_list(store, ppl) if g.origin == "own"]
     assert [g.sweep_id for g in own] == [submission.sweep_id]

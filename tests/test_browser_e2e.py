@@ -181,6 +181,12 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
             choose(page, "Method", "Wanda")
             choose(page, "Calibration text", LOCAL)
             type_into(page, "Calibration .txt file", str(app["text"]))
+            # A value the field used to refuse silently (keeping 32) is reported, not queued.
+            type_into(page, "Samples", "0")
+            page.get_by_role("button", name="Queue run").click()
+            expect(page.get_by_test_id("stAlertContentError")).to_contain_text(
+                "Calibration samples: 0 is not a whole number between 1 and 4096")
+            assert own_runs(db) == []
             type_into(page, "Samples", "2")
             type_into(page, "Tokens per sample", "32")
             datasets = page.get_by_test_id("stMultiSelect")

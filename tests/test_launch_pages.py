@@ -233,6 +233,14 @@ def test_run_again_queues_a_fresh_copy(db: Path, workers: list[int],
     at = fill_launch(open_page("pages/launch.py"), assets)
     widget(at.checkbox, "Run again even if an identical run is stored").check()
     widget(at.button, "Queue run").click().run()
+    # still queued: never a second identical active run, the pending one is the answer
+    assert at.info and not at.success
+    assert own_runs(db)["method"].tolist() == ["dense", "wanda"]
+    store = Store(db)
+    for run_id in own_runs(db)["id"]:
+        store.move(int(run_id), "running")
+        store.move(int(run_id), "done")
+    widget(at.button, "Queue run").click().run()  # finished: "run again" queues a fresh copy
     assert at.success and "Queued run" in at.success[0].value
     assert own_runs(db)["method"].tolist() == ["dense", "wanda", "wanda"]  # one baseline
 
@@ -450,3 +458,18 @@ def test_run_labels_name_activation_runs() -> None:
         "Sparsity levels (activation sparsity)"
     assert run_views.method_text("wanda", "2:4", 0.5) == "Wanda 2:4"
     assert run_views.method_text("dense", "dense", 0) == "Dense"
+
+
+def test_a_value_the_widget_would_refuse_is_reported_not_replaced(
+        db: Path, workers: list[int], assets: dict[str, str]) -> None:
+    """Typing 0 into Samples used to show the field red and queue the previous value (32)."""
+    at = open_page("pages/launch.py")
+    widget(at.selectbox, "Method").set_value("wanda").run()
+    widget(at.text_input, "Model name or folder").set_value(assets["model"])
+    widget(at.number_input, "Samples").set_value(0)
+    widget(at.number_input, "Batch size").set_value(0)
+    widget(at.button, "Queue run").click().run()
+    message = at.error[0].value
+    assert "Calibration samples: 0 is not a whole number between 1 and 4096." in message
+    assert "Batch size: 0 is not a whole number between 1 and 512." in message
+    assert own_runs(db).empty and not workers

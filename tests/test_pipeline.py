@@ -145,7 +145,9 @@ def test_cli_prunes_and_stores(model_dir: Path, corpus: str, tmp_path: Path, cap
     assert "done" in out and "perplexity" in out
     runs = Store(db).runs()
     own = runs[runs["origin"] == "own"]
-    assert own["pattern"].tolist() == ["4:8"] and own["status"].tolist() == ["done"]
+    # submitted like the dashboard: the dense baseline too, both executed here
+    assert own["pattern"].tolist() == ["dense", "4:8"]
+    assert own["status"].tolist() == ["done", "done"]
     assert cli.main(["--db", str(db), "prune", "--sparsity", "2:2"]) == 2
     assert "N < M" in capsys.readouterr().err
 

@@ -32,7 +32,8 @@ def test_round_trip(tmp_path: Path) -> None:
                                     "value": 0.5}])
     store.add_search_trials(run_id, [{"trial": 1, "params": [0.1, 0.9, 0.5, 100],
                                       "actual_sparsity": 0.4, "metric": "acc", "value": 0.5}])
-    store.update_run(run_id, status="done", progress={"stage": "x", "done": 1, "total": 1})
+    assert store.move(run_id, "running")
+    assert store.move(run_id, "done", progress={"stage": "x", "done": 1, "total": 1})
 
     run = store.runs().iloc[0]
     assert run["status"] == "done" and json.loads(run["spec"]) == spec

@@ -18,7 +18,7 @@ import streamlit as st
 from core.engine import data
 from core.engine.evaluate import zeroshot
 from core.execution import jobs
-from core.execution.local import LocalExecutor
+from core.execution.executors import executor_for
 from core.present import runs as run_views
 from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.search import SearchSpec
@@ -92,7 +92,7 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
         return
     try:
         submissions = [jobs.submit(store, spec, fresh=fresh) for spec in specs]
-        LocalExecutor(store).ensure_workers()
+        executor_for(store).ensure_workers()
     except StoreError as exc:
         st.error(str(exc))
         return

@@ -26,14 +26,18 @@ class Submission:
     baseline_id: int | None  # the dense baseline queued or found for this run
 
 
-def find_identical(store: Store, spec: PruneSpec, statuses: tuple[str, ...]) -> int | None:
-    """The newest own run with the same identity and one of ``statuses``."""
+def find_identical(store: Store, spec: PruneSpec, statuses: tuple[str, ...],
+                   con: Any = None) -> int | None:
+    """The newest own run with the same identity and one of ``statuses`` (inside ``con``'s
+    transaction when given)."""
     placeholders = ", ".join("?" for _ in statuses)
-    frame = store.frame(
-        f"SELECT id FROM runs WHERE origin = 'own' AND spec_hash = ? AND status IN "
-        f"({placeholders}) ORDER BY id DESC LIMIT 1",
-        [spec_hash(spec.identity()), *statuses],
-    )
+    sql = (f"SELECT id FROM runs WHERE origin = 'own' AND spec_hash = ? AND status IN "
+           f"({placeholders}) ORDER BY id DESC LIMIT 1")
+    params = [spec_hash(spec.identity()), *statuses]
+    if con is not None:
+        row = con.execute(sql, params).fetchone()
+        return int(row[0]) if row else None
+    frame = store.frame(sql, params)
     return int(frame.iloc[0, 0]) if len(frame) else None
 
 
@@ -41,24 +45,26 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False) -> Submission:
     """Queue ``spec`` unless an identical run is done or pending (and ``fresh`` is off).
 
     A pruned run also needs the dense baseline of the same model and evaluation (for change
-    from dense and retention): it is queued first when no such run exists.
+    from dense and retention): it is queued first when no such run exists.  The look-up and
+    the insert are one transaction, and the store holds at most one active run per identity
+    (``runs.active_hash`` is unique), so two clicks at once get one run and the same answer;
+    even ``fresh`` reuses an identical run that is still queued or running.
     """
     problems = spec.problems()
     if problems:
         raise ValueError(" ".join(problems))
-    baseline_id = None
-    # Activation runs and searches queue no dense baseline: no weights change, and they are
-    # compared with CoreInfer (which a search runs itself), not with the dense model.
-    dense = spec.baseline()
-    if dense is not None:
-        baseline_id = find_identical(store, dense, ("done", *ACTIVE))
-        if baseline_id is None:
-            baseline_id = create_run(store, dense)
-    if not fresh:
-        existing = find_identical(store, spec, ("done", *ACTIVE))
+    with store.transaction() as con:
+        baseline_id = None
+        # Activation runs and searches queue no dense baseline: no weights change, and they
+        # are compared with CoreInfer (which a search runs itself), not with the dense model.
+        dense = spec.baseline()
+        if dense is not None:
+            baseline_id = (find_identical(store, dense, ("done", *ACTIVE), con=con)
+                           or create_run(store, dense, con=con))
+        existing = find_identical(store, spec, ACTIVE if fresh else ("done", *ACTIVE), con=con)
         if existing is not None:
             return Submission(existing, True, baseline_id)
-    return Submission(create_run(store, spec), False, baseline_id)
+        return Submission(create_run(store, spec, con=con), False, baseline_id)
 
 
 def request_cancel(store: Store, run_id: int) -> str:
@@ -69,9 +75,8 @@ def request_cancel(store: Store, run_id: int) -> str:
             raise ValueError(f"no run {run_id}")
         status = row[0]
         if status == "queued":
-            con.execute("UPDATE runs SET status = 'cancelled', finished_at = ?, "
-                        "error = 'cancelled before it started' WHERE id = ?",
-                        [datetime.now(), run_id])
+            store.move(run_id, "cancelled", con=con, finished_at=datetime.now(),
+                       error="cancelled before it started")
             return "cancelled"
         if status == "running":
             con.execute("UPDATE runs SET cancel_requested = true WHERE id = ?", [run_id])
@@ -85,6 +90,13 @@ def rerun(store: Store, run_id: int) -> int:
         raise ValueError(f"no own run {run_id} to re-run")
     spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
     return submit(store, spec, fresh=True).run_id
+
+
+def claim(store: Store, run_id: int, worker: str) -> bool:
+    """Move one queued run to running for ``worker`` (False: someone else claimed it, or it
+    was cancelled)."""
+    now = datetime.now()
+    return store.move(run_id, "running", started_at=now, heartbeat_at=now, worker=worker)
 
 
 def claim_next(store: Store, device: str, worker: str) -> int | None:
@@ -123,8 +135,7 @@ def recover_stale(store: Store, timeout_s: float = HEARTBEAT_TIMEOUT_S,
                          "(killed or crashed); results were not stored")
     for run_id in ids:
         with store.transaction() as con:
-            con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? "
-                        "WHERE id = ? AND status = 'running'", [datetime.now(), message, run_id])
+            store.move(run_id, "failed", con=con, finished_at=datetime.now(), error=message)
     return ids
 
 
@@ -155,3 +166,10 @@ def submit_sweep(store: Store, base: PruneSpec, grid: dict[str, list[Any]],
         run_ids.append(submission.run_id)
         reused += submission.reused
     return SweepSubmission(sweep_id, run_ids, reused)
+
+
+def running_where(store: Store) -> dict[int, str]:
+    """Every own running run and the worker that holds it (what an executor's ``poll`` shows)."""
+    frame = store.frame("SELECT id, coalesce(worker, '') AS worker FROM runs "
+                        "WHERE status = 'running' AND origin = 'own' ORDER BY id")
+    return {int(i): str(w) for i, w in zip(frame["id"], frame["worker"], strict=True)}

@@ -1,9 +1,9 @@
-"""Where queued runs execute.  The queue lives in the store; an executor makes sure something
-is draining it.
+"""The local executor: queued runs execute on this machine.  The queue lives in the store; the
+executor makes sure something is draining it.
 
-``LocalExecutor`` starts one ``core.worker`` process per device on this machine.  A cluster
-executor (e.g. Ray) would implement the same two methods by starting one worker task per GPU
-that runs ``core.worker.execute`` for claimed runs.
+``LocalExecutor`` starts one ``core.execution.worker`` process per device on this machine (one
+run at a time per device).  It implements ``core.execution.executors.Executor`` (submit, cancel,
+poll); ``ensure_workers`` is kept for the pages that call it directly.
 """
 
 from __future__ import annotations
@@ -12,30 +12,49 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from core import config
 from core.execution import jobs, worker
 from core.store.db import Store
 
 
-class Executor(Protocol):
-    def ensure_workers(self) -> list[str]:
-        """Start workers for devices that have queued runs and none serving; returns them."""
-
-    def workers_alive(self) -> dict[str, bool]:
-        """Per device with pending work: whether a worker serves it."""
-
-
 class LocalExecutor:
     """One background worker process per device, on this machine."""
 
     def __init__(self, store: Store, idle_exit_s: float | None = None) -> None:
+        """Workers exit after ``idle_exit_s`` idle seconds (``SPARSEBENCH_WORKER_IDLE_S``)."""
         self.store = store
         self.idle_exit_s = idle_exit_s if idle_exit_s is not None else float(
             os.environ.get("SPARSEBENCH_WORKER_IDLE_S", "60"))
 
+    # -- the Executor protocol ----------------------------------------------------------------
+    def submit(self, run_id: int) -> None:
+        """Make sure a worker serves the device of run ``run_id`` (start one when none does)."""
+        frame = self.store.frame(
+            "SELECT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device, status "
+            "FROM runs WHERE id = ?", [run_id])
+        if frame.empty:
+            raise ValueError(f"no run {run_id}")
+        if frame["status"].iloc[0] not in jobs.ACTIVE:
+            return
+        path, device = Path(self.store.path), str(frame["device"].iloc[0])
+        if not (worker.worker_alive(path, device) or worker.worker_starting(path, device)):
+            self.start(device)
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a queued run at once; the worker stops a running one (the status now)."""
+        return jobs.request_cancel(self.store, run_id)
+
+    def poll(self) -> dict[str, Any]:
+        """Fail runs without a heartbeat; the workers per device and what runs where."""
+        failed = jobs.recover_stale(self.store)
+        return {"executor": "local", "failed": failed, "workers": self.workers_alive(),
+                "running": jobs.running_where(self.store)}
+
+    # -- workers ------------------------------------------------------------------------------
     def pending_devices(self) -> list[str]:
+        """Devices with queued or running own runs."""
         frame = self.store.frame(
             "SELECT DISTINCT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device "
             "FROM runs WHERE origin = 'own' AND status IN ('queued', 'running')")
@@ -58,8 +77,8 @@ class LocalExecutor:
         return started
 
     def start(self, device: str) -> subprocess.Popen:
-        log_file = config.cache_dir() / "logs" / f"worker-{device.replace(':', '_')}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        """Start a background worker for ``device`` (it exits when idle)."""
+        log_file = config.log_dir(self.store.path) / f"worker-{device.replace(':', '_')}.log"
         with log_file.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "core.execution.worker", "--db", str(Path(self.store.path)),

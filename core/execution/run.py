@@ -11,21 +11,28 @@ from core.engine import environment
 from core.runs import registry
 from core.runs.results import ProgressFn, RunResult, Say, quiet
 from core.store.db import Store
-from core.store.record import store_result
+from core.store.record import RunNotActive, store_result
 
 log = logging.getLogger(__name__)
 
 
 def run_and_store(store: Store, run_id: int, spec: Any, progress: ProgressFn = quiet,
                   say: Say = log.info) -> RunResult:
-    """Execute a stored run and record its outcome (failed runs keep their error)."""
-    store.update_run(run_id, status="running", started_at=datetime.now(),
-                     environment=environment.describe(spec.device))
+    """Execute a stored run (queued, or running: claimed by a worker) and record its outcome
+    (failed runs keep their error).  A run cancelled or failed meanwhile is not executed, and
+    its results are never stored (``RunNotActive``)."""
+    started = {"started_at": datetime.now(), "environment": environment.describe(spec.device)}
+    if not store.move(run_id, "running", **started):
+        status = store.frame("SELECT status FROM runs WHERE id = ?", [run_id])
+        if status.empty or status.iloc[0, 0] != "running":
+            raise RunNotActive(f"run {run_id} is {'gone' if status.empty else status.iloc[0, 0]}"
+                               "; it was not executed")
+        store.update_run(run_id, **started)
     try:
         result = registry.execute(spec, progress, say)
     except Exception as exc:
-        store.update_run(run_id, status="failed", finished_at=datetime.now(), progress=None,
-                         error=f"{type(exc).__name__}: {exc}")
+        store.move(run_id, "failed", finished_at=datetime.now(), progress=None,
+                   error=f"{type(exc).__name__}: {exc}")
         log.debug(traceback.format_exc())
         raise
     store_result(store, run_id, result)

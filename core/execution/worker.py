@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -185,10 +185,10 @@ class Worker:
                 idle_since = time.monotonic()
         return 0
 
-    def supervise(self, run_id: int) -> str:
-        """Run one claimed run in a child process; returns its final status."""
-        log_file = config.cache_dir() / "logs" / f"run-{run_id}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+    def supervise(self, run_id: int, on_poll: Callable[[], None] | None = None) -> str:
+        """Run one claimed run in a child process; returns its final status.  ``on_poll`` is
+        called at every poll (the command line prints progress and log lines with it)."""
+        log_file = config.log_dir(self.db) / f"run-{run_id}.log"
         with log_file.open("ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", "core.execution.worker", "--db", str(self.db), "execute",
@@ -196,12 +196,16 @@ class Worker:
                 stdout=out, stderr=subprocess.STDOUT, cwd=config.REPO_ROOT,
                 preexec_fn=_die_with_parent,
             )
-            cancelled = self._watch(run_id, child)
+            cancelled = self._watch(run_id, child, on_poll)
         return self._finish(run_id, child.returncode, cancelled, log_file)
 
-    def _watch(self, run_id: int, child: subprocess.Popen) -> bool:
+    def _watch(self, run_id: int, child: subprocess.Popen,
+               on_poll: Callable[[], None] | None = None) -> bool:
         last_beat = 0.0
         while child.poll() is None:
+            if on_poll is not None:
+                with contextlib.suppress(StoreError):
+                    on_poll()
             now = time.monotonic()
             try:
                 if now - last_beat >= HEARTBEAT_S:
@@ -234,7 +238,7 @@ class Worker:
             how = (f"killed by signal {-code}" if code is not None and code < 0
                    else f"exited with code {code}")
             reason, final = f"the run's process {how}. Last output: {' | '.join(tail)}", "failed"
-        self.store.update_run(run_id, status=final, finished_at=datetime.now(), error=reason,
+        self.store.move(run_id, final, finished_at=datetime.now(), error=reason,
                               progress=None)
         self.store.append_log(run_id, reason)
         return final

@@ -7,6 +7,7 @@ backoff.  Every statement takes its values as parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -98,7 +99,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN DEFAULT false",
         "ALTER TABLE runs ADD COLUMN worker VARCHAR",
     ],
+    # 4: at most one active (queued or running) own run per identity: active_hash is the
+    # spec hash while the run is active, NULL after; unique.  Older duplicates keep no key.
+    [
+        "ALTER TABLE runs ADD COLUMN active_hash VARCHAR",
+        """UPDATE runs SET active_hash = spec_hash WHERE id IN (
+               SELECT max(id) FROM runs WHERE origin = 'own' AND status IN ('queued', 'running')
+               GROUP BY spec_hash)""",
+    ],
+    # 5: ... and its unique index (DuckDB builds an index only in a transaction of its own).
+    ["CREATE UNIQUE INDEX runs_one_active ON runs (active_hash)"],
 ]
+#: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
+ACTIVE_STATUSES = ("queued", "running")
+#: The status a run may move to, from each status (guards every change).
+TRANSITIONS = {"queued": ("running", "failed", "cancelled"),
+               "running": ("done", "failed", "cancelled")}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _METRIC_COLUMNS = (
@@ -128,7 +144,10 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
 def _explain(path: Path, exc: Exception) -> StoreError:
     text = str(exc)
     low = text.lower()
-    if "lock" in low:
+    if _disk_full(exc):
+        msg = (f"The disk holding the results database {path} is full; nothing was written. "
+               "Free some space and retry.")
+    elif "lock" in low:
         msg = (f"The results database {path} is locked by another process that did not release it. "
                "Stop the other program (or wait) and reload.")
     elif "permission" in low or "read-only" in low or "read only" in low:
@@ -141,6 +160,11 @@ def _explain(path: Path, exc: Exception) -> StoreError:
     else:
         msg = f"The results database {path} could not be opened: {text}"
     return StoreError(msg)
+
+
+def _disk_full(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "no space left" in text or "disk full" in text or "disk is full" in text
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -196,10 +220,16 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
-            except BaseException:
-                con.execute("ROLLBACK")
+                con.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                if isinstance(exc, duckdb.Error) and _disk_full(exc):
+                    raise StoreError(
+                        f"The disk holding the results database {self.path} is full: this "
+                        "write was rolled back, the file is unchanged. Free some space and "
+                        "retry.") from exc
                 raise
-            con.execute("COMMIT")
 
     # -- schema ------------------------------------------------------------------------------
     def init(self) -> Store:
@@ -273,28 +303,50 @@ class Store:
             raise ValueError(f"unknown run status {status!r}; allowed: {RUN_STATUSES}")
         if origin not in ("own", "published"):
             raise ValueError(f"origin must be 'own' or 'published', not {origin!r}")
+        digest = spec_hash(identity if identity is not None else spec)
+        active = digest if origin == "own" and status in ACTIVE_STATUSES else None
         args = [origin, source, kind, model, method, sparsity, pattern,
-                json.dumps(spec, sort_keys=True, default=str),
-                spec_hash(identity if identity is not None else spec), status]
+                json.dumps(spec, sort_keys=True, default=str), digest, status, active]
         sql = ("INSERT INTO runs (origin, source, kind, model, method, sparsity, pattern, spec, "
-               "spec_hash, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+               "spec_hash, status, active_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+               "RETURNING id")
         if con is not None:
             return int(con.execute(sql, args).fetchone()[0])
         with self.transaction() as own:
             return int(own.execute(sql, args).fetchone()[0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
-        """Set some of a run's mutable columns (status, progress, error, timestamps...)."""
-        unknown = set(fields) - set(_RUN_UPDATABLE)
+        """Set some of a run's mutable columns (progress, heartbeat, error, timestamps...);
+        the status changes only through :meth:`move`."""
+        unknown = set(fields) - set(_RUN_UPDATABLE) | ({"status"} & set(fields))
         if unknown:
-            raise ValueError(f"cannot update run columns {sorted(unknown)}")
-        if "status" in fields and fields["status"] not in RUN_STATUSES:
-            raise ValueError(f"unknown run status {fields['status']!r}")
+            raise ValueError(f"cannot update run columns {sorted(unknown)}"
+                             + ("; change the status with move()" if "status" in fields else ""))
         values = [json.dumps(v) if k in ("progress", "environment") and v is not None else v
                   for k, v in fields.items()]
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as con:
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, run_id])
+
+    def move(self, run_id: int, status: str, con: duckdb.DuckDBPyConnection | None = None,
+             **fields: Any) -> bool:
+        """Change a run's status only along ``TRANSITIONS`` (queued -> running -> done / failed
+        / cancelled), with other columns; False when the run was not in a status that may
+        move there (a cancelled or failed run never becomes done)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        sources = [old for old, new in TRANSITIONS.items() if status in new]
+        values = [json.dumps(v) if k in ("progress", "environment") and v is not None else v
+                  for k, v in fields.items()]
+        sets = "".join(f", {k} = ?" for k in fields)
+        active = "spec_hash" if status in ACTIVE_STATUSES else "NULL"
+        sql = (f"UPDATE runs SET status = ?, active_hash = {active}{sets} WHERE id = ? AND "
+               f"status IN ({', '.join('?' for _ in sources)}) RETURNING id")
+        params = [status, *values, run_id, *sources]
+        if con is not None:
+            return con.execute(sql, params).fetchone() is not None
+        with self.transaction() as own:
+            return own.execute(sql, params).fetchone() is not None
 
     def add_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]],
                     con: duckdb.DuckDBPyConnection | None = None) -> None:

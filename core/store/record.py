@@ -10,6 +10,10 @@ from core.runs.results import RunResult
 from core.store.db import Store
 
 
+class RunNotActive(RuntimeError):
+    """The run left 'running' (cancelled, failed by recovery) before its results arrived."""
+
+
 def create_run(store: Store, spec: Any, status: str = "queued", con: Any = None) -> int:
     """Insert a run row for ``spec`` (activation kinds: no weight sparsity, pattern
     'activation'; their measured kept fraction is a metric)."""
@@ -38,5 +42,7 @@ def store_result(store: Store, run_id: int, result: RunResult) -> None:
             stored = {**json.loads(row[0]), **result.spec_updates}
             con.execute("UPDATE runs SET spec = ? WHERE id = ?",
                         [json.dumps(stored, sort_keys=True, default=str), run_id])
-        con.execute("UPDATE runs SET status = 'done', finished_at = ?, error = NULL, "
-                    "progress = NULL WHERE id = ?", [datetime.now(), run_id])
+        if not store.move(run_id, "done", con=con, finished_at=datetime.now(), error=None,
+                          progress=None):
+            raise RunNotActive(f"run {run_id} is no longer running (cancelled or failed "
+                               "meanwhile); its results were not stored")
