@@ -87,12 +87,18 @@ def test_new_method_parameters_appear_on_the_command_line(toy_method: str) -> No
         cli.prune_spec(other)[1][0])
 
 
-def test_new_method_and_its_parameters_appear_in_the_launch_form(
-        toy_method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh results file for the pages (published figures skipped); its path."""
     monkeypatch.setenv("SPARSEBENCH_DB", str(tmp_path / "r.duckdb"))
     monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(published, "FIGURES", tmp_path / "none.csv")
     monkeypatch.setattr(published, "TRIALS", tmp_path / "none-trials.csv")
+    return tmp_path / "r.duckdb"
+
+
+def test_new_method_and_its_parameters_appear_in_the_launch_form(toy_method: str,
+                                                                 dashboard: Path) -> None:
     at = open_page("pages/launch.py")
     method = widget(at.selectbox, "Method")
     assert toy_method in method.options
@@ -171,11 +177,7 @@ def echo_kind() -> Iterator[str]:
 
 
 def test_a_new_run_kind_is_one_registered_spec_and_execute(
-        echo_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPARSEBENCH_DB", str(tmp_path / "r.duckdb"))
-    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(published, "FIGURES", tmp_path / "none.csv")
-    monkeypatch.setattr(published, "TRIALS", tmp_path / "none-trials.csv")
+        echo_kind: str, dashboard: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LocalExecutor, "ensure_workers", lambda self: [])
     at = open_page("pages/launch.py")
     widget(at.radio, "Run kind").set_value("Echo").run()
@@ -186,7 +188,7 @@ def test_a_new_run_kind_is_one_registered_spec_and_execute(
     widget(at.text_input, "Words (comma separated)").set_value("a, b")
     widget(at.button, "Queue run").click().run()
     assert not at.error and "Queued run" in at.success[0].value
-    store = Store(tmp_path / "r.duckdb")
+    store = Store(dashboard)
     run_id, stored = store.frame("SELECT id, spec FROM runs WHERE kind = 'echo'").iloc[0]
     spec = registry.spec_from_dict(json.loads(stored))
     assert spec == EchoSpec(number=7, words=["a", "b"])

@@ -1,7 +1,7 @@
 """The background worker: executes queued runs one at a time per device.
 
-    python -m core.worker serve --device cpu        # started by the dashboard, or by hand
-    python -m core.worker execute RUN_ID            # one run (what ``serve`` spawns)
+    python -m core.execution.worker serve --device cpu   # started by the dashboard, or by hand
+    python -m core.execution.worker execute RUN_ID       # one run (what ``serve`` spawns)
 
 ``serve`` holds an exclusive lock file per device, so at most one worker serves a device.  Each
 run executes in a child process that the worker supervises: it writes the run's heartbeat, stops
@@ -238,14 +238,13 @@ class Worker:
             how = (f"killed by signal {-code}" if code is not None and code < 0
                    else f"exited with code {code}")
             reason, final = f"the run's process {how}. Last output: {' | '.join(tail)}", "failed"
-        self.store.move(run_id, final, finished_at=datetime.now(), error=reason,
-                              progress=None)
+        self.store.move(run_id, final, finished_at=datetime.now(), error=reason, progress=None)
         self.store.append_log(run_id, reason)
         return final
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.worker", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m core.execution.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, default=None)
     sub = parser.add_subparsers(dest="command", required=True)
