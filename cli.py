@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -20,6 +19,7 @@ from core import config
 from core.execution import jobs
 from core.execution.executors import Executor, executor_for, executor_name
 from core.execution.worker import Worker
+from core.present import runs as run_views
 from core.runs.kinds.prune import PruneSpec
 from core.runs.options import add_method_options, add_spec_options, spec_values
 from core.runs.specs import check
@@ -62,16 +62,10 @@ def prune_spec(args: argparse.Namespace) -> tuple[PruneSpec | None, list[str]]:
         return None, [str(exc)]
     for key in ("model", "calibration", "save_dir"):
         if isinstance(values.get(key), str):
-            values[key] = local_path(values[key])
-    values["ppl_datasets"] = [local_path(p) for p in values.get("ppl_datasets", [])] or (
-        values.get("ppl_datasets", PruneSpec().ppl_datasets))
+            values[key] = run_views.local_path(values[key])
+    if "ppl_datasets" in values:
+        values["ppl_datasets"] = [run_views.local_path(p) for p in values["ppl_datasets"]]
     return check(PruneSpec, values)
-
-
-def local_path(text: str) -> str:
-    """A local path made absolute (the worker runs in another folder); other text unchanged."""
-    path = Path(text).expanduser()
-    return str(path.resolve()) if text.startswith(("/", ".", "~")) or path.exists() else text
 
 
 def cmd_prune(args: argparse.Namespace, store: Store) -> int:
