@@ -30,17 +30,13 @@ class LocalExecutor:
 
     # -- the Executor protocol ----------------------------------------------------------------
     def submit(self, run_id: int) -> None:
-        """Make sure a worker serves the device of run ``run_id`` (start one when none does)."""
-        frame = self.store.frame(
-            "SELECT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device, status "
-            "FROM runs WHERE id = ?", [run_id])
+        """Make sure a worker serves the device of run ``run_id`` (the same start as the pages'
+        ``ensure_workers``: one worker per device with pending runs)."""
+        frame = self.store.frame("SELECT status FROM runs WHERE id = ?", [run_id])
         if frame.empty:
             raise ValueError(f"no run {run_id}")
-        if frame["status"].iloc[0] not in jobs.ACTIVE:
-            return
-        path, device = Path(self.store.path), str(frame["device"].iloc[0])
-        if not (worker.worker_alive(path, device) or worker.worker_starting(path, device)):
-            self.start(device)
+        if frame.iloc[0, 0] in jobs.ACTIVE:
+            self.ensure_workers()
 
     def cancel(self, run_id: int) -> str:
         """Cancel a queued run at once; the worker stops a running one (the status now)."""
