@@ -140,15 +140,12 @@ class LiveOutput:
         self.store, self.run_id, self.seen, self.bar = store, run_id, 0, None
 
     def __call__(self) -> None:
-        frame = self.store.frame("SELECT line FROM run_logs WHERE run_id = ? ORDER BY rowid "
-                                 f"OFFSET {self.seen}", [self.run_id])
-        for line in frame["line"]:
+        control = self.store.control
+        for line_id, _, line in control.logs(self.run_id, after=self.seen):
             tqdm.write(line)
-        self.seen += len(frame)
-        progress = self.store.frame("SELECT progress FROM runs WHERE id = ?", [self.run_id])
-        raw = progress.iloc[0, 0] if len(progress) else None
-        if raw:
-            value = json.loads(raw)
+            self.seen = line_id
+        value = control.live([self.run_id]).get(self.run_id, {}).get("progress")
+        if value:
             if self.bar is None or self.bar.desc != value["stage"]:
                 if self.bar is not None:
                     self.bar.close()

@@ -18,6 +18,12 @@ def hold_lock(path: str, seconds: float, ready) -> None:
     con.close()
 
 
+def hold_lock_on_signal(path: str, seconds: float, go, ready) -> None:
+    """Wait (imports done) for ``go``, then hold the file lock for ``seconds``."""
+    go.wait()
+    hold_lock(path, seconds, ready)
+
+
 def keep_writing(path: str, seconds: float) -> None:
     """Write progress and log lines as fast as possible, as a worker does."""
     store = Store(path)
@@ -26,7 +32,7 @@ def keep_writing(path: str, seconds: float) -> None:
     i = 0
     while time.monotonic() < deadline:
         store.append_log(run_id, f"line {i}")
-        store.update_run(run_id, progress={"done": i})
+        store.control.set_progress(run_id, "pruning", i, 1_000_000)
         i += 1
 
 

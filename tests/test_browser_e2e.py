@@ -228,7 +228,7 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
                     break
                 time.sleep(0.5)
             assert [s for _, _, s in own_runs(db)] == ["done", "done"], (
-                own_runs(db), Store(db).frame("SELECT run_id, line FROM run_logs"))
+                own_runs(db), Store(db).control.logs(run_id))
             summary = page.get_by_test_id("stMarkdownContainer").filter(has_text="done").first
             expect(summary).to_contain_text("2 done", timeout=15_000)
             expect(page.get_by_role("combobox", name="Run")).to_have_value(

@@ -67,7 +67,7 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def own_runs(db: Path) -> pd.DataFrame:
-    return Store(db).frame("SELECT id, status, method, spec, cancel_requested FROM runs "
+    return Store(db).frame("SELECT id, status, method, spec FROM runs "
                            "WHERE origin = 'own' ORDER BY id")
 
 
@@ -287,6 +287,11 @@ def make_run(store: Store, assets: dict[str, str], status: str, method: str = "w
                      calibration=assets["text"], samples=2, seqlen=32,
                      ppl_datasets=[assets["text"]], ppl_seqlen=32, max_windows=4, batch_size=1)
     run_id = create_run(store, spec, status=status)
+    progress = update.pop("progress", None)
+    if update.pop("beat", False):
+        store.control.beat(run_id, "test-worker")
+    if progress:
+        store.control.set_progress(run_id, progress["stage"], progress["done"], progress["total"])
     if update:
         store.update_run(run_id, **update)
     return run_id
@@ -306,7 +311,7 @@ def runs(store: Store, assets: dict[str, str]) -> dict[str, int]:
         "cancelled": make_run(store, assets, "cancelled", "wanda", "0.6", finished_at=now,
                               error="cancelled before it started"),
         "running": make_run(store, assets, "running", "wanda", "0.5",
-                            started_at=now - timedelta(seconds=5), heartbeat_at=now,
+                            started_at=now - timedelta(seconds=5), beat=True,
                             progress={"stage": "pruning", "done": 3, "total": 30}),
         "queued": make_run(store, assets, "queued", "magnitude", "0.7"),
     }
@@ -411,7 +416,7 @@ def test_cancel_a_running_run_asks_the_worker(db: Path, workers: list[int],
     at = open_page("pages/runs.py")
     widget(at.button, "Cancel").click().run()
     row = own_runs(db).set_index("id").loc[runs["running"]]
-    assert row["status"] == "running" and bool(row["cancel_requested"])
+    assert row["status"] == "running" and Store(db).control.cancel_requested(runs["running"])
     assert at.dataframe[0].value.set_index("Run").loc[runs["running"], "Status"] == "cancelling"
     assert widget(at.button, "Cancel").disabled
 

@@ -49,9 +49,11 @@ def spec(assets: dict[str, str], seed: int, text: str) -> PruneSpec:
 
 def rows(store: Store, ids: list[int]) -> dict[int, dict]:
     """Status, worker, progress and error of the runs ``ids``."""
-    frame = store.frame("SELECT id, status, worker, progress, error FROM runs WHERE id IN "
+    frame = store.frame("SELECT id, status, worker, error FROM runs WHERE id IN "
                         f"({', '.join('?' for _ in ids)})", ids)
-    return {int(r["id"]): r for r in frame.to_dict("records")}
+    live = store.control.live(ids)
+    return {int(r["id"]): {**r, "progress": live.get(int(r["id"]), {}).get("progress")}
+            for r in frame.to_dict("records")}
 
 
 def step_until(dispatcher: Dispatcher, ready: Callable[[], bool], timeout: float, what: str,
@@ -121,9 +123,9 @@ def test_four_runs_two_at_a_time_cancel_and_killed_worker(
     for run_id in (cancelled, killed):  # no partial results
         for table in ("metrics", "layer_stats"):
             assert store.frame(f"SELECT * FROM {table} WHERE run_id = ?", [run_id]).empty
-    logs = store.frame("SELECT run_id, line FROM run_logs WHERE run_id = ?", [first])["line"]
+    logs = [line for _, _, line in store.control.logs(first)]
     assert any(line.startswith("started on ") for line in logs)  # sent back by the task
-    assert any("pruning with wanda" in line for line in logs) and logs.iloc[-1] == "done"
+    assert any("pruning with wanda" in line for line in logs) and logs[-1] == "done"
     print(f"four runs on Ray in {elapsed:.1f} s")
 
 

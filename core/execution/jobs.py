@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
+
 from core.runs import sweep
 from core.runs.kinds.prune import PruneSpec
 from core.runs.registry import spec_from_dict
 from core.store.db import Store, spec_hash
-from core.store.record import create_run
+from core.store.record import create_run, flush_held
 
 #: A running run whose heartbeat is older than this is declared failed.
 HEARTBEAT_TIMEOUT_S = 30.0
@@ -78,9 +80,9 @@ def request_cancel(store: Store, run_id: int) -> str:
             store.move(run_id, "cancelled", con=con, finished_at=datetime.now(),
                        error="cancelled before it started")
             return "cancelled"
-        if status == "running":
-            con.execute("UPDATE runs SET cancel_requested = true WHERE id = ?", [run_id])
-        return status
+    if status == "running":  # the worker polls the control store for it
+        store.control.request_cancel(run_id)
+    return status
 
 
 def rerun(store: Store, run_id: int) -> int:
@@ -95,48 +97,65 @@ def rerun(store: Store, run_id: int) -> int:
 def claim(store: Store, run_id: int, worker: str) -> bool:
     """Move one queued run to running for ``worker`` (False: someone else claimed it, or it
     was cancelled)."""
-    now = datetime.now()
-    return store.move(run_id, "running", started_at=now, heartbeat_at=now, worker=worker)
+    if not store.move(run_id, "running", started_at=datetime.now(), worker=worker):
+        return False
+    store.control.beat(run_id, worker)
+    return True
 
 
 def claim_next(store: Store, device: str, worker: str) -> int | None:
     """Atomically move the oldest queued run for ``device`` to running; returns its id."""
-    now = datetime.now()
     with store.transaction() as con:
         row = con.execute(
-            """UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ?, worker = ?
+            """UPDATE runs SET status = 'running', started_at = ?, worker = ?
                WHERE id = (SELECT min(id) FROM runs WHERE status = 'queued' AND origin = 'own'
                            AND coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?)
                  AND status = 'queued'
                RETURNING id""",
-            [now, now, worker, device],
+            [datetime.now(), worker, device],
         ).fetchone()
-    return int(row[0]) if row else None
+    if row is None:
+        return None
+    store.control.beat(int(row[0]), worker)
+    return int(row[0])
 
 
 def recover_stale(store: Store, timeout_s: float = HEARTBEAT_TIMEOUT_S,
                   device: str | None = None, reason: str | None = None) -> list[int]:
-    """Mark running runs without a recent heartbeat as failed (all of ``device`` if reason given).
+    """Mark running runs without a recent heartbeat as failed (all of ``device`` if reason
+    given); returns their ids.  A silent run whose result was computed and waits in the control
+    store is stored instead (done).
 
     With ``reason`` (used by a worker that holds the device lock, so no other worker can be
     running there) every running run of that device is failed at once.
     """
     cutoff = datetime.now() - timedelta(seconds=timeout_s)
-    sql = "SELECT id FROM runs WHERE status = 'running' AND origin = 'own'"
+    sql = "SELECT id, started_at FROM runs WHERE status = 'running' AND origin = 'own'"
     params: list[object] = []
     if device is not None:
         sql += " AND coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?"
         params.append(device)
-    if reason is None:
-        sql += " AND (heartbeat_at IS NULL OR heartbeat_at < ?)"
-        params.append(cutoff)
-    ids = [int(i) for i in store.frame(sql, params)["id"]]
+    frame = store.frame(sql, params)
+    live = store.control.live([int(i) for i in frame["id"]])
+    ids = [int(i) for i, started in zip(frame["id"], frame["started_at"], strict=True)
+           if reason is not None or _silent_since(live.get(int(i)), started, cutoff)]
+    stored = flush_held(store, ids) if ids else []
     message = reason or (f"the worker stopped sending heartbeats for over {timeout_s:.0f} s "
                          "(killed or crashed); results were not stored")
-    for run_id in ids:
-        with store.transaction() as con:
-            store.move(run_id, "failed", con=con, finished_at=datetime.now(), error=message)
-    return ids
+    failed = []
+    for run_id in (i for i in ids if i not in stored):
+        if store.move(run_id, "failed", finished_at=datetime.now(), error=message):
+            store.append_log(run_id, f"failed: {message}")
+            store.control.forget(run_id)
+            failed.append(run_id)
+    return failed
+
+
+def _silent_since(live: dict[str, Any] | None, started: Any, cutoff: datetime) -> bool:
+    """No heartbeat (nor a start) after ``cutoff``."""
+    beat = live.get("heartbeat_at") if live else None
+    last = beat or (None if pd.isna(started) else started)
+    return last is None or last < cutoff
 
 
 @dataclass(frozen=True)

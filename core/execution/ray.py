@@ -114,6 +114,8 @@ class Dispatcher:
             self._finish(run_id)
         self._cancel_requested()
         self._beat()
+        if self.store.control.held():  # results that waited for the results file
+            record.flush_held(self.store)
         self._claim()
         return bool(self.inflight)
 
@@ -171,20 +173,19 @@ class Dispatcher:
             log.info("run %s failed: %s", run_id, message)
         else:
             try:
-                record.store_result(self.store, run_id, result)
+                record.keep_and_store(self.store, run_id, result)
                 self.store.append_log(run_id, "done")
             except record.RunNotActive as exc:  # cancelled or failed meanwhile: leave it
                 log.info("%s", exc)
-            except StoreError as exc:  # the next step retries
-                log.warning("run %s: could not store its result yet: %s", run_id, exc)
-                return
+            except StoreError as exc:  # held on disk: a later step's flush_held stores it
+                log.warning("run %s: its result waits for the results file: %s", run_id, exc)
         del self.inflight[run_id]
 
     def _fail(self, run_id: int, message: str) -> None:
         """Move a run to failed with ``message`` (in its error and its log)."""
-        if self.store.move(run_id, "failed", finished_at=datetime.now(), error=message,
-                           progress=None):
+        if self.store.move(run_id, "failed", finished_at=datetime.now(), error=message):
             self.store.append_log(run_id, f"failed: {message}")
+            self.store.control.forget(run_id)
 
     # -- messages from the tasks ----------------------------------------------------------------
     def _drain(self) -> None:
@@ -206,18 +207,16 @@ class Dispatcher:
                 log.warning("run %s: a %s message was lost: %s", run_id, kind, exc)
         for run_id, (stage, done, total) in latest.items():
             with contextlib.suppress(StoreError):
-                self.store.update_run(run_id, progress={
-                    "stage": stage, "done": done, "total": total,
-                    "percent": round(100 * done / max(total, 1), 1)})
+                self.store.control.set_progress(run_id, stage, done, total)
 
     def _started(self, run_id: int, info: dict[str, Any]) -> None:
         """The task began on a Ray worker: note where (the ``worker`` column), when and the
         executing machine's environment."""
         flight = self.inflight[run_id]
         flight.where = f"{info['host']} ({info['node']}) pid {info['pid']}"
-        now = datetime.now()
-        self.store.update_run(run_id, worker=f"{WORKER_PREFIX} {info['node']} pid {info['pid']}",
-                              started_at=now, heartbeat_at=now,
+        where = f"{WORKER_PREFIX} {info['node']} pid {info['pid']}"
+        self.store.control.beat(run_id, where)
+        self.store.update_run(run_id, worker=where, started_at=datetime.now(),
                               environment=info.get("environment"))
         gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""
         self.store.append_log(run_id, f"started on {flight.where}, device {info['device']}"
@@ -233,18 +232,19 @@ class Dispatcher:
             return
         ids = list(self.inflight)
         frame = self.store.frame(
-            "SELECT id, status, coalesce(cancel_requested, false) AS cancel FROM runs "
-            f"WHERE id IN ({', '.join('?' for _ in ids)})", ids)
-        rows = {int(r.id): (r.status, bool(r.cancel)) for r in frame.itertuples()}
+            f"SELECT id, status FROM runs WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+        live = self.store.control.live(ids)
+        rows = {int(r.id): (r.status, live.get(int(r.id), {}).get("cancel_requested", False))
+                for r in frame.itertuples()}
         for run_id in ids:
             status, cancel = rows.get(run_id, ("gone", False))
             if status == "running" and not cancel:
                 continue
             ray.cancel(self.inflight.pop(run_id).ref, force=True)
             if status == "running" and self.store.move(
-                    run_id, "cancelled", finished_at=datetime.now(), error=CANCELLED,
-                    progress=None):
+                    run_id, "cancelled", finished_at=datetime.now(), error=CANCELLED):
                 self.store.append_log(run_id, CANCELLED)
+                self.store.control.forget(run_id)
             log.info("run %s: task cancelled (%s)", run_id,
                      "on request" if status == "running" else f"run is {status}")
 
@@ -257,7 +257,7 @@ class Dispatcher:
         self.last_beat = now
         for run_id in self.inflight:
             with contextlib.suppress(StoreError):
-                self.store.update_run(run_id, heartbeat_at=datetime.now())
+                self.store.control.beat(run_id)
 
     # -- claims ---------------------------------------------------------------------------------
     def _claim(self) -> None:

@@ -11,7 +11,7 @@ from core.engine import environment
 from core.runs import registry
 from core.runs.results import ProgressFn, RunResult, Say, quiet
 from core.store.db import Store
-from core.store.record import RunNotActive, store_result
+from core.store.record import RunNotActive, keep_and_store
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,8 @@ def run_and_store(store: Store, run_id: int, spec: Any, progress: ProgressFn = q
                   say: Say = log.info) -> RunResult:
     """Execute a stored run (queued, or running: claimed by a worker) and record its outcome
     (failed runs keep their error).  A run cancelled or failed meanwhile is not executed, and
-    its results are never stored (``RunNotActive``)."""
+    its results are never stored (``RunNotActive``).  The result is held on disk until the
+    results file takes it (``core.store.record.keep_and_store``)."""
     started = {"started_at": datetime.now(), "environment": environment.describe(spec.device)}
     if not store.move(run_id, "running", **started):
         status = store.frame("SELECT status FROM runs WHERE id = ?", [run_id])
@@ -31,9 +32,10 @@ def run_and_store(store: Store, run_id: int, spec: Any, progress: ProgressFn = q
     try:
         result = registry.execute(spec, progress, say)
     except Exception as exc:
-        store.move(run_id, "failed", finished_at=datetime.now(), progress=None,
+        store.move(run_id, "failed", finished_at=datetime.now(),
                    error=f"{type(exc).__name__}: {exc}")
+        store.control.forget(run_id)
         log.debug(traceback.format_exc())
         raise
-    store_result(store, run_id, result)
+    keep_and_store(store, run_id, result)
     return result

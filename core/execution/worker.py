@@ -3,11 +3,12 @@
     python -m core.execution.worker serve --device cpu   # started by the dashboard, or by hand
     python -m core.execution.worker execute RUN_ID       # one run (what ``serve`` spawns)
 
-``serve`` holds an exclusive lock file per device, so at most one worker serves a device.  Each
-run executes in a child process that the worker supervises: it writes the run's heartbeat, stops
-the child when the user cancels, and records a crash.  The child dies with its worker
-(PR_SET_PDEATHSIG), so a killed worker never leaves an orphan computing.  A new worker fails
-every run its dead predecessor left running.
+``serve`` holds an exclusive lock file per device, so at most one worker serves a device, and
+keeps a serving loop alive in a forked process: a loop killed mid-run is replaced at once, and
+the new loop fails the run it left and goes on with the queue (no page needs to be open).  Each
+run executes in a child process that the loop supervises: it writes the run's heartbeat (to the
+control store), stops the child when the user cancels, and records a crash.  The child dies with
+its loop (PR_SET_PDEATHSIG), so a killed worker never leaves an orphan computing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from core import config
 from core.execution import jobs
 from core.execution.run import run_and_store
 from core.runs.registry import spec_from_dict
+from core.store import record
 from core.store.db import Store, StoreError
 
 log = logging.getLogger("sparsebench.worker")
@@ -40,6 +42,15 @@ POLL_S = 0.5
 CANCEL_GRACE_S = 3.0
 PROGRESS_EVERY_S = 0.5
 LOCK_WAIT_S = 2.0  # how long a starting worker tries for the device lock
+MAX_CRASHES_PER_MINUTE = 5
+STOPPED = "the worker running it stopped (killed or crashed); results were not stored"
+
+
+def describe_exit(code: int | None) -> str:
+    """'was killed by signal 9' / 'exited with code 1'."""
+    if code is not None and code < 0:
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def lock_path(db: Path, device: str) -> Path:
@@ -121,8 +132,9 @@ def _die_with_parent() -> None:
 
 
 def execute(db: Path, run_id: int) -> int:
-    """Execute one stored run; progress and log lines go to the store as it goes."""
-    store = Store(db)
+    """Execute one stored run; progress and log lines go to the control store as it goes, the
+    start and the results to the results file (waiting while another program holds it)."""
+    store = Store(db).patient()
     frame = store.frame("SELECT spec FROM runs WHERE id = ?", [run_id])
     if frame.empty:
         print(f"no run {run_id}", file=sys.stderr)
@@ -135,8 +147,7 @@ def execute(db: Path, run_id: int) -> int:
         if now - last[0] < PROGRESS_EVERY_S and done < total:
             return
         last[0] = now
-        store.update_run(run_id, progress={"stage": stage, "done": done, "total": total,
-                                           "percent": round(100 * done / max(total, 1), 1)})
+        store.control.set_progress(run_id, stage, done, total)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -163,26 +174,65 @@ class Worker:
         self.name = f"{os.uname().nodename}:{os.getpid()}:{device}"
 
     def serve(self) -> int:
+        """Hold the device lock and keep a serving loop alive in a forked process.  A loop
+        that dies mid-run (killed, crashed) is replaced at once: the new loop fails the run it
+        left and serves the rest of the queue, with no page open."""
         with device_lock(self.db, self.device, wait_s=LOCK_WAIT_S) as acquired:
             _clear_starting(self.db, self.device)
             if not acquired:
                 log.info("another worker already serves %s", self.device)
                 return 0
-            self.store.init()
-            failed = jobs.recover_stale(
-                self.store, device=self.device,
-                reason="the worker running it stopped (killed or crashed); results were not "
-                       "stored")
-            if failed:
-                log.warning("marked runs %s failed: their worker had died", failed)
-            idle_since = time.monotonic()
-            while time.monotonic() - idle_since < self.idle_exit_s:
+            reason, crashes = STOPPED, []
+            while (code := self._fork_loop(reason)) != 0:
+                now = time.monotonic()
+                crashes = [t for t in crashes if now - t < 60.0] + [now]
+                if len(crashes) > MAX_CRASHES_PER_MINUTE:
+                    log.error("the serving loop of %s died %d times in a minute; giving up",
+                              self.device, len(crashes))
+                    return 1
+                reason = f"the worker running it {describe_exit(code)}; results were not stored"
+                log.warning("the serving loop of %s %s; starting another", self.device,
+                            describe_exit(code))
+        return 0
+
+    def _fork_loop(self, reason: str) -> int:
+        """Run ``drain`` in a forked copy of this process (imports already done, the lock
+        shared); its exit code (negative: killed by that signal)."""
+        pid = os.fork()
+        if pid == 0:  # the loop: never leaves through the parent's lock context
+            code = 1
+            try:
+                self.name = f"{os.uname().nodename}:{os.getpid()}:{self.device}"
+                code = self.drain(reason)
+            except BaseException:
+                log.exception("the serving loop of %s failed", self.device)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    def drain(self, reason: str = "") -> int:
+        """Fail the runs a dead predecessor left running (with ``reason``), store the results
+        that wait on disk, then execute queued runs until idle for ``idle_exit_s``."""
+        self.store.init()
+        record.flush_held(self.store)
+        failed = jobs.recover_stale(self.store, device=self.device, reason=reason or STOPPED)
+        if failed:
+            log.warning("marked runs %s failed: %s", failed, reason or STOPPED)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < self.idle_exit_s:
+            try:
                 run_id = jobs.claim_next(self.store, self.device, self.name)
-                if run_id is None:
-                    time.sleep(1.0)
-                    continue
-                self.supervise(run_id)
+            except StoreError as exc:  # the results file is held elsewhere: wait, fail nothing
+                log.warning("cannot claim yet: %s", exc)
                 idle_since = time.monotonic()
+                continue
+            if run_id is None:
+                time.sleep(1.0)
+                continue
+            self.supervise(run_id)
+            idle_since = time.monotonic()
         return 0
 
     def supervise(self, run_id: int, on_poll: Callable[[], None] | None = None) -> str:
@@ -209,14 +259,13 @@ class Worker:
             now = time.monotonic()
             try:
                 if now - last_beat >= HEARTBEAT_S:
-                    self.store.update_run(run_id, heartbeat_at=datetime.now())
+                    self.store.control.beat(run_id, self.name)
                     last_beat = now
-                row = self.store.frame("SELECT cancel_requested FROM runs WHERE id = ?",
-                                       [run_id])
+                cancel = self.store.control.cancel_requested(run_id)
             except StoreError as exc:  # keep supervising; the next poll retries
-                log.warning("store busy: %s", exc)
-                row = None
-            if row is not None and len(row) and bool(row.iloc[0, 0]):
+                log.warning("control store busy: %s", exc)
+                cancel = False
+            if cancel:
                 child.terminate()
                 try:
                     child.wait(CANCEL_GRACE_S)
@@ -228,18 +277,25 @@ class Worker:
         return False
 
     def _finish(self, run_id: int, code: int | None, cancelled: bool, log_file: Path) -> str:
-        status = self.store.frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
+        """The run's final status; records it when the child could not (killed, cancelled),
+        or stores the result the child computed and held before it died."""
+        store = self.store.patient()
+        status = store.frame("SELECT status FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
         if status != "running":  # the child recorded done / failed itself
+            store.control.forget(run_id)
             return str(status)
+        if not cancelled and record.flush_held(store, [run_id]):
+            return "done"
+        store.control.release(run_id)
         if cancelled:
             reason, final = "cancelled by the user; no results were stored", "cancelled"
         else:
             tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
-            how = (f"killed by signal {-code}" if code is not None and code < 0
-                   else f"exited with code {code}")
-            reason, final = f"the run's process {how}. Last output: {' | '.join(tail)}", "failed"
-        self.store.move(run_id, final, finished_at=datetime.now(), error=reason, progress=None)
-        self.store.append_log(run_id, reason)
+            reason = f"the run's process {describe_exit(code)}. Last output: {' | '.join(tail)}"
+            final = "failed"
+        store.move(run_id, final, finished_at=datetime.now(), error=reason)
+        store.append_log(run_id, reason)
+        store.control.forget(run_id)
         return final
 
 

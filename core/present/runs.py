@@ -136,15 +136,17 @@ def runs_table(store: Store, now: datetime | None = None) -> pd.DataFrame:
     Every cell is text except Run (an id) and Progress (0-100, only while a run is active).
     """
     frame = store.frame(
-        "SELECT id, status, model, method, pattern, sparsity, progress, created_at, started_at, "
-        "finished_at, error, cancel_requested FROM runs WHERE origin = 'own' ORDER BY id DESC")
+        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
+        "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     now = now or datetime.now()
-    status = [("cancelling" if s == "running" and not _missing(c) and bool(c) else str(s))
-              for s, c in zip(frame["status"], frame["cancel_requested"], strict=True)]
-    progress = [parse_progress(p) if s in ACTIVE else None
-                for p, s in zip(frame["progress"], status, strict=True)]
+    live = store.control.live([int(i) for i, s in zip(frame["id"], frame["status"], strict=True)
+                               if s == "running"])
+    status = [("cancelling" if s == "running" and live.get(int(i), {}).get("cancel_requested")
+               else str(s)) for i, s in zip(frame["id"], frame["status"], strict=True)]
+    progress = [parse_progress(live.get(int(i), {}).get("progress")) if s in ACTIVE else None
+                for i, s in zip(frame["id"], status, strict=True)]
     return pd.DataFrame({
         "Run": frame["id"].astype(int),
         "Status": status,
@@ -205,9 +207,9 @@ def run_detail(store: Store, run_id: int, now: datetime | None = None) -> dict[s
     row = frame.iloc[0].to_dict()
     for key in ("spec", "environment"):
         row[key] = tables.parse_spec(row[key]) if not _missing(row[key]) else {}
-    row["cancel_requested"] = not _missing(row["cancel_requested"]) and bool(
-        row["cancel_requested"])
-    row["progress"] = parse_progress(row["progress"]) if row["status"] == "running" else None
+    live = store.control.live([run_id]).get(run_id, {}) if row["status"] == "running" else {}
+    row["cancel_requested"] = bool(live.get("cancel_requested"))
+    row["progress"] = parse_progress(live.get("progress"))
     row["error"] = None if _missing(row["error"]) else str(row["error"])
     now = now or datetime.now()
     row["times"] = {
@@ -321,6 +323,11 @@ def run_results(store: Store, run_id: int) -> pd.DataFrame:
 
 
 def log_tail(store: Store, run_id: int, lines: int = 40) -> list[str]:
+    """The run's last log lines, timed (from the control store; runs logged before it existed:
+    from the results file)."""
+    kept = store.control.logs(run_id, last=lines)
+    if kept:
+        return [f"{ts:%H:%M:%S}  {line}" for _, ts, line in kept]
     frame = store.frame("SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, "
                         "rowid DESC LIMIT ?", [run_id, lines])
     return [f"{ts:%H:%M:%S}  {line}" for ts, line in

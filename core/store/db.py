@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +22,8 @@ import duckdb
 import pandas as pd
 
 from core import config
+from core.store.control import Control
+from core.store.errors import StoreError
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 METRIC_STATUSES = ("ok", "diverged", "missing")
@@ -125,14 +128,8 @@ _TRIAL_COLUMNS = (
     "trial", "label", "params", "levels", "actual_sparsity", "metric", "value", "n_samples", "raw",
     "note",
 )
-_RUN_UPDATABLE = (
-    "status", "started_at", "finished_at", "heartbeat_at", "progress", "error", "environment",
-    "cancel_requested", "worker",
-)
-
-
-class StoreError(RuntimeError):
-    """A problem with the results file, worded for the person looking at the page."""
+# Heartbeats, progress and cancel requests live in the control store (``Store.control``).
+_RUN_UPDATABLE = ("status", "started_at", "finished_at", "error", "environment", "worker")
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -184,6 +181,18 @@ class Store:
         self.retries = retries
         self.max_wait = max_wait
         self.writable = True
+        #: Heartbeats, progress, log lines, cancel requests and results waiting for this file.
+        self.control = Control(self.path)
+
+    def patient(self, wait_s: float | None = None) -> Store:
+        """This store, retrying a locked file for up to ``wait_s`` seconds
+        (``SPARSEBENCH_RESULT_WAIT_S``, default an hour): what a run uses for its start and end
+        writes, so that another program holding the file delays them but fails nothing."""
+        if wait_s is None:
+            wait_s = float(os.environ.get("SPARSEBENCH_RESULT_WAIT_S", "3600"))
+        other = Store(self.path, retries=int(wait_s / self.max_wait) + 8, max_wait=self.max_wait)
+        other.writable = self.writable
+        return other
 
     # -- connections -------------------------------------------------------------------------
     @contextmanager
@@ -316,7 +325,7 @@ class Store:
             return int(own.execute(sql, args).fetchone()[0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
-        """Set some of a run's mutable columns (progress, heartbeat, error, timestamps...);
+        """Set some of a run's mutable columns (error, timestamps, environment, worker);
         the status changes only through :meth:`move`."""
         unknown = set(fields) - set(_RUN_UPDATABLE) | ({"status"} & set(fields))
         if unknown:
@@ -384,8 +393,8 @@ class Store:
             insert_rows(con, table, columns, rows)
 
     def append_log(self, run_id: int, line: str) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT INTO run_logs (run_id, line) VALUES (?, ?)", [run_id, line])
+        """One line of a run's log (kept in the control store, not in the results file)."""
+        self.control.log(run_id, line)
 
     # -- reads -------------------------------------------------------------------------------
     def frame(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
@@ -441,6 +450,4 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, 
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

@@ -1,13 +1,23 @@
-"""Write a run's row and its results: one transaction per run, all or nothing."""
+"""Write a run's row and its results: one transaction per run, all or nothing.
+
+A run's computed result is first held in the control store (``keep_and_store``): when another
+program holds the results file, the result waits there, on disk, and the next ``flush_held``
+(the worker's, the dispatcher's or a page's recovery) writes it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from core.runs.results import RunResult
-from core.store.db import Store
+from core.runs.registry import spec_from_dict
+from core.runs.results import ChildRun, RunResult
+from core.store.db import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 
 class RunNotActive(RuntimeError):
@@ -42,7 +52,57 @@ def store_result(store: Store, run_id: int, result: RunResult) -> None:
             stored = {**json.loads(row[0]), **result.spec_updates}
             con.execute("UPDATE runs SET spec = ? WHERE id = ?",
                         [json.dumps(stored, sort_keys=True, default=str), run_id])
-        if not store.move(run_id, "done", con=con, finished_at=datetime.now(), error=None,
-                          progress=None):
+        if not store.move(run_id, "done", con=con, finished_at=datetime.now(), error=None):
             raise RunNotActive(f"run {run_id} is no longer running (cancelled or failed "
                                "meanwhile); its results were not stored")
+
+
+def encode(result: RunResult) -> str:
+    """A result as JSON (child runs by their spec), to wait on disk."""
+    data = asdict(result)
+    data["children"] = [{**asdict(child), "spec": child.spec.to_dict()}
+                        for child in result.children]
+    return json.dumps(data, default=float)
+
+
+def decode(payload: str) -> RunResult:
+    data = json.loads(payload)
+    children = [ChildRun(spec_from_dict(c["spec"]), c["metrics"], c["layer_stats"])
+                for c in data.pop("children")]
+    return RunResult(**data, children=children)
+
+
+def keep_and_store(store: Store, run_id: int, result: RunResult) -> None:
+    """Hold the result on disk, then store it (waiting as long as ``store`` retries a locked
+    file) and let it go.  A run no longer running drops it (``RunNotActive``); a results file
+    still locked raises ``StoreError`` and the result stays held for ``flush_held``."""
+    store.control.hold(run_id, encode(result))
+    try:
+        store_result(store, run_id, result)
+    except RunNotActive:
+        store.control.release(run_id)
+        raise
+    store.control.release(run_id)
+    store.control.forget(run_id)
+
+
+def flush_held(store: Store, run_ids: list[int] | None = None) -> list[int]:
+    """Store the held results (all, or of ``run_ids``); returns the runs now done.  A run that
+    is no longer running drops its held result; a locked file leaves them held."""
+    stored = []
+    for run_id, payload in store.control.held().items():
+        if run_ids is not None and run_id not in run_ids:
+            continue
+        try:
+            store_result(store, run_id, decode(payload))
+        except RunNotActive as exc:
+            log.info("%s", exc)
+        except StoreError as exc:
+            log.warning("run %s: its result waits for the results file: %s", run_id, exc)
+            continue
+        else:
+            stored.append(run_id)
+            store.append_log(run_id, "results stored (they had waited for the results file)")
+        store.control.release(run_id)
+        store.control.forget(run_id)
+    return stored
