@@ -24,10 +24,11 @@ def hold_lock_on_signal(path: str, seconds: float, go, ready) -> None:
     hold_lock(path, seconds, ready)
 
 
-def keep_writing(path: str, seconds: float) -> None:
-    """Write progress and log lines as fast as possible, as a worker does."""
+def keep_writing(path: str, seconds: float, tag: int = 1) -> None:
+    """Write progress and log lines as fast as possible, as a worker does (for a new run of
+    its own, told apart by ``tag``)."""
     store = Store(path)
-    run_id = store.create_run(kind="prune", model="m", method="wanda", spec={"n": 1})
+    run_id = store.create_run(kind="prune", model="m", method="wanda", spec={"n": tag})
     deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline:
