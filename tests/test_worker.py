@@ -209,11 +209,15 @@ def test_a_result_left_on_disk_by_a_dead_run_is_stored(store: Store, assets) -> 
 
 def test_new_worker_fails_runs_left_by_a_dead_one(store: Store, assets) -> None:
     run = jobs.submit(store, spec(assets, method="dense"))
-    jobs.claim_next(store, "cpu", "ghost")  # a worker that died right after claiming
+    # A worker of this machine that died right after claiming, and a live command-line run.
+    jobs.claim_next(store, "cpu", f"{os.uname().nodename}:{2**22 + 7}:cpu")
+    cli_run = jobs.submit(store, spec(assets, method="dense", max_windows=3))
+    assert jobs.claim(store, cli_run.run_id, f"cli:{os.uname().nodename}:{os.getpid()}:cpu")
     proc = start_worker(store, idle_exit=1)
     assert proc.wait(60) == 0
     row = own_runs(store).loc[run.run_id]
     assert row["status"] == "failed" and "stopped" in row["error"]
+    assert status(store, cli_run.run_id) == "running"  # its holder is alive: left alone
 
 
 def test_only_one_worker_per_device(store: Store) -> None:

@@ -4,8 +4,10 @@ re-run, and recovery of runs whose worker died."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -122,28 +124,32 @@ def claim_next(store: Store, device: str, worker: str) -> int | None:
 
 def recover_stale(store: Store, timeout_s: float = HEARTBEAT_TIMEOUT_S,
                   device: str | None = None, reason: str | None = None) -> list[int]:
-    """Mark running runs without a recent heartbeat as failed (all of ``device`` if reason
-    given); returns their ids.  A silent run whose result was computed and waits in the control
-    store is stored instead (done).
+    """Mark running runs without a recent heartbeat as failed; returns their ids.  A silent
+    run whose result was computed and waits in the control store is stored instead (done).
 
-    With ``reason`` (used by a worker that holds the device lock, so no other worker can be
-    running there) every running run of that device is failed at once.
+    With ``reason`` (used by a worker that holds the device lock) the runs of ``device`` whose
+    holding process on this machine is gone are failed at once, without waiting for the
+    heartbeat timeout; runs held elsewhere (a command-line run, another machine) are left to
+    their heartbeat.
     """
     cutoff = datetime.now() - timedelta(seconds=timeout_s)
-    sql = "SELECT id, started_at FROM runs WHERE status = 'running' AND origin = 'own'"
+    sql = "SELECT id, started_at, worker FROM runs WHERE status = 'running' AND origin = 'own'"
     params: list[object] = []
     if device is not None:
         sql += " AND coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?"
         params.append(device)
     frame = store.frame(sql, params)
     live = store.control.live([int(i) for i in frame["id"]])
-    ids = [int(i) for i, started in zip(frame["id"], frame["started_at"], strict=True)
-           if reason is not None or _silent_since(live.get(int(i)), started, cutoff)]
+    ids = [int(r.id) for r in frame.itertuples()
+           if (reason is not None and holder_gone(r.worker))
+           or _silent_since(live.get(int(r.id)), r.started_at, cutoff)]
     stored = flush_held(store, ids) if ids else []
-    message = reason or (f"the worker stopped sending heartbeats for over {timeout_s:.0f} s "
-                         "(killed or crashed); results were not stored")
     failed = []
     for run_id in (i for i in ids if i not in stored):
+        silent = _silent_since(live.get(run_id), None, cutoff)
+        message = (reason if reason is not None and not silent else
+                   f"the worker stopped sending heartbeats for over {timeout_s:.0f} s (killed "
+                   "or crashed); results were not stored")
         if store.move(run_id, "failed", finished_at=datetime.now(), error=message):
             store.append_log(run_id, f"failed: {message}")
             store.control.forget(run_id)
@@ -151,10 +157,28 @@ def recover_stale(store: Store, timeout_s: float = HEARTBEAT_TIMEOUT_S,
     return failed
 
 
+def holder_gone(worker: Any) -> bool:
+    """Whether the run's holder, named ``[cli:]host:pid:device``, is a process of this machine
+    that no longer runs (other names and other machines: not known here, False)."""
+    parts = str(worker or "").removeprefix("cli:").split(":")
+    if len(parts) < 3 or parts[0] != os.uname().nodename or not parts[1].isdigit():
+        return False
+    return not process_alive(int(parts[1]))
+
+
+def process_alive(pid: int) -> bool:
+    """A running process of this machine (not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _silent_since(live: dict[str, Any] | None, started: Any, cutoff: datetime) -> bool:
     """No heartbeat (nor a start) after ``cutoff``."""
     beat = live.get("heartbeat_at") if live else None
-    last = beat or (None if pd.isna(started) else started)
+    last = beat or (None if started is None or pd.isna(started) else started)
     return last is None or last < cutoff
 
 

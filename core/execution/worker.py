@@ -43,6 +43,7 @@ CANCEL_GRACE_S = 3.0
 PROGRESS_EVERY_S = 0.5
 LOCK_WAIT_S = 2.0  # how long a starting worker tries for the device lock
 MAX_CRASHES_PER_MINUTE = 5
+RECOVER_EVERY_S = 10.0
 STOPPED = "the worker running it stopped (killed or crashed); results were not stored"
 
 
@@ -104,16 +105,7 @@ def worker_starting(db: Path, device: str, within_s: float = 120.0) -> bool:
         young = time.time() - path.stat().st_mtime < within_s
     except (OSError, ValueError):
         return False
-    return young and _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    """A running process (not a zombie waiting to be reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return young and jobs.process_alive(pid)
 
 
 def _clear_starting(db: Path, device: str) -> None:
@@ -172,6 +164,7 @@ class Worker:
         self.idle_exit_s = idle_exit_s
         self.store = Store(db)
         self.name = f"{os.uname().nodename}:{os.getpid()}:{device}"
+        self.last_recovery = 0.0
 
     def serve(self) -> int:
         """Hold the device lock and keep a serving loop alive in a forked process.  A loop
@@ -229,11 +222,22 @@ class Worker:
                 idle_since = time.monotonic()
                 continue
             if run_id is None:
+                self._recover_now_and_then()
                 time.sleep(1.0)
                 continue
             self.supervise(run_id)
             idle_since = time.monotonic()
         return 0
+
+    def _recover_now_and_then(self) -> None:
+        """While idle, every ``RECOVER_EVERY_S``: fail the device's runs that stopped beating
+        (a command-line run killed with no page open)."""
+        now = time.monotonic()
+        if now - self.last_recovery < RECOVER_EVERY_S:
+            return
+        self.last_recovery = now
+        with contextlib.suppress(StoreError):
+            jobs.recover_stale(self.store, device=self.device)
 
     def supervise(self, run_id: int, on_poll: Callable[[], None] | None = None) -> str:
         """Run one claimed run in a child process; returns its final status.  ``on_poll`` is
