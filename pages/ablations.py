@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import ablations, charts, tables
-from ui.components import show_table, store_or_stop, use_app_menu
+from ui.components import memo, show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Compute time and ablations")
@@ -13,9 +13,10 @@ st.caption("Pruning time per method and sparsity (seed 004 Table 3), the cost of
            "and hyperparameter grids (seed 004 Table 4): your sweeps and the published ones.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    timing = tables.load_metrics(store, "timing")
-    memory = tables.load_metrics(store, "memory")
-    perplexity = tables.load_metrics(store, "perplexity")
+    timing = memo(store, "metrics", "timing")(lambda: tables.load_metrics(store, "timing"))
+    memory = memo(store, "metrics", "memory")(lambda: tables.load_metrics(store, "memory"))
+    perplexity = memo(store, "metrics", "perplexity")(
+        lambda: tables.load_metrics(store, "perplexity"))
     grids = ablations.ablation_list(store, perplexity)
 
 st.subheader("Pruning time")

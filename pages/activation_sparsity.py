@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.present import activation as activation_views
 from core.present import charts, tables
-from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
+from ui.components import memo, show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Activation sparsity")
@@ -17,10 +17,11 @@ st.caption("Per-layer sparsity levels searched on n samples per task (100 in see
            "stored scores; actual sparsity is always measured, never the parameter.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    task_rows = tables.load_metrics(store, "task")
-    activation_rows = tables.load_metrics(store, "activation")
+    task_rows = memo(store, "metrics", "task")(lambda: tables.load_metrics(store, "task"))
+    activation_rows = memo(store, "metrics", "activation")(
+        lambda: tables.load_metrics(store, "activation"))
     finals = tables.final_rows(task_rows, activation_rows)
-    trials = tables.load_search_trials(store)
+    trials = memo(store, "search_trials")(lambda: tables.load_search_trials(store))
     own_runs = activation_views.activation_runs_table(task_rows, activation_rows)
 
 if finals.empty and trials.empty and own_runs.empty:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import report, tables
-from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
+from ui.components import frozen, memo, show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Layer statistics")
@@ -14,15 +14,18 @@ st.caption("Sparsity measured after pruning: the share of zero weights in each b
            "block). Published reports may give only the summary.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    all_stats = tables.load_layer_stats(store)
+    all_stats = memo(store, "layer_stats")(lambda: tables.load_layer_stats(store))
 
 if all_stats.empty:
     st.info("No layer statistics yet. Every pruning run stores them; launch one, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
-stats = tables.filter_rows(all_stats, **sidebar_filters(all_stats))
-runs = tables.layer_runs(stats)
+selection = sidebar_filters(all_stats)
+key = frozen(selection)
+stats = memo(store, "filtered", "layer_stats", key)(
+    lambda: tables.filter_rows(all_stats, **selection))
+runs = memo(store, "layers.runs", key)(lambda: tables.layer_runs(stats))
 if runs.empty:
     st.info("No layer statistics match the filters in the sidebar.")
     st.stop()
@@ -33,16 +36,20 @@ run = runs[runs["label"] == label].iloc[0]
 run_id = int(run["run_id"])
 
 st.subheader("Model summary")
-show_table(tables.layer_summary_table(stats, run_id), "layer-summary")
-found = report.layer_findings_for(stats, run_id)
+show_table(memo(store, "layers.summary", key, run_id)(
+    lambda: tables.layer_summary_table(stats, run_id)), "layer-summary")
+found = memo(store, "layers.findings", key, run_id)(
+    lambda: report.layer_findings_for(stats, run_id))
 if found:
     st.markdown("\n".join(f"- {f.text}" for f in found))
 
 st.subheader("Sparsity by block")
-blocks = tables.block_sparsity_table(stats, run_id)
+blocks = memo(store, "layers.blocks", key, run_id)(
+    lambda: tables.block_sparsity_table(stats, run_id))
 if blocks.empty:
     st.info("This run stores only the model summary, no per-block values"
             + (" (the published report gives no more)." if run["origin"] == "published" else "."))
 else:
-    st.plotly_chart(report.layer_chart(stats, run_id))
+    st.plotly_chart(memo(store, "layers.chart", key, run_id)(
+        lambda: report.layer_chart(stats, run_id)))
     show_table(blocks, "layer-blocks")

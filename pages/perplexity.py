@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import charts, tables
-from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
+from ui.components import frozen, memo, show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Perplexity")
@@ -15,8 +15,9 @@ st.caption("Lower is better. Δ from dense compares each run with the dense run 
            "dtype.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    all_rows = tables.load_metrics(store, "perplexity")
-    timing = tables.load_metrics(store, "timing")
+    all_rows = memo(store, "metrics", "perplexity")(
+        lambda: tables.load_metrics(store, "perplexity"))
+    timing = memo(store, "metrics", "timing")(lambda: tables.load_metrics(store, "timing"))
 
 if all_rows.empty:
     st.info("No perplexity results yet. Launch a pruning run, or check that "
@@ -24,13 +25,15 @@ if all_rows.empty:
     st.stop()
 
 selection = sidebar_filters(all_rows)
-rows = tables.filter_rows(all_rows, **selection)
+key = frozen(selection)
+rows = memo(store, "filtered", "perplexity", key)(
+    lambda: tables.filter_rows(all_rows, **selection))
 if rows.empty:
     st.info("No perplexity results match the filters in the sidebar.")
     st.stop()
 
 st.subheader("Method × sparsity")
-show_table(tables.perplexity_table(rows), "perplexity")
+show_table(memo(store, "ppl.table", key)(lambda: tables.perplexity_table(rows)), "perplexity")
 
 st.subheader("Perplexity vs sparsity")
 left, right = st.columns(2)
@@ -40,8 +43,8 @@ model_rows = rows[rows["model"] == model]
 datasets = tables.choices(model_rows, "dataset")
 dataset = right.selectbox("Dataset", datasets)
 chart_rows = model_rows[model_rows["dataset"] == dataset]
-st.plotly_chart(charts.perplexity_chart(
-    chart_rows, f"{model} · {tables.dataset_label(dataset)}: perplexity vs sparsity"))
+st.plotly_chart(memo(store, "ppl.chart", key, model, dataset)(lambda: charts.perplexity_chart(
+    chart_rows, f"{model} · {tables.dataset_label(dataset)}: perplexity vs sparsity")))
 st.caption("Filled markers and solid lines: your runs. Open markers and dotted lines: published "
            "figures (source in the legend and on hover). Squares/diamonds: N:M patterns; "
            "dashed level: dense.")
@@ -53,11 +56,13 @@ group = left.selectbox("Source", groups, key="grid-source")
 group_tables = tables.choices(model_rows[model_rows["group"] == group], "table")
 table_name = right.selectbox("Published table", [*group_tables, "All tables"],
                              disabled=not group_tables, key="grid-table")
-show_table(tables.sparsity_grid(rows, model, group,
-                                None if table_name == "All tables" else table_name),
-           "perplexity-grid")
+show_table(memo(store, "ppl.grid", key, model, group, table_name)(
+    lambda: tables.sparsity_grid(rows, model, group,
+                                 None if table_name == "All tables" else table_name)),
+    "perplexity-grid")
 
-timing_table = tables.timing_table(tables.filter_rows(timing, **selection))
+timing_table = memo(store, "ppl.timing", key)(
+    lambda: tables.timing_table(tables.filter_rows(timing, **selection)))
 if not timing_table.empty:
     with st.expander("Pruning time"):
         show_table(timing_table, "pruning-time")

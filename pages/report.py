@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import report, tables
-from ui.components import show_table, store_or_stop, use_app_menu
+from ui.components import memo, show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Report")
@@ -15,11 +15,11 @@ st.caption("A report for one model from its runs: your own runs, or one publishe
            "formula; a finding whose data is missing is left out.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    ppl = tables.load_metrics(store, "perplexity")
-    zs = tables.load_metrics(store, "zero_shot")
-    stats = tables.load_layer_stats(store)
+    ppl = memo(store, "metrics", "perplexity")(lambda: tables.load_metrics(store, "perplexity"))
+    zs = memo(store, "metrics", "zero_shot")(lambda: tables.load_metrics(store, "zero_shot"))
+    stats = memo(store, "layer_stats")(lambda: tables.load_layer_stats(store))
 
-subjects = report.subjects(ppl, zs, stats)
+subjects = memo(store, "report.subjects")(lambda: report.subjects(ppl, zs, stats))
 if not subjects:
     st.info("No results to report yet. Launch a pruning run, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
@@ -41,7 +41,8 @@ if evaluation is not None:
         help="Own runs are reported, and compared with dense, within one setting of few-shot "
              "count, example limit and dtype.")
 
-built = report.build(ppl, zs, stats, model, group, metric, evaluation)
+built = memo(store, "report.build", model, group, metric, evaluation)(
+    lambda: report.build(ppl, zs, stats, model, group, metric, evaluation))
 st.download_button("Download the report (Markdown)", built.markdown(),
                    file_name=f"report-{report.slug(model)}.md", mime="text/markdown",
                    key="report-markdown", on_click="ignore", icon=":material/download:",
@@ -64,6 +65,8 @@ for block in built.blocks:
         st.markdown("\n".join(f"- {line}" for line in block.lines))
     elif block.kind == "table" and block.table is not None:
         show_table(block.table, block.name, whole=True)
-        for figure in report.block_figures(block, ppl, zs, stats, model, group, metric,
-                                           evaluation):
+        figures = memo(store, "report.figures", block.name, model, group, metric, evaluation)(
+            lambda block=block: report.block_figures(block, ppl, zs, stats, model, group,
+                                                     metric, evaluation))
+        for figure in figures:
             st.plotly_chart(figure)

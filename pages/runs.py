@@ -9,7 +9,7 @@ from core.execution.executors import executor_for
 from core.present import runs as run_views
 from core.present import tables
 from core.store.db import StoreError
-from ui.components import store_or_stop, use_app_menu
+from ui.components import memo, store_or_stop, use_app_menu
 
 REFRESH_S = 2
 PICK = "run-detail"  # the run picker's key
@@ -30,7 +30,8 @@ def live() -> None:
     try:
         if store.writable:
             executor_for(store).ensure_workers()
-        runs = run_views.runs_table(store)
+        rows = memo(store, "run_rows")(lambda: run_views.run_rows(store))
+        runs = run_views.runs_table(store, rows=rows)
     except StoreError as exc:
         st.error(str(exc))
         return
@@ -41,8 +42,9 @@ def live() -> None:
     st.markdown(run_views.summary(runs))
     for fraction, text in run_views.progress_bars(runs):
         st.progress(fraction, text=text)
+    shown = listing(runs)
     st.dataframe(
-        runs, hide_index=True, width="stretch",
+        shown, hide_index=True, width="stretch",
         column_order=[c for c in runs.columns if c != "Stage"],  # the bars above show it
         column_config={
             "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
@@ -52,21 +54,40 @@ def live() -> None:
         },
     )
     try:
-        detail(runs)
+        detail(runs, shown)
     except StoreError as exc:
         st.error(str(exc))
 
 
-def detail(runs) -> None:  # noqa: ANN001
+def listing(runs):  # noqa: ANN001, ANN201 (DataFrames)
+    """The filter and page choice above the list; the runs of the chosen page."""
+    left, right = st.columns([3, 1])
+    statuses = left.multiselect("Status", run_views.STATUS_ORDER, key="runs-status",
+                                placeholder="All statuses")
+    pages = run_views.page_of(runs, statuses, 1)[1]
+    page = right.number_input("Page", min_value=1, max_value=pages, step=1, key="runs-page",
+                              help=f"{run_views.PAGE_ROWS} runs per page, newest first.")
+    shown, _ = run_views.page_of(runs, statuses, int(page))
+    st.caption(f"Page {int(page)} of {pages}: {len(shown)} runs shown.")
+    return shown
+
+
+def detail(runs, shown) -> None:  # noqa: ANN001
     st.subheader("Run details")
-    ids = runs["Run"].tolist()
     if PENDING in st.session_state:
         st.session_state[PICK] = st.session_state.pop(PENDING)
-    if st.session_state.get(PICK) not in ids:
+    # The runs of the page shown, the active ones and the run picked before.
+    active = runs[runs["Status"].isin(run_views.ACTIVE)]["Run"].tolist()
+    ids = list(dict.fromkeys([*active, *shown["Run"].tolist()]))
+    picked = st.session_state.get(PICK)
+    if picked in set(runs["Run"]) and picked not in ids:
+        ids.append(picked)
+    if picked not in ids:
         st.session_state[PICK] = run_views.default_run(runs)
+        ids = list(dict.fromkeys([st.session_state[PICK], *ids]))
+    labels = run_views.run_labels(runs[runs["Run"].isin(ids)])
     # The labels never change while a run progresses, so the choice survives the refreshes.
-    run_id = int(st.selectbox("Run", ids, key=PICK,
-                              format_func=lambda i: run_views.run_label(runs, i, status=False)))
+    run_id = int(st.selectbox("Run", ids, key=PICK, format_func=labels.get))
     info = run_views.run_detail(store, run_id)
     status = info["status"]
     if FLASH in st.session_state:

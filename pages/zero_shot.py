@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import charts, tables
-from ui.components import show_table, sidebar_filters, store_or_stop, use_app_menu
+from ui.components import frozen, memo, show_table, sidebar_filters, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Zero-shot accuracy")
@@ -16,7 +16,8 @@ st.caption("Average over each run's scored tasks; retention = pruned average / d
            "Everything is computed from the per-task scores.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    all_rows = tables.load_metrics(store, "zero_shot")
+    all_rows = memo(store, "metrics", "zero_shot")(
+        lambda: tables.load_metrics(store, "zero_shot"))
 
 if all_rows.empty:
     st.info("No zero-shot results yet. Launch an evaluation run with zero-shot tasks, or check "
@@ -28,15 +29,18 @@ selection = sidebar_filters(all_rows)
 with st.sidebar:
     metric = st.radio("Metric", ["acc", "acc_norm"], format_func=tables.metric_label,
                       help="Tasks without this metric fall back to the other one.")
-rows = tables.filter_rows(all_rows, **selection)
+key = frozen(selection)
+rows = memo(store, "filtered", "zero_shot", key)(
+    lambda: tables.filter_rows(all_rows, **selection))
 if rows.empty:
     st.info("No zero-shot results match the filters in the sidebar.")
     st.stop()
 
 st.subheader("Average accuracy and retention")
-average = tables.zero_shot_table(rows, metric)
+average = memo(store, "zs.average", key, metric)(lambda: tables.zero_shot_table(rows, metric))
 show_table(average, "zero-shot-average")
-st.plotly_chart(charts.retention_chart(average))
+st.plotly_chart(memo(store, "zs.retention", key, metric)(
+    lambda: charts.retention_chart(average)))
 
 st.subheader("Per-task breakdown")
 left, middle, right = st.columns(3)
@@ -54,15 +58,18 @@ evaluation = right.selectbox(
          "count, example limit and dtype.")
 evaluation = evaluation if evaluations else None
 
-per_task = tables.per_task_table(rows, model, sparsity, metric, evaluation=evaluation)
+shown = (key, model, sparsity, metric, evaluation)
+per_task = memo(store, "zs.per_task", *shown)(
+    lambda: tables.per_task_table(rows, model, sparsity, metric, evaluation=evaluation))
 if per_task.empty:
     st.info(f"No {sparsity} zero-shot runs of {model} with these settings.")
     st.stop()
 show_table(per_task, "zero-shot-per-task")
-st.plotly_chart(charts.per_task_chart(
-    tables.per_task_long(rows, model, sparsity, metric, evaluation=evaluation)))
+st.plotly_chart(memo(store, "zs.per_task_chart", *shown)(lambda: charts.per_task_chart(
+    tables.per_task_long(rows, model, sparsity, metric, evaluation=evaluation))))
 
 st.subheader("Drop from dense per task")
-drop = tables.drop_table(rows, model, sparsity, metric, evaluation=evaluation)
+drop = memo(store, "zs.drop", *shown)(
+    lambda: tables.drop_table(rows, model, sparsity, metric, evaluation=evaluation))
 show_table(drop, "zero-shot-drop", whole=True)
-st.plotly_chart(charts.drop_chart(drop))
+st.plotly_chart(memo(store, "zs.drop_chart", *shown)(lambda: charts.drop_chart(drop)))

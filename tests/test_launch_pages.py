@@ -372,6 +372,31 @@ def test_runs_page_lists_every_state_readably(db: Path, workers: list[int],
     assert [b.label for b in at.button] == ["Cancel"]
 
 
+def test_runs_page_shows_a_page_of_runs_at_a_time(db: Path, workers: list[int], store: Store,
+                                                   assets: dict[str, str]) -> None:
+    spec = PruneSpec(model=assets["model"], method="wanda", sparsity="0.5",
+                     calibration=assets["text"], samples=2, seqlen=32,
+                     ppl_datasets=[assets["text"]], ppl_seqlen=32, max_windows=4)
+    ids = [create_run(store, spec.model_copy(update={"seed": seed}), status="done")
+           for seed in range(118)]
+    failed = make_run(store, assets, "failed", "magnitude", error="boom")
+    running = make_run(store, assets, "running", "wanda", "0.6", beat=True,
+                       progress={"stage": "pruning", "done": 1, "total": 30})
+    at = open_page("pages/runs.py")
+    assert not at.exception
+    assert any("**1** running" in m.value and "**118** done" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert table["Run"].tolist() == [running, failed, *sorted(ids, reverse=True)[:48]]
+    picker = widget(at.selectbox, "Run")
+    assert picker.value == running and len(picker.options) == run_views.PAGE_ROWS
+    widget(at.number_input, "Page").set_value(3).run()
+    assert at.dataframe[0].value["Run"].tolist() == sorted(ids, reverse=True)[98:]
+    assert any("Page 3 of 3: 20 runs shown" in c.value for c in at.caption)
+    widget(at.multiselect, "Status").set_value(["failed"]).run()
+    assert at.dataframe[0].value["Run"].tolist() == [failed]  # the page is clamped to 1
+    assert widget(at.selectbox, "Run").value == running  # the pick survives the filter
+
+
 def test_failed_run_shows_its_error_and_can_be_rerun(db: Path, workers: list[int],
                                                      runs: dict[str, int]) -> None:
     at = pick(open_page("pages/runs.py"), runs["failed"])

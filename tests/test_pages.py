@@ -296,3 +296,43 @@ def test_pages_import_the_shared_ui_module_as_streamlit_runs_them(store: Store,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+# -- page caches keyed on the store's version ----------------------------------------------------
+def test_store_version_changes_on_writes_only(store: Store) -> None:
+    before = store.version()
+    store.runs()
+    store.metrics()
+    store.append_log(1, "a log line goes to the control store")
+    assert store.version() == before
+    own_run(store, "wanda", [{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                              "value": 9.0}])
+    assert store.version() != before
+
+
+def test_a_rerun_with_nothing_changed_reads_nothing(store: Store,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = tables.load_metrics
+
+    def counted(store_: Store, kind: str | None = None) -> pd.DataFrame:
+        calls.append(kind)
+        return real(store_, kind)
+
+    monkeypatch.setattr(tables, "load_metrics", counted)
+    run_id = own_run(store, "wanda", [{"kind": "perplexity", "dataset": "wikitext2",
+                                       "metric": "ppl", "value": 7.25}])
+    at = run("pages/perplexity.py")
+    assert_clean(at)
+    first = len(calls)
+    assert first >= 1
+    at.run()
+    assert_clean(at)
+    assert len(calls) == first  # the same version of the store: served from the cache
+    store.add_metrics(run_id, [{"kind": "perplexity", "dataset": "ptb", "metric": "ppl",
+                                "value": 11.5}])
+    at.run()
+    assert_clean(at)
+    assert len(calls) > first  # the store changed: read again, and the new row is shown
+    shown = at.dataframe[0].value
+    assert "11.50" in shown.astype(str).to_numpy().ravel().tolist()

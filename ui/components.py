@@ -8,17 +8,18 @@ Pages import these as ``from ui.components import ...``: Streamlit puts the main
 from __future__ import annotations
 
 import runpy
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import streamlit as st
 
 from core.present import export, tables
-from core.store.db import StoreError
+from core.store.db import Store, StoreError
 
+T = TypeVar("T")
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
@@ -38,6 +39,33 @@ def use_app_menu() -> None:
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(APP), run_name="__main__")
         st.stop()
+
+
+def memo(store: Store, *key: Hashable) -> Callable[[Callable[[], T]], T]:
+    """``memo(store, "name", args...)(compute)``: ``compute()`` once per results file, store
+    version (``Store.version``) and key; later reruns get a copy of the stored value.  A rerun
+    that changes nothing (a widget, the Runs page's refresh) so costs a lookup.  The key must
+    name everything ``compute`` depends on besides the store."""
+    full_key = (str(store.path), store.version(), key)
+
+    def run(compute: Callable[[], T]) -> T:
+        return _memo(full_key, compute)
+
+    return run
+
+
+def frozen(value: Any) -> Hashable:
+    """A value (a filter selection: dicts, lists) as nested tuples, to be part of a memo key."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | set):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _memo(key: tuple, _compute: Callable[[], Any]) -> Any:  # _compute: not part of the key
+    return _compute()
 
 
 @contextmanager

@@ -130,14 +130,23 @@ def first_line(text: Any, limit: int = ERROR_CHARS) -> str:
 
 
 # -- the run list -----------------------------------------------------------------------------
-def runs_table(store: Store, now: datetime | None = None) -> pd.DataFrame:
-    """The user's own runs, newest first, as shown on the Runs page (``COLUMNS``).
+def run_rows(store: Store) -> pd.DataFrame:
+    """The own runs' rows of the results file, newest first (what ``runs_table`` formats; it
+    changes only when the file does, so the page caches it)."""
+    return store.frame(
+        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
+        "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
+
+
+def runs_table(store: Store, now: datetime | None = None,
+               rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The user's own runs (``rows``, default ``run_rows(store)``), newest first, as shown on
+    the Runs page (``COLUMNS``), with the live progress and cancel requests of the running
+    ones from the control store.
 
     Every cell is text except Run (an id) and Progress (0-100, only while a run is active).
     """
-    frame = store.frame(
-        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
-        "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
+    frame = run_rows(store) if rows is None else rows
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     now = now or datetime.now()
@@ -170,6 +179,27 @@ def summary(runs: pd.DataFrame) -> str:
     counts = runs["Status"].value_counts()
     order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts.index) - set(STATUS_ORDER))
     return "  ·  ".join(f"**{counts[s]}** {s}" for s in order)
+
+
+#: Runs per page of the Runs page's list.
+PAGE_ROWS = 50
+
+
+def page_of(runs: pd.DataFrame, statuses: list[str] | None, page: int,
+            per_page: int = PAGE_ROWS) -> tuple[pd.DataFrame, int]:
+    """The ``page``-th (from 1) slice of the runs with one of ``statuses`` (all when empty),
+    newest first, and the number of pages (at least 1)."""
+    chosen = runs[runs["Status"].isin(statuses)] if statuses else runs
+    pages = max(1, math.ceil(len(chosen) / per_page))
+    page = min(max(page, 1), pages)
+    return chosen.iloc[(page - 1) * per_page: page * per_page], pages
+
+
+def run_labels(runs: pd.DataFrame) -> dict[int, str]:
+    """Run id -> 'Run 12 · Wanda 50% · tiny-model' for the run picker (no status, so a label
+    never changes while a run progresses); one pass over the rows."""
+    return {int(r): f"Run {int(r)} · {m} · {model}" for r, m, model in
+            zip(runs["Run"], runs["Method"], runs["Model"], strict=True)}
 
 
 def run_label(runs: pd.DataFrame, run_id: int, status: bool = True) -> str:

@@ -240,6 +240,21 @@ class Store:
                         "retry.") from exc
                 raise
 
+    def version(self) -> tuple[int, ...]:
+        """A token that changes whenever the results file is written, by this program or another
+        (size and modification time of the file and of its write-ahead log; reads leave both
+        alone).  What the pages' caches are keyed on.  The control store is not part of it:
+        progress and log lines are read fresh."""
+        token: list[int] = []
+        for path in (self.path, self.path.with_name(f"{self.path.name}.wal")):
+            try:
+                stat = path.stat()
+            except OSError:
+                token += [0, 0]
+            else:
+                token += [stat.st_mtime_ns, stat.st_size]
+        return tuple(token)
+
     # -- schema ------------------------------------------------------------------------------
     def init(self) -> Store:
         """Create or migrate the schema; nothing else (the published figures are imported by
@@ -442,6 +457,15 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, 
                  rows: list[list[Any]]) -> None:
     """Insert ``rows`` (lists of values in ``columns`` order) into ``table`` inside ``con``'s
     transaction: multi-row VALUES lists, every value a parameter."""
+    if len(rows) > _CHUNK:  # many rows: one scan of a DataFrame is far quicker than binding
+        frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
+        con.register("_incoming_rows", frame)
+        try:
+            con.execute(f"INSERT INTO {table} ({', '.join(columns)}) "
+                        f"SELECT {', '.join(columns)} FROM _incoming_rows")
+        finally:
+            con.unregister("_incoming_rows")
+        return
     row_marks = f"({', '.join('?' for _ in columns)})"
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start:start + _CHUNK]
