@@ -31,21 +31,22 @@ def live() -> None:
         if store.writable:
             executor_for(store).ensure_workers()
         rows = memo(store, "run_rows")(lambda: run_views.run_rows(store))
-        runs = run_views.runs_table(store, rows=rows)
+        listed = run_views.with_status(store, rows)
     except StoreError as exc:
         st.error(str(exc))
         return
-    if runs.empty:
+    if listed.empty:
         st.info("No runs yet. Queue one on the Launch page.")
         st.page_link("pages/launch.py", label="Launch a run", icon=":material/rocket_launch:")
         return
-    st.markdown(run_views.summary(runs))
-    for fraction, text in run_views.progress_bars(runs):
+    st.markdown(run_views.summary(listed))
+    active = run_views.runs_table(store, rows=listed[listed["Status"].isin(run_views.ACTIVE)])
+    for fraction, text in run_views.progress_bars(active):
         st.progress(fraction, text=text)
-    shown = listing(runs)
+    shown = run_views.runs_table(store, rows=listing(listed))
     st.dataframe(
         shown, hide_index=True, width="stretch",
-        column_order=[c for c in runs.columns if c != "Stage"],  # the bars above show it
+        column_order=[c for c in shown.columns if c != "Stage"],  # the bars above show it
         column_config={
             "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
             "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
@@ -54,13 +55,13 @@ def live() -> None:
         },
     )
     try:
-        detail(runs, shown)
+        detail(listed, shown)
     except StoreError as exc:
         st.error(str(exc))
 
 
 def listing(runs):  # noqa: ANN001, ANN201 (DataFrames)
-    """The filter and page choice above the list; the runs of the chosen page."""
+    """The filter and page choice above the list; the rows of the chosen page."""
     left, right = st.columns([3, 1])
     statuses = left.multiselect("Status", run_views.STATUS_ORDER, key="runs-status",
                                 placeholder="All statuses")
@@ -68,7 +69,7 @@ def listing(runs):  # noqa: ANN001, ANN201 (DataFrames)
     page = right.number_input("Page", min_value=1, max_value=pages, step=1, key="runs-page",
                               help=f"{run_views.PAGE_ROWS} runs per page, newest first.")
     shown, _ = run_views.page_of(runs, statuses, int(page))
-    st.caption(f"Page {int(page)} of {pages}: {len(shown)} runs shown.")
+    st.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} runs shown.")
     return shown
 
 
@@ -85,7 +86,7 @@ def detail(runs, shown) -> None:  # noqa: ANN001
     if picked not in ids:
         st.session_state[PICK] = run_views.default_run(runs)
         ids = list(dict.fromkeys([st.session_state[PICK], *ids]))
-    labels = run_views.run_labels(runs[runs["Run"].isin(ids)])
+    labels = run_views.run_labels(run_views.runs_table(store, rows=runs[runs["Run"].isin(ids)]))
     # The labels never change while a run progresses, so the choice survives the refreshes.
     run_id = int(st.selectbox("Run", ids, key=PICK, format_func=labels.get))
     info = run_views.run_detail(store, run_id)

@@ -138,6 +138,16 @@ def run_rows(store: Store) -> pd.DataFrame:
         "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
 
 
+def with_status(store: Store, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (of ``run_rows``) with the shown ``Status`` ('cancelling' for a running run
+    asked to stop) and ``Run`` columns: enough for the summary, the filter and the pages of
+    the list, without formatting every row."""
+    running = [int(i) for i in rows.loc[rows["status"] == "running", "id"]]
+    asked = {i for i, live in store.control.live(running).items() if live["cancel_requested"]}
+    status = rows["status"].astype(str).where(~rows["id"].isin(asked), "cancelling")
+    return rows.assign(Run=rows["id"].astype(int), Status=status)
+
+
 def runs_table(store: Store, now: datetime | None = None,
                rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """The user's own runs (``rows``, default ``run_rows(store)``), newest first, as shown on
