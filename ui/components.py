@@ -98,16 +98,23 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
     st.dataframe(shown, hide_index=True, column_config=align, height=height)
     for note in table.notes:
         st.caption(note)
+    csv, markdown, latex = _exports(shown, tuple(table.numeric_columns))
     buttons = st.container(horizontal=True)
-    buttons.download_button("CSV", export.to_csv(shown), file_name=f"{name}.csv",
+    buttons.download_button("CSV", csv, file_name=f"{name}.csv",
                             mime="text/csv", key=f"{name}-csv", on_click="ignore",
                             icon=":material/download:")
-    buttons.download_button("Markdown", export.to_markdown(shown), file_name=f"{name}.md",
+    buttons.download_button("Markdown", markdown, file_name=f"{name}.md",
                             mime="text/markdown", key=f"{name}-md", on_click="ignore",
                             icon=":material/download:")
-    buttons.download_button("LaTeX", export.to_latex(shown, table.numeric_columns),
-                            file_name=f"{name}.tex", mime="text/x-tex", key=f"{name}-tex",
-                            on_click="ignore", icon=":material/download:")
+    buttons.download_button("LaTeX", latex, file_name=f"{name}.tex", mime="text/x-tex",
+                            key=f"{name}-tex", on_click="ignore", icon=":material/download:")
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _exports(shown: pd.DataFrame, numeric: tuple[str, ...]) -> tuple[str, str, str]:
+    """CSV, Markdown and LaTeX of a shown table, once per table content (Streamlit hashes the
+    frame, far quicker than writing the three files again on every rerun)."""
+    return export.to_csv(shown), export.to_markdown(shown), export.to_latex(shown, numeric)
 
 
 def sidebar_filters(rows: pd.DataFrame, *, methods: bool = True) -> dict[str, Any]:
