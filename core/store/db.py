@@ -456,7 +456,8 @@ _CHUNK = 500
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...],
                  rows: list[list[Any]]) -> None:
     """Insert ``rows`` (lists of values in ``columns`` order) into ``table`` inside ``con``'s
-    transaction: multi-row VALUES lists, every value a parameter."""
+    transaction: up to ``_CHUNK`` rows as multi-row VALUES lists of parameters, more as one
+    scan of a registered DataFrame."""
     if len(rows) > _CHUNK:  # many rows: one scan of a DataFrame is far quicker than binding
         frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
         con.register("_incoming_rows", frame)
