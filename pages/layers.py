@@ -14,18 +14,17 @@ st.caption("Sparsity measured after pruning: the share of zero weights in each b
            "block). Published reports may give only the summary.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    all_stats = memo(store, "layer_stats")(lambda: tables.load_layer_stats(store))
+    # One row per run: the per-layer rows are read for the run on screen only.
+    all_runs = memo(store, "layer_runs")(lambda: tables.load_layer_runs(store))
 
-if all_stats.empty:
+if all_runs.empty:
     st.info("No layer statistics yet. Every pruning run stores them; launch one, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
-selection = sidebar_filters(all_stats)
-key = frozen(selection)
-stats = memo(store, "filtered", "layer_stats", key)(
-    lambda: tables.filter_rows(all_stats, **selection))
-runs = memo(store, "layers.runs", key)(lambda: tables.layer_runs(stats))
+selection = sidebar_filters(all_runs)
+runs = memo(store, "layers.runs", frozen(selection))(
+    lambda: tables.layer_runs(tables.filter_rows(all_runs, **selection)))
 if runs.empty:
     st.info("No layer statistics match the filters in the sidebar.")
     st.stop()
@@ -34,22 +33,24 @@ label = st.selectbox("Run", list(runs["label"]),
                      help="Your runs first (latest first), then the published ones.")
 run = runs[runs["label"] == label].iloc[0]
 run_id = int(run["run_id"])
+with store_or_stop():
+    stats = memo(store, "layer_stats", run_id)(lambda: tables.load_layer_stats(store, [run_id]))
 
 st.subheader("Model summary")
-show_table(memo(store, "layers.summary", key, run_id)(
+show_table(memo(store, "layers.summary", run_id)(
     lambda: tables.layer_summary_table(stats, run_id)), "layer-summary")
-found = memo(store, "layers.findings", key, run_id)(
+found = memo(store, "layers.findings", run_id)(
     lambda: report.layer_findings_for(stats, run_id))
 if found:
     st.markdown("\n".join(f"- {f.text}" for f in found))
 
 st.subheader("Sparsity by block")
-blocks = memo(store, "layers.blocks", key, run_id)(
+blocks = memo(store, "layers.blocks", run_id)(
     lambda: tables.block_sparsity_table(stats, run_id))
 if blocks.empty:
     st.info("This run stores only the model summary, no per-block values"
             + (" (the published report gives no more)." if run["origin"] == "published" else "."))
 else:
-    st.plotly_chart(memo(store, "layers.chart", key, run_id)(
+    st.plotly_chart(memo(store, "layers.chart", run_id)(
         lambda: report.layer_chart(stats, run_id)))
     show_table(blocks, "layer-blocks")

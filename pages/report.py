@@ -17,9 +17,10 @@ with store_or_stop():
     store = tables.session_store(st.session_state)
     ppl = memo(store, "metrics", "perplexity")(lambda: tables.load_metrics(store, "perplexity"))
     zs = memo(store, "metrics", "zero_shot")(lambda: tables.load_metrics(store, "zero_shot"))
-    stats = memo(store, "layer_stats")(lambda: tables.load_layer_stats(store))
+    # One row per run with layer statistics; their rows are read for the chosen model only.
+    layer_runs = memo(store, "layer_runs")(lambda: tables.load_layer_runs(store))
 
-subjects = memo(store, "report.subjects")(lambda: report.subjects(ppl, zs, stats))
+subjects = memo(store, "report.subjects")(lambda: report.subjects(ppl, zs, layer_runs))
 if not subjects:
     st.info("No results to report yet. Launch a pruning run, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
@@ -33,6 +34,10 @@ left, right = st.columns(2)
 choice = left.selectbox("Model and source", labels,
                         help="Your own runs first, then each published source.")
 model, group = subjects[labels.index(choice)]
+chosen = layer_runs[(layer_runs["model"] == model) & (layer_runs["group"] == group)]
+with store_or_stop():
+    stats = memo(store, "layer_stats", model, group)(
+        lambda: tables.load_layer_stats(store, [int(i) for i in chosen["run_id"]]))
 evaluation = report.default_evaluation(zs, model, group)
 if evaluation is not None:
     evaluations = tables.zs_evaluations(zs[zs["group"] == tables.OWN_GROUP], model)

@@ -336,3 +336,19 @@ def test_a_rerun_with_nothing_changed_reads_nothing(store: Store,
     assert len(calls) > first  # the store changed: read again, and the new row is shown
     shown = at.dataframe[0].value
     assert "11.50" in shown.astype(str).to_numpy().ravel().tolist()
+
+
+def test_layer_run_index_from_sql_equals_the_one_from_every_layer_row(store: Store) -> None:
+    blocks = [{"block": b, "layer": "block", "stat": "sparsity", "value": 0.5} for b in range(3)]
+    linears = [{"block": 0, "layer": "mlp.up_proj", "stat": "sparsity", "value": 0.5}]
+    own_run(store, "wanda", [], blocks + linears)
+    own_run(store, "magnitude", [], [{"block": None, "layer": "model", "stat": "mean",
+                                      "value": 0.5}])  # a summary only: no blocks
+    own_run(store, "sparsegpt", [], blocks[:2])
+    from_rows = tables.layer_runs(tables.load_layer_stats(store))
+    from_sql = tables.layer_runs(tables.load_layer_runs(store))
+    assert len(from_rows) >= 3  # the published runs with layer statistics too
+    pd.testing.assert_frame_equal(from_sql, from_rows)
+    one = tables.load_layer_stats(store, [int(from_rows["run_id"].iloc[0])])
+    assert set(one["run_id"]) == {int(from_rows["run_id"].iloc[0])}
+    assert tables.load_layer_stats(store, []).empty

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from core.store import queries
+
 if TYPE_CHECKING:
     from core.store.db import Store
 
@@ -1351,15 +1353,16 @@ LAYER_SUMMARY = (("mean", "Mean over blocks"), ("std", "Std over blocks"),
                  ("overall", "Overall (all prunable weights)"))
 
 
-def load_layer_stats(store: Store) -> pd.DataFrame:
-    """Layer statistics of finished runs with their run's model, method, origin and spec."""
-    frame = store.frame(
-        """SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                  r.sparsity, r.pattern, r.spec, r.status AS run_status,
-                  l.block, l.layer, l.stat, l.value, l.raw, l.note
-           FROM layer_stats l JOIN runs r ON r.id = l.run_id
-           ORDER BY r.id, l.block, l.layer""")
-    return prepare(frame)
+def load_layer_stats(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:
+    """Layer statistics of finished runs (of ``run_ids`` only, when given) with their run's
+    model, method, origin and spec."""
+    return prepare(queries.layer_stat_rows(store, run_ids))
+
+
+def load_layer_runs(store: Store) -> pd.DataFrame:
+    """One row per finished run with layer statistics (``blocks``: how many blocks have a
+    measured sparsity), for ``layer_runs`` and the filters without reading every layer row."""
+    return prepare(queries.layer_stat_runs(store))
 
 
 def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
@@ -1370,9 +1373,11 @@ def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
     if stats.empty:
         return pd.DataFrame(columns=cols)
     runs = stats.drop_duplicates("run_id").copy()
-    blocks = stats[(stats["layer"] == "block") & (stats["stat"] == "sparsity")]
-    counts = blocks.groupby("run_id")["block"].nunique()
-    runs["blocks"] = [int(counts.get(r, 0)) for r in runs["run_id"]]
+    if "layer" in stats:  # layer rows (else the rows of ``load_layer_runs``, counted there)
+        blocks = stats[(stats["layer"] == "block") & (stats["stat"] == "sparsity")]
+        counts = blocks.groupby("run_id")["block"].nunique()
+        runs["blocks"] = [int(counts.get(r, 0)) for r in runs["run_id"]]
+    runs["blocks"] = runs["blocks"].astype(int)
     runs["label"] = [
         f"{m} · {row_label(me, s, p)} · "
         + (f"own run {r}" if o == "own" else f"{g.split(' (')[0]} (run {r})")
