@@ -7,6 +7,7 @@ the models are in eval mode and fp32.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,18 @@ CALIBRATION_SHAPE = (4, 16)  # [samples, seqlen]
 # The tensors here are tiny: one thread is ~50x faster than two fighting over a busy CPU, and it
 # makes every float result reproducible from run to run.
 torch.set_num_threads(1)
+
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Put back ``sys.modules['__main__']`` after each test: Streamlit's script runner (under
+    AppTest) leaves the last page script there, and a process spawned later would run that
+    script (``app.py`` opening the default results file) before its target."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
 
 # Expected prunable linears of one block, in module order, with their [out, in] shapes.
 _LLAMA_LINEARS = {  # 4 query heads of 16, 2 key/value heads
