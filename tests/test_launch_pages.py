@@ -23,7 +23,7 @@ from core.store import published
 from core.store.db import Store
 from core.store.record import create_run
 from tests.page_helpers import open_page, widget
-from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
+from tests.tiny_assets import model_and_text
 
 LOCAL = "a local .txt file…"
 
@@ -31,10 +31,7 @@ LOCAL = "a local .txt file…"
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("launch-assets")
-    text = root / "sample.txt"
-    text.write_text(SAMPLE_TEXT)
-    return {"model": str(tiny_llama_folder(root / "tiny-model")), "text": str(text)}
+    return model_and_text(tmp_path_factory.mktemp("launch-assets"))
 
 
 @pytest.fixture

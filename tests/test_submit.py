@@ -20,15 +20,12 @@ from core.runs.results import RunResult
 from core.store.db import Store, StoreError
 from core.store.record import RunNotActive, create_run, store_result
 from tests.store_procs import submit_many
-from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
+from tests.tiny_assets import model_and_text
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("submit-assets")
-    text = root / "sample.txt"
-    text.write_text(SAMPLE_TEXT)
-    return {"model": str(tiny_llama_folder(root / "tiny-model")), "text": str(text)}
+    return model_and_text(tmp_path_factory.mktemp("submit-assets"))
 
 
 def spec_values(assets: dict[str, str], **change: object) -> dict[str, object]:

@@ -35,3 +35,11 @@ def tiny_llama_folder(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def model_and_text(root: Path) -> dict[str, str]:
+    """A saved tiny Llama folder and a text file of ``SAMPLE_TEXT`` under ``root``, by role:
+    ``model`` and ``text``."""
+    text = root / "sample.txt"
+    text.write_text(SAMPLE_TEXT)
+    return {"model": str(tiny_llama_folder(root / "tiny-model")), "text": str(text)}

@@ -208,19 +208,13 @@ def page_of(runs: pd.DataFrame, statuses: list[str] | None, page: int,
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:
     """Run id -> 'Run 12 · Wanda 50% · tiny-model' for the run picker (no status, so a label
     never changes while a run progresses); one pass over the rows."""
-    return {int(r): f"Run {int(r)} · {m} · {model}" for r, m, model in
+    return {int(r): _label(r, m, model) for r, m, model in
             zip(runs["Run"], runs["Method"], runs["Model"], strict=True)}
 
 
-def run_label(runs: pd.DataFrame, run_id: int, status: bool = True) -> str:
-    """'Run 12 · running · Wanda 50% · tiny-model' (without the status for the run picker,
-    whose labels must not change while a run progresses)."""
-    row = runs[runs["Run"] == run_id]
-    if row.empty:
-        return f"Run {run_id}"
-    r = row.iloc[0]
-    parts = [f"Run {run_id}", *([r["Status"]] if status else []), r["Method"], r["Model"]]
-    return " · ".join(parts)
+def _label(run_id: int, method: str, model: str, status: str | None = None) -> str:
+    """'Run 12 · running · Wanda 50% · tiny-model' (without a status when None)."""
+    return " · ".join([f"Run {int(run_id)}", *([status] if status else []), method, model])
 
 
 def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
@@ -228,7 +222,8 @@ def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
     bars = []
     for row in runs[runs["Status"].isin(ACTIVE)].itertuples(index=False):
         fraction = 0.0 if _missing(row.Progress) else float(row.Progress) / 100
-        bars.append((fraction, f"**{run_label(runs, row.Run)}** — {row.Stage}"))
+        label = _label(row.Run, row.Method, row.Model, row.Status)
+        bars.append((fraction, f"**{label}** — {row.Stage}"))
     return bars
 
 

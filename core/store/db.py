@@ -346,8 +346,7 @@ class Store:
         if unknown:
             raise ValueError(f"cannot update run columns {sorted(unknown)}"
                              + ("; change the status with move()" if "status" in fields else ""))
-        values = [json.dumps(v) if k in ("progress", "environment") and v is not None else v
-                  for k, v in fields.items()]
+        values = _column_values(fields)
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as con:
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, run_id])
@@ -360,8 +359,7 @@ class Store:
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")
         sources = [old for old, new in TRANSITIONS.items() if status in new]
-        values = [json.dumps(v) if k in ("progress", "environment") and v is not None else v
-                  for k, v in fields.items()]
+        values = _column_values(fields)
         sets = "".join(f", {k} = ?" for k in fields)
         active = "spec_hash" if status in ACTIVE_STATUSES else "NULL"
         sql = (f"UPDATE runs SET status = ?, active_hash = {active}{sets} WHERE id = ? AND "
@@ -432,6 +430,12 @@ class Store:
             sql += " WHERE m.kind = ?"
             params.append(kind)
         return self.frame(sql + " ORDER BY r.id", params)
+
+
+def _column_values(fields: Mapping[str, Any]) -> list[Any]:
+    """The values of run columns to set, the JSON ones (progress, environment) encoded."""
+    return [json.dumps(v) if k in ("progress", "environment") and v is not None else v
+            for k, v in fields.items()]
 
 
 def _metric_values(run_id: int, row: Mapping[str, Any]) -> list[Any]:
