@@ -17,7 +17,7 @@ with store_or_stop():
     memory = memo(store, "metrics", "memory")(lambda: tables.load_metrics(store, "memory"))
     perplexity = memo(store, "metrics", "perplexity")(
         lambda: tables.load_metrics(store, "perplexity"))
-    grids = ablations.ablation_list(store, perplexity)
+    grids = memo(store, "abl.list")(lambda: ablations.ablation_list(store, perplexity))
 
 st.subheader("Pruning time")
 pruned = timing[~timing["dense"]] if not timing.empty else timing
@@ -27,12 +27,13 @@ if not groups:
 else:
     group = st.selectbox("Source", groups, help="Times from different machines are not "
                                                 "comparable, so one source at a time.")
-    show_table(ablations.compute_time_grid(timing, group), "compute-time")
-    st.plotly_chart(charts.compute_time_chart(ablations.compute_time_long(timing, group),
-                                              f"Pruning time · {group}"))
+    show_table(memo(store, "abl.time", group)(
+        lambda: ablations.compute_time_grid(timing, group)), "compute-time")
+    st.plotly_chart(memo(store, "abl.time_chart", group)(lambda: charts.compute_time_chart(
+        ablations.compute_time_long(timing, group), f"Pruning time · {group}")))
 
 with st.expander("Cost of each own run (time, memory, device)"):
-    costs = ablations.run_costs(timing, memory)
+    costs = memo(store, "abl.costs")(lambda: ablations.run_costs(timing, memory))
     if costs.empty:
         st.info("No own runs yet.")
     else:
@@ -44,7 +45,8 @@ if not grids:
     st.stop()
 labels = [g.label for g in grids]
 grid = grids[labels.index(st.selectbox("Grid", labels))]
-cells, params = ablations.ablation_cells(store, perplexity, grid)
+cells, params = memo(store, "abl.cells", grid.label)(
+    lambda: ablations.ablation_cells(store, perplexity, grid))
 if cells.empty or not params:
     st.info("This grid has no cells to show.")
     st.stop()
@@ -61,5 +63,5 @@ else:
         cells = cells[cells[name] == fixed]
 grid_table = ablations.ablation_table(cells, rows, columns)
 show_table(grid_table, "ablation-grid", whole=True)
-st.plotly_chart(charts.ablation_heatmap(grid_table, grid.label,
-                                        ablations.grid_spec(store, perplexity, grid)))
+st.plotly_chart(charts.ablation_heatmap(grid_table, grid.label, memo(store, "abl.spec", grid.label)(
+    lambda: ablations.grid_spec(store, perplexity, grid))))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import ablations, charts, compare, tables
-from ui.components import show_table, store_or_stop, use_app_menu
+from ui.components import memo, show_table, store_or_stop, use_app_menu
 
 use_app_menu()
 st.title("Compare runs")
@@ -15,10 +15,9 @@ st.caption("Pick runs, your own or published ones, to see every stored number si
            "time and memory, points for accuracy and sparsity.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    runs = store.runs()
-    metrics = tables.prepare(store.metrics())
+    runs = memo(store, "runs")(store.runs)
+    options = memo(store, "compare.options")(lambda: compare.run_options(runs))
 
-options = compare.run_options(runs)
 if options.empty:
     st.info("No finished runs to compare yet. Launch a pruning run, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
@@ -32,21 +31,29 @@ if not chosen:
     st.stop()
 run_ids = [int(options.loc[options["label"] == label, "run_id"].iloc[0]) for label in chosen]
 
+picked = tuple(run_ids)
+with store_or_stop():
+    metrics = memo(store, "compare.metrics", picked)(
+        lambda: tables.prepare(store.metrics(run_ids=run_ids)))
 st.subheader("Results")
-show_table(compare.compare_table(metrics, run_ids), "compare-results", whole=True)
+show_table(memo(store, "compare.results", picked)(
+    lambda: compare.compare_table(metrics, run_ids)), "compare-results", whole=True)
 st.subheader("Settings")
-show_table(compare.spec_table(runs, run_ids), "compare-settings", whole=True)
+show_table(memo(store, "compare.settings", picked)(lambda: compare.spec_table(runs, run_ids)),
+           "compare-settings", whole=True)
 
 st.subheader("Sweeps and ablation grids")
 with store_or_stop():
-    perplexity = tables.load_metrics(store, "perplexity")
-    grids = ablations.ablation_list(store, perplexity)
+    perplexity = memo(store, "metrics", "perplexity")(
+        lambda: tables.load_metrics(store, "perplexity"))
+    grids = memo(store, "abl.list")(lambda: ablations.ablation_list(store, perplexity))
 if not grids:
     st.info("No sweeps or published ablation grids yet. Queue a sweep from the Launch page.")
     st.stop()
 grid_labels = [g.label for g in grids]
 grid = grids[grid_labels.index(st.selectbox("Grid", grid_labels, key="compare-grid"))]
-cells, params = ablations.ablation_cells(store, perplexity, grid)
+cells, params = memo(store, "abl.cells", grid.label)(
+    lambda: ablations.ablation_cells(store, perplexity, grid))
 if cells.empty or not params:
     st.info("This grid has no cells yet.")
     st.stop()

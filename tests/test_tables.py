@@ -688,3 +688,43 @@ def test_seed_002_layer_statistics(published_store: Store) -> None:
             summary.loc["Highest block", "Sparsity"], summary.loc["Highest block", "Block"]
             ) == ("50.03%", "0", "50.04%", "10")
     assert "Layer 10" in summary.loc["Highest block", "Note"]
+
+
+# -- charts stay readable with many runs ----------------------------------------------------------
+def test_many_setting_variants_draw_one_line_through_the_latest_runs() -> None:
+    runs = [ppl("wanda", s, 6.0 + seed + s, spec={"seed": seed}, run_id=100 + 10 * seed + i)
+            for seed in range(10) for i, s in enumerate((0.3, 0.5))]
+    fig = charts.perplexity_chart(make_rows(ppl("dense", 0, 5.0), *runs))
+    lines = [t for t in fig.data if t.name.startswith("Wanda")]
+    main = next(t for t in lines if t.showlegend)
+    assert main.name == "Wanda · own (latest run at each sparsity)"
+    assert list(main.y) == [6.0 + 9 + 0.3, 6.0 + 9 + 0.5]  # seed 9: the latest runs
+    others = [t for t in lines if t.name.endswith("other runs")]
+    assert len(others) == 1 and len(others[0].y) == 18 and others[0].showlegend is False
+    few = charts.perplexity_chart(make_rows(ppl("dense", 0, 5.0), *runs[:8]))
+    assert len([t for t in few.data if t.name.startswith("Wanda")]) == 4  # one line a seed
+
+
+def test_retention_chart_draws_the_latest_runs_only_when_there_are_many() -> None:
+    records = [zero_shot("dense", {"piqa": 0.8}, 1)[0]]
+    records += [zero_shot("wanda", {"piqa": 0.4 + i / 1000}, 2 + i)[0] for i in range(50)]
+    table = tables.zero_shot_table(make_rows(*records))
+    fig = charts.retention_chart(table)
+    bars = sum(len(t.y) for t in fig.data)
+    assert bars == charts.MAX_BARS
+    assert "40 latest of 51 runs" in fig.layout.title.text
+    assert all(f"#{run}" in " ".join(fig.data[0].y) for run in (51, 12))
+    assert "#11" not in " ".join(t for d in fig.data for t in d.y)
+
+
+def test_compute_time_chart_groups_setting_variants_by_method() -> None:
+    from core.present import ablations
+
+    runs = [{"kind": "timing", "dataset": "-", "metric": "prune_seconds", "value": 10.0 + i,
+             "method": "wanda", "spec": {"method": "wanda", "seed": i}, "run_id": 10 + i}
+            for i in range(20)]
+    long = ablations.compute_time_long(make_rows(*runs), tables.OWN_GROUP)
+    assert long["method"].nunique() == 20  # a row of the grid per seed
+    fig = charts.compute_time_chart(long)
+    assert [t.name for t in fig.data] == ["Wanda"]
+    assert list(fig.data[0].y) == [29.0] and "20 setting variants" in fig.layout.title.text

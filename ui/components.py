@@ -43,7 +43,8 @@ def use_app_menu() -> None:
 
 def memo(store: Store, *key: Hashable) -> Callable[[Callable[[], T]], T]:
     """``memo(store, "name", args...)(compute)``: ``compute()`` once per results file, store
-    version (``Store.version``) and key; later reruns get a copy of the stored value.  A rerun
+    version (``Store.version``) and key; later reruns get the stored value itself, not a copy
+    (copying a 30,000-row frame costs seconds), so callers never modify what they get.  A rerun
     that changes nothing (a widget, the Runs page's refresh) so costs a lookup.  The key must
     name everything ``compute`` depends on besides the store."""
     full_key = (str(store.path), store.version(), key)
@@ -63,7 +64,7 @@ def frozen(value: Any) -> Hashable:
     return value
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_resource(max_entries=256, show_spinner=False)
 def _memo(key: tuple, _compute: Callable[[], Any]) -> Any:  # _compute: not part of the key
     return _compute()
 

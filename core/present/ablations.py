@@ -56,15 +56,22 @@ def compute_time_grid(rows: pd.DataFrame, group: str, metric: str = "prune_secon
     keys = dict(zip(df["_col"], df["_key"], strict=True))
     columns = sorted(keys, key=keys.__getitem__)
     row_order = sorted(dict.fromkeys(df["_row"]), key=tables.natural_key)
+    df = df.assign(_value=df["value"].astype(float),
+                   _text=[tables.NO_VALUE if st == "missing" else None for st in df["status"]],
+                   _here=True)
+
+    def grid(values: str) -> pd.DataFrame:
+        return df.pivot(index="_row", columns="_col", values=values).reindex(
+            index=row_order, columns=columns)
+
+    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
     frame = pd.DataFrame({"Method": row_order})
     formats = {}
     for col in columns:
-        cells = df[df["_col"] == col].set_index("_row")
-        frame[col] = [float(cells.loc[r, "value"]) if r in cells.index else math.nan
-                      for r in row_order]
-        frame[tables.TEXT + col] = [
-            (tables.NO_VALUE if cells.loc[r, "status"] == "missing" else None)
-            if r in cells.index else tables.MISSING for r in row_order]
+        frame[col] = numbers[col].to_numpy(dtype=float, na_value=math.nan)
+        frame[tables.TEXT + col] = [t if h else tables.MISSING for t, h in
+                                    zip(texts[col].to_numpy(dtype=object), here[col].notna(),
+                                        strict=True)]
         formats[col] = "ppl"
     label = "pruning" if metric == "prune_seconds" else "evaluation"
     notes = [f"{group}: {label} time in seconds; rows are the latest run of each method."]
@@ -78,7 +85,8 @@ def compute_time_long(rows: pd.DataFrame, group: str, metric: str = "prune_secon
     df = df[df["status"] == "ok"] if not df.empty else df
     if df.empty:
         return pd.DataFrame(columns=["model", "method", "sparsity", "seconds", "run", "spec"])
-    df = df.iloc[sorted(range(len(df)), key=lambda i: df["_key"].iloc[i])]
+    keys = list(df["_key"])
+    df = df.iloc[sorted(range(len(df)), key=keys.__getitem__)]
     return pd.DataFrame({"model": df["model"].to_numpy(), "method": df["_row"].to_numpy(),
                          "sparsity": df["sparsity_label"].to_numpy(),
                          "seconds": df["value"].astype(float).to_numpy(),
@@ -97,18 +105,21 @@ def run_costs(timing: pd.DataFrame, memory: pd.DataFrame) -> tables.Table:
     own = own[own["origin"] == "own"] if not own.empty else own
     if own.empty:
         return tables.Table(pd.DataFrame(columns=COST_COLUMNS), formats)
-    records = []
-    for run_id, part in own.groupby("run_id", sort=True):
-        values = dict(zip(part["metric"], part["value"], strict=True))
-        first = part.iloc[0]
-        records.append({
-            "Run": run_id, "Model": first["model"],
-            "Method": tables.row_label(first["method"], first["sparsity"], first["pattern"]),
-            "Prune (s)": values.get("prune_seconds", math.nan),
-            "Eval (s)": values.get("eval_seconds", math.nan),
-            "Peak memory (MB)": values.get("peak_mb", math.nan),
-            "Device": str(first["spec"].get("device", "")), "Settings": first["settings"],
-        })
+    values = own.drop_duplicates(["run_id", "metric"], keep="last").pivot(
+        index="run_id", columns="metric", values="value")
+    first = own.drop_duplicates("run_id").set_index("run_id").loc[values.index]
+
+    def metric(name: str) -> Any:
+        return values[name].to_numpy() if name in values else math.nan
+
+    records = pd.DataFrame({
+        "Run": values.index.to_numpy(), "Model": first["model"].to_numpy(),
+        "Method": tables.per_value(tables.row_label, first["method"], first["sparsity"],
+                                   first["pattern"]),
+        "Prune (s)": metric("prune_seconds"), "Eval (s)": metric("eval_seconds"),
+        "Peak memory (MB)": metric("peak_mb"),
+        "Device": [str(spec.get("device", "")) for spec in first["spec"]],
+        "Settings": first["settings"].to_numpy()})
     frame = pd.DataFrame(records, columns=COST_COLUMNS).sort_values("Run", ascending=False)
     notes = ["Prune: wall time of the layer-by-layer pruning (calibration included); Eval: "
              "all evaluations of the run; peak memory: resident memory of the run's process "

@@ -76,7 +76,14 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
     several = ppl[["model", "dataset"]].drop_duplicates().shape[0] > 1
     fig = go.Figure()
     for key, part in _trace_groups(ppl[~ppl["dense"]]):
-        _add_ppl_trace(fig, part[part["status"] == "ok"], key, several)
+        ok_part = part[part["status"] == "ok"]
+        if key[-1] != MANY_SETTINGS:
+            _add_ppl_trace(fig, ok_part, key, several)
+            continue
+        latest = T.latest_runs(ok_part.assign(_x=_x_of(ok_part)), ["_x"])
+        _add_ppl_trace(fig, latest, key, several)
+        line = fig.data[-1] if len(latest) else None
+        _add_other_runs(fig, ok_part.drop(index=latest.index), line)
     right = max([T.sparsity_fraction(s, p) * 100 for s, p in
                  zip(ppl["sparsity"], ppl["pattern"], strict=True)] + [10.0])
     _add_dense_levels(fig, ppl[ppl["dense"] & (ppl["status"] == "ok")], several, right)
@@ -102,22 +109,52 @@ def log_ticks(low: float, high: float) -> list[float]:
     return inside or [low, high]
 
 
-def _trace_groups(rows: pd.DataFrame):
-    """Rows of one line: model, dataset, group, method and structure (unstructured or one N:M)."""
+#: Lines a chart draws per method and structure for runs that differ in their settings; with
+#: more, the line goes through the latest run at each sparsity and the others are markers.
+MAX_SETTING_LINES = 6
+MANY_SETTINGS = "\0many settings"  # the settings part of a trace key for the case above
+
+
+def _trace_groups(rows: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """Rows of one line: model, dataset, group, method and structure (unstructured or one N:M),
+    and settings (one line each, up to ``MAX_SETTING_LINES``; beyond, one key ``MANY_SETTINGS``
+    for all)."""
     if rows.empty:
         return []
-    structure = [p if T.is_nm(p) else "" for p in rows["pattern"]]
-    keyed = rows.assign(_structure=structure)
-    keys = ["model", "dataset", "group", "method", "_structure", "origin", "settings"]
-    return list(keyed.groupby(keys, sort=False))
+    keyed = rows.assign(_structure=T.per_value(lambda p: p if T.is_nm(p) else "",
+                                               rows["pattern"]))
+    keys = ["model", "dataset", "group", "method", "_structure", "origin"]
+    out: list[tuple[tuple, pd.DataFrame]] = []
+    for key, part in keyed.groupby(keys, sort=False):
+        if part["settings"].nunique() > MAX_SETTING_LINES:
+            out.append(((*key, MANY_SETTINGS), part))
+        else:
+            out += [((*key, setting), lines)
+                    for setting, lines in part.groupby("settings", sort=False)]
+    return out
+
+
+def _x_of(part: pd.DataFrame) -> list[float]:
+    return [T.sparsity_fraction(s, p) * 100 for s, p in
+            zip(part["sparsity"], part["pattern"], strict=True)]
+
+
+def _add_other_runs(fig: go.Figure, part: pd.DataFrame, line: Any) -> None:
+    """Runs of a line's method that its line does not go through, as faint markers."""
+    if part.empty or line is None:
+        return
+    fig.add_trace(go.Scatter(
+        x=_x_of(part), y=part["value"], mode="markers", name=f"{line.name}: other runs",
+        legendgroup=line.legendgroup, showlegend=False, opacity=0.35,
+        marker={"symbol": line.marker.symbol, "size": 7, "color": line.marker.color},
+        hovertext=_ppl_hover(part), hoverinfo="text"))
 
 
 def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool) -> None:
     if part.empty:
         return
     model, dataset, group, method, structure, origin, _settings = key
-    part = part.assign(_x=[T.sparsity_fraction(s, p) * 100 for s, p in
-                           zip(part["sparsity"], part["pattern"], strict=True)]).sort_values("_x")
+    part = part.assign(_x=_x_of(part)).sort_values("_x")
     published = origin == "published"
     name = T.method_label(method) + (f" {structure}" if structure else "")
     name += f" · {short_source(group) if published else 'own'}"
@@ -127,6 +164,8 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
     # Published lines are labelled with their source at their last point; single published
     # points are told apart by their open marker and named in the legend and hover.
     label = short_source(group) if published and len(part) > 1 else ""
+    if key[-1] == MANY_SETTINGS:
+        name += " (latest run at each sparsity)"
     # Runs that differ only in settings (an ablation) share one legend entry.
     shown = {t.legendgroup for t in fig.data}
     fig.add_trace(go.Scatter(
@@ -191,12 +230,21 @@ def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
 
 
 # -- zero-shot -----------------------------------------------------------------------------------
+#: Bars a retention chart draws at most (one per run; the table lists every run).
+MAX_BARS = 40
+
+
 def retention_chart(table: T.Table) -> go.Figure:
     """Retention of dense accuracy, one horizontal bar per run; published bars are hatched."""
     frame = table.frame
     if table.empty or frame["Retention"].isna().all():
         return empty_figure("No retention to plot (a dense baseline is needed).")
     frame = frame[frame["Retention"].notna()]
+    title = "Zero-shot retention (pruned average / dense average)"
+    if len(frame) > MAX_BARS:
+        total = len(frame)
+        frame = frame.sort_values("Run", kind="stable").tail(MAX_BARS).sort_index()
+        title += f": the {MAX_BARS} latest of {total} runs (all are in the table)"
     fig = go.Figure()
     for origin, part in frame.groupby("Origin", sort=False):
         published = origin == T.ORIGIN_NAMES["published"]
@@ -217,8 +265,7 @@ def retention_chart(table: T.Table) -> go.Figure:
     fig.update_layout(**{**_LAYOUT, "height": 140 + 30 * len(frame),
                          "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
                          "margin": {"l": 20, "r": 40, "t": 90, "b": 50}},
-                      title="Zero-shot retention (pruned average / dense average)",
-                      showlegend=True)
+                      title=title, showlegend=True)
     fig.update_xaxes(title="Retention of dense accuracy", ticksuffix="%", range=[0, top * 1.12])
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
@@ -440,6 +487,13 @@ def compute_time_chart(long: pd.DataFrame, title: str = "Pruning time") -> go.Fi
     """Seconds per method as grouped bars, one group per (model, sparsity)."""
     if long.empty:
         return empty_figure("No pruning times stored for this selection.")
+    if long["method"].nunique() > MAX_SETTING_LINES * 2:  # too many variants: one bar a method
+        variants = long["method"].nunique()
+        long = long.assign(method=[T.method_label(spec.get("method", m)) for spec, m in
+                                   zip(long["spec"], long["method"], strict=True)])
+        long = long.sort_values("run", kind="stable").drop_duplicates(
+            ["method", "model", "sparsity"], keep="last").sort_index()
+        title += f" (latest run of each method; {variants} setting variants in the table)"
     fig = go.Figure()
     x_order = list(dict.fromkeys(f"{m} · {s}" for m, s in
                                  zip(long["model"], long["sparsity"], strict=True)))

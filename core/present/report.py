@@ -125,17 +125,19 @@ def _labels(frame: pd.DataFrame, specs: Mapping[int, Mapping[str, Any]]) -> pd.D
     differ between the kept rows of one label to it."""
     if frame.empty:
         return frame
-    keyed = frame.assign(_settings=[tables.settings(specs.get(int(r), {})) for r in frame["Run"]])
+    found = {run: tables.settings_of(specs.get(int(run), {})) for run in set(frame["Run"])}
+    text = {run: ", ".join(f"{k}={v}" for k, v in values.items()) for run, values in found.items()}
+    keyed = frame.assign(_settings=[text[r] for r in frame["Run"]])
     keyed = keyed.sort_values("Run").drop_duplicates(["Method", "_settings"], keep="last")
     keyed = keyed.sort_index()
+    varying: dict[str, list[str]] = {}
+    for method, runs in keyed.groupby("Method", sort=False)["Run"]:
+        sets = [found[r] for r in runs]
+        keys = sorted({k for f in sets for k in f})
+        varying[method] = [k for k in keys if len({f.get(k) for f in sets}) > 1]
     labels = []
     for method, run in zip(keyed["Method"], keyed["Run"], strict=True):
-        same = keyed[keyed["Method"] == method]
-        found = [tables.settings_of(specs.get(int(r), {})) for r in same["Run"]]
-        keys = sorted({k for f in found for k in f})
-        varying = [k for k in keys if len({f.get(k) for f in found}) > 1]
-        mine = tables.settings_of(specs.get(int(run), {}))
-        extra = ", ".join(f"{k}={mine.get(k, '—')}" for k in varying)
+        extra = ", ".join(f"{k}={found[run].get(k, '—')}" for k in varying[method])
         labels.append(method + (f" ({extra})" if extra else ""))
     return keyed.assign(Method=labels).drop(columns="_settings")
 
@@ -180,10 +182,13 @@ def _ppl_value(rec: Mapping[str, Any]) -> float | None:
 
 
 def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
-                  metric: str = "acc", evaluation: str | None = None
+                  metric: str = "acc", evaluation: str | None = None,
+                  ppl_frame: pd.DataFrame | None = None
                   ) -> tuple[list[findings.Result], dict[str, findings.Result], str | None]:
     """The latest run of each method at one sparsity label as :class:`findings.Result` objects,
-    each one's dense baseline (the one the tables compare it with) and the reference label."""
+    each one's dense baseline (the one the tables compare it with) and the reference label.
+
+    ``ppl_frame``: ``tables.perplexity_table(ppl).frame`` when the caller has it already."""
     methods: dict[str, tuple[str, Any, Any]] = {}  # method -> (label, sparsity, pattern)
     for frame in (ppl, zs):
         if frame.empty:
@@ -195,7 +200,8 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
                 rec["sparsity"], rec["pattern"]))
     if not methods:
         return [], {}, None
-    ppl_frame = tables.perplexity_table(ppl).frame if not ppl.empty else pd.DataFrame()
+    if ppl_frame is None:
+        ppl_frame = tables.perplexity_table(ppl).frame if not ppl.empty else pd.DataFrame()
     long = (tables.per_task_long(zs, model, level, metric, evaluation=evaluation)
             if not zs.empty else pd.DataFrame())
     results, dense = [], {}
@@ -277,8 +283,10 @@ def _method_tasks(long: pd.DataFrame, method: str) -> tuple[dict[str, float], di
 
 
 def level_findings(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
-                   metric: str = "acc", evaluation: str | None = None) -> list[findings.Finding]:
-    results, dense, reference = level_results(ppl, zs, model, level, metric, evaluation)
+                   metric: str = "acc", evaluation: str | None = None,
+                   ppl_frame: pd.DataFrame | None = None) -> list[findings.Finding]:
+    results, dense, reference = level_results(ppl, zs, model, level, metric, evaluation,
+                                              ppl_frame)
     if not results:
         return []
     return findings.sparsity_findings(results, dense, reference)
@@ -408,7 +416,9 @@ def _add_zero_shot(out: _Writer, zs: pd.DataFrame, metric: str) -> None:
 def _add_key_findings(out: _Writer, ppl: pd.DataFrame, zs: pd.DataFrame, model: str,
                       levels: list[str], metric: str, evaluation: str | None) -> None:
     """The key findings, one list per sparsity level that has any."""
-    per_level = [(lv, level_findings(ppl, zs, model, lv, metric, evaluation)) for lv in levels]
+    ppl_frame = tables.perplexity_table(ppl).frame if not ppl.empty else pd.DataFrame()
+    per_level = [(lv, level_findings(ppl, zs, model, lv, metric, evaluation, ppl_frame))
+                 for lv in levels]
     if any(found for _, found in per_level):
         out.add(Block("heading", 2, "Key Findings"))
         out.add(Block("text", text=f"*{FINDINGS_NOTE}*"))

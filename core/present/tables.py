@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
+from core.analysis import baselines
 from core.store import queries
+from core.store.db import SETTING_COLUMNS, setting_value
 
 if TYPE_CHECKING:
     from core.store.db import Store
@@ -67,15 +70,16 @@ SPEC_MEASURED = frozenset({"kind", "dataset", "datasets", "task", "tasks", "metr
 #: Spec keys that say where or how a run was executed, not what it computed.
 SPEC_EXECUTION = frozenset({"batch_size", "device", "save_dir", "trust_remote_code"})
 
-#: Spec keys a dense baseline should share with the run it is compared with, most important first.
-BASELINE_KEYS = ("table", "ppl_seqlen", "max_windows", "dtype", "seqlen")
+_NOT_SETTINGS = SPEC_SHOWN | SPEC_MEASURED | SPEC_EXECUTION
+
 #: Evaluation settings an own run's dense baseline must share (different windows, few-shot count,
 #: example limit or dtype give numbers that cannot be compared).
-PPL_SETTING_KEYS = ("ppl_seqlen", "max_windows", "dtype")
-ZS_SETTING_KEYS = ("num_fewshot", "zs_limit", "dtype")
+PPL_SETTING_KEYS = baselines.PPL_SETTINGS
+ZS_SETTING_KEYS = baselines.ZS_SETTINGS
 FAILED_PREFIX = "task failed"
 
 _NM = re.compile(r"(\d+):(\d+)")
+T = TypeVar("T")
 
 
 # -- the table type and its formatting ---------------------------------------------------------
@@ -118,10 +122,10 @@ class Table:
             kind = self.formats.get(column, "text")
             if kind == "auto":
                 kind = f"fixed{column_decimals(self.frame[column])}"
-            out[column] = [
-                text if isinstance(text, str) else format_value(value, kind)
-                for value, text in zip(self.frame[column], self.text(column), strict=True)
-            ]
+            values = self.frame[column].to_numpy(dtype=object)
+            texts = self.text(column).to_numpy(dtype=object)
+            out[column] = [text if isinstance(text, str) else format_value(value, kind)
+                           for value, text in zip(values, texts, strict=True)]
         columns = [c for c in self.columns
                    if c not in OPTIONAL_COLUMNS or any(v.strip() for v in out[c])]
         return pd.DataFrame({c: out[c] for c in columns}, columns=columns, dtype=object)
@@ -143,6 +147,10 @@ def column_decimals(values: Iterable[Any], most: int = 3) -> int:
 def _isna(value: Any) -> bool:
     if value is None:
         return True
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, str | int):
+        return False
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
@@ -267,7 +275,7 @@ def _short(value: Any) -> str:
 
 def settings_of(spec: Mapping[str, Any]) -> dict[str, str]:
     """A run's parameters other than model/method/sparsity, what was measured and where it ran."""
-    keys = sorted(k for k in spec if k not in SPEC_SHOWN | SPEC_MEASURED | SPEC_EXECUTION)
+    keys = sorted(k for k in spec if k not in _NOT_SETTINGS)
     return {k: _short(spec[k]) for k in keys if not _blank(spec[k])}
 
 
@@ -316,29 +324,50 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of ``Store.metrics`` with the spec parsed and the labels every table uses added.
 
     Only finished runs are kept ('done'); 'group' is the source of a published row and
-    ``OWN_GROUP`` for an own run: numbers are only compared within one group.
+    ``OWN_GROUP`` for an own run: numbers are only compared within one group.  Each label is
+    worked out once per distinct value (a run's rows share one parsed spec dict: read only).
     """
     df = frame.copy()
     if "run_status" in df:
         df = df[df["run_status"].isna() | (df["run_status"] == "done")]
-    df = df.reset_index(drop=True)
-    specs = [parse_spec(s) for s in df.get("spec", pd.Series([None] * len(df)))]
+    df = df.reset_index(drop=True).astype({c: object for c in df.columns
+                                           if isinstance(df[c].dtype, pd.StringDtype)})
+    raw = df["spec"] if "spec" in df else pd.Series([None] * len(df), index=df.index)
+    keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
+            for s in raw]
+    parsed = {key: parse_spec(key) for key in dict.fromkeys(keys)}
+    specs = [parsed[key] for key in keys]
     df["spec"] = pd.Series(specs, index=df.index, dtype=object)
     origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
     source = df.get("source", pd.Series([None] * len(df), index=df.index))
-    df["group"] = [s if o == "published" and isinstance(s, str) and s else OWN_GROUP
-                   for o, s in zip(origin, source, strict=True)]
-    df["origin_label"] = [ORIGIN_NAMES.get(o, str(o)) for o in origin]
-    df["source_label"] = [s if isinstance(s, str) and s else "" for s in source]
+    df["group"] = per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
+                            else OWN_GROUP, origin, source)
+    df["origin_label"] = per_value(lambda o: ORIGIN_NAMES.get(o, str(o)), origin)
+    df["source_label"] = per_value(lambda s: s if isinstance(s, str) and s else "", source)
     if "method" in df:
-        df["method_label"] = [method_label(m) for m in df["method"]]
-        df["sparsity_label"] = [sparsity_label(s, p, m) for s, p, m in
-                                zip(df["sparsity"], df["pattern"], df["method"], strict=True)]
-        df["dense"] = [p == "dense" or m == "dense" for p, m in
-                       zip(df["pattern"], df["method"], strict=True)]
-    df["settings"] = [settings(s) for s in specs]
-    df["table"] = [s.get("table") or "" for s in specs]
+        df["method_label"] = per_value(method_label, df["method"])
+        df["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
+                                         df["method"])
+        df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
+    by_key = {key: (settings(spec), spec.get("table") or "") for key, spec in parsed.items()}
+    df["settings"] = [by_key[key][0] for key in keys]
+    df["table"] = [by_key[key][1] for key in keys]
+    for key, column in SETTING_COLUMNS.items():  # frames not read from the store
+        if column not in df:
+            values = {k: setting_value(spec.get(key)) for k, spec in parsed.items()}
+            df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
     return df
+
+
+def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:
+    """``compute(*values)`` for each row of ``columns``, worked out once per distinct values."""
+    done: dict[tuple, T] = {}
+    out = []
+    for values in zip(*columns, strict=True):
+        if values not in done:
+            done[values] = compute(*values)
+        out.append(done[values])
+    return out
 
 
 def session_store(state: MutableMapping[str, Any]) -> Store:
@@ -497,10 +526,9 @@ def _sort_rows(rows: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
     if rows.empty:
         return rows
     keyed = rows.assign(
-        _group_key=[(g != OWN_GROUP, g.lower()) for g in rows["group"]],
-        _sparsity_key=[sparsity_key(s, p, m) for s, p, m in
-                       zip(rows["sparsity"], rows["pattern"], rows["method"], strict=True)],
-        _method_key=[_method_rank(m) for m in rows["method"]],
+        _group_key=per_value(lambda g: (g != OWN_GROUP, g.lower()), rows["group"]),
+        _sparsity_key=per_value(sparsity_key, rows["sparsity"], rows["pattern"], rows["method"]),
+        _method_key=per_value(_method_rank, rows["method"]),
     )
     order = ["_group_key", *first, "_sparsity_key", "_method_key", "run_id"]
     return keyed.sort_values(order, key=_sortable).drop(
@@ -523,12 +551,6 @@ def _setting(spec: Mapping[str, Any], key: str) -> Any:
     return None if value == "" else value
 
 
-def setting_differences(spec: Mapping[str, Any], other: Mapping[str, Any],
-                        keys: Sequence[str]) -> list[str]:
-    """The keys whose (normalised) values differ between two specs."""
-    return [k for k in keys if _setting(spec, k) != _setting(other, k)]
-
-
 def settings_text(spec: Mapping[str, Any], keys: Sequence[str]) -> str:
     """'ppl_seqlen=256, max_windows=4, dtype=float32' (None shown as 'none')."""
     return ", ".join(f"{k}={_short(_setting(spec, k)) if _setting(spec, k) is not None else 'none'}"
@@ -542,33 +564,44 @@ def _other_dense(cands: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str
     return "; ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def _pick_baseline(candidates: list[Mapping[str, Any]], row: Mapping[str, Any]
-                   ) -> tuple[Mapping[str, Any] | None, str]:
-    """The dense row a perplexity row is compared with, and why there is none.
+class _NoBaseline:
+    """Why a row has no dense baseline, worded from the dense rows it could have been compared
+    with (``key`` says which); only rows left without a baseline ask, so this stays cheap."""
 
-    Among dense rows of the same model/dataset/group: an own run needs the same evaluation
-    settings (``PPL_SETTING_KEYS``); then prefer the same table and settings (perplexity seqlen,
-    windows, dtype, seqlen), an 'ok' value, then the latest run.
-    """
-    if not candidates:
-        return None, (f"no dense baseline for {row['model']} on {row['dataset']} "
-                      f"in {row['group']}: Δ not computed")
-    spec = row.get("spec") or {}
-    if row.get("group") == OWN_GROUP:
-        same = [c for c in candidates
-                if not setting_differences(c.get("spec") or {}, spec, PPL_SETTING_KEYS)]
-        if not same:
-            return None, (f"no dense run of {row['model']} on {row['dataset']} evaluated with "
-                          f"the same settings ({settings_text(spec, PPL_SETTING_KEYS)}); dense "
-                          f"{_other_dense(candidates, PPL_SETTING_KEYS)} differ: Δ not computed")
-        candidates = same
+    def __init__(self, records: Sequence[Mapping[str, Any]], key: Callable[[Mapping], tuple],
+                 settings: Sequence[str]) -> None:
+        self.records, self.key, self.settings = records, key, settings
+        self._dense: dict[tuple, list[Mapping[str, Any]]] | None = None
+        self._others: dict[tuple, str] = {}
 
-    def score(cand: Mapping[str, Any]) -> tuple:
-        cspec = cand.get("spec") or {}
-        same = tuple(_setting(cspec, k) == _setting(spec, k) for k in BASELINE_KEYS)
-        return (*same, cand.get("status") == "ok", cand.get("run_id", 0))
+    def candidates(self, rec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        if self._dense is None:
+            self._dense = {}
+            for other in self.records:
+                if other["dense"]:
+                    self._dense.setdefault(self.key(other), []).append(other)
+        return self._dense.get(self.key(rec), [])
 
-    return max(candidates, key=score), ""
+    def _differ(self, rec: Mapping[str, Any]) -> str:
+        key = self.key(rec)
+        if key not in self._others:
+            self._others[key] = _other_dense(self.candidates(rec), self.settings)
+        return (f"({settings_text(rec.get('spec') or {}, self.settings)}); dense "
+                f"{self._others[key]} differ")
+
+    def perplexity(self, rec: Mapping[str, Any]) -> str:
+        if not self.candidates(rec):
+            return (f"no dense baseline for {rec['model']} on {rec['dataset']} "
+                    f"in {rec['group']}: Δ not computed")
+        return (f"no dense run of {rec['model']} on {rec['dataset']} evaluated with the same "
+                f"settings {self._differ(rec)}: Δ not computed")
+
+    def zero_shot(self, rec: Mapping[str, Any]) -> str:
+        if not self.candidates(rec):
+            return (f"no dense baseline for {rec['model']} in {rec['group']}: "
+                    "retention not computed")
+        return (f"no dense run of {rec['model']} evaluated with the same zero-shot settings "
+                f"{self._differ(rec)}: not compared")
 
 
 # -- (a) perplexity: method x sparsity -----------------------------------------------------------
@@ -582,15 +615,56 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
         else rows
     if df.empty:
         return Table(pd.DataFrame(columns=PPL_COLUMNS), _ppl_formats())
-    df = _sort_rows(dedupe_published(df), ["model", "dataset"])
-    records = df.to_dict("records")
-    dense: dict[tuple, list[dict[str, Any]]] = {}
-    for rec in records:
-        if rec["dense"]:
-            dense.setdefault(_base_key(rec), []).append(rec)
-    out = [_ppl_record(rec, *_pick_baseline(dense.get(_base_key(rec), []), rec))
-           for rec in records]
-    return Table(pd.DataFrame(out), _ppl_formats())
+    df = _sort_rows(dedupe_published(df), ["model", "dataset"]).reset_index(drop=True)
+    value = _values(df)
+    pos = baselines.perplexity_baselines(df).to_numpy()
+    has = ~np.isnan(pos)
+    take = np.where(has, pos, 0).astype(int)
+    base_value = np.where(has, value[take], np.nan)
+    base_run = np.where(has, df["run_id"].to_numpy()[take], np.nan)
+    status, dense = df["status"].to_numpy(dtype=object), df["dense"].to_numpy(dtype=bool)
+    computed = ~(status == "diverged") & ~dense & ~np.isnan(value) & has & ~np.isnan(base_value)
+    delta_text = np.select([status == "diverged", dense, computed], [DIVERGED, BASELINE, None],
+                           default="").astype(object)
+    frame = pd.DataFrame({
+        "Model": df["model"].to_numpy(dtype=object),
+        "Dataset": per_value(dataset_name, df["dataset"]),
+        "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
+        "PPL": value, TEXT + "PPL": per_value(_cell_text, status),
+        "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
+        TEXT + "Δ from dense": delta_text,
+        "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
+        "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
+        "Note": _ppl_notes(df, value, has, base_value, base_run),
+        "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
+        "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
+    })
+    return Table(frame, _ppl_formats())
+
+
+def _values(df: pd.DataFrame) -> np.ndarray:
+    """The number of each 'ok' row, NaN otherwise (``_value`` on a whole frame)."""
+    ok = (df["status"] == "ok").to_numpy(dtype=bool) & df["value"].notna().to_numpy()
+    return np.where(ok, df["value"].to_numpy(dtype=float, na_value=np.nan), np.nan)
+
+
+def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value: np.ndarray,
+               base_run: np.ndarray) -> list[str]:
+    """Each row's note, with why Δ is blank where it has a number but no usable baseline."""
+    notes = [_join(n) for n in df["note"]]
+    asks = (~(df["status"] == "diverged").to_numpy() & ~df["dense"].to_numpy(dtype=bool)
+            & ~np.isnan(value) & ~(has & ~np.isnan(base_value)))
+    if asks.any():
+        needed = np.flatnonzero(asks | df["dense"].to_numpy(dtype=bool))
+        columns = ["run_id", "model", "dataset", "metric", "group", "dense", "spec", "note"]
+        records = dict(zip(needed, df[columns].iloc[needed].to_dict("records"), strict=True))
+        why = _NoBaseline(list(records.values()), _base_key, PPL_SETTING_KEYS)
+        for i in np.flatnonzero(asks):
+            reason = (why.perplexity(records[i]) if not has[i] else
+                      f"the dense baseline (run {int(base_run[i])}) has no value: "
+                      "Δ not computed")
+            notes[i] = _join(reason, records[i].get("note"))
+    return notes
 
 
 def _ppl_formats() -> dict[str, str]:
@@ -599,36 +673,6 @@ def _ppl_formats() -> dict[str, str]:
 
 def _base_key(rec: Mapping[str, Any]) -> tuple:
     return (rec["model"], rec["dataset"], rec["metric"], rec["group"])
-
-
-def _ppl_record(rec: Mapping[str, Any], base: Mapping[str, Any] | None,
-                no_base: str = "") -> dict[str, Any]:
-    value = _value(rec)
-    delta, delta_text, why = math.nan, None, ""
-    if rec["status"] == "diverged":
-        delta_text = DIVERGED
-    elif rec["dense"]:
-        delta_text = BASELINE
-    elif math.isnan(value):
-        delta_text = ""
-    elif base is None:
-        delta_text = ""
-        why = no_base
-    elif math.isnan(_value(base)):
-        delta_text = ""
-        why = f"the dense baseline (run {base['run_id']}) has no value: Δ not computed"
-    else:
-        delta = relative_change(value, _value(base))
-    return {
-        "Model": rec["model"], "Dataset": dataset_name(rec["dataset"]),
-        "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
-        "PPL": value, TEXT + "PPL": _cell_text(rec["status"]),
-        "Δ from dense": delta, TEXT + "Δ from dense": delta_text,
-        "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
-        "Settings": rec["settings"], "Note": _join(why, rec.get("note")),
-        "_status": rec["status"], "_baseline_run": base["run_id"] if base else None,
-        "_method": rec["method"], "_spec": spec_summary(rec["spec"]),
-    }
 
 
 # -- (b) dataset x sparsity grid (seed 004) ------------------------------------------------------
@@ -648,13 +692,20 @@ def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None 
     df = latest_runs(df, ["_row", "_col"])
     col_order = _grid_columns(df)
     row_order = _grid_rows(df)
+    df = df.assign(_value=_values(df), _text=per_value(_cell_text, df["status"]), _here=True)
+
+    def grid(values: str) -> pd.DataFrame:
+        return df.pivot(index="_row", columns="_col", values=values).reindex(
+            index=row_order, columns=col_order)
+
+    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
     frame = pd.DataFrame({"Method": row_order})
     formats = {}
     for col in col_order:
-        cells = df[df["_col"] == col].set_index("_row")
-        frame[col] = [_value(cells.loc[r]) if r in cells.index else math.nan for r in row_order]
-        frame[TEXT + col] = [_cell_text(cells.loc[r, "status"]) if r in cells.index else ""
-                             for r in row_order]
+        frame[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
+        frame[TEXT + col] = [t if h else "" for t, h in
+                             zip(texts[col].to_numpy(dtype=object), here[col].notna(),
+                                 strict=True)]
         formats[col] = "ppl"
     notes = [f"{model} · {group}" + (f" · {table}" if table else "") +
              f" · {metric_label(metric)}; rows are the latest run of each method."]
@@ -665,12 +716,13 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
     """Method label, plus the settings that differ between runs of that method (ablations)."""
     labels = []
     varying: dict[str, list[str]] = {}
+    found = {id(spec): settings_of(spec) for spec in df["spec"]}  # rows of a run share a spec
     for method, part in df.groupby("method"):
-        found = [settings_of(spec) for spec in part["spec"]]
-        keys = sorted({k for f in found for k in f})
-        varying[method] = [k for k in keys if len({f.get(k) for f in found}) > 1]
+        runs = [found[id(spec)] for spec in part["spec"]]
+        keys = sorted({k for f in runs for k in f})
+        varying[method] = [k for k in keys if len({f.get(k) for f in runs}) > 1]
     for method, spec in zip(df["method"], df["spec"], strict=True):
-        values = settings_of(spec)
+        values = found[id(spec)]
         extra = ", ".join(f"{k}={values.get(k, '—')}" for k in varying[method])
         labels.append(method_label(method) + (f" ({extra})" if extra else ""))
     return labels
@@ -796,43 +848,33 @@ def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
 class _RunScores:
     """The tasks a zero-shot run attempted, its 'ok' scores and its failed tasks."""
 
-    attempted: dict[str, set[str]]
+    attempted: dict[int, set[str]]
     values: dict[int, dict[str, float]]
+    scores: pd.DataFrame  # the per-task rows they come from
 
     @classmethod
     def of(cls, scores: pd.DataFrame) -> _RunScores:
-        attempted = {rid: set(part["dataset"]) for rid, part in scores.groupby("run_id")}
-        values = {rid: _task_values(part) for rid, part in scores.groupby("run_id")}
-        return cls(attempted, values)
+        attempted: dict[int, set[str]] = {}
+        values: dict[int, dict[str, float]] = {}
+        ok = _values(scores)
+        for rid, task, value in zip(scores["run_id"], scores["dataset"], ok, strict=True):
+            attempted.setdefault(rid, set()).add(task)
+            scored = values.setdefault(rid, {})
+            if value == value:
+                scored[task] = float(value)
+        return cls(attempted, values, scores)
 
 
-def zs_baseline(rec: Mapping[str, Any], dense: Sequence[Mapping[str, Any]], runs: _RunScores
-                ) -> tuple[Mapping[str, Any] | None, str]:
-    """The dense run a zero-shot run is compared with, and why there is none.
+_NO_BASE_COLUMNS = ["run_id", "model", "group", "dense", "spec"]
 
-    A dense run is its own baseline.  Otherwise: a dense run of the same model and group; for own
-    runs only one with the same ``ZS_SETTING_KEYS``; then the most shared scored tasks, the same
-    task set, the latest run.
-    """
-    if rec["dense"]:
-        return rec, ""
-    cands = [d for d in dense if (d["model"], d["group"]) == (rec["model"], rec["group"])]
-    if not cands:
-        return None, (f"no dense baseline for {rec['model']} in {rec['group']}: "
-                      "retention not computed")
-    if rec["group"] == OWN_GROUP:
-        same = [d for d in cands
-                if not setting_differences(d["spec"], rec["spec"], ZS_SETTING_KEYS)]
-        if not same:
-            return None, (f"no dense run of {rec['model']} evaluated with the same zero-shot "
-                          f"settings ({settings_text(rec['spec'], ZS_SETTING_KEYS)}); dense "
-                          f"{_other_dense(cands, ZS_SETTING_KEYS)} differ: not compared")
-        cands = same
-    rid = rec["run_id"]
-    mine = runs.values.get(rid, {}).keys()
-    return max(cands, key=lambda d: (len(runs.values.get(d["run_id"], {}).keys() & mine),
-                                     runs.attempted.get(d["run_id"]) == runs.attempted.get(rid),
-                                     d["run_id"])), ""
+
+def _zs_baselines(scores: pd.DataFrame, runs: pd.DataFrame) -> tuple[dict[int, int], _NoBaseline]:
+    """Each run's dense baseline run (``baselines.zero_shot_baselines``) and, for the runs
+    without one, why."""
+    dense = runs[runs["dense"].astype(bool)].drop_duplicates("run_id")
+    return (baselines.zero_shot_baselines(scores, runs),
+            _NoBaseline(dense[_NO_BASE_COLUMNS].to_dict("records"),
+                        lambda r: (r["model"], r["group"]), ZS_SETTING_KEYS))
 
 
 def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
@@ -845,23 +887,20 @@ def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
         return Table(pd.DataFrame(columns=ZS_COLUMNS), formats)
     runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"])
     runs = _RunScores.of(scores)
-    failed = {rid: sorted((t for t, st, n in zip(part["dataset"], part["status"], part["note"],
-                                                  strict=True) if is_failed(st, n)), key=task_key)
-              for rid, part in scores.groupby("run_id")}
-    dense = [r for r in runs_frame.to_dict("records") if r["dense"]]
-    out = []
-    for rec in runs_frame.to_dict("records"):
-        base, why = zs_baseline(rec, dense, runs)
-        out.append(_zs_record(rec, runs, failed[rec["run_id"]], base, why))
+    failed_rows = scores[[is_failed(st, n) for st, n in
+                          zip(scores["status"], scores["note"], strict=True)]]
+    failed = failed_rows.groupby("run_id")["dataset"].agg(lambda t: sorted(t, key=task_key)
+                                                         ).to_dict()
+    chosen, why = _zs_baselines(scores, runs_frame)
+    columns = [*_NO_BASE_COLUMNS, "method", "sparsity", "pattern", "origin_label",
+               "source_label"]
+    out = [_zs_record(rec, runs, failed.get(rec["run_id"], []), chosen.get(rec["run_id"]),
+                      "" if rec["run_id"] in chosen else why.zero_shot(rec))
+           for rec in runs_frame[columns].to_dict("records")]
     notes = [_task_note(scores, metric), NOT_COUNTED]
     if (runs_frame["group"] == OWN_GROUP).any():
         notes.append(OWN_ZS_BASELINE)
     return Table(pd.DataFrame(out), formats, notes)
-
-
-def _task_values(part: pd.DataFrame) -> dict[str, float]:
-    return {t: v for t, v in zip(part["dataset"], (_value(r) for r in part.to_dict("records")),
-                                 strict=True) if not math.isnan(v)}
 
 
 def average(values: Iterable[float]) -> float:
@@ -881,7 +920,7 @@ def retention(scores: Mapping[str, float], dense: Mapping[str, float]) -> tuple[
 
 
 def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
-               base: Mapping[str, Any] | None, why: str) -> dict[str, Any]:
+               base: int | None, why: str) -> dict[str, Any]:
     scores = runs.values[rec["run_id"]]
     n_tasks = len(runs.attempted[rec["run_id"]])
     notes = []
@@ -890,12 +929,12 @@ def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
         if failed and len(failed) < n_tasks - len(scores):
             detail += ", others have no value"
         notes.append(f"average over {len(scores)} of {n_tasks} tasks ({detail}; not counted)")
-    dense = runs.values.get(base["run_id"], {}) if base is not None else None
+    dense = runs.values.get(base, {}) if base is not None else None
     ret, used = retention(scores, dense) if dense is not None else (math.nan, 0)
     if base is None:
         notes.append(why)
     elif scores and used < max(len(scores), len(dense)):
-        notes.append(f"retention over the {used} tasks shared with dense run {base['run_id']}")
+        notes.append(f"retention over the {used} tasks shared with dense run {base}")
     return {
         "Model": rec["model"], "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
         "Tasks": len(scores), "Accuracy": average(scores.values()),
@@ -903,8 +942,8 @@ def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
         "Retention": ret, TEXT + "Retention": None if not math.isnan(ret) else "",
         "Evaluation": zs_evaluation_label(rec["spec"]),
         "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
-        "Baseline run": base["run_id"] if base is not None else math.nan,
-        "Note": _join(*notes), "_method": rec["method"], "_spec": spec_summary(rec["spec"]),
+        "Baseline run": base if base is not None else math.nan,
+        "Note": _join(*notes), "_method": rec["method"], "_spec": rec["spec"],
     }
 
 
@@ -930,7 +969,8 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     """Per-task scores of one model at one sparsity label and of their dense baselines.
 
     Own runs: the latest run of each method (whole runs, never mixed), restricted to the
-    zero-shot settings ``evaluation`` when given, each with the dense run ``zs_baseline`` picks.
+    zero-shot settings ``evaluation`` when given, each with the dense run
+    ``baselines.zero_shot_baselines`` picks.
     Published: the latest score per method, group and task, and the group's dense scores.
     Adds 'column' (the per-task table's column label), 'role' ('dense' / 'pruned') and, on pruned
     rows, 'baseline_run' (the dense run compared with; NaN when none) and 'baseline_note'.
@@ -968,15 +1008,17 @@ def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, runs: _RunScores
                   ) -> list[pd.DataFrame]:
     latest = pruned.groupby("method")["run_id"].max()
     chosen = pruned[pruned["run_id"].isin(latest)]
-    dense_recs = dense.drop_duplicates("run_id").to_dict("records")
+    firsts = chosen.drop_duplicates("run_id")
+    found, why = _zs_baselines(runs.scores, pd.concat([firsts, dense]))
     parts, bases = [], {}
-    for _rid, part in chosen.groupby("run_id", sort=False):
-        base, why = zs_baseline(part.iloc[0].to_dict(), dense_recs, runs)
+    for rid, part in chosen.groupby("run_id", sort=False):
+        base = found.get(rid)
         parts.append(part.assign(role="pruned",
-                                 baseline_run=base["run_id"] if base is not None else math.nan,
-                                 baseline_note=why))
+                                 baseline_run=base if base is not None else math.nan,
+                                 baseline_note="" if base is not None else
+                                 why.zero_shot(part.iloc[0].to_dict())))
         if base is not None:
-            bases[base["run_id"]] = True
+            bases[base] = True
     parts += [dense[dense["run_id"] == b].assign(role="dense", baseline_run=b, baseline_note="")
               for b in bases]
     return parts

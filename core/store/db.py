@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,16 @@ from core import config
 from core.store.control import Control
 from core.store.errors import StoreError
 
+#: Spec keys that decide which runs are compared (evaluation windows, few-shot count, dtype,
+#: the published table, calibration length) and the ``runs`` column each is written to.
+SETTING_COLUMNS = {key: f"set_{key}" for key in (
+    "table", "ppl_seqlen", "max_windows", "dtype", "seqlen", "num_fewshot", "zs_limit")}
+
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 METRIC_STATUSES = ("ok", "diverged", "missing")
 
 # Each migration takes the schema from version i to i + 1.  Never edit a released step: append one.
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
     # 1: runs, metrics, per-layer statistics, search trials.
     [
         "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
@@ -112,6 +118,10 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 5: ... and its unique index (DuckDB builds an index only in a transaction of its own).
     ["CREATE UNIQUE INDEX runs_one_active ON runs (active_hash)"],
+    # 6: the spec settings that decide which runs are compared, as columns (``SETTING_COLUMNS``),
+    # so that a run's dense baseline is a join; filled from the stored specs.
+    [*(f"ALTER TABLE runs ADD COLUMN {column} VARCHAR" for column in SETTING_COLUMNS.values()),
+     lambda con: fill_setting_columns(con)],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -130,6 +140,39 @@ _TRIAL_COLUMNS = (
 )
 # Heartbeats, progress and cancel requests live in the control store (``Store.control``).
 _RUN_UPDATABLE = ("status", "started_at", "finished_at", "error", "environment", "worker")
+
+
+def setting_value(value: Any) -> str | None:
+    """A spec setting as the text its column holds: equal settings give equal texts (4.0 and 4
+    give '4'; '' and a missing key give NULL)."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def setting_values(spec: Mapping[str, Any]) -> list[str | None]:
+    """The values of ``SETTING_COLUMNS`` for a spec, in that order."""
+    return [setting_value(spec.get(key)) for key in SETTING_COLUMNS]
+
+
+def fill_setting_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Write every run's setting columns from its stored spec (migration 6)."""
+    runs = con.execute("SELECT id, spec FROM runs").fetchall()
+    if not runs:
+        return
+    columns = list(SETTING_COLUMNS.values())
+    frame = pd.DataFrame([[rid, *setting_values(json.loads(spec))] for rid, spec in runs],
+                         columns=["id", *columns], dtype=object)
+    con.register("_settings", frame)
+    try:
+        con.execute(f"UPDATE runs SET {', '.join(f'{c} = s.{c}' for c in columns)} "
+                    "FROM _settings s WHERE runs.id = s.id")
+    finally:
+        con.unregister("_settings")
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -291,7 +334,10 @@ class Store:
         for version in range(current, target):
             with self.transaction() as con:
                 for statement in MIGRATIONS[version]:
-                    con.execute(statement)
+                    if callable(statement):
+                        statement(con)
+                    else:
+                        con.execute(statement)
                 con.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     [str(version + 1)],
@@ -330,9 +376,11 @@ class Store:
         digest = spec_hash(identity if identity is not None else spec)
         active = digest if origin == "own" and status in ACTIVE_STATUSES else None
         args = [origin, source, kind, model, method, sparsity, pattern,
-                json.dumps(spec, sort_keys=True, default=str), digest, status, active]
-        sql = ("INSERT INTO runs (origin, source, kind, model, method, sparsity, pattern, spec, "
-               "spec_hash, status, active_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                json.dumps(spec, sort_keys=True, default=str), digest, status, active,
+                *setting_values(spec)]
+        columns = ("origin, source, kind, model, method, sparsity, pattern, spec, spec_hash, "
+                   f"status, active_hash, {', '.join(SETTING_COLUMNS.values())}")
+        sql = (f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in args)}) "
                "RETURNING id")
         if con is not None:
             return int(con.execute(sql, args).fetchone()[0])
@@ -418,17 +466,26 @@ class Store:
     def runs(self) -> pd.DataFrame:
         return self.frame("SELECT * FROM runs ORDER BY id")
 
-    def metrics(self, kind: str | None = None) -> pd.DataFrame:
-        """Metric rows joined with their run's model, method, sparsity, origin and source."""
+    def metrics(self, kind: str | None = None, run_ids: Iterable[int] | None = None
+                ) -> pd.DataFrame:
+        """Metric rows joined with their run's model, method, sparsity, origin and source (of
+        one ``kind`` and of ``run_ids`` only, when given)."""
         sql = """SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                        r.sparsity, r.pattern, r.spec, r.status AS run_status,
+                        r.sparsity, r.pattern, r.spec, r.status AS run_status, {settings},
                         m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples,
                         m.status, m.raw, m.note
-                 FROM metrics m JOIN runs r ON r.id = m.run_id"""
+                 FROM metrics m JOIN runs r ON r.id = m.run_id""".format(
+            settings=", ".join(f"r.{c}" for c in SETTING_COLUMNS.values()))
         params: list[Any] = []
+        where = []
         if kind is not None:
-            sql += " WHERE m.kind = ?"
+            where.append("m.kind = ?")
             params.append(kind)
+        if run_ids is not None:
+            where.append("list_contains(?, m.run_id)")
+            params.append([int(i) for i in run_ids])
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         return self.frame(sql + " ORDER BY r.id", params)
 
 

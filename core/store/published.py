@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from core.store.db import Store, insert_rows, spec_hash
+from core.store.db import SETTING_COLUMNS, Store, insert_rows, setting_values, spec_hash
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 FIGURES = PUBLISHED_DIR / "figures.csv"
@@ -208,14 +208,15 @@ def collect() -> dict[int, PublishedRun]:
 
 
 # -- writing them --------------------------------------------------------------------------------
-_RUN_COLUMNS = ("kind", "model", "method", "sparsity", "pattern", "source", "spec", "spec_hash")
+_RUN_COLUMNS = ("kind", "model", "method", "sparsity", "pattern", "source", "spec", "spec_hash",
+                *SETTING_COLUMNS.values())
 
 
 def _run_values(run: PublishedRun) -> list[Any]:
     fields = run.fields
     return [fields["kind"], fields["model"], fields["method"], fields["sparsity"],
             fields["pattern"], fields["source"], json.dumps(fields["spec"], sort_keys=True),
-            spec_hash(fields["spec"])]
+            spec_hash(fields["spec"]), *setting_values(fields["spec"])]
 
 
 def _write_runs(con: duckdb.DuckDBPyConnection, runs: dict[int, PublishedRun]) -> None:
