@@ -34,10 +34,12 @@ left, right = st.columns(2)
 choice = left.selectbox("Model and source", labels,
                         help="Your own runs first, then each published source.")
 model, group = subjects[labels.index(choice)]
-chosen = layer_runs[(layer_runs["model"] == model) & (layer_runs["group"] == group)]
+# The layer rows of the runs the report shows only (the latest run of each method and sparsity).
+shown_runs = memo(store, "report.layer_runs", model, group)(lambda: report.layer_report_runs(
+    layer_runs[(layer_runs["model"] == model) & (layer_runs["group"] == group)]))
 with store_or_stop():
     stats = memo(store, "layer_stats", model, group)(
-        lambda: tables.load_layer_stats(store, [int(i) for i in chosen["run_id"]]))
+        lambda: tables.load_layer_stats(store, [int(i) for i in shown_runs["run_id"]]))
 evaluation = report.default_evaluation(zs, model, group)
 if evaluation is not None:
     evaluations = tables.zs_evaluations(zs[zs["group"] == tables.OWN_GROUP], model)

@@ -18,7 +18,7 @@ from core.store import published as published_figures
 from core.store.db import SETTING_COLUMNS, Store, setting_values
 
 
-# -- the Python rules the SQL replaced (the code of tables.py before the change) -----------------
+# -- the Python rules the SQL replaced (the tables code before the change) -----------------
 def _setting(spec: Mapping[str, Any], key: str) -> Any:
     value = spec.get(key)
     if isinstance(value, float) and value.is_integer():
@@ -178,3 +178,63 @@ def test_migration_fills_the_setting_columns_and_keeps_every_row(tmp_path) -> No
     assert written == [setting_values(spec) for spec in specs]
     assert written[0][:4] == [None, "128", None, "float32"]
     assert len(store.metrics("perplexity")) == 3
+
+
+# -- the layer summaries kept beside the layer rows ------------------------------------------------
+def counted(store: Store) -> dict[int, tuple[int, int]]:
+    """Each run's blocks with a measured sparsity and layer rows, counted from the rows."""
+    frame = store.frame("""SELECT run_id, count(DISTINCT block) FILTER (
+                               WHERE layer = 'block' AND stat = 'sparsity'), count(*)
+                           FROM layer_stats GROUP BY run_id""")
+    return {int(r): (int(b), int(n)) for r, b, n in frame.itertuples(index=False)}
+
+
+def summaries(store: Store) -> dict[int, tuple[int, int]]:
+    frame = store.frame("SELECT run_id, blocks, layer_rows FROM layer_summaries")
+    return {int(r): (int(b), int(n)) for r, b, n in frame.itertuples(index=False)}
+
+
+def block_rows(blocks: int) -> list[dict[str, Any]]:
+    rows = [{"block": b, "layer": "block", "stat": "sparsity", "value": 0.5}
+            for b in range(blocks)]
+    rows += [{"block": b, "layer": "mlp.up_proj", "stat": "sparsity", "value": 0.5}
+             for b in range(blocks)]
+    return rows + [{"block": None, "layer": "model", "stat": "mean", "value": 0.5}]
+
+
+def test_layer_summaries_follow_every_write(tmp_path) -> None:
+    store = Store(tmp_path / "r.duckdb").init()
+    published_figures.sync(store)
+    first = store.create_run(kind="prune", model="m", method="wanda", spec={}, status="done")
+    second = store.create_run(kind="prune", model="m", method="wanda", spec={"a": 1})
+    store.add_layer_stats(first, block_rows(3))
+    store.add_rows(layer_stats=[(second, r) for r in block_rows(2)])
+    store.add_layer_stats(first, [{"block": 7, "layer": "block", "stat": "sparsity",
+                                   "value": 0.4}])
+    found = summaries(store)
+    assert found == counted(store)
+    assert found[first] == (4, 8) and found[second] == (2, 5)
+    assert any(run_id < 0 for run_id in found)  # the published layer statistics
+    with store.transaction() as con:  # the figures changed: they are imported again
+        con.execute("UPDATE meta SET value = 'old' WHERE key = 'published_fingerprint'")
+    assert published_figures.sync(store)
+    assert summaries(store) == counted(store) == found
+    frame = tables.load_layer_runs(store).set_index("run_id")
+    assert frame.loc[first, "blocks"] == 4
+
+
+def test_migration_counts_the_layer_rows_already_stored(tmp_path) -> None:
+    store = Store(tmp_path / "old.duckdb")
+    store.migrate(target=6)
+    with store.transaction() as con:
+        con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                    "status) VALUES ('own', 'prune', 'm', 'wanda', 'unstructured', '{}', 'h', "
+                    "'done')")
+        for row in block_rows(5):
+            con.execute("INSERT INTO layer_stats (run_id, block, layer, stat, value) "
+                        "VALUES (currval('run_ids'), ?, ?, ?, ?)",
+                        [row["block"], row["layer"], row["stat"], row["value"]])
+    rows_before = store.frame("SELECT count(*) FROM layer_stats").iloc[0, 0]
+    store.init()
+    assert summaries(store) == counted(store) == {1: (5, 11)}
+    assert store.frame("SELECT count(*) FROM layer_stats").iloc[0, 0] == rows_before

@@ -99,7 +99,7 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
     st.dataframe(shown, hide_index=True, column_config=align, height=height)
     for note in table.notes:
         st.caption(note)
-    csv, markdown, latex = _exports(shown, tuple(table.numeric_columns))
+    csv, markdown, latex = _export_data(shown, tuple(table.numeric_columns))
     buttons = st.container(horizontal=True)
     buttons.download_button("CSV", csv, file_name=f"{name}.csv",
                             mime="text/csv", key=f"{name}-csv", on_click="ignore",
@@ -109,6 +109,20 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
                             icon=":material/download:")
     buttons.download_button("LaTeX", latex, file_name=f"{name}.tex", mime="text/x-tex",
                             key=f"{name}-tex", on_click="ignore", icon=":material/download:")
+
+
+#: Tables with more rows have their downloads written when clicked, not on every rerun.
+DEFERRED_ROWS = 2000
+
+
+def _export_data(shown: pd.DataFrame, numeric: tuple[str, ...]
+                 ) -> tuple[str | Callable[[], str], ...]:
+    """CSV, Markdown and LaTeX of a shown table: the texts, or for a table over
+    ``DEFERRED_ROWS`` rows functions that write them when a download is clicked."""
+    if len(shown) <= DEFERRED_ROWS:
+        return _exports(shown, numeric)
+    return (lambda: export.to_csv(shown), lambda: export.to_markdown(shown),
+            lambda: export.to_latex(shown, numeric))
 
 
 @st.cache_data(max_entries=128, show_spinner=False)

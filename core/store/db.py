@@ -31,6 +31,11 @@ from core.store.errors import StoreError
 SETTING_COLUMNS = {key: f"set_{key}" for key in (
     "table", "ppl_seqlen", "max_windows", "dtype", "seqlen", "num_fewshot", "zs_limit")}
 
+#: The ``layer_summaries`` row of each run, from its ``layer_stats`` rows.
+LAYER_SUMMARY_SELECT = """SELECT run_id,
+    count(DISTINCT block) FILTER (WHERE layer = 'block' AND stat = 'sparsity') AS blocks,
+    count(*) AS layer_rows FROM layer_stats"""
+
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 METRIC_STATUSES = ("ok", "diverged", "missing")
 
@@ -122,6 +127,11 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
     # so that a run's dense baseline is a join; filled from the stored specs.
     [*(f"ALTER TABLE runs ADD COLUMN {column} VARCHAR" for column in SETTING_COLUMNS.values()),
      lambda con: fill_setting_columns(con)],
+    # 7: one summary row per run with layer statistics (how many blocks have a measured
+    # sparsity, how many rows), kept by every write, so that no page counts millions of rows.
+    ["CREATE TABLE layer_summaries (run_id BIGINT NOT NULL, blocks INTEGER NOT NULL, "
+     "layer_rows BIGINT NOT NULL)",
+     f"INSERT INTO layer_summaries {LAYER_SUMMARY_SELECT} GROUP BY run_id"],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -447,11 +457,9 @@ class Store:
             if not any(rows for _, _, rows in batches):
                 return
             with self.transaction() as own:
-                for table, columns, rows in batches:
-                    insert_rows(own, table, columns, rows)
+                _insert_batches(own, batches)
             return
-        for table, columns, rows in batches:
-            insert_rows(con, table, columns, rows)
+        _insert_batches(con, batches)
 
     def append_log(self, run_id: int, line: str) -> None:
         """One line of a run's log (kept in the control store, not in the results file)."""
@@ -487,6 +495,22 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         return self.frame(sql + " ORDER BY r.id", params)
+
+
+def _insert_batches(con: duckdb.DuckDBPyConnection,
+                    batches: Iterable[tuple[str, tuple[str, ...], list[list[Any]]]]) -> None:
+    """Insert each table's rows; the layer summaries of runs that got layer rows follow."""
+    for table, columns, rows in batches:
+        insert_rows(con, table, columns, rows)
+        if table == "layer_stats" and rows:
+            refresh_layer_summaries(con, sorted({int(row[0]) for row in rows}))
+
+
+def refresh_layer_summaries(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:
+    """Rewrite the ``layer_summaries`` rows of ``run_ids`` from their layer rows."""
+    con.execute("DELETE FROM layer_summaries WHERE list_contains(?, run_id)", [run_ids])
+    con.execute(f"INSERT INTO layer_summaries {LAYER_SUMMARY_SELECT} "
+                "WHERE list_contains(?, run_id) GROUP BY run_id", [run_ids])
 
 
 def _column_values(fields: Mapping[str, Any]) -> list[Any]:

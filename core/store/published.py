@@ -244,7 +244,7 @@ def write(store: Store, con: duckdb.DuckDBPyConnection, runs: dict[int, Publishe
     Runs keep their ids; their metrics, layer statistics and trials are written afresh.
     """
     published_ids = "SELECT id FROM runs WHERE origin = 'published'"
-    for table in ("metrics", "layer_stats", "search_trials", "run_logs"):
+    for table in ("metrics", "layer_stats", "layer_summaries", "search_trials", "run_logs"):
         con.execute(f"DELETE FROM {table} WHERE run_id IN ({published_ids})")
     _write_runs(con, runs)
     store.add_rows(metrics=[(rid, row) for rid, run in runs.items() for row in run.metrics],

@@ -29,9 +29,7 @@ def layer_stat_rows(store: Store, run_ids: Sequence[int] | None = None) -> pd.Da
 
 def layer_stat_runs(store: Store) -> pd.DataFrame:
     """One row per run that has layer statistics: its run's columns and ``blocks``, the number
-    of blocks with a measured block sparsity."""
+    of blocks with a measured block sparsity (from the summaries stored with the rows)."""
     return store.frame(
-        f"""SELECT {_RUN_COLUMNS}, count(DISTINCT l.block) FILTER (
-                       WHERE l.layer = 'block' AND l.stat = 'sparsity') AS blocks
-            FROM layer_stats l JOIN runs r ON r.id = l.run_id
-            GROUP BY ALL ORDER BY r.id""")
+        f"""SELECT {_RUN_COLUMNS}, s.blocks
+            FROM layer_summaries s JOIN runs r ON r.id = s.run_id ORDER BY r.id""")

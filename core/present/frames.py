@@ -1,0 +1,231 @@
+"""Store frames prepared for the tables: loading, the labels each row carries, filters and row
+order (every label worked out once per distinct value)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from core.present.labels import (
+    ORIGIN_NAMES,
+    OWN_GROUP,
+    _dataset_key,
+    _isna_safe,
+    _method_rank,
+    method_label,
+    parse_spec,
+    settings,
+    sparsity_key,
+    sparsity_label,
+)
+from core.store import queries
+from core.store.db import SETTING_COLUMNS, Store, setting_value
+
+T = TypeVar("T")
+
+
+def prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``Store.metrics`` with the spec parsed and the labels every table uses added.
+
+    Only finished runs are kept ('done'); 'group' is the source of a published row and
+    ``OWN_GROUP`` for an own run: numbers are only compared within one group.  Each label is
+    worked out once per distinct value (a run's rows share one parsed spec dict: read only).
+    """
+    df = frame.copy()
+    if "run_status" in df:
+        df = df[df["run_status"].isna() | (df["run_status"] == "done")]
+    df = df.reset_index(drop=True).astype({c: object for c in df.columns
+                                           if isinstance(df[c].dtype, pd.StringDtype)})
+    raw = df["spec"] if "spec" in df else pd.Series([None] * len(df), index=df.index)
+    keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
+            for s in raw]
+    parsed = {key: parse_spec(key) for key in dict.fromkeys(keys)}
+    specs = [parsed[key] for key in keys]
+    df["spec"] = pd.Series(specs, index=df.index, dtype=object)
+    origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
+    source = df.get("source", pd.Series([None] * len(df), index=df.index))
+    df["group"] = per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
+                            else OWN_GROUP, origin, source)
+    df["origin_label"] = per_value(lambda o: ORIGIN_NAMES.get(o, str(o)), origin)
+    df["source_label"] = per_value(lambda s: s if isinstance(s, str) and s else "", source)
+    if "method" in df:
+        df["method_label"] = per_value(method_label, df["method"])
+        df["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
+                                         df["method"])
+        df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
+    by_key = {key: (settings(spec), spec.get("table") or "") for key, spec in parsed.items()}
+    df["settings"] = [by_key[key][0] for key in keys]
+    df["table"] = [by_key[key][1] for key in keys]
+    for key, column in SETTING_COLUMNS.items():  # frames not read from the store
+        if column not in df:
+            values = {k: setting_value(spec.get(key)) for k, spec in parsed.items()}
+            df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
+    return df
+
+
+def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:
+    """``compute(*values)`` for each row of ``columns``, worked out once per distinct values."""
+    done: dict[tuple, T] = {}
+    out = []
+    for values in zip(*columns, strict=True):
+        if values not in done:
+            done[values] = compute(*values)
+        out.append(done[values])
+    return out
+
+
+def session_store(state: MutableMapping[str, Any]) -> Store:
+    """The store of this browser session, opened once per session and path: the schema created
+    or migrated, then the published figures imported when they are new or changed (the explicit
+    start-up step ``published.sync``; a cheap check when nothing changed).
+
+    ``state`` is ``st.session_state``; raises ``StoreError`` when the file cannot be used.
+    """
+    from core import config
+    from core.store import published
+    from core.store.db import Store
+
+    store = state.get("store")
+    if store is None or store.path != config.db_path():
+        store = Store().init()
+        published.sync(store)
+        state["store"] = store
+    return store
+
+
+def load_metrics(store: Store, kind: str) -> pd.DataFrame:
+    """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...)."""
+    return prepare(store.metrics(kind))
+
+
+def load_search_trials(store: Store) -> pd.DataFrame:
+    """Search trials with their run's model, source and spec (task, metric, goal)."""
+    frame = store.frame(
+        """SELECT r.id AS run_id, r.origin, r.source, r.model, r.spec, r.status AS run_status,
+                  t.trial, t.label, t.params, t.levels, t.actual_sparsity, t.metric, t.value,
+                  t.raw, t.note
+           FROM search_trials t JOIN runs r ON r.id = t.run_id
+           ORDER BY r.id, t.trial""")
+    df = prepare(frame)
+    df["task"] = [s.get("task", "") for s in df["spec"]]
+    df["goal"] = [s.get("goal") for s in df["spec"]]
+    return df
+
+
+def run_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Number of runs by origin and source (own runs: by status), for the overview page."""
+    if runs.empty:
+        return pd.DataFrame(columns=["Origin", "Source", "Runs"])
+    df = runs.assign(
+        Origin=[ORIGIN_NAMES.get(o, o) for o in runs["origin"]],
+        Source=[s if o == "published" and isinstance(s, str) and s else f"{OWN_GROUP} ({st})"
+                for o, s, st in zip(runs["origin"], runs["source"], runs["status"], strict=True)])
+    counts = df.groupby(["Origin", "Source"]).size().reset_index(name="Runs")
+    return counts.sort_values(["Origin", "Source"], key=lambda c: c.str.lower()
+                              ).reset_index(drop=True)
+
+
+def choices(rows: pd.DataFrame, column: str) -> list[str]:
+    """The distinct values of a column, sorted, for a filter widget."""
+    if rows.empty or column not in rows:
+        return []
+    values = {str(v) for v in rows[column] if not _isna_safe(v) and str(v)}
+    if column == "method":
+        return sorted(values, key=lambda m: (_method_rank(m), m))
+    if column == "dataset":
+        return sorted(values, key=_dataset_key)
+    return sorted(values, key=lambda v: (v != OWN_GROUP, v.lower()))
+
+
+def sparsity_levels(rows: pd.DataFrame) -> list[str]:
+    """The sparsity labels of the pruned rows, from least to most pruned ('30%', '2:4' ...)."""
+    if rows.empty:
+        return []
+    pruned = rows[~rows["dense"].astype(bool)]
+    keys = {label: sparsity_key(s, p) for label, s, p in
+            zip(pruned["sparsity_label"], pruned["sparsity"], pruned["pattern"], strict=True)}
+    return sorted(keys, key=keys.__getitem__)
+
+
+def default_choice(rows: pd.DataFrame, column: str) -> str | None:
+    """The value to preselect: the most frequent among own runs, else among all rows."""
+    if rows.empty or column not in rows:
+        return None
+    own = rows[rows["origin"] == "own"] if "origin" in rows else rows.iloc[0:0]
+    pool = own if not own.empty else rows
+    return str(pool[column].astype(str).value_counts().index[0])
+
+
+def filter_rows(rows: pd.DataFrame, *, models: Iterable[str] | None = None,
+                methods: Iterable[str] | None = None, groups: Iterable[str] | None = None,
+                origins: Iterable[str] | None = None,
+                datasets: Iterable[str] | None = None) -> pd.DataFrame:
+    """Keep the rows whose model, method, group (source), origin and dataset are selected.
+
+    ``None`` means no filter on that column; an empty selection keeps nothing.  Dense rows are
+    kept whenever their model is kept, so that every pruned row keeps its baseline.
+    """
+    keep = pd.Series(True, index=rows.index)
+    for column, selected in (("model", models), ("group", groups), ("origin", origins),
+                             ("dataset", datasets)):
+        if selected is not None and column in rows:
+            keep &= rows[column].isin(list(selected))
+    if methods is not None and "method" in rows:
+        wanted = rows["method"].isin(list(methods))
+        if "dense" in rows:
+            wanted |= rows["dense"].astype(bool)
+        keep &= wanted
+    return rows[keep]
+
+
+def dedupe_published(rows: pd.DataFrame) -> pd.DataFrame:
+    """Drop a published number printed again, identically, in another table of the same source
+    (e.g. seed 000 repeats the dense scores in each per-task table); own runs are all kept."""
+    if rows.empty:
+        return rows
+    keys = ["group", "model", "method", "pattern", "sparsity", "settings", "kind", "dataset",
+            "metric", "value", "status"]
+    published = rows[rows["origin"] == "published"]
+    dupes = published[published[keys].astype(str).duplicated(keep="first")]
+    return rows.drop(index=dupes.index)
+
+
+def latest_runs(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per key: the most recent run (highest id)."""
+    return rows.sort_values("run_id").drop_duplicates(list(keys), keep="last")
+
+
+def _sort_rows(rows: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
+    if rows.empty:
+        return rows
+    keyed = rows.assign(
+        _group_key=per_value(lambda g: (g != OWN_GROUP, g.lower()), rows["group"]),
+        _sparsity_key=per_value(sparsity_key, rows["sparsity"], rows["pattern"], rows["method"]),
+        _method_key=per_value(_method_rank, rows["method"]),
+    )
+    order = ["_group_key", *first, "_sparsity_key", "_method_key", "run_id"]
+    return keyed.sort_values(order, key=_sortable).drop(
+        columns=["_group_key", "_sparsity_key", "_method_key"])
+
+
+def _sortable(column: pd.Series) -> pd.Series:
+    if column.name == "dataset":
+        return column.map(_dataset_key)
+    if column.name == "model":
+        return column.str.lower()
+    return column
+
+
+def load_layer_stats(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:
+    """Layer statistics of finished runs (of ``run_ids`` only, when given) with their run's
+    model, method, origin and spec."""
+    return prepare(queries.layer_stat_rows(store, run_ids))
+
+
+def load_layer_runs(store: Store) -> pd.DataFrame:
+    """One row per finished run with layer statistics (``blocks``: how many blocks have a
+    measured sparsity), for ``layer_runs`` and the filters without reading every layer row."""
+    return prepare(queries.layer_stat_runs(store))

@@ -1,0 +1,293 @@
+"""Labels and formatting every table uses: the Table type, cell formats, method / sparsity /
+dataset labels, sort keys and the settings text of a spec (no Streamlit here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+OWN_GROUP = "Own runs"
+TEXT = "_text:"  # prefix of the hidden column holding a cell's text in place of its number
+DIVERGED = "diverged"
+MISSING = "—"
+NO_VALUE = "no value"
+FAILED = "failed"
+BASELINE = "baseline"
+OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note")
+ORIGIN_NAMES = {"published": "Published", "own": "Own run"}
+#: The origin filter's choices and the origins each keeps (None: no filter).
+ORIGIN_FILTERS: dict[str, list[str] | None] = {
+    "All": None, "Published": ["published"], "Own runs": ["own"]}
+METHOD_NAMES = {
+    "dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
+    "sparsellm": "SparseLLM", "coreinfer": "CoreInfer", "sparsity-levels": "Sparsity levels",
+}
+DATASET_SHORT = {"wikitext2": "WT2", "ptb": "PTB", "c4": "C4"}
+DATASET_ORDER = ("wikitext2", "ptb", "c4")
+TASK_ORDER = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "boolq", "rte", "winogrande",
+              "openbookqa")
+METRIC_NAMES = {
+    "ppl": "PPL", "acc": "Accuracy", "acc_norm": "Accuracy (norm)", "bleu_max": "BLEU Max",
+    "bleu": "BLEU", "exact": "Exact Match", "exact_match": "Exact Match", "em": "Exact Match",
+    "f1": "F1",
+}
+CONFIG_ORDER = {"coreinfer": 0, "best": 1, "avg": 2}
+#: Spec keys already shown in their own columns; the rest are a run's "settings".
+SPEC_SHOWN = frozenset({"source", "ref", "table", "model", "method", "pattern", "sparsity"})
+#: Spec keys that say what was measured rather than how the model was made (zero-shot settings
+#: are shown in the zero-shot tables' Evaluation column).
+SPEC_MEASURED = frozenset({"kind", "dataset", "datasets", "task", "tasks", "metric", "metrics",
+                           "config", "goal", "trial", "ppl_datasets", "zero_shot_tasks",
+                           "num_fewshot", "zs_limit"})
+#: Spec keys that say where or how a run was executed, not what it computed.
+SPEC_EXECUTION = frozenset({"batch_size", "device", "save_dir", "trust_remote_code"})
+_NOT_SETTINGS = SPEC_SHOWN | SPEC_MEASURED | SPEC_EXECUTION
+FAILED_PREFIX = "task failed"
+_NM = re.compile(r"(\d+):(\d+)")
+
+
+@dataclass
+class Table:
+    """A numeric frame, the display format of each column and notes shown under the table."""
+
+    frame: pd.DataFrame
+    formats: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.frame.empty
+
+    @property
+    def columns(self) -> list[str]:
+        """The visible columns (hidden ones start with an underscore)."""
+        return [c for c in self.frame.columns if not str(c).startswith("_")]
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        """Visible columns that hold numbers (pages right-align them)."""
+        return [c for c in self.columns if self.formats.get(c, "text") != "text"]
+
+    def text(self, column: str) -> pd.Series:
+        """The text shown instead of a number in ``column`` (None where the number is shown)."""
+        hidden = TEXT + column
+        if hidden in self.frame:
+            return self.frame[hidden]
+        return pd.Series([None] * len(self.frame), index=self.frame.index, dtype=object)
+
+    def display(self) -> pd.DataFrame:
+        """The table as strings, exactly as shown on the page and exported.
+
+        Optional columns (Settings, Note) are left out when every cell is blank.
+        """
+        out: dict[str, list[str]] = {}
+        for column in self.columns:
+            kind = self.formats.get(column, "text")
+            if kind == "auto":
+                kind = f"fixed{column_decimals(self.frame[column])}"
+            values = self.frame[column].to_numpy(dtype=object)
+            texts = self.text(column).to_numpy(dtype=object)
+            out[column] = [text if isinstance(text, str) else format_value(value, kind)
+                           for value, text in zip(values, texts, strict=True)]
+        columns = [c for c in self.columns
+                   if c not in OPTIONAL_COLUMNS or any(v.strip() for v in out[c])]
+        return pd.DataFrame({c: out[c] for c in columns}, columns=columns, dtype=object)
+
+
+def column_decimals(values: Iterable[Any], most: int = 3) -> int:
+    """The fewest decimals (up to ``most``) that show every number of a column exactly."""
+    needed = 0
+    for value in values:
+        if _isna(value) or isinstance(value, str):
+            continue
+        for places in range(most + 1):
+            if abs(round(float(value), places) - float(value)) < 1e-9:
+                break
+        needed = max(needed, places)
+    return needed
+
+
+def _isna(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, str | int):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_value(value: Any, kind: str = "text") -> str:
+    """Format one cell: ppl, delta (already %), pct (fraction as %), percent (already %), points
+    (percentage points, signed), ..."""
+    if _isna(value):
+        return ""
+    if kind == "text":
+        return str(value)
+    number = float(value)
+    if math.isinf(number):
+        return DIVERGED
+    if kind.startswith("fixed"):
+        return f"{number:.{int(kind[5:] or 0)}f}"
+    formats = {
+        "ppl": lambda v: f"{v:.2f}",
+        "delta": lambda v: f"{v:+.2f}%" if round(v, 2) != 0 else "0.00%",
+        "pct": lambda v: f"{v * 100:.2f}%",
+        "percent": lambda v: f"{v:.2f}%",
+        "points": lambda v: f"{v:+.2f}" if round(v, 2) != 0 else "0.00",
+        "sparsity": lambda v: f"{v:.3f}",
+        "int": lambda v: f"{v:.0f}",
+        "score": _score,
+    }
+    return formats.get(kind, _score)(number)
+
+
+def _score(value: float) -> str:
+    """A task score as printed in reports: up to 4 significant digits, no exponent."""
+    if abs(value) >= 1000:
+        return f"{value:.1f}"
+    text = f"{value:.4g}"
+    return text if "e" not in text else f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def method_label(method: str) -> str:
+    """'wanda' -> 'Wanda'; unknown names are kept as they are."""
+    return METHOD_NAMES.get(str(method), str(method))
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_NAMES.get(str(metric), str(metric))
+
+
+def dataset_label(dataset: str) -> str:
+    """Short dataset name used in column headers: wikitext2 -> WT2; a local file -> its name."""
+    return DATASET_SHORT.get(str(dataset), dataset_name(dataset))
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset as tables name it: a local text file by its file name, others as they are."""
+    name = str(dataset)
+    return name.rsplit("/", 1)[-1] if name.startswith(("/", "~", ".")) else name
+
+
+def is_nm(pattern: Any) -> bool:
+    """True for an N:M pattern such as '2:4'."""
+    return bool(_NM.fullmatch(str(pattern or "")))
+
+
+def sparsity_fraction(sparsity: Any, pattern: Any) -> float:
+    """The share of weights pruned (N:M -> N/M, dense -> 0)."""
+    match = _NM.fullmatch(str(pattern or ""))
+    if match:
+        return int(match[1]) / int(match[2])
+    if pattern == "dense" or _isna(sparsity):
+        return 0.0
+    return float(sparsity)
+
+
+def sparsity_label(sparsity: Any, pattern: Any, method: Any = None) -> str:
+    """0.3 -> '30%', pattern '2:4' -> '2:4', dense -> 'Dense'."""
+    if pattern == "dense" or method == "dense":
+        return "Dense"
+    if is_nm(pattern):
+        return str(pattern)
+    if _isna(sparsity):
+        return MISSING
+    return f"{round(float(sparsity) * 100, 2):g}%"
+
+
+def row_label(method: str, sparsity: Any, pattern: Any) -> str:
+    """'Dense (Baseline)', 'Magnitude 30%', 'Wanda 2:4'."""
+    label = sparsity_label(sparsity, pattern, method)
+    if label == "Dense":
+        return "Dense (Baseline)"
+    return f"{method_label(method)} {label}"
+
+
+def _method_rank(method: str) -> int:
+    order = list(METHOD_NAMES)
+    return order.index(method) if method in order else len(order)
+
+
+def sparsity_key(sparsity: Any, pattern: Any, method: Any = None) -> tuple:
+    """Sort key: dense first, then by pruned fraction, unstructured before N:M of equal fraction."""
+    dense = pattern == "dense" or method == "dense"
+    return (not dense, sparsity_fraction(sparsity, pattern), is_nm(pattern), str(pattern))
+
+
+def _dataset_key(dataset: str) -> tuple:
+    return (DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER),
+            dataset)
+
+
+def task_key(task: str) -> tuple:
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def settings_of(spec: Mapping[str, Any]) -> dict[str, str]:
+    """A run's parameters other than model/method/sparsity, what was measured and where it ran."""
+    keys = sorted(k for k in spec if k not in _NOT_SETTINGS)
+    return {k: _short(spec[k]) for k in keys if not _blank(spec[k])}
+
+
+def settings(spec: Mapping[str, Any]) -> str:
+    """The settings as text: 'alpha=0.1, seqlen=4096'."""
+    return ", ".join(f"{k}={v}" for k, v in settings_of(spec).items())
+
+
+def _blank(value: Any) -> bool:
+    return value in ({}, [], "") or _isna_safe(value)
+
+
+def spec_summary(spec: Mapping[str, Any]) -> str:
+    """Every spec entry but model and method, for hover text: 'sparsity=0.5, seqlen=4096'."""
+    keys = sorted(k for k in spec if k not in ("model", "method", "source", "ref"))
+    return ", ".join(f"{k}={_short(spec[k])}" for k in keys if not _isna_safe(spec[k]))
+
+
+def _isna_safe(value: Any) -> bool:
+    return not isinstance(value, (list, dict)) and _isna(value)
+
+
+def parse_spec(spec: Any) -> dict[str, Any]:
+    """A run's spec as a dict (the store returns JSON text)."""
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    if _isna_safe(spec) or not str(spec).strip():
+        return {}
+    try:
+        parsed = json.loads(str(spec))
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def params_label(params: Any) -> str:
+    """A search configuration as the seed prints it: '[0.15, 0.85, 0.5, 100]'."""
+    if _isna_safe(params):
+        return ""
+    values = params if isinstance(params, list) else json.loads(str(params))
+    return "[" + ", ".join(_short(v) for v in values) + "]"
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders the numbers inside a text by value: 'beta=5' before 'beta=10'."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)

@@ -1,0 +1,147 @@
+"""Layer-statistics tables (seed 002): the runs that have them, sparsity by block and the model
+summary of one run."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from core.present.labels import (
+    NO_VALUE,
+    TEXT,
+    Table,
+    _isna,
+    format_value,
+    row_label,
+    sparsity_fraction,
+)
+
+LAYER_SUMMARY = (("mean", "Mean over blocks"), ("std", "Std over blocks"),
+                 ("min", "Lowest block"), ("max", "Highest block"),
+                 ("overall", "Overall (all prunable weights)"))
+
+
+def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with layer statistics and a label for a selector: own runs first (latest
+    first), then published ones."""
+    cols = ["run_id", "model", "method", "sparsity", "pattern", "group", "origin", "label",
+            "blocks"]
+    if stats.empty:
+        return pd.DataFrame(columns=cols)
+    runs = stats.drop_duplicates("run_id").copy()
+    if "layer" in stats:  # layer rows (else the rows of ``load_layer_runs``, counted there)
+        blocks = stats[(stats["layer"] == "block") & (stats["stat"] == "sparsity")]
+        counts = blocks.groupby("run_id")["block"].nunique()
+        runs["blocks"] = [int(counts.get(r, 0)) for r in runs["run_id"]]
+    runs["blocks"] = runs["blocks"].astype(int)
+    runs["label"] = [
+        f"{m} · {row_label(me, s, p)} · "
+        + (f"own run {r}" if o == "own" else f"{g.split(' (')[0]} (run {r})")
+        for m, me, s, p, o, g, r in zip(runs["model"], runs["method"], runs["sparsity"],
+                                        runs["pattern"], runs["origin"], runs["group"],
+                                        runs["run_id"], strict=True)]
+    runs["_key"] = [(o != "own", -r if o == "own" else r)
+                    for o, r in zip(runs["origin"], runs["run_id"], strict=True)]
+    return runs.sort_values("_key")[cols].reset_index(drop=True)
+
+
+def _run_stats(stats: pd.DataFrame, run_id: int) -> pd.DataFrame:
+    return stats[stats["run_id"] == run_id] if not stats.empty else stats
+
+
+def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
+    """Measured sparsity per block of one run, its gap to the target and the least / most pruned
+    linear layer of the block (own runs store every linear)."""
+    cols = ["Block", "Sparsity", "Δ from target (points)", "Linears", "Least pruned linear",
+            "Most pruned linear"]
+    formats = {"Block": "int", "Sparsity": "pct", "Δ from target (points)": "points",
+               "Linears": "int"}
+    df = _run_stats(stats, run_id)
+    blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity")] if not df.empty else df
+    if blocks.empty:
+        return Table(pd.DataFrame(columns=cols), formats,
+                     ["No per-block rows are stored for this run."])
+    rec = df.iloc[0]
+    target = sparsity_fraction(rec["sparsity"], rec["pattern"])
+    linears = df[~df["layer"].isin(["block", "model"]) & (df["stat"] == "sparsity")]
+    blocks = blocks.sort_values("block")
+    out = []
+    for b, value in zip(blocks["block"], blocks["value"], strict=True):
+        mine = linears[linears["block"] == b].sort_values(["value", "layer"])
+        out.append({
+            "Block": int(b), "Sparsity": value,
+            TEXT + "Sparsity": NO_VALUE if _isna(value) else None,
+            "Δ from target (points)": (value - target) * 100 if not _isna(value) else math.nan,
+            "Linears": len(mine), **_least_most(mine),
+        })
+    frame = pd.DataFrame(out)
+    frame[TEXT + "Δ from target (points)"] = [
+        None if not _isna(v) else "" for v in frame["Δ from target (points)"]]
+    method = row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    notes = [f"Run {run_id}: {rec['model']}, {method}; target {target * 100:g}% of each block's "
+             "prunable weights. Measured after pruning: the share of zero weights in the "
+             "block's linear layers."]
+    return Table(frame, formats, notes)
+
+
+def _least_most(linears: pd.DataFrame) -> dict[str, str]:
+    """The least and most pruned linear of a block ('all equal' when they show the same)."""
+    if linears.empty:
+        return {"Least pruned linear": "", "Most pruned linear": ""}
+    low, high = linears.iloc[0], linears.iloc[-1]
+    if format_value(low["value"], "pct") == format_value(high["value"], "pct"):
+        same = f"all {format_value(low['value'], 'pct')}"
+        return {"Least pruned linear": same, "Most pruned linear": same}
+    return {"Least pruned linear": _linear_label(low), "Most pruned linear": _linear_label(high)}
+
+
+def _linear_label(rec: pd.Series) -> str:
+    return f"{rec['layer']} ({format_value(rec['value'], 'pct')})"
+
+
+def layer_summary_table(stats: pd.DataFrame, run_id: int) -> Table:
+    """Seed 002's model summary of one run: mean, std, lowest and highest block (with the block),
+    overall.  Stored model-level rows are shown as stored; when a run has only per-block rows the
+    summary is computed from them (and says so)."""
+    cols = ["Statistic", "Sparsity", "Block", "Note"]
+    formats = {"Sparsity": "pct", "Block": "int"}
+    df = _run_stats(stats, run_id)
+    if df.empty:
+        return Table(pd.DataFrame(columns=cols), formats)
+    stored = {r["stat"]: r for r in df[df["layer"] == "model"].to_dict("records")}
+    blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity") & df["value"].notna()]
+    computed = _block_summary(blocks)
+    out = []
+    for stat, label in LAYER_SUMMARY:
+        if stat in stored:
+            rec = stored[stat]
+            value, block, note = rec["value"], rec["block"], rec.get("note")
+        elif stat in computed:
+            value, block = computed[stat]
+            note = f"computed from the {len(blocks)} per-block rows"
+        else:
+            continue
+        out.append({"Statistic": label, "Sparsity": value,
+                    TEXT + "Sparsity": NO_VALUE if _isna(value) else None,
+                    "Block": block if not _isna(block) else math.nan,
+                    "Note": note if isinstance(note, str) else ""})
+    if not out:
+        return Table(pd.DataFrame(columns=cols), formats)
+    frame = pd.DataFrame(out)
+    notes = ["Std is the population standard deviation of the per-block sparsities."]
+    if len(blocks) > 1 and blocks["value"].nunique() == 1:
+        notes.append(f"All {len(blocks)} blocks have the same sparsity: the lowest and highest "
+                     "block are the first one.")
+    return Table(frame, formats, notes)
+
+
+def _block_summary(blocks: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    if blocks.empty:
+        return {}
+    values = blocks["value"].astype(float)
+    low, high = values.idxmin(), values.idxmax()
+    return {"mean": (float(values.mean()), math.nan),
+            "std": (float(values.std(ddof=0)), math.nan),
+            "min": (float(values[low]), float(blocks.loc[low, "block"])),
+            "max": (float(values[high]), float(blocks.loc[high, "block"]))}

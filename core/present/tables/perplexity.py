@@ -1,0 +1,191 @@
+"""Perplexity tables: method x sparsity with the change from dense (seed 000), the dataset x
+sparsity grid (seed 004) and pruning times."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.analysis import baselines
+from core.present.frames import (
+    _sort_rows,
+    dedupe_published,
+    latest_runs,
+    per_value,
+)
+from core.present.labels import (
+    BASELINE,
+    DIVERGED,
+    TEXT,
+    Table,
+    _dataset_key,
+    _method_rank,
+    dataset_label,
+    dataset_name,
+    method_label,
+    metric_label,
+    natural_key,
+    row_label,
+    settings_of,
+    sparsity_key,
+)
+from core.present.tables.common import (
+    PPL_SETTING_KEYS,
+    _cell_text,
+    _join,
+    _NoBaseline,
+    _value,
+    _values,
+)
+
+PPL_COLUMNS = ["Model", "Dataset", "Method", "PPL", "Δ from dense", "Origin", "Source", "Run",
+               "Settings", "Note"]
+
+
+def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
+    """Seed 000's table: one row per run and dataset, PPL and the change against dense in %."""
+    df = rows[(rows["kind"] == "perplexity") & (rows["metric"] == metric)] if not rows.empty \
+        else rows
+    if df.empty:
+        return Table(pd.DataFrame(columns=PPL_COLUMNS), _ppl_formats())
+    df = _sort_rows(dedupe_published(df), ["model", "dataset"]).reset_index(drop=True)
+    value = _values(df)
+    pos = baselines.perplexity_baselines(df).to_numpy()
+    has = ~np.isnan(pos)
+    take = np.where(has, pos, 0).astype(int)
+    base_value = np.where(has, value[take], np.nan)
+    base_run = np.where(has, df["run_id"].to_numpy()[take], np.nan)
+    status, dense = df["status"].to_numpy(dtype=object), df["dense"].to_numpy(dtype=bool)
+    computed = ~(status == "diverged") & ~dense & ~np.isnan(value) & has & ~np.isnan(base_value)
+    delta_text = np.select([status == "diverged", dense, computed], [DIVERGED, BASELINE, None],
+                           default="").astype(object)
+    frame = pd.DataFrame({
+        "Model": df["model"].to_numpy(dtype=object),
+        "Dataset": per_value(dataset_name, df["dataset"]),
+        "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
+        "PPL": value, TEXT + "PPL": per_value(_cell_text, status),
+        "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
+        TEXT + "Δ from dense": delta_text,
+        "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
+        "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
+        "Note": _ppl_notes(df, value, has, base_value, base_run),
+        "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
+        "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
+    })
+    return Table(frame, _ppl_formats())
+
+
+def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value: np.ndarray,
+               base_run: np.ndarray) -> list[str]:
+    """Each row's note, with why Δ is blank where it has a number but no usable baseline."""
+    notes = [_join(n) for n in df["note"]]
+    asks = (~(df["status"] == "diverged").to_numpy() & ~df["dense"].to_numpy(dtype=bool)
+            & ~np.isnan(value) & ~(has & ~np.isnan(base_value)))
+    if asks.any():
+        needed = np.flatnonzero(asks | df["dense"].to_numpy(dtype=bool))
+        columns = ["run_id", "model", "dataset", "metric", "group", "dense", "spec", "note"]
+        records = dict(zip(needed, df[columns].iloc[needed].to_dict("records"), strict=True))
+        why = _NoBaseline(list(records.values()), _base_key, PPL_SETTING_KEYS)
+        for i in np.flatnonzero(asks):
+            reason = (why.perplexity(records[i]) if not has[i] else
+                      f"the dense baseline (run {int(base_run[i])}) has no value: "
+                      "Δ not computed")
+            notes[i] = _join(reason, records[i].get("note"))
+    return notes
+
+
+def _ppl_formats() -> dict[str, str]:
+    return {"PPL": "ppl", "Δ from dense": "delta", "Run": "int"}
+
+
+def _base_key(rec: Mapping[str, Any]) -> tuple:
+    return (rec["model"], rec["dataset"], rec["metric"], rec["group"])
+
+
+def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None = None,
+                  metric: str = "ppl") -> Table:
+    """Seed 004's layout: one row per method, columns '<sparsity> · <dataset>' for one model and
+    one group (a published source, or own runs); ``table`` narrows to one published table."""
+    df = rows[(rows["kind"] == "perplexity") & (rows["metric"] == metric)
+              & (rows["model"] == model) & (rows["group"] == group)] if not rows.empty else rows
+    if table:
+        df = df[df["table"] == table]
+    if df.empty:
+        return Table(pd.DataFrame(columns=["Method"]))
+    df = df.assign(_row=grid_row_labels(df),
+                   _col=[f"{s} · {dataset_label(d)}" for s, d in
+                         zip(df["sparsity_label"], df["dataset"], strict=True)])
+    df = latest_runs(df, ["_row", "_col"])
+    col_order = _grid_columns(df)
+    row_order = _grid_rows(df)
+    df = df.assign(_value=_values(df), _text=per_value(_cell_text, df["status"]), _here=True)
+
+    def grid(values: str) -> pd.DataFrame:
+        return df.pivot(index="_row", columns="_col", values=values).reindex(
+            index=row_order, columns=col_order)
+
+    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
+    frame = pd.DataFrame({"Method": row_order})
+    formats = {}
+    for col in col_order:
+        frame[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
+        frame[TEXT + col] = [t if h else "" for t, h in
+                             zip(texts[col].to_numpy(dtype=object), here[col].notna(),
+                                 strict=True)]
+        formats[col] = "ppl"
+    notes = [f"{model} · {group}" + (f" · {table}" if table else "") +
+             f" · {metric_label(metric)}; rows are the latest run of each method."]
+    return Table(frame, formats, notes)
+
+
+def grid_row_labels(df: pd.DataFrame) -> list[str]:
+    """Method label, plus the settings that differ between runs of that method (ablations)."""
+    labels = []
+    varying: dict[str, list[str]] = {}
+    found = {id(spec): settings_of(spec) for spec in df["spec"]}  # rows of a run share a spec
+    for method, part in df.groupby("method"):
+        runs = [found[id(spec)] for spec in part["spec"]]
+        keys = sorted({k for f in runs for k in f})
+        varying[method] = [k for k in keys if len({f.get(k) for f in runs}) > 1]
+    for method, spec in zip(df["method"], df["spec"], strict=True):
+        values = found[id(spec)]
+        extra = ", ".join(f"{k}={values.get(k, '—')}" for k in varying[method])
+        labels.append(method_label(method) + (f" ({extra})" if extra else ""))
+    return labels
+
+
+def _grid_columns(df: pd.DataFrame) -> list[str]:
+    keyed = {c: (sparsity_key(s, p, m), _dataset_key(d)) for c, s, p, m, d in
+             zip(df["_col"], df["sparsity"], df["pattern"], df["method"], df["dataset"],
+                 strict=True)}
+    return sorted(keyed, key=keyed.__getitem__)
+
+
+def _grid_rows(df: pd.DataFrame) -> list[str]:
+    keyed = {r: (not d, _method_rank(m), natural_key(r)) for r, m, d in
+             zip(df["_row"], df["method"], df["dense"], strict=True)}
+    return sorted(keyed, key=keyed.__getitem__)
+
+
+def timing_table(rows: pd.DataFrame, metric: str = "prune_seconds") -> Table:
+    """Pruning time per run (kind 'timing', metric ``metric``), seconds as stored."""
+    cols = ["Model", "Method", "Time (s)", "Origin", "Source", "Run", "Settings", "Note"]
+    formats = {"Time (s)": "ppl", "Run": "int"}
+    df = rows[(rows["kind"] == "timing") & (rows["metric"] == metric)] if not rows.empty else rows
+    if df.empty:
+        return Table(pd.DataFrame(columns=cols), formats)
+    df = _sort_rows(dedupe_published(df), ["model"])
+    frame = pd.DataFrame({
+        "Model": df["model"].to_numpy(),
+        "Method": [row_label(m, s, p) for m, s, p in
+                   zip(df["method"], df["sparsity"], df["pattern"], strict=True)],
+        "Time (s)": [_value(r) for r in df.to_dict("records")],
+        TEXT + "Time (s)": [_cell_text(st) for st in df["status"]],
+        "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
+        "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
+        "Note": [_join(n) for n in df["note"]],
+    })
+    return Table(frame, formats)

@@ -1,0 +1,472 @@
+"""Zero-shot tables: average accuracy and retention per run, the per-task breakdown and the drop
+from dense per task (seed 000), all computed from the stored per-task scores."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from core.analysis import baselines
+from core.analysis.retention import (
+    average,
+    relative_change,
+    retention,
+)
+from core.present.frames import (
+    _sort_rows,
+    dedupe_published,
+    latest_runs,
+)
+from core.present.labels import (
+    DIVERGED,
+    FAILED,
+    FAILED_PREFIX,
+    MISSING,
+    NO_VALUE,
+    OWN_GROUP,
+    TEXT,
+    Table,
+    _isna,
+    method_label,
+    metric_label,
+    row_label,
+    spec_summary,
+    task_key,
+)
+from core.present.tables.common import (
+    ZS_SETTING_KEYS,
+    _join,
+    _NoBaseline,
+    _setting,
+    _value,
+    _values,
+)
+
+ZS_COLUMNS = ["Model", "Method", "Tasks", "Accuracy", "Retention", "Evaluation", "Origin",
+              "Source", "Run", "Baseline run", "Note"]
+NOT_COUNTED = ("Failed or missing tasks are marked in the per-task tables (the error in the Note "
+               "column) and are not counted in averages, retention or drops.")
+OWN_ZS_BASELINE = ("Own runs are compared only with a dense run of the same model evaluated with "
+                   "the same few-shot count, example limit and dtype (and, where possible, the "
+                   "same tasks).")
+
+
+def zero_shot_scores(rows: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """One row per run and task: ``metric``, else acc / acc_norm when the task has only that.
+
+    A task that failed is one row with status 'missing' and a note 'task failed: ...'.
+    """
+    if rows.empty:
+        return rows
+    df = rows[rows["kind"] == "zero_shot"]
+    rank = {metric: 0, "acc": 1, "acc_norm": 2}
+    df = df[df["metric"].isin(rank)]
+    df = df.assign(_rank=df["metric"].map(rank)).sort_values(["run_id", "_rank"])
+    df = df.drop_duplicates(["run_id", "dataset"]).drop(columns="_rank")
+    return _drop_repeated_runs(df)
+
+
+def _drop_repeated_runs(scores: pd.DataFrame) -> pd.DataFrame:
+    """Drop published runs whose every score repeats an earlier run of the same source."""
+    kept = dedupe_published(scores)
+    counts = scores.groupby("run_id").size()
+    left = kept.groupby("run_id").size().reindex(counts.index, fill_value=0)
+    partial = left[(left > 0) & (left < counts)].index
+    return pd.concat([kept, scores[scores["run_id"].isin(partial)].drop(index=kept.index,
+                                                                          errors="ignore")]
+                     ).sort_values(["run_id"], kind="stable")
+
+
+def is_failed(status: Any, note: Any) -> bool:
+    """A zero-shot task that could not be evaluated (lm-eval raised): stored as 'missing'."""
+    return status == "missing" and isinstance(note, str) and note.startswith(FAILED_PREFIX)
+
+
+def zs_cell_text(status: Any, note: Any) -> str | None:
+    """The word shown instead of a score: 'failed', 'no value', 'diverged' (None: a number)."""
+    if status == "diverged":
+        return DIVERGED
+    if is_failed(status, note):
+        return FAILED
+    if status != "ok":
+        return NO_VALUE
+    return None
+
+
+def zs_evaluation_label(spec: Mapping[str, Any]) -> str:
+    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('' for published rows)."""
+    if not any(k in spec for k in ("num_fewshot", "zs_limit")):
+        return ""
+    limit = _setting(spec, "zs_limit")
+    text = f"{_setting(spec, 'num_fewshot') or 0}-shot, "
+    text += f"limit {limit}" if limit is not None else "all examples"
+    dtype = _setting(spec, "dtype")
+    return text + (f", {dtype}" if dtype else "")
+
+
+def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
+    """The distinct zero-shot settings of own runs (of ``model``), most used first."""
+    df = rows[(rows["group"] == OWN_GROUP) & (rows["kind"] == "zero_shot")] if not rows.empty \
+        else rows
+    if model is not None and not df.empty:
+        df = df[df["model"] == model]
+    if df.empty:
+        return []
+    labels = pd.Series([zs_evaluation_label(s) for s in df.drop_duplicates("run_id")["spec"]])
+    labels = labels[labels != ""]
+    return list(labels.value_counts(sort=True).index)
+
+
+@dataclass
+class _RunScores:
+    """The tasks a zero-shot run attempted, its 'ok' scores and its failed tasks."""
+
+    attempted: dict[int, set[str]]
+    values: dict[int, dict[str, float]]
+    scores: pd.DataFrame  # the per-task rows they come from
+
+    @classmethod
+    def of(cls, scores: pd.DataFrame) -> _RunScores:
+        attempted: dict[int, set[str]] = {}
+        values: dict[int, dict[str, float]] = {}
+        ok = _values(scores)
+        for rid, task, value in zip(scores["run_id"], scores["dataset"], ok, strict=True):
+            attempted.setdefault(rid, set()).add(task)
+            scored = values.setdefault(rid, {})
+            if value == value:
+                scored[task] = float(value)
+        return cls(attempted, values, scores)
+
+
+_NO_BASE_COLUMNS = ["run_id", "model", "group", "dense", "spec"]
+
+
+def _zs_baselines(scores: pd.DataFrame, runs: pd.DataFrame) -> tuple[dict[int, int], _NoBaseline]:
+    """Each run's dense baseline run (``baselines.zero_shot_baselines``) and, for the runs
+    without one, why."""
+    dense = runs[runs["dense"].astype(bool)].drop_duplicates("run_id")
+    return (baselines.zero_shot_baselines(scores, runs),
+            _NoBaseline(dense[_NO_BASE_COLUMNS].to_dict("records"),
+                        lambda r: (r["model"], r["group"]), ZS_SETTING_KEYS))
+
+
+def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
+    """Average accuracy over each run's scored tasks and retention = average / dense average
+    (same model and group, same evaluation settings for own runs, over the tasks both have)."""
+    scores = zero_shot_scores(rows, metric)
+    formats = {"Accuracy": "pct", "Retention": "pct", "Tasks": "int", "Run": "int",
+               "Baseline run": "int"}
+    if scores.empty:
+        return Table(pd.DataFrame(columns=ZS_COLUMNS), formats)
+    runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"])
+    runs = _RunScores.of(scores)
+    failed_rows = scores[[is_failed(st, n) for st, n in
+                          zip(scores["status"], scores["note"], strict=True)]]
+    failed = failed_rows.groupby("run_id")["dataset"].agg(lambda t: sorted(t, key=task_key)
+                                                         ).to_dict()
+    chosen, why = _zs_baselines(scores, runs_frame)
+    columns = [*_NO_BASE_COLUMNS, "method", "sparsity", "pattern", "origin_label",
+               "source_label"]
+    out = [_zs_record(rec, runs, failed.get(rec["run_id"], []), chosen.get(rec["run_id"]),
+                      "" if rec["run_id"] in chosen else why.zero_shot(rec))
+           for rec in runs_frame[columns].to_dict("records")]
+    notes = [_task_note(scores, metric), NOT_COUNTED]
+    if (runs_frame["group"] == OWN_GROUP).any():
+        notes.append(OWN_ZS_BASELINE)
+    return Table(pd.DataFrame(out), formats, notes)
+
+
+def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
+               base: int | None, why: str) -> dict[str, Any]:
+    scores = runs.values[rec["run_id"]]
+    n_tasks = len(runs.attempted[rec["run_id"]])
+    notes = []
+    if len(scores) < n_tasks:
+        detail = f"{', '.join(failed)} failed" if failed else "others have no value"
+        if failed and len(failed) < n_tasks - len(scores):
+            detail += ", others have no value"
+        notes.append(f"average over {len(scores)} of {n_tasks} tasks ({detail}; not counted)")
+    dense = runs.values.get(base, {}) if base is not None else None
+    ret, used = retention(scores, dense) if dense is not None else (math.nan, 0)
+    if base is None:
+        notes.append(why)
+    elif scores and used < max(len(scores), len(dense)):
+        notes.append(f"retention over the {used} tasks shared with dense run {base}")
+    return {
+        "Model": rec["model"], "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
+        "Tasks": len(scores), "Accuracy": average(scores.values()),
+        TEXT + "Accuracy": None if scores else MISSING,
+        "Retention": ret, TEXT + "Retention": None if not math.isnan(ret) else "",
+        "Evaluation": zs_evaluation_label(rec["spec"]),
+        "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
+        "Baseline run": base if base is not None else math.nan,
+        "Note": _join(*notes), "_method": rec["method"], "_spec": rec["spec"],
+    }
+
+
+def _task_note(scores: pd.DataFrame, metric: str) -> str:
+    tasks = sorted(set(scores["dataset"]), key=task_key)
+    scored = sorted({t for t, v, st in zip(scores["dataset"], scores["value"], scores["status"],
+                                           strict=True) if st == "ok" and not _isna(v)},
+                    key=task_key)
+    note = (f"Average across {len(scored)} tasks: {', '.join(scored)} ({metric_label(metric)}; "
+            "computed from the per-task scores).")
+    unscored = [t for t in tasks if t not in scored]
+    if unscored:
+        note += f" No run shown has a score for {', '.join(unscored)}."
+    return note
+
+
+LONG_EXTRA = ["column", "role", "baseline_run", "baseline_note"]
+
+
+def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
+                  groups: Iterable[str] | None = None, evaluation: str | None = None
+                  ) -> pd.DataFrame:
+    """Per-task scores of one model at one sparsity label and of their dense baselines.
+
+    Own runs: the latest run of each method (whole runs, never mixed), restricted to the
+    zero-shot settings ``evaluation`` when given, each with the dense run
+    ``baselines.zero_shot_baselines`` picks.
+    Published: the latest score per method, group and task, and the group's dense scores.
+    Adds 'column' (the per-task table's column label), 'role' ('dense' / 'pruned') and, on pruned
+    rows, 'baseline_run' (the dense run compared with; NaN when none) and 'baseline_note'.
+    """
+    scores = zero_shot_scores(rows, metric)
+    if scores.empty:
+        return scores.assign(**{c: [] for c in LONG_EXTRA})
+    df = scores[scores["model"] == model]
+    if groups is not None:
+        df = df[df["group"].isin(list(groups))]
+    if evaluation is not None:
+        df = df[(df["group"] != OWN_GROUP)
+                | pd.Series([zs_evaluation_label(s) == evaluation for s in df["spec"]],
+                            index=df.index, dtype=bool)]
+    pruned = df[~df["dense"].astype(bool) & (df["sparsity_label"] == sparsity)]
+    if pruned.empty:
+        return df.iloc[0:0].assign(**{c: [] for c in LONG_EXTRA})
+    runs = _RunScores.of(df)
+    parts: list[pd.DataFrame] = []
+    for group, gpruned in pruned.groupby("group", sort=False):
+        gdense = df[df["dense"].astype(bool) & (df["group"] == group)]
+        if group == OWN_GROUP:
+            parts += _own_per_task(gpruned, gdense, runs)
+        else:
+            parts += _published_per_task(gpruned, gdense)
+    long = _sort_rows(pd.concat(parts, ignore_index=True), [])
+    several = long["group"].nunique() > 1
+    own_dense = long[(long["role"] == "dense") & (long["group"] == OWN_GROUP)]
+    several_dense = own_dense["run_id"].nunique() > 1
+    long["column"] = [_column_label(r, several, several_dense) for r in long.to_dict("records")]
+    return long.reset_index(drop=True)
+
+
+def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, runs: _RunScores
+                  ) -> list[pd.DataFrame]:
+    latest = pruned.groupby("method")["run_id"].max()
+    chosen = pruned[pruned["run_id"].isin(latest)]
+    firsts = chosen.drop_duplicates("run_id")
+    found, why = _zs_baselines(runs.scores, pd.concat([firsts, dense]))
+    parts, bases = [], {}
+    for rid, part in chosen.groupby("run_id", sort=False):
+        base = found.get(rid)
+        parts.append(part.assign(role="pruned",
+                                 baseline_run=base if base is not None else math.nan,
+                                 baseline_note="" if base is not None else
+                                 why.zero_shot(part.iloc[0].to_dict())))
+        if base is not None:
+            bases[base] = True
+    parts += [dense[dense["run_id"] == b].assign(role="dense", baseline_run=b, baseline_note="")
+              for b in bases]
+    return parts
+
+
+def _published_per_task(pruned: pd.DataFrame, dense: pd.DataFrame) -> list[pd.DataFrame]:
+    chosen = latest_runs(pruned, ["method", "sparsity_label", "group", "dataset"])
+    base = latest_runs(dense, ["dataset"])
+    by_task = dict(zip(base["dataset"], base["run_id"], strict=True))
+    group = chosen["group"].iloc[0]
+    return [chosen.assign(role="pruned",
+                          baseline_run=[by_task.get(t, math.nan) for t in chosen["dataset"]],
+                          baseline_note=["" if t in by_task else
+                                         f"no dense score for {t} in {group}"
+                                         for t in chosen["dataset"]]),
+            base.assign(role="dense", baseline_run=base["run_id"], baseline_note="")]
+
+
+def _column_label(rec: Mapping[str, Any], several_groups: bool, several_dense: bool) -> str:
+    label = method_label(rec["method"])
+    if rec["role"] == "dense" and rec["group"] == OWN_GROUP and several_dense:
+        label += f" (run {rec['run_id']})"
+    return label + (f" ({rec['group']})" if several_groups else "")
+
+
+def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
+                   groups: Iterable[str] | None = None, evaluation: str | None = None) -> Table:
+    """Seed 000's per-task breakdown: rows = task, columns = Dense and each method; a failed task
+    reads 'failed' with lm-eval's error in the Note column."""
+    long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
+    if long.empty:
+        return Table(pd.DataFrame(columns=["Task"]))
+    columns = list(dict.fromkeys(long["column"]))
+    tasks = sorted(set(long["dataset"]), key=task_key)
+    frame = pd.DataFrame({"Task": tasks})
+    notes: dict[str, dict[str, list[str]]] = {t: {} for t in tasks}  # task -> note -> columns
+    for col in columns:
+        cells = long[long["column"] == col].drop_duplicates("dataset", keep="last")
+        cells = cells.set_index("dataset")
+        frame[col] = [_value(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
+        frame[TEXT + col] = [zs_cell_text(cells.loc[t, "status"], cells.loc[t, "note"])
+                             if t in cells.index else NO_VALUE for t in tasks]
+        for t in tasks:
+            if t in cells.index:
+                note = _row_note(cells.loc[t])
+                if note:
+                    notes[t].setdefault(note, []).append(col)
+    frame["Note"] = [_join(*(f"{', '.join(cols)}: {note}" for note, cols in notes[t].items()))
+                     for t in tasks]
+    return Table(frame, dict.fromkeys(columns, "pct"),
+                 [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
+                  NOT_COUNTED])
+
+
+def _row_note(rec: Mapping[str, Any]) -> str:
+    """A score's note worth showing: a failure, a missing value, or a published remark (own
+    runs' 'lm-eval <version>' provenance is left out)."""
+    note = rec.get("note")
+    if not isinstance(note, str) or not note:
+        return ""
+    if rec.get("status") != "ok" or rec.get("origin") == "published":
+        return note
+    return ""
+
+
+DROP_COLUMNS = ["Task", "Method", "Score", "Dense", "Drop (points)", "Relative drop", "Source",
+                "Run", "Baseline run", "Note"]
+AVERAGE_ROW = "Average"
+
+
+def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
+               groups: Iterable[str] | None = None, evaluation: str | None = None) -> Table:
+    """Per-task drop from dense: for each task and method the score, the drop in points
+    ((pruned - dense) x 100) and the relative drop in % ((pruned - dense) / dense x 100), sign kept
+    (negative = worse); then each method's average over the tasks it shares with dense."""
+    formats = {"Score": "pct", "Dense": "pct", "Drop (points)": "points",
+               "Relative drop": "delta", "Run": "int", "Baseline run": "int"}
+    long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
+    if long.empty:
+        return Table(pd.DataFrame(columns=DROP_COLUMNS), formats)
+    dense = long[long["role"] == "dense"]
+    dense_cells = {(r["run_id"], r["dataset"]): r for r in dense.to_dict("records")}
+    pruned = long[long["role"] == "pruned"]
+    out = []
+    for column, part in pruned.groupby("column", sort=False):
+        first = part.iloc[0].to_dict()
+        by_task = {r["dataset"]: r for r in part.to_dict("records")}
+        bases = {t: r["baseline_run"] for t, r in by_task.items()}
+        if first["group"] == OWN_GROUP and not _isna(first["baseline_run"]):
+            base_tasks = {t for (rid, t) in dense_cells if rid == first["baseline_run"]}
+            bases.update({t: first["baseline_run"] for t in base_tasks})
+        tasks = sorted(set(by_task) | {t for t, b in bases.items() if not _isna(b)}, key=task_key)
+        pairs = []
+        for task in tasks:
+            rec = by_task.get(task)
+            base = dense_cells.get((bases.get(task), task))
+            out.append(_drop_record(task, column, first, rec, base))
+            if rec is not None and base is not None:
+                pairs.append((_value(rec), _value(base)))
+        out.append(_drop_average(column, first, pairs, len(tasks)))
+    frame = pd.DataFrame(out)
+    order = {t: i for i, t in enumerate(sorted(set(frame["Task"]) - {AVERAGE_ROW},
+                                               key=task_key))}
+    order[AVERAGE_ROW] = len(order)
+    frame = frame.assign(_order=frame["Task"].map(order)).sort_values(
+        "_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    notes = [f"{model}, {sparsity} sparsity, {metric_label(metric)}. Drop = pruned − dense in "
+             "percentage points; relative drop = (pruned − dense) / dense × 100; negative = "
+             "worse than dense.",
+             "Average rows: over the tasks both the run and its dense baseline scored; their "
+             "relative drop equals retention − 100%.", NOT_COUNTED]
+    if (pruned["group"] == OWN_GROUP).any():
+        notes.append(OWN_ZS_BASELINE)
+    return Table(frame, formats, notes)
+
+
+def _drop_record(task: str, column: str, first: Mapping[str, Any], rec: Mapping[str, Any] | None,
+                 base: Mapping[str, Any] | None) -> dict[str, Any]:
+    score = _value(rec) if rec is not None else math.nan
+    dense = _value(base) if base is not None else math.nan
+    notes = []
+    if rec is None:
+        score_text = NO_VALUE
+        notes.append(f"run {first['run_id']} did not evaluate {task}")
+    else:
+        score_text = zs_cell_text(rec["status"], rec["note"])
+        notes.append(_row_note(rec))
+    if base is not None:
+        dense_text = zs_cell_text(base["status"], base["note"])
+        if dense_text is not None:
+            same = rec is not None and _row_note(base) == _row_note(rec)
+            notes.append(f"dense {dense_text} too" if same
+                         else f"dense: {_row_note(base) or dense_text}")
+    else:
+        dense_text = NO_VALUE
+        if first["group"] != OWN_GROUP:
+            notes.append(f"no dense score for {task} in {first['group']}")
+        elif _isna(first["baseline_run"]):
+            notes.append("no comparable dense run (see the Average row)")
+        else:
+            notes.append(f"dense run {int(first['baseline_run'])} did not evaluate {task}")
+    drop, rel = _drops(score, dense)
+    return {
+        "Task": task, "Method": column_method(first, column), "Score": score,
+        TEXT + "Score": score_text, "Dense": dense, TEXT + "Dense": dense_text,
+        "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
+        "Source": first["source_label"],
+        "Run": rec["run_id"] if rec is not None else first["run_id"],
+        "Baseline run": base["run_id"] if base is not None else math.nan,
+        "Note": _join(*notes), "_column": column, "_method": first["method"],
+        "_average": False, "_spec": spec_summary((rec or first)["spec"]),
+    }
+
+
+def column_method(first: Mapping[str, Any], column: str) -> str:
+    """'Wanda 50%', plus the group when the column label names one."""
+    label = row_label(first["method"], first["sparsity"], first["pattern"])
+    suffix = column[len(method_label(first["method"])):]
+    return label + suffix
+
+
+def _drops(score: float, dense: float) -> tuple[float, float]:
+    if math.isnan(score) or math.isnan(dense):
+        return math.nan, math.nan
+    drop = (score - dense) * 100.0
+    return drop, relative_change(score, dense) if dense else math.nan
+
+
+def _drop_average(column: str, first: Mapping[str, Any], pairs: list[tuple[float, float]],
+                  n_tasks: int) -> dict[str, Any]:
+    used = [(s, d) for s, d in pairs if not math.isnan(s) and not math.isnan(d)]
+    score = average(s for s, _ in used)
+    dense = average(d for _, d in used)
+    drop, rel = _drops(score, dense)
+    note = (f"over the {len(used)} of {n_tasks} tasks scored by both" if used
+            else "no task scored by both the run and dense")
+    if first["group"] == OWN_GROUP and _isna(first["baseline_run"]):
+        note = first["baseline_note"]
+    return {
+        "Task": AVERAGE_ROW, "Method": column_method(first, column), "Score": score,
+        TEXT + "Score": None if used else NO_VALUE, "Dense": dense,
+        TEXT + "Dense": None if used else NO_VALUE,
+        "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
+        "Source": first["source_label"], "Run": first["run_id"],
+        "Baseline run": first["baseline_run"] if first["group"] == OWN_GROUP else math.nan,
+        "Note": note, "_column": column, "_method": first["method"], "_average": True,
+        "_spec": spec_summary(first["spec"]),
+    }
