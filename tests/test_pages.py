@@ -352,3 +352,41 @@ def test_layer_run_index_from_sql_equals_the_one_from_every_layer_row(store: Sto
     one = tables.load_layer_stats(store, [int(from_rows["run_id"].iloc[0])])
     assert set(one["run_id"]) == {int(from_rows["run_id"].iloc[0])}
     assert tables.load_layer_stats(store, []).empty
+
+
+def test_a_large_table_writes_its_downloads_when_clicked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over ``DEFERRED_ROWS`` rows the three files are functions run on click (not written on
+    every rerun), and what they write is exactly the shown table; small tables send the text."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    deferred: dict[str, object] = {}
+    original = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):  # noqa: ANN001, ANN202
+        deferred[file_name] = data_callable
+        return original(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+
+    def script() -> None:
+        import pandas as pd
+
+        from core.present import tables
+        from ui.components import DEFERRED_ROWS, show_table
+
+        rows = DEFERRED_ROWS + 1
+        show_table(tables.Table(pd.DataFrame({"Run": range(rows), "PPL": [1.5] * rows}),
+                                {"Run": "int", "PPL": "ppl"}), "big")
+        show_table(tables.Table(pd.DataFrame({"Run": [1], "PPL": [2.0]}),
+                                {"Run": "int", "PPL": "ppl"}), "small")
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert_clean(at)
+    assert sorted(deferred) == ["big.csv", "big.md", "big.tex"]
+    big = tables.Table(pd.DataFrame({"Run": range(2001), "PPL": [1.5] * 2001}),
+                       {"Run": "int", "PPL": "ppl"}).display()
+    assert deferred["big.csv"]() == export.to_csv(big)
+    assert deferred["big.tex"]() == export.to_latex(big, ("Run", "PPL"))
+    buttons = [b.proto for b in at.download_button]
+    assert [bool(b.deferred_file_id) for b in buttons] == [True] * 3 + [False] * 3
+    assert all(b.url for b in buttons[3:])  # the small table's files are sent with the page

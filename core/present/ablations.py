@@ -20,6 +20,7 @@ import pandas as pd
 from core.present import tables
 from core.runs.kinds.prune import PruneSpec
 from core.runs.sweep import expand, get_path
+from core.store import queries
 from core.store.db import Store
 
 BEST = "best"
@@ -150,9 +151,7 @@ def _varying(specs: list[dict[str, Any]]) -> list[str]:
 def ablation_list(store: Store, perplexity: pd.DataFrame) -> list[Ablation]:
     """Own sweeps (newest first), then published tables whose rows vary in >= 1 parameter."""
     found: list[Ablation] = []
-    sweeps = store.frame("SELECT id, model, method, sparsity, pattern, spec FROM runs "
-                         "WHERE kind = 'sweep' ORDER BY id DESC")
-    for row in sweeps.itertuples():
+    for row in queries.sweeps(store).itertuples():
         grid = tables.parse_spec(row.spec).get("grid", {})
         params = " × ".join(p.rpartition(".")[2] for p in grid)
         found.append(Ablation(
@@ -274,8 +273,7 @@ def _sort_value(value: Any) -> tuple:
 def grid_spec(store: Store, perplexity: pd.DataFrame, ablation: Ablation) -> str:
     """The settings every cell of the grid shares, as hover text ('method=sparsellm, ...')."""
     if ablation.origin == "own":
-        spec = store.frame("SELECT spec FROM runs WHERE id = ?", [int(ablation.sweep_id)])
-        definition = tables.parse_spec(spec.iloc[0, 0]) if not spec.empty else {}
+        definition = tables.parse_spec(queries.run_spec(store, int(ablation.sweep_id)))
         base = copy.deepcopy(definition.get("base", {}))
         for path in definition.get("grid", {}):  # the swept values differ per cell: leave out
             head, _, rest = path.partition(".")
@@ -297,18 +295,14 @@ def grid_spec(store: Store, perplexity: pd.DataFrame, ablation: Ablation) -> str
 
 def sweep_cells(store: Store, sweep_id: int, dataset: str | None = None) -> pd.DataFrame:
     """Long table: one row per cell with its parameter values, run, status and perplexity."""
-    sweep = store.frame("SELECT spec FROM runs WHERE id = ? AND kind = 'sweep'", [sweep_id])
-    if sweep.empty:
+    sweep = queries.run_spec(store, sweep_id, kind="sweep")
+    if sweep is None:
         raise ValueError(f"no sweep {sweep_id}")
-    definition = json.loads(sweep.iloc[0, 0])
+    definition = json.loads(sweep)
     base = PruneSpec.from_dict(definition["base"])
     grid = definition["grid"]
     dataset = dataset or (base.ppl_datasets[0] if base.ppl_datasets else None)
-    runs = store.frame(
-        """SELECT r.id, r.status, r.spec, m.value, m.status AS metric_status
-           FROM runs r LEFT JOIN metrics m ON m.run_id = r.id AND m.kind = 'perplexity'
-                AND m.dataset = ?
-           WHERE r.origin = 'own' AND r.kind = 'prune'""", [dataset])
+    runs = queries.own_prune_runs_with_perplexity(store, dataset)
     by_identity = {}
     for row in runs.itertuples():
         spec = PruneSpec.from_dict(json.loads(row.spec))

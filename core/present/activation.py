@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from core.present import tables
+from core.store import queries
 from core.store.db import Store
 
 CONFIG_NAMES = {"coreinfer": "CoreInfer", "best": "Best", "avg": "AVG"}
@@ -35,13 +36,7 @@ def search_levels(store: Store, run_id: int) -> pd.DataFrame:
     """Per block, the configured level and the measured kept fraction of each full-set run of
     an own search: columns config, block, configured, measured, run_id."""
     cols = ["config", "block", "configured", "measured", "run_id"]
-    frame = store.frame(
-        """SELECT r.id AS run_id, json_extract_string(r.spec, '$.config') AS config,
-                  json_extract_string(r.spec, '$.trial') AS trial, l.block, l.stat, l.value
-           FROM layer_stats l JOIN runs r ON r.id = l.run_id
-           WHERE r.origin = 'own' AND r.kind = 'activation' AND r.status = 'done'
-             AND json_extract_string(r.spec, '$.search') = ? AND l.layer = 'ffn'
-             AND l.stat IN ('configured_fraction', 'kept_fraction')""", [str(run_id)])
+    frame = queries.search_level_rows(store, run_id)
     if frame.empty:
         return pd.DataFrame(columns=cols)
     frame["trial"] = frame["trial"].fillna("")

@@ -103,13 +103,7 @@ def load_metrics(store: Store, kind: str) -> pd.DataFrame:
 
 def load_search_trials(store: Store) -> pd.DataFrame:
     """Search trials with their run's model, source and spec (task, metric, goal)."""
-    frame = store.frame(
-        """SELECT r.id AS run_id, r.origin, r.source, r.model, r.spec, r.status AS run_status,
-                  t.trial, t.label, t.params, t.levels, t.actual_sparsity, t.metric, t.value,
-                  t.raw, t.note
-           FROM search_trials t JOIN runs r ON r.id = t.run_id
-           ORDER BY r.id, t.trial""")
-    df = prepare(frame)
+    df = prepare(queries.search_trial_rows(store))
     df["task"] = [s.get("task", "") for s in df["spec"]]
     df["goal"] = [s.get("goal") for s in df["spec"]]
     return df

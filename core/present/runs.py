@@ -16,6 +16,7 @@ import pandas as pd
 
 from core.engine.prune.methods import REGISTRY
 from core.present import tables
+from core.store import queries
 from core.store.db import Store
 
 #: Statuses in the order the summary line lists them.
@@ -133,9 +134,7 @@ def first_line(text: Any, limit: int = ERROR_CHARS) -> str:
 def run_rows(store: Store) -> pd.DataFrame:
     """The own runs' rows of the results file, newest first (what ``runs_table`` formats; it
     changes only when the file does, so the page caches it)."""
-    return store.frame(
-        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
-        "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
+    return queries.own_run_rows(store)
 
 
 def with_status(store: Store, rows: pd.DataFrame) -> pd.DataFrame:
@@ -236,7 +235,7 @@ def default_run(runs: pd.DataFrame) -> int:
 # -- one run ----------------------------------------------------------------------------------
 def run_detail(store: Store, run_id: int, now: datetime | None = None) -> dict[str, Any]:
     """One run's row with spec / environment parsed, progress and readable times."""
-    frame = store.frame("SELECT * FROM runs WHERE id = ?", [run_id])
+    frame = queries.run_row(store, run_id)
     if frame.empty:
         raise ValueError(f"no run {run_id}")
     row = frame.iloc[0].to_dict()
@@ -326,8 +325,7 @@ def environment_rows(environment: dict[str, Any]) -> pd.DataFrame:
 
 def run_results(store: Store, run_id: int) -> pd.DataFrame:
     """A finished run's numbers as text: perplexity per dataset, measured sparsity, timings."""
-    frame = store.frame("SELECT kind, dataset, metric, value, status, n_samples FROM metrics "
-                        "WHERE run_id = ? ORDER BY kind, dataset, metric", [run_id])
+    frame = queries.run_metric_rows(store, run_id)
     rows = []
     for r in frame.itertuples(index=False):
         if r.kind == "perplexity":
@@ -363,15 +361,13 @@ def log_tail(store: Store, run_id: int, lines: int = 40) -> list[str]:
     kept = store.control.logs(run_id, last=lines)
     if kept:
         return [f"{ts:%H:%M:%S}  {line}" for _, ts, line in kept]
-    frame = store.frame("SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, "
-                        "rowid DESC LIMIT ?", [run_id, lines])
+    frame = queries.old_log_lines(store, run_id, lines)
     return [f"{ts:%H:%M:%S}  {line}" for ts, line in
             zip(frame["ts"][::-1], frame["line"][::-1], strict=True)]
 
 
 def status_counts(store: Store) -> dict[str, int]:
-    frame = store.frame("SELECT status, count(*) AS n FROM runs WHERE origin = 'own' "
-                        "GROUP BY status")
+    frame = queries.own_status_counts(store)
     return dict(zip(frame["status"], frame["n"].astype(int), strict=True))
 
 
@@ -433,9 +429,8 @@ def merge_problems(form: list[str], spec: list[str]) -> list[str]:
 
 def submission_message(store: Store, submission: Any) -> str:
     """What the Launch page says after ``jobs.submit`` (a ``jobs.Submission``)."""
-    statuses = store.frame("SELECT id, status, method, pattern, sparsity, model FROM runs "
-                           "WHERE id IN (?, ?)",
-                           [submission.run_id, submission.baseline_id or submission.run_id])
+    statuses = queries.runs_by_id(store, [submission.run_id,
+                                          submission.baseline_id or submission.run_id])
     rows = {int(r.id): r for r in statuses.itertuples(index=False)}
     run = rows[submission.run_id]
     what = f"{method_text(run.method, run.pattern, run.sparsity)} on {short_source(run.model)}"

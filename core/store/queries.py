@@ -33,3 +33,86 @@ def layer_stat_runs(store: Store) -> pd.DataFrame:
     return store.frame(
         f"""SELECT {_RUN_COLUMNS}, s.blocks
             FROM layer_summaries s JOIN runs r ON r.id = s.run_id ORDER BY r.id""")
+
+
+def search_trial_rows(store: Store) -> pd.DataFrame:
+    """Search trials with their run's model, source and spec."""
+    return store.frame(
+        """SELECT r.id AS run_id, r.origin, r.source, r.model, r.spec, r.status AS run_status,
+                  t.trial, t.label, t.params, t.levels, t.actual_sparsity, t.metric, t.value,
+                  t.raw, t.note
+           FROM search_trials t JOIN runs r ON r.id = t.run_id
+           ORDER BY r.id, t.trial""")
+
+
+def search_level_rows(store: Store, search_id: int) -> pd.DataFrame:
+    """The configured and measured kept fraction per block of each finished full-set run of
+    own search ``search_id``."""
+    return store.frame(
+        """SELECT r.id AS run_id, json_extract_string(r.spec, '$.config') AS config,
+                  json_extract_string(r.spec, '$.trial') AS trial, l.block, l.stat, l.value
+           FROM layer_stats l JOIN runs r ON r.id = l.run_id
+           WHERE r.origin = 'own' AND r.kind = 'activation' AND r.status = 'done'
+             AND json_extract_string(r.spec, '$.search') = ? AND l.layer = 'ffn'
+             AND l.stat IN ('configured_fraction', 'kept_fraction')""", [str(search_id)])
+
+
+def sweeps(store: Store) -> pd.DataFrame:
+    """Every sweep, newest first."""
+    return store.frame("SELECT id, model, method, sparsity, pattern, spec FROM runs "
+                       "WHERE kind = 'sweep' ORDER BY id DESC")
+
+
+def run_spec(store: Store, run_id: int, kind: str | None = None) -> str | None:
+    """The stored spec (JSON text) of a run (of ``kind`` when given); None when there is none."""
+    sql, params = "SELECT spec FROM runs WHERE id = ?", [int(run_id)]
+    if kind is not None:
+        sql, params = sql + " AND kind = ?", [*params, kind]
+    frame = store.frame(sql, params)
+    return None if frame.empty else str(frame.iloc[0, 0])
+
+
+def own_prune_runs_with_perplexity(store: Store, dataset: str | None) -> pd.DataFrame:
+    """Own pruning runs with their perplexity on ``dataset`` (NULL where there is none)."""
+    return store.frame(
+        """SELECT r.id, r.status, r.spec, m.value, m.status AS metric_status
+           FROM runs r LEFT JOIN metrics m ON m.run_id = r.id AND m.kind = 'perplexity'
+                AND m.dataset = ?
+           WHERE r.origin = 'own' AND r.kind = 'prune'""", [dataset])
+
+
+def own_run_rows(store: Store) -> pd.DataFrame:
+    """The own runs' list rows, newest first."""
+    return store.frame(
+        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
+        "finished_at, error FROM runs WHERE origin = 'own' ORDER BY id DESC")
+
+
+def run_row(store: Store, run_id: int) -> pd.DataFrame:
+    """One run's whole row (empty when there is no such run)."""
+    return store.frame("SELECT * FROM runs WHERE id = ?", [int(run_id)])
+
+
+def runs_by_id(store: Store, run_ids: Sequence[int]) -> pd.DataFrame:
+    """The status, method, pattern, sparsity and model of some runs."""
+    return store.frame("SELECT id, status, method, pattern, sparsity, model FROM runs "
+                       "WHERE list_contains(?, id)", [[int(i) for i in run_ids]])
+
+
+def run_metric_rows(store: Store, run_id: int) -> pd.DataFrame:
+    """One run's metric rows, by kind, dataset and metric."""
+    return store.frame("SELECT kind, dataset, metric, value, status, n_samples FROM metrics "
+                       "WHERE run_id = ? ORDER BY kind, dataset, metric", [int(run_id)])
+
+
+def old_log_lines(store: Store, run_id: int, lines: int) -> pd.DataFrame:
+    """The last ``lines`` log lines a run wrote to the results file (before the control
+    store), newest first."""
+    return store.frame("SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, "
+                       "rowid DESC LIMIT ?", [int(run_id), int(lines)])
+
+
+def own_status_counts(store: Store) -> pd.DataFrame:
+    """How many own runs have each status."""
+    return store.frame("SELECT status, count(*) AS n FROM runs WHERE origin = 'own' "
+                       "GROUP BY status")
