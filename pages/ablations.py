@@ -17,7 +17,7 @@ with store_or_stop():
     memory = memo(store, "metrics", "memory")(lambda: tables.load_metrics(store, "memory"))
     perplexity = memo(store, "metrics", "perplexity")(
         lambda: tables.load_metrics(store, "perplexity"))
-    grids = memo(store, "abl.list")(lambda: ablations.ablation_list(store, perplexity))
+    grids = memo(store, "abl.list", live=True)(lambda: ablations.ablation_list(store, perplexity))
 
 st.subheader("Pruning time")
 pruned = timing[~timing["dense"]] if not timing.empty else timing
@@ -45,7 +45,7 @@ if not grids:
     st.stop()
 labels = [g.label for g in grids]
 grid = grids[labels.index(st.selectbox("Grid", labels))]
-cells, params = memo(store, "abl.cells", grid.label)(
+cells, params = memo(store, "abl.cells", grid.label, live=True)(
     lambda: ablations.ablation_cells(store, perplexity, grid))
 if cells.empty or not params:
     st.info("This grid has no cells to show.")

@@ -46,13 +46,13 @@ st.subheader("Sweeps and ablation grids")
 with store_or_stop():
     perplexity = memo(store, "metrics", "perplexity")(
         lambda: tables.load_metrics(store, "perplexity"))
-    grids = memo(store, "abl.list")(lambda: ablations.ablation_list(store, perplexity))
+    grids = memo(store, "abl.list", live=True)(lambda: ablations.ablation_list(store, perplexity))
 if not grids:
     st.info("No sweeps or published ablation grids yet. Queue a sweep from the Launch page.")
     st.stop()
 grid_labels = [g.label for g in grids]
 grid = grids[grid_labels.index(st.selectbox("Grid", grid_labels, key="compare-grid"))]
-cells, params = memo(store, "abl.cells", grid.label)(
+cells, params = memo(store, "abl.cells", grid.label, live=True)(
     lambda: ablations.ablation_cells(store, perplexity, grid))
 if cells.empty or not params:
     st.info("This grid has no cells yet.")

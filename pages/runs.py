@@ -30,7 +30,7 @@ def live() -> None:
     try:
         if store.writable:
             executor_for(store).ensure_workers()
-        rows = memo(store, "run_rows")(lambda: run_views.run_rows(store))
+        rows = memo(store, "run_rows", live=True)(lambda: run_views.run_rows(store))
         listed = run_views.with_status(store, rows)
     except StoreError as exc:
         st.error(str(exc))

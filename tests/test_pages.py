@@ -338,6 +338,46 @@ def test_a_rerun_with_nothing_changed_reads_nothing(store: Store,
     assert "11.50" in shown.astype(str).to_numpy().ravel().tolist()
 
 
+def test_results_version_moves_with_results_only(store: Store) -> None:
+    from core.runs.kinds.prune import PruneSpec
+
+    start = store.results_version()
+    queued = create_run(store, PruneSpec(method="wanda", sparsity="0.6"))
+    assert store.move(queued, "running")
+    assert store.move(queued, "failed", error="boom")
+    assert store.results_version() == start  # a queue that moves changes no result
+    other = Store(store.path)  # another process's view of the same file
+    done = create_run(store, PruneSpec(method="wanda", sparsity="0.7"))
+    assert store.move(done, "running") and store.results_version() == start
+    assert store.move(done, "done")
+    after_done = other.results_version()
+    assert after_done != start
+    store.add_metrics(done, [{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                              "value": 8.0}])
+    assert store.results_version() != after_done
+
+
+def test_a_queue_that_moves_does_not_recompute_the_result_pages(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.runs.kinds.prune import PruneSpec
+
+    calls: list[str] = []
+    real = tables.load_metrics
+    monkeypatch.setattr(tables, "load_metrics",
+                        lambda store_, kind=None: calls.append(kind) or real(store_, kind))
+    at = run("pages/perplexity.py")
+    assert_clean(at)
+    first = len(calls)
+    queued = create_run(store, PruneSpec(method="magnitude", sparsity="0.6"))
+    store.move(queued, "running")
+    at.run()
+    assert_clean(at)
+    assert len(calls) == first
+    store.move(queued, "done")
+    at.run()
+    assert len(calls) > first
+
+
 def test_layer_run_index_from_sql_equals_the_one_from_every_layer_row(store: Store) -> None:
     blocks = [{"block": b, "layer": "block", "stat": "sparsity", "value": 0.5} for b in range(3)]
     linears = [{"block": 0, "layer": "mlp.up_proj", "stat": "sparsity", "value": 0.5}]

@@ -41,13 +41,16 @@ def use_app_menu() -> None:
         st.stop()
 
 
-def memo(store: Store, *key: Hashable) -> Callable[[Callable[[], T]], T]:
-    """``memo(store, "name", args...)(compute)``: ``compute()`` once per results file, store
-    version (``Store.version``) and key; later reruns get the stored value itself, not a copy
-    (copying a 30,000-row frame costs seconds), so callers never modify what they get.  A rerun
-    that changes nothing (a widget, the Runs page's refresh) so costs a lookup.  The key must
-    name everything ``compute`` depends on besides the store."""
-    full_key = (str(store.path), store.version(), key)
+def memo(store: Store, *key: Hashable, live: bool = False) -> Callable[[Callable[[], T]], T]:
+    """``memo(store, "name", args...)(compute)``: ``compute()`` once per results file, version
+    of its results (``Store.results_version``: runs queued, claimed or failed leave it alone)
+    and key; ``live=True`` for what shows run statuses: once per version of the whole file
+    (``Store.version``).  Later reruns get the stored value itself, not a copy (copying a
+    30,000-row frame costs seconds), so callers never modify what they get.  A rerun that
+    changes nothing (a widget, the Runs page's refresh) so costs a lookup.  The key must name
+    everything ``compute`` depends on besides the store."""
+    version = store.version() if live else store.results_version()
+    full_key = (str(store.path), version, key)
 
     def run(compute: Callable[[], T]) -> T:
         return _memo(full_key, compute)

@@ -3,6 +3,9 @@ order (every label worked out once per distinct value)."""
 
 from __future__ import annotations
 
+import collections
+import functools
+import inspect
 import json
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TypeVar
@@ -42,7 +45,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     raw = df["spec"] if "spec" in df else pd.Series([None] * len(df), index=df.index)
     keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
             for s in raw]
-    parsed = {key: parse_spec(key) for key in dict.fromkeys(keys)}
+    info = {key: _spec_info(key) for key in dict.fromkeys(keys)}
+    parsed = {key: found[0] for key, found in info.items()}
     specs = [parsed[key] for key in keys]
     df["spec"] = pd.Series(specs, index=df.index, dtype=object)
     origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
@@ -56,14 +60,56 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         df["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
                                          df["method"])
         df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
-    by_key = {key: (settings(spec), spec.get("table") or "") for key, spec in parsed.items()}
-    df["settings"] = [by_key[key][0] for key in keys]
-    df["table"] = [by_key[key][1] for key in keys]
+    df["settings"] = [info[key][1] for key in keys]
+    df["table"] = [info[key][2] for key in keys]
     for key, column in SETTING_COLUMNS.items():  # frames not read from the store
         if column not in df:
             values = {k: setting_value(spec.get(key)) for k, spec in parsed.items()}
             df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
     return df
+
+
+@functools.lru_cache(maxsize=100_000)
+def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str]:
+    """A spec's parsed dict, settings text and published table, once per spec text in this
+    process (every load of a page and every page reads the same runs): the dict is shared, so
+    read only."""
+    parsed = parse_spec(spec)
+    return parsed, settings(parsed), parsed.get("table") or ""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
+    """Remember a function of a frame (its first argument) and hashable other arguments for the
+    same frame object: a report asks for the same per-task rows several times.  The result is
+    shared (read only); the frame is held, so an id is never confused with a later frame's."""
+    def decorate(function: F) -> F:
+        kept: collections.OrderedDict[tuple, tuple[pd.DataFrame, Any]] = (
+            collections.OrderedDict())
+
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def cached(frame: pd.DataFrame, *args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(frame, *args, **kwargs)
+            bound.apply_defaults()
+            key = (id(frame), *list(bound.arguments.values())[1:])
+            try:
+                hit = kept.get(key)
+            except TypeError:  # an argument that cannot be hashed (a list): not remembered
+                return function(frame, *args, **kwargs)
+            if hit is not None and hit[0] is frame:
+                kept.move_to_end(key)
+                return hit[1]
+            value = function(frame, *args, **kwargs)
+            kept[key] = (frame, value)
+            while len(kept) > maxsize:
+                kept.popitem(last=False)
+            return value
+        return cached  # type: ignore[return-value]
+    return decorate
 
 
 def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:
@@ -126,7 +172,8 @@ def choices(rows: pd.DataFrame, column: str) -> list[str]:
     """The distinct values of a column, sorted, for a filter widget."""
     if rows.empty or column not in rows:
         return []
-    values = {str(v) for v in rows[column] if not _isna_safe(v) and str(v)}
+    values = {str(v) for v in pd.unique(rows[column].to_numpy(dtype=object))
+              if not _isna_safe(v) and str(v)}
     if column == "method":
         return sorted(values, key=lambda m: (_method_rank(m), m))
     if column == "dataset":

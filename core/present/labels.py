@@ -253,7 +253,11 @@ def settings(spec: Mapping[str, Any]) -> str:
 
 
 def _blank(value: Any) -> bool:
-    return value in ({}, [], "") or _isna_safe(value)
+    if isinstance(value, str):
+        return value == ""
+    if isinstance(value, list | dict):
+        return not value
+    return _isna(value)
 
 
 def spec_summary(spec: Mapping[str, Any]) -> str:

@@ -194,7 +194,8 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
         if frame.empty:
             continue
         pruned = frame[~frame["dense"].astype(bool) & (frame["sparsity_label"] == level)]
-        for rec in pruned.to_dict("records"):
+        firsts = pruned.drop_duplicates("method")[["method", "sparsity", "pattern"]]
+        for rec in firsts.to_dict("records"):
             methods.setdefault(rec["method"], (
                 tables.row_label(rec["method"], rec["sparsity"], rec["pattern"]),
                 rec["sparsity"], rec["pattern"]))
@@ -262,11 +263,13 @@ def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str, level: str
 def _method_tasks(long: pd.DataFrame, method: str) -> tuple[dict[str, float], dict[str, float]]:
     if long.empty:
         return {}, {}
-    pruned = long[(long["role"] == "pruned") & (long["method"] == method)]
-    tasks = {r["dataset"]: tables._value(r) for r in pruned.to_dict("records")}
-    dense_rows = long[long["role"] == "dense"]
+    columns = ["dataset", "status", "value", "baseline_run", "run_id", "group"]
+    pruned = long[(long["role"] == "pruned") & (long["method"] == method)][columns]
+    records = pruned.to_dict("records")
+    tasks = {r["dataset"]: tables._value(r) for r in records}
+    dense_rows = long[long["role"] == "dense"][columns]
     dense = {}
-    for rec in pruned.to_dict("records"):
+    for rec in records:
         base = rec["baseline_run"]
         if tables._isna(base):
             continue

@@ -308,6 +308,23 @@ class Store:
                 token += [stat.st_mtime_ns, stat.st_size]
         return tuple(token)
 
+    def results_version(self) -> tuple[Any, ...]:
+        """A token that changes only when results change: rows added, a run done, the published
+        figures imported (``bump_results``), not when a run is queued, claimed or fails.  What
+        the result pages' caches are keyed on, so a queue that moves does not make every page
+        recompute.  Costs a file stat, plus one small read after the file changed."""
+        token = self.version()
+        known = _RESULTS_VERSIONS.get(self.path)
+        if known is not None and known[0] == token:
+            return known[1]
+        with self.connect() as con:
+            found = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                     "('results_version', 'schema_version')").fetchall())
+        value = (str(self.path), int(found.get("results_version", 0)),
+                 int(found.get("schema_version", 0)))
+        _RESULTS_VERSIONS[self.path] = (token, value)
+        return value
+
     # -- schema ------------------------------------------------------------------------------
     def init(self) -> Store:
         """Create or migrate the schema; nothing else (the published figures are imported by
@@ -393,9 +410,16 @@ class Store:
         sql = (f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in args)}) "
                "RETURNING id")
         if con is not None:
-            return int(con.execute(sql, args).fetchone()[0])
-        with self.transaction() as own:
-            return int(own.execute(sql, args).fetchone()[0])
+            run_id = int(con.execute(sql, args).fetchone()[0])
+        else:
+            with self.transaction() as own:
+                run_id = int(own.execute(sql, args).fetchone()[0])
+                if status == "done":
+                    bump_results(own)
+            return run_id
+        if status == "done":
+            bump_results(con)
+        return run_id
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set some of a run's mutable columns (error, timestamps, environment, worker);
@@ -424,9 +448,9 @@ class Store:
                f"status IN ({', '.join('?' for _ in sources)}) RETURNING id")
         params = [status, *values, run_id, *sources]
         if con is not None:
-            return con.execute(sql, params).fetchone() is not None
+            return _moved(con, sql, params, status)
         with self.transaction() as own:
-            return own.execute(sql, params).fetchone() is not None
+            return _moved(own, sql, params, status)
 
     def add_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]],
                     con: duckdb.DuckDBPyConnection | None = None) -> None:
@@ -500,10 +524,34 @@ class Store:
 def _insert_batches(con: duckdb.DuckDBPyConnection,
                     batches: Iterable[tuple[str, tuple[str, ...], list[list[Any]]]]) -> None:
     """Insert each table's rows; the layer summaries of runs that got layer rows follow."""
+    written = False
     for table, columns, rows in batches:
         insert_rows(con, table, columns, rows)
+        written = written or bool(rows)
         if table == "layer_stats" and rows:
             refresh_layer_summaries(con, sorted({int(row[0]) for row in rows}))
+    if written:
+        bump_results(con)
+
+
+#: ``Store.results_version`` per results file: the file token it was read at and its value.
+_RESULTS_VERSIONS: dict[Path, tuple[tuple[int, ...], tuple[Any, ...]]] = {}
+
+
+def bump_results(con: duckdb.DuckDBPyConnection) -> None:
+    """Count one more change of results (in ``con``'s transaction): ``Store.results_version``."""
+    con.execute("""INSERT OR REPLACE INTO meta (key, value)
+                   SELECT 'results_version', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1
+                                                  AS VARCHAR)
+                   FROM meta WHERE key = 'results_version'""")
+
+
+def _moved(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any], status: str) -> bool:
+    """Run a status change; a run that is done now changes the results."""
+    moved = con.execute(sql, params).fetchone() is not None
+    if moved and status == "done":
+        bump_results(con)
+    return moved
 
 
 def refresh_layer_summaries(con: duckdb.DuckDBPyConnection, run_ids: list[int]) -> None:

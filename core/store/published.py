@@ -22,7 +22,14 @@ from typing import Any
 
 import duckdb
 
-from core.store.db import SETTING_COLUMNS, Store, insert_rows, setting_values, spec_hash
+from core.store.db import (
+    SETTING_COLUMNS,
+    Store,
+    bump_results,
+    insert_rows,
+    setting_values,
+    spec_hash,
+)
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 FIGURES = PUBLISHED_DIR / "figures.csv"
@@ -247,6 +254,7 @@ def write(store: Store, con: duckdb.DuckDBPyConnection, runs: dict[int, Publishe
     for table in ("metrics", "layer_stats", "layer_summaries", "search_trials", "run_logs"):
         con.execute(f"DELETE FROM {table} WHERE run_id IN ({published_ids})")
     _write_runs(con, runs)
+    bump_results(con)
     store.add_rows(metrics=[(rid, row) for rid, run in runs.items() for row in run.metrics],
                    layer_stats=[(rid, row) for rid, run in runs.items() for row in run.layer_stats],
                    trials=[(rid, row) for rid, run in runs.items() for row in run.trials], con=con)

@@ -19,6 +19,7 @@ from core.analysis.retention import (
 from core.present.frames import (
     _sort_rows,
     dedupe_published,
+    frame_cache,
     latest_runs,
 )
 from core.present.labels import (
@@ -55,6 +56,7 @@ OWN_ZS_BASELINE = ("Own runs are compared only with a dense run of the same mode
                    "same tasks).")
 
 
+@frame_cache()
 def zero_shot_scores(rows: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
     """One row per run and task: ``metric``, else acc / acc_norm when the task has only that.
 
@@ -224,6 +226,7 @@ def _task_note(scores: pd.DataFrame, metric: str) -> str:
 LONG_EXTRA = ["column", "role", "baseline_run", "baseline_note"]
 
 
+@frame_cache()
 def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
                   groups: Iterable[str] | None = None, evaluation: str | None = None
                   ) -> pd.DataFrame:
