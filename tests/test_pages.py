@@ -357,6 +357,25 @@ def test_results_version_moves_with_results_only(store: Store) -> None:
     assert store.results_version() != after_done
 
 
+def test_results_version_keeps_the_last_value_while_the_file_is_held(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.store.db import StoreError
+
+    known = store.results_version()
+    store.append_log(1, "x")  # the control store: the results file is unchanged
+    with store.transaction() as con:  # the file changes...
+        con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('note', 'x')")
+
+    def held(*_args, **_kwargs):  # ...and another program holds it now
+        raise StoreError("held by another program")
+
+    monkeypatch.setattr(Store, "connect", held)
+    assert store.results_version() == known
+    fresh = Store(store.path.with_name("other.duckdb"))
+    with pytest.raises(StoreError):
+        fresh.results_version()  # nothing known to fall back on
+
+
 def test_a_queue_that_moves_does_not_recompute_the_result_pages(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.runs.kinds.prune import PruneSpec

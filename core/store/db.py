@@ -28,6 +28,7 @@ from core.store.errors import StoreError
 
 #: Spec keys that decide which runs are compared (evaluation windows, few-shot count, dtype,
 #: the published table, calibration length) and the ``runs`` column each is written to.
+#: Migration 6 adds these columns: a new key needs a migration of its own, not an edit here.
 SETTING_COLUMNS = {key: f"set_{key}" for key in (
     "table", "ppl_seqlen", "max_windows", "dtype", "seqlen", "num_fewshot", "zs_limit")}
 
@@ -312,14 +313,20 @@ class Store:
         """A token that changes only when results change: rows added, a run done, the published
         figures imported (``bump_results``), not when a run is queued, claimed or fails.  What
         the result pages' caches are keyed on, so a queue that moves does not make every page
-        recompute.  Costs a file stat, plus one small read after the file changed."""
+        recompute.  Costs a file stat, plus one small read after the file changed; while another
+        program holds the file, the last value read stays (the pages keep what they show)."""
         token = self.version()
         known = _RESULTS_VERSIONS.get(self.path)
         if known is not None and known[0] == token:
             return known[1]
-        with self.connect() as con:
-            found = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
-                                     "('results_version', 'schema_version')").fetchall())
+        try:
+            with self.connect() as con:
+                found = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                         "('results_version', 'schema_version')").fetchall())
+        except StoreError:
+            if known is None:
+                raise
+            return known[1]
         value = (str(self.path), int(found.get("results_version", 0)),
                  int(found.get("schema_version", 0)))
         _RESULTS_VERSIONS[self.path] = (token, value)
