@@ -65,10 +65,12 @@ def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
     rec = df.iloc[0]
     target = sparsity_fraction(rec["sparsity"], rec["pattern"])
     linears = df[~df["layer"].isin(["block", "model"]) & (df["stat"] == "sparsity")]
+    linears = linears[["block", "layer", "value"]].sort_values(["block", "value", "layer"])
+    by_block = dict(list(linears.groupby("block", sort=False)))
     blocks = blocks.sort_values("block")
     out = []
     for b, value in zip(blocks["block"], blocks["value"], strict=True):
-        mine = linears[linears["block"] == b].sort_values(["value", "layer"])
+        mine = by_block.get(b, linears.iloc[0:0])
         out.append({
             "Block": int(b), "Sparsity": value,
             TEXT + "Sparsity": NO_VALUE if _isna(value) else None,
