@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.store.db import SETTING_COLUMNS
 
+#: The comparison group of own runs (a published row's group is its source).
 OWN_GROUP = "Own runs"
 #: Evaluation settings an own run's dense perplexity baseline must share.
 PPL_SETTINGS = ("ppl_seqlen", "max_windows", "dtype")

@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-OWN_GROUP = "Own runs"
+from core.analysis.baselines import OWN_GROUP as OWN_GROUP  # one name everywhere (re-exported)
+
 TEXT = "_text:"  # prefix of the hidden column holding a cell's text in place of its number
 DIVERGED = "diverged"
 MISSING = "—"
