@@ -244,7 +244,7 @@ def retention_chart(table: T.Table) -> go.Figure:
     if len(frame) > MAX_BARS:
         total = len(frame)
         frame = frame.sort_values("Run", kind="stable").tail(MAX_BARS).sort_index()
-        title += f": the {MAX_BARS} latest of {total} runs (all are in the table)"
+        title += f": the {MAX_BARS} latest of {total:,} runs (all are in the table)"
     fig = go.Figure()
     for origin, part in frame.groupby("Origin", sort=False):
         published = origin == T.ORIGIN_NAMES["published"]
