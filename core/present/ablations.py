@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from core.present import tables
+from core.present.tables.common import grid_frame
 from core.runs.kinds.prune import PruneSpec
 from core.runs.sweep import expand, get_path
 from core.store import queries
@@ -58,22 +59,8 @@ def compute_time_grid(rows: pd.DataFrame, group: str, metric: str = "prune_secon
     columns = sorted(keys, key=keys.__getitem__)
     row_order = sorted(dict.fromkeys(df["_row"]), key=tables.natural_key)
     df = df.assign(_value=df["value"].astype(float),
-                   _text=[tables.NO_VALUE if st == "missing" else None for st in df["status"]],
-                   _here=True)
-
-    def grid(values: str) -> pd.DataFrame:
-        return df.pivot(index="_row", columns="_col", values=values).reindex(
-            index=row_order, columns=columns)
-
-    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
-    frame = pd.DataFrame({"Method": row_order})
-    formats = {}
-    for col in columns:
-        frame[col] = numbers[col].to_numpy(dtype=float, na_value=math.nan)
-        frame[tables.TEXT + col] = [t if h else tables.MISSING for t, h in
-                                    zip(texts[col].to_numpy(dtype=object), here[col].notna(),
-                                        strict=True)]
-        formats[col] = "ppl"
+                   _text=[tables.NO_VALUE if st == "missing" else None for st in df["status"]])
+    frame, formats = grid_frame(df, row_order, columns, tables.MISSING)
     label = "pruning" if metric == "prune_seconds" else "evaluation"
     notes = [f"{group}: {label} time in seconds; rows are the latest run of each method."]
     return tables.Table(frame, formats, notes)

@@ -14,6 +14,7 @@ from core.analysis import baselines
 from core.present.labels import (
     DIVERGED,
     MISSING,
+    TEXT,
     _isna,
     _short,
 )
@@ -108,3 +109,23 @@ def _values(df: pd.DataFrame) -> np.ndarray:
     """The number of each 'ok' row, NaN otherwise (``_value`` on a whole frame)."""
     ok = (df["status"] == "ok").to_numpy(dtype=bool) & df["value"].notna().to_numpy()
     return np.where(ok, df["value"].to_numpy(dtype=float, na_value=np.nan), np.nan)
+
+
+def grid_frame(cells: pd.DataFrame, rows: list[str], columns: list[str], absent: str | None
+               ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A 'Method' x columns table of perplexity-like numbers from one cell per (``_row``,
+    ``_col``) with its ``_value`` and ``_text``; a cell with no row reads ``absent``."""
+    cells = cells.assign(_here=True)
+
+    def grid(values: str) -> pd.DataFrame:
+        return cells.pivot(index="_row", columns="_col", values=values).reindex(
+            index=rows, columns=columns)
+
+    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
+    frame = pd.DataFrame({"Method": rows})
+    for col in columns:
+        frame[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
+        frame[TEXT + col] = [t if h else absent for t, h in
+                             zip(texts[col].to_numpy(dtype=object), here[col].notna(),
+                                 strict=True)]
+    return frame, dict.fromkeys(columns, "ppl")

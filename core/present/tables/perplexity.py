@@ -39,6 +39,7 @@ from core.present.tables.common import (
     _NoBaseline,
     _value,
     _values,
+    grid_frame,
 )
 
 PPL_COLUMNS = ["Model", "Dataset", "Method", "PPL", "Δ from dense", "Origin", "Source", "Run",
@@ -121,21 +122,8 @@ def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None 
     df = latest_runs(df, ["_row", "_col"])
     col_order = _grid_columns(df)
     row_order = _grid_rows(df)
-    df = df.assign(_value=_values(df), _text=per_value(_cell_text, df["status"]), _here=True)
-
-    def grid(values: str) -> pd.DataFrame:
-        return df.pivot(index="_row", columns="_col", values=values).reindex(
-            index=row_order, columns=col_order)
-
-    numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
-    frame = pd.DataFrame({"Method": row_order})
-    formats = {}
-    for col in col_order:
-        frame[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
-        frame[TEXT + col] = [t if h else "" for t, h in
-                             zip(texts[col].to_numpy(dtype=object), here[col].notna(),
-                                 strict=True)]
-        formats[col] = "ppl"
+    df = df.assign(_value=_values(df), _text=per_value(_cell_text, df["status"]))
+    frame, formats = grid_frame(df, row_order, col_order, "")
     notes = [f"{model} · {group}" + (f" · {table}" if table else "") +
              f" · {metric_label(metric)}; rows are the latest run of each method."]
     return Table(frame, formats, notes)
