@@ -27,6 +27,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from core.store import published
+from core.store.db import Store
+
 VOCAB = 128
 HIDDEN = 64
 FFN = 128
@@ -48,6 +51,14 @@ def _keep_main_module():
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+@pytest.fixture(scope="module")
+def published_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """A results file holding the published figures only (one per test module)."""
+    store = Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
+    published.sync(store)
+    return store
 
 
 # Expected prunable linears of one block, in module order, with their [out, in] shapes.

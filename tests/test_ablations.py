@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 from core.execution import jobs
 from core.present import ablations, charts, tables
 from core.runs.kinds.prune import PruneSpec
-from core.store import published
 from core.store.db import Store
 from core.store.record import create_run
 from tests.seed_files import seed_file
@@ -30,13 +29,6 @@ def seed_section(title: str) -> list[str]:
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("Table ")),
                len(lines))
     return [line for line in lines[start + 1:end] if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def published_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    store = Store(tmp_path_factory.mktemp("abl") / "r.duckdb").init()
-    published.sync(store)
-    return store
 
 
 def test_compute_time_grid_holds_seed_table_3(published_store: Store) -> None:

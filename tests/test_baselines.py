@@ -93,13 +93,6 @@ def assert_same_zero_shot_picks(rows: pd.DataFrame) -> int:
     return len(chosen)
 
 
-@pytest.fixture(scope="module")
-def published_store(tmp_path_factory) -> Store:
-    store = Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
-    published_figures.sync(store)
-    return store
-
-
 def test_published_figures_get_the_same_baselines(published_store: Store) -> None:
     assert assert_same_perplexity_picks(tables.load_metrics(published_store, "perplexity")) > 50
     assert assert_same_zero_shot_picks(tables.load_metrics(published_store, "zero_shot")) >= 5

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from core.present import charts, export, tables
-from core.store import published as published_figures
 from core.store.db import Store
 from core.store.record import create_run
 
@@ -369,13 +368,6 @@ def test_retention_chart_hatches_published_bars() -> None:
 
 
 # -- the published figures, end to end -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def published_store(tmp_path_factory) -> Store:
-    store = Store(tmp_path_factory.mktemp("pub") / "p.duckdb").init()
-    published_figures.sync(store)
-    return store
-
-
 def test_published_reference_rows(published_store: Store) -> None:
     rows = tables.load_metrics(published_store, "perplexity")
     shown = tables.perplexity_table(rows).display()

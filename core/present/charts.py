@@ -84,8 +84,7 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
         _add_ppl_trace(fig, latest, key, several)
         line = fig.data[-1] if len(latest) else None
         _add_other_runs(fig, ok_part.drop(index=latest.index), line)
-    right = max([T.sparsity_fraction(s, p) * 100 for s, p in
-                 zip(ppl["sparsity"], ppl["pattern"], strict=True)] + [10.0])
+    right = max([*_x_of(ppl), 10.0])
     _add_dense_levels(fig, ppl[ppl["dense"] & (ppl["status"] == "ok")], several, right)
     top = float(ok["value"].max()) * 2 if not ok.empty else 10.0
     _add_diverged(fig, ppl[ppl["status"] == "diverged"], top)
@@ -135,6 +134,7 @@ def _trace_groups(rows: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 def _x_of(part: pd.DataFrame) -> list[float]:
+    """Each row's share of pruned weights in % (the x of the perplexity chart)."""
     return [T.sparsity_fraction(s, p) * 100 for s, p in
             zip(part["sparsity"], part["pattern"], strict=True)]
 
@@ -216,9 +216,8 @@ def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
     if diverged.empty:
         return
     fig.add_trace(go.Scatter(
-        x=[T.sparsity_fraction(s, p) * 100 for s, p in
-           zip(diverged["sparsity"], diverged["pattern"], strict=True)],
-        y=[top] * len(diverged), mode="markers+text", name="diverged (no finite PPL)",
+        x=_x_of(diverged), y=[top] * len(diverged), mode="markers+text",
+        name="diverged (no finite PPL)",
         text=[f"{T.method_label(m)}: diverged" for m in diverged["method"]],
         textposition="bottom center", textfont={"size": 10, "color": "#b00020"},
         marker={"symbol": "x", "size": 12, "color": "#b00020"},

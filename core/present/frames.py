@@ -7,6 +7,7 @@ import collections
 import functools
 import inspect
 import json
+import threading
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
@@ -46,9 +47,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
             for s in raw]
     info = {key: _spec_info(key) for key in dict.fromkeys(keys)}
-    parsed = {key: found[0] for key, found in info.items()}
-    specs = [parsed[key] for key in keys]
-    df["spec"] = pd.Series(specs, index=df.index, dtype=object)
+    df["spec"] = pd.Series([info[key][0] for key in keys], index=df.index, dtype=object)
     origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
     source = df.get("source", pd.Series([None] * len(df), index=df.index))
     df["group"] = per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
@@ -64,7 +63,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     df["table"] = [info[key][2] for key in keys]
     for key, column in SETTING_COLUMNS.items():  # frames not read from the store
         if column not in df:
-            values = {k: setting_value(spec.get(key)) for k, spec in parsed.items()}
+            values = {k: setting_value(found[0].get(key)) for k, found in info.items()}
             df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
     return df
 
@@ -84,11 +83,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
     """Remember a function of a frame (its first argument) and hashable other arguments for the
     same frame object: a report asks for the same per-task rows several times.  The result is
-    shared (read only); the frame is held, so an id is never confused with a later frame's."""
+    shared (read only); the frame is held, so an id is never confused with a later frame's.
+    Safe across the server's session threads (the bookkeeping is locked, not the work)."""
     def decorate(function: F) -> F:
         kept: collections.OrderedDict[tuple, tuple[pd.DataFrame, Any]] = (
             collections.OrderedDict())
-
+        lock = threading.Lock()
         signature = inspect.signature(function)
 
         @functools.wraps(function)
@@ -97,16 +97,19 @@ def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
             bound.apply_defaults()
             key = (id(frame), *list(bound.arguments.values())[1:])
             try:
-                hit = kept.get(key)
+                hash(key)
             except TypeError:  # an argument that cannot be hashed (a list): not remembered
                 return function(frame, *args, **kwargs)
-            if hit is not None and hit[0] is frame:
-                kept.move_to_end(key)
-                return hit[1]
+            with lock:
+                hit = kept.get(key)
+                if hit is not None and hit[0] is frame:
+                    kept.move_to_end(key)
+                    return hit[1]
             value = function(frame, *args, **kwargs)
-            kept[key] = (frame, value)
-            while len(kept) > maxsize:
-                kept.popitem(last=False)
+            with lock:
+                kept[key] = (frame, value)
+                while len(kept) > maxsize:
+                    kept.popitem(last=False)
             return value
         return cached  # type: ignore[return-value]
     return decorate

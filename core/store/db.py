@@ -417,16 +417,9 @@ class Store:
         sql = (f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in args)}) "
                "RETURNING id")
         if con is not None:
-            run_id = int(con.execute(sql, args).fetchone()[0])
-        else:
-            with self.transaction() as own:
-                run_id = int(own.execute(sql, args).fetchone()[0])
-                if status == "done":
-                    bump_results(own)
-            return run_id
-        if status == "done":
-            bump_results(con)
-        return run_id
+            return _inserted(con, sql, args, status)
+        with self.transaction() as own:
+            return _inserted(own, sql, args, status)
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set some of a run's mutable columns (error, timestamps, environment, worker);
@@ -551,6 +544,14 @@ def bump_results(con: duckdb.DuckDBPyConnection) -> None:
                    SELECT 'results_version', CAST(coalesce(max(CAST(value AS BIGINT)), 0) + 1
                                                   AS VARCHAR)
                    FROM meta WHERE key = 'results_version'""")
+
+
+def _inserted(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any], status: str) -> int:
+    """Insert a run and return its id; a run stored done changes the results."""
+    run_id = int(con.execute(sql, args).fetchone()[0])
+    if status == "done":
+        bump_results(con)
+    return run_id
 
 
 def _moved(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any], status: str) -> bool:

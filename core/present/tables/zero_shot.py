@@ -125,11 +125,10 @@ def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
 
 @dataclass
 class _RunScores:
-    """The tasks a zero-shot run attempted, its 'ok' scores and its failed tasks."""
+    """The tasks each zero-shot run attempted and its 'ok' scores."""
 
     attempted: dict[int, set[str]]
     values: dict[int, dict[str, float]]
-    scores: pd.DataFrame  # the per-task rows they come from
 
     @classmethod
     def of(cls, scores: pd.DataFrame) -> _RunScores:
@@ -141,7 +140,7 @@ class _RunScores:
             scored = values.setdefault(rid, {})
             if value == value:
                 scored[task] = float(value)
-        return cls(attempted, values, scores)
+        return cls(attempted, values)
 
 
 _NO_BASE_COLUMNS = ["run_id", "model", "group", "dense", "spec"]
@@ -252,12 +251,11 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     pruned = df[~df["dense"].astype(bool) & (df["sparsity_label"] == sparsity)]
     if pruned.empty:
         return df.iloc[0:0].assign(**{c: [] for c in LONG_EXTRA})
-    runs = _RunScores.of(df)
     parts: list[pd.DataFrame] = []
     for group, gpruned in pruned.groupby("group", sort=False):
         gdense = df[df["dense"].astype(bool) & (df["group"] == group)]
         if group == OWN_GROUP:
-            parts += _own_per_task(gpruned, gdense, runs)
+            parts += _own_per_task(gpruned, gdense, df)
         else:
             parts += _published_per_task(gpruned, gdense)
     long = _sort_rows(pd.concat(parts, ignore_index=True), [])
@@ -268,12 +266,14 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     return long.reset_index(drop=True)
 
 
-def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, runs: _RunScores
+def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFrame
                   ) -> list[pd.DataFrame]:
+    """The latest pruned run of each method with its dense baseline run, chosen from the
+    per-task ``scores`` of the model."""
     latest = pruned.groupby("method")["run_id"].max()
     chosen = pruned[pruned["run_id"].isin(latest)]
     firsts = chosen.drop_duplicates("run_id")
-    found, why = _zs_baselines(runs.scores, pd.concat([firsts, dense]))
+    found, why = _zs_baselines(scores, pd.concat([firsts, dense]))
     parts, bases = [], {}
     for rid, part in chosen.groupby("run_id", sort=False):
         base = found.get(rid)
