@@ -44,30 +44,38 @@ def _measure_method(method: str, samples: int, seqlen: int, sparsity: str) -> di
             "loaded_mb": loaded_mb}
 
 
-def _measure_perplexity(windows: int, seqlen: int, batch_size: int) -> dict:
+def _measure_perplexity(windows: int, seqlen: int, batch_size: int, device: str,
+                        dtype: str) -> dict:
     import torch
     import torch.nn.functional as F
 
     from core.engine import data, models
     from core.engine.evaluate.perplexity import perplexity
 
-    model, tok = models.load_model("smollm2-135m")
+    model, tok = models.load_model("smollm2-135m", dtype=dtype)
+    model.to(device)
     ids = data.evaluation_ids(tok, "wiki-offline")
+
+    def synced() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     with torch.no_grad():  # warm-up, so that no loop pays for first-call allocations
-        model(input_ids=ids[:seqlen].unsqueeze(0), use_cache=False)
-    timed = {}
-    for size in dict.fromkeys((1, batch_size)):
-        started = time.perf_counter()
-        timed[size] = perplexity(model, ids, seqlen, batch_size=size, max_windows=windows)
-        timed[size] = (timed[size], time.perf_counter() - started)
-    started = time.perf_counter()
-    nlls = []
-    with torch.no_grad():
+        model(input_ids=ids[:seqlen].unsqueeze(0).to(device), use_cache=False)
+        timed = {}
+        for size in dict.fromkeys((1, batch_size)):
+            started = synced()
+            result = perplexity(model, ids, seqlen, batch_size=size, max_windows=windows,
+                                device=device)
+            timed[size] = (result, synced() - started)
+        started = synced()
+        nlls = []
         for i in range(windows):
-            window = ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0)
+            window = ids[i * seqlen:(i + 1) * seqlen].unsqueeze(0).to(device)
             logits = model(input_ids=window).logits.float()
             nlls.append(F.cross_entropy(logits[0, :-1], window[0, 1:]).item())
-    plain_s = time.perf_counter() - started
+        plain_s = synced() - started
     plain = float(torch.tensor(nlls, dtype=torch.float64).mean().exp())
     tokens = windows * seqlen
     return {"tokens": tokens, "plain_tok_s": tokens / plain_s, "plain_ppl": plain,
@@ -77,7 +85,8 @@ def _measure_perplexity(windows: int, seqlen: int, batch_size: int) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     if args.child == "perplexity":
-        result = _measure_perplexity(args.windows, args.seqlen, args.batch_size)
+        result = _measure_perplexity(args.windows, args.seqlen, args.batch_size, args.device,
+                                     args.dtype)
     else:
         result = _measure_method(args.child, args.samples, args.seqlen, args.sparsity)
     print("RESULT " + json.dumps(result))
@@ -86,7 +95,8 @@ def _child(args: argparse.Namespace) -> None:
 def _run_child(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--samples", str(args.samples),
            "--seqlen", str(args.seqlen), "--windows", str(args.windows),
-           "--batch-size", str(args.batch_size), "--sparsity", args.sparsity]
+           "--batch-size", str(args.batch_size), "--sparsity", args.sparsity,
+           "--device", args.device, "--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -100,6 +110,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--device", default="cpu", help="perplexity's device (pruning: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="perplexity's model dtype")
     parser.add_argument("--perplexity-only", action="store_true",
                         help="skip the pruning methods; measure perplexity throughput only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -119,7 +132,8 @@ def main() -> None:
             print(f"{row['method']:<14}{row['seconds']:>10.1f}{ratio:>11.2f}"
                   f"{row['peak_mb']:>10.0f}{row['peak_mb'] - row['loaded_mb']:>13.0f}")
     ppl = _run_child("perplexity", args)
-    print(f"\nperplexity on {ppl['tokens']} wiki-offline tokens (seqlen {args.seqlen}):")
+    print(f"\nperplexity on {ppl['tokens']} wiki-offline tokens (seqlen {args.seqlen}, "
+          f"{args.device}, {args.dtype}):")
     print(f"{'loop':<28}{'tokens/s':>10}{'ppl':>10}")
     print(f"{'plain batch-size-1 loop':<28}{ppl['plain_tok_s']:>10.0f}{ppl['plain_ppl']:>10.3f}")
     for row in ppl["ours"]:

@@ -131,6 +131,8 @@ def detail(runs, shown) -> None:  # noqa: ANN001
         results = run_views.run_results(store, run_id)
         if not results.empty:
             st.table(results, hide_index=True, border="horizontal")
+        if saved := run_views.saved_model(info["spec"]):
+            st.markdown(saved)
     st.markdown("**Log** (last 40 lines)")
     st.code("\n".join(run_views.log_tail(store, run_id)) or "(no log lines yet)",
             language=None, wrap_lines=True)

@@ -75,23 +75,29 @@ def test_published_table_4_grid_and_best_cell(published_store: Store) -> None:
     assert len(figure.layout.shapes) == 1  # the best cell outlined
 
 
-def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
+def finished_sweep(tmp_path: Path, grid: dict[str, list],
+                   results: list[tuple[float, str]]) -> tuple[Store, jobs.SweepSubmission]:
+    """A SparseGPT sweep over ``grid`` on a tiny model whose first cells finished with
+    ``results`` (perplexity, status); the other cells stay queued."""
     store = Store(tmp_path / "r.duckdb").init()
-    folder = tiny_llama_folder(tmp_path / "model")
     corpus = tmp_path / "c.txt"
     corpus.write_text(SAMPLE_TEXT)
-    base = PruneSpec(model=str(folder), method="sparsegpt", sparsity="0.5",
-                     calibration=str(corpus), samples=2, seqlen=32,
+    base = PruneSpec(model=str(tiny_llama_folder(tmp_path / "model")), method="sparsegpt",
+                     sparsity="0.5", calibration=str(corpus), samples=2, seqlen=32,
                      ppl_datasets=[str(corpus)], ppl_seqlen=32, max_windows=2)
-    grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5]}
     submission = jobs.submit_sweep(store, base, grid)
-    results = {0: (12.5, "ok"), 1: (11.0, "ok"), 2: (math.inf, "diverged")}  # cell 3 stays queued
-    for index, (value, status) in results.items():
-        run_id = submission.run_ids[index]
+    for run_id, (value, status) in zip(submission.run_ids, results, strict=False):
         store.add_metrics(run_id, [{"kind": "perplexity", "dataset": str(corpus),
                                     "metric": "ppl", "value": value, "status": status}])
         store.move(run_id, "running")
         store.move(run_id, "done")
+    return store, submission
+
+
+def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
+    grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5]}
+    store, submission = finished_sweep(  # cell 3 stays queued
+        tmp_path, grid, [(12.5, "ok"), (11.0, "ok"), (math.inf, "diverged")])
     ppl = tables.load_metrics(store, "perplexity")
     own = [g for g in ablations.ablation_list(store, ppl) if g.origin == "own"]
     assert [g.sweep_id for g in own] == [submission.sweep_id]
@@ -109,6 +115,23 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
     assert hover[0][1].startswith("method_params.dampening=0.01, sparsity=0.5: 11.00 (best)")
     assert f"run {submission.run_ids[1]}" in hover[0][1] and "samples=2" in hover[0][1]
     assert "no run" not in hover[1][1]  # the queued cell has its run
+
+
+def test_a_collapsed_cell_is_a_word_and_never_the_best(tmp_path: Path) -> None:
+    grid = {"method_params.dampening": [0.01], "sparsity": [0.3, 0.5, 0.7]}
+    # The collapsed cell's stored value is the lowest: it must still not be the best cell.
+    store, _ = finished_sweep(tmp_path, grid,
+                              [(12.5, "ok"), (3.0, "collapsed"), (math.inf, "diverged")])
+    ppl = tables.load_metrics(store, "perplexity")
+    own = [g for g in ablations.ablation_list(store, ppl) if g.origin == "own"]
+    cells, params = ablations.ablation_cells(store, ppl, own[0])
+    assert cells["status"].tolist() == ["done", "collapsed", "diverged"]
+    table = ablations.ablation_table(cells, *params)
+    assert table.display().iloc[0, 1:].tolist() == ["12.50 (best)", tables.COLLAPSED,
+                                                    tables.DIVERGED]
+    assert "perplexity 12.50" in table.notes[1]
+    scatter = charts.sweep_scatter(cells, "sparsity")
+    assert list(scatter.data[1].text) == ["collapsed", "diverged"]
 
 
 def test_own_compute_time_and_costs(tmp_path: Path) -> None:

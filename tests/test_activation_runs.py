@@ -25,7 +25,7 @@ from core.runs.registry import spec_from_dict
 from core.runs.specs import check
 from core.store.db import Store
 from core.store.record import create_run
-from tests.tiny_assets import tiny_llama_folder
+from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 pytest.importorskip("lm_eval")
 
@@ -172,6 +172,29 @@ def test_activation_run_measures_the_kept_share(model_dir: str, tmp_path: Path) 
     finals = tables.final_rows(tables.load_metrics(store, "task"),
                                tables.load_metrics(store, "activation"))
     assert finals.empty  # not part of a search: no CoreInfer / best / AVG row
+
+
+def test_activation_perplexity_worse_than_uniform_guessing_is_collapsed(tmp_path: Path) -> None:
+    from core.engine import models
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT)
+    fitted = tiny_llama_folder(tmp_path / "fitted", fit_steps=10)
+    model, tokenizer = models.load_model(str(fitted))
+    model.lm_head.weight.data.mul_(-5.0)  # confidently wrong: far worse than uniform guessing
+    model.save_pretrained(tmp_path / "inverted")
+    tokenizer.save_pretrained(tmp_path / "inverted")
+    store = new_store(tmp_path)
+    for folder in (fitted, tmp_path / "inverted"):
+        spec = ActivationSpec(model=str(folder), method="coreinfer", sparsity=0.5,
+                              ppl_datasets=[str(corpus)], ppl_seqlen=32, max_windows=2)
+        run_and_store(store, create_run(store, spec), spec)
+    rows = store.frame("SELECT status, value, note FROM metrics WHERE kind = 'activation' AND "
+                       "metric = 'ppl' ORDER BY run_id")
+    assert rows["status"].tolist() == ["ok", "collapsed"]
+    assert rows["value"].iloc[0] < 259 < rows["value"].iloc[1]  # the collapsed value is kept
+    assert rows["note"].iloc[1].startswith("perplexity ") and "(259): worse than uniform " \
+        "guessing; 2 windows of 32" in rows["note"].iloc[1]
 
 
 def test_failed_search_leaves_nothing_half_written(model_dir: str, tmp_path: Path) -> None:

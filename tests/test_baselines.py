@@ -163,7 +163,7 @@ def test_migration_fills_the_setting_columns_and_keeps_every_row(tmp_path) -> No
             con.execute("INSERT INTO metrics (run_id, kind, dataset, metric, value) "
                         "VALUES (currval('run_ids'), 'perplexity', 'wikitext2', 'ppl', ?)", [i])
     before = store.frame("SELECT * FROM runs ORDER BY id")
-    store.init()
+    store.migrate(target=6)
     after = store.frame("SELECT * FROM runs ORDER BY id")
     pd.testing.assert_frame_equal(after[before.columns], before)
     columns = list(SETTING_COLUMNS.values())

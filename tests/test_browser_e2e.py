@@ -75,7 +75,7 @@ def app(tmp_path: Path) -> Iterator[dict[str, object]]:
         pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     text = tmp_path / "sample.txt"
     text.write_text(SAMPLE_TEXT)
-    model = tiny_llama_folder(tmp_path / "tiny-model")
+    model = tiny_llama_folder(tmp_path / "tiny-model", fit_steps=10)
     db = tmp_path / "results.duckdb"
     env = {**os.environ, "SPARSEBENCH_DB": str(db), "SPARSEBENCH_CACHE": str(tmp_path / "cache")}
     port = free_port()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
 from core.engine import data
 from tests.tiny_assets import tiny_tokenizer
@@ -56,7 +60,92 @@ def test_hub_datasets_read_from_a_local_copy(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setenv("SPARSEBENCH_DATASETS_DIR", str(tmp_path))
     assert data.load_text("wikitext2", "evaluation") == (
         " = Heading = \n\nfirst test line\n\nsecond test line")
-    assert data.load_text("wikitext2", "calibration") == "train line one\n\ntrain line two"
+    assert data.load_text("wikitext2", "calibration") == "train line one train line two"
     assert data.load_text("ptb", "evaluation") == "a b c d"
     with pytest.raises(data.DataError, match="no folder"):
         data.load_text("c4", "evaluation")
+
+
+# -- the reference code's data protocol, re-implemented here from its description ----------------
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with a BOS added by default, as Llama's tokenizer does."""
+    tok = tiny_tokenizer()
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tok("a b")["input_ids"][0] == bos
+    return tok
+
+
+WORDS = ["the", "model", "of", "a", "small", "corpus", "reads", "every", "line", "and",
+         "twice"]
+
+
+def _documents(count: int, rng: random.Random, longest: int = 40) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, longest)))
+            for _ in range(count)]
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch) -> dict[str, dict[str, list[str]]]:
+    """Small local copies of wikitext2, ptb and c4 (SPARSEBENCH_DATASETS_DIR)."""
+    rng = random.Random(7)
+    texts = {"wikitext2": {"train": _documents(60, rng), "test": _documents(30, rng)},
+             "ptb": {"train": _documents(60, rng), "test": _documents(30, rng)},
+             "c4": {"train": _documents(80, rng, 60), "validation": _documents(1150, rng, 4)}}
+    field = {"wikitext2": "text", "ptb": "sentence", "c4": "text"}
+    for name, splits in texts.items():
+        (tmp_path / name).mkdir()
+        for split, docs in splits.items():
+            pd.DataFrame({field[name]: docs}).to_json(
+                tmp_path / name / f"{split}.json", orient="records", lines=True)
+    monkeypatch.setenv("SPARSEBENCH_DATASETS_DIR", str(tmp_path))
+    return texts
+
+
+def reference_joined_windows(tok, text: str, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """get_wikitext2 / get_ptb: tokenize the joined text once, random windows from one seed."""
+    enc = tok(text, return_tensors="pt").input_ids
+    random.seed(seed)
+    rows = []
+    for _ in range(n):
+        i = random.randint(0, enc.shape[1] - seqlen - 1)
+        rows.append(enc[:, i:i + seqlen])
+    return torch.cat(rows)
+
+
+def reference_c4_windows(tok, docs: list[str], n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """get_c4: a random document until one is longer than seqlen, then a random window."""
+    random.seed(seed)
+    rows = []
+    for _ in range(n):
+        while True:
+            enc = tok(docs[random.randint(0, len(docs) - 1)], return_tensors="pt").input_ids
+            if enc.shape[1] > seqlen:
+                break
+        i = random.randint(0, enc.shape[1] - seqlen - 1)
+        rows.append(enc[:, i:i + seqlen])
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("name", ["wikitext2", "ptb"])
+def test_joined_corpora_follow_the_reference_protocol(local_hub, name) -> None:
+    tok, texts = bos_tokenizer(), local_hub[name]
+    calibration_joiner, evaluation_joiner = " ", "\n\n" if name == "wikitext2" else " "
+    got = data.calibration_ids(tok, name, n_samples=6, seqlen=16, seed=3)
+    want = reference_joined_windows(tok, calibration_joiner.join(texts["train"]), 6, 16, 3)
+    assert torch.equal(got, want)
+    evaluation = data.evaluation_ids(tok, name, seqlen=16)
+    expected = tok(evaluation_joiner.join(texts["test"]), return_tensors="pt").input_ids[0]
+    assert torch.equal(evaluation, expected)
+    assert evaluation[0] == tok.bos_token_id  # the tokenizer's default special tokens
+
+
+def test_c4_follows_the_reference_protocol(local_hub) -> None:
+    tok, texts = bos_tokenizer(), local_hub["c4"]
+    got = data.calibration_ids(tok, "c4", n_samples=5, seqlen=24, seed=0)
+    assert torch.equal(got, reference_c4_windows(tok, texts["train"], 5, 24, 0))
+    evaluation = data.evaluation_ids(tok, "c4", seqlen=8)
+    joined = tok(" ".join(texts["validation"][:1100]), return_tensors="pt").input_ids
+    assert joined.shape[1] > 256 * 8, "the setup is too short to show the cut"
+    assert torch.equal(evaluation, joined[0, : 256 * 8])

@@ -60,6 +60,38 @@ def test_a_diverged_run_is_never_a_number() -> None:
     assert own.text.startswith("**Magnitude 70%** diverged on WikiText-2")
 
 
+def test_a_collapsed_run_is_named_so_never_worse() -> None:
+    """Issue 15: a perplexity above the vocabulary size read '+16,631,103% higher: worse'."""
+    mag95 = F.Result("Magnitude 95%", {"wikitext2": math.nan}, {}, collapsed=frozenset(
+        {"wikitext2"}))
+    wanda95 = F.Result("Wanda 95%", {"wikitext2": 41.85}, {})
+    own = F.perplexity_change(mag95, DENSE, "wikitext2")
+    against = F.perplexity_change(wanda95, mag95, "wikitext2")
+    both = F.perplexity_change(mag95, F.Result("X", {}, collapsed=frozenset({"wikitext2"})),
+                               "wikitext2")
+    for found in (own, against, both):
+        assert found is not None and found.verdict == F.COLLAPSED and found.value is None
+        assert "collapsed" in found.text and "diverged" not in found.text
+        assert "worse than uniform guessing" in found.text
+        assert "higher than" not in found.text and ": worse" not in found.text
+    assert own.text == ("**Magnitude 95%** collapsed on WikiText-2 (worse than uniform "
+                        "guessing); Dense has 5.11.")
+    assert "no relative change is defined" in against.text
+    assert both.text.startswith("**Magnitude 95%** and X both collapsed on WikiText-2")
+
+
+def test_collapsed_and_diverged_stay_distinct() -> None:
+    collapsed = F.Result("A", {"wikitext2": 9e6}, collapsed=frozenset({"wikitext2"}))
+    diverged = F.Result("B", {"wikitext2": math.nan})
+    one = F.perplexity_change(collapsed, diverged, "wikitext2")
+    other = F.perplexity_change(diverged, collapsed, "wikitext2")
+    assert one.verdict == F.COLLAPSED and other.verdict == F.DIVERGED
+    assert one.text == ("**A** collapsed on WikiText-2 (worse than uniform guessing); B diverged "
+                        "(no finite perplexity).")
+    assert "9000000" not in one.text and "9,000,000" not in one.text  # the stored value unused
+    assert [f.verdict for f in F.sparsity_findings([collapsed], diverged)] == [F.COLLAPSED]
+
+
 def test_no_sentence_without_data() -> None:
     no_ppl = F.Result("Wanda 50%", {}, {})
     assert F.perplexity_change(no_ppl, DENSE, "wikitext2") is None

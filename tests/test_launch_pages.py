@@ -9,6 +9,7 @@ started here (``LocalExecutor.ensure_workers`` is replaced by a recorder).
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -460,6 +461,24 @@ def test_done_run_shows_results_log_and_settings(db: Path, workers: list[int],
     assert "Calibration text" not in settings  # magnitude uses no calibration data
     assert settings["Max windows"] == "4"
     assert any("recorded when the run starts" in c.value for c in at.caption)
+
+
+def test_done_run_lists_its_saved_model_and_size(db: Path, workers: list[int], store: Store,
+                                                 assets: dict[str, str], tmp_path: Path) -> None:
+    saved = tmp_path / "pruned"
+    saved.mkdir()
+    (saved / "model.safetensors").write_bytes(b"\0" * 3 * 2**20)
+    (saved / "config.json").write_text("{}")
+    spec = PruneSpec(model=assets["model"], method="magnitude", sparsity="0.5",
+                     ppl_datasets=[assets["text"]], ppl_seqlen=32, save_dir=str(saved))
+    run_id = create_run(store, spec, status="done")
+    at = pick(open_page("pages/runs.py"), run_id)
+    assert any(m.value == f"Saved model: `{saved}` (2 files, 3.0 MiB)" for m in at.markdown)
+    settings = dict(at.table[0].value.values.tolist())  # no results: the settings come first
+    assert settings["Saved to"] == str(saved) and settings["Selection rule"] == "reference"
+    shutil.rmtree(saved)
+    at = pick(open_page("pages/runs.py"), run_id)
+    assert any("the folder is no longer there" in m.value for m in at.markdown)
 
 
 def test_progress_is_read_defensively() -> None:

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from core.engine.prune import runner
 from core.engine.prune.methods import get_method
 from core.engine.prune.methods.base import Target
-from core.engine.prune.owl import outlier_ratios, owl_targets, targets_from_ratios
+from core.engine.prune.owl import OWL, outlier_ratios, owl_targets, targets_from_ratios
 from core.engine.prune.runner import prune_model
 
 D = [0.012, 0.030, 0.004, 0.021, 0.030, 0.009, 0.017, 0.025]
@@ -164,3 +165,58 @@ def test_zero_block_target_leaves_the_block_dense(archs, calibration):
     for p_model, p_dense in zip(arch.blocks(model)[0].parameters(),
                                 arch.blocks(dense)[0].parameters(), strict=True):
         assert torch.equal(p_model, p_dense)
+
+
+# -- OWL as a setting of the method: its prepare step walks the runner's one traversal ------------
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "wanda"])
+def test_owl_setting_prepares_the_same_targets_with_one_capture(archs, calibration, method,
+                                                                monkeypatch):
+    arch = archs["llama"]
+    targets = owl_targets(arch.build(), calibration, 0.6, M=3.0, lam=0.1)
+    explicit = arch.build()
+    want = prune_model(explicit, get_method(method), Target(0.6), calibration,
+                       block_targets=targets)
+    captures = []
+    original = runner.capture_inputs
+    monkeypatch.setattr(runner, "capture_inputs",
+                        lambda *a, **k: captures.append(1) or original(*a, **k))
+    model = arch.build()
+    got = prune_model(model, get_method(method, owl=OWL(M=3.0, lam=0.1)), Target(0.6),
+                      calibration)
+    assert len(captures) == 1  # OWL's dense walk and the pruning walk share block 0's inputs
+    assert got.block_targets == pytest.approx(targets, abs=1e-12)
+    assert got.per_block() == want.per_block()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  explicit.state_dict().values(), strict=True))
+
+
+def test_owl_block_range_keeps_the_rest_dense_and_averages_inside(archs, calibration):
+    arch = archs["llama"]
+    model = arch.build()
+    report = prune_model(model, get_method("wanda", owl=OWL()), Target(0.5), calibration,
+                         block_range=(1, 2))
+    assert report.block_targets == [0.0, pytest.approx(0.5)]
+    assert report.per_block()[0] == 0.0
+
+
+def test_owl_is_refused_where_it_has_no_meaning(archs, calibration):
+    with pytest.raises(ValueError, match="OWL layer-wise sparsity does not work with sparsellm"):
+        get_method("sparsellm", owl=OWL())
+    with pytest.raises(ValueError, match="OWL lambda"):
+        OWL(lam=0.7)
+    with pytest.raises(ValueError, match="OWL .*unstructured"):
+        prune_model(archs["llama"].build(), get_method("wanda", owl=OWL()), Target(n=2, m=4),
+                    calibration)
+
+
+def test_methods_keep_no_state_between_runs(archs, calibration):
+    """What a block teaches (SparseLLM's FFN errors, its warning) is in the report's notes; the
+    method instance is the same before and after, so two runs with it agree."""
+    arch = archs["llama"]
+    method = get_method("sparsellm", iterations=2)
+    before = dict(vars(method))
+    first = prune_model(arch.build(), method, Target(0.5), calibration)
+    assert vars(method) == before
+    second = prune_model(arch.build(), method, Target(0.5), calibration)
+    assert set(first.notes) == {0, 1} and first.notes == second.notes
+    assert all(len(note["ffn_errors"]) == 2 for note in first.notes.values())

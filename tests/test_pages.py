@@ -249,6 +249,34 @@ def test_zero_shot_page_with_own_runs(store: Store, downloads: dict[str, bytes])
         assert not frame.value.astype(str).apply(lambda c: c.str.lower().eq("nan")).any().any()
 
 
+def test_perplexity_page_shows_a_collapsed_run(store: Store) -> None:
+    """Issue 15: a perplexity at or above the vocabulary size reads 'collapsed', not a number."""
+    from core.present import runs as run_views
+
+    def wikitext(value: float, **extra: object) -> dict:
+        return {"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl", "value": value,
+                **extra}
+
+    own_run(store, "dense", [wikitext(20.0)])
+    collapsed = own_run(store, "magnitude", [wikitext(
+        6960449.0, status="collapsed", note="perplexity 6,960,449 is at or above the "
+        "vocabulary size (49,152): worse than uniform guessing")])
+    at = run("pages/perplexity.py")
+    assert_clean(at)
+    at.sidebar.radio[0].set_value("Own runs").run()
+    assert_clean(at)
+    shown = at.dataframe[0].value
+    row = shown[shown["Run"] == str(collapsed)]
+    assert row[["Method", "PPL", "Δ from dense"]].values.tolist() == [
+        ["Magnitude 50%", "collapsed", "collapsed"]]
+    assert "6,960,449" in row["Note"].iloc[0]
+    assert not shown.astype(str).apply(lambda c: c.str.contains("6960449")).any().any()
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert "collapsed (PPL" in chart and "Magnitude: collapsed" in chart
+    assert run_views.run_results(store, collapsed).values.tolist() == [
+        ["Perplexity on wikitext2", "collapsed (PPL 6,960,449 ≥ vocabulary size)"]]
+
+
 def test_layer_statistics_page_shows_own_blocks(store: Store) -> None:
     stats = [{"block": b, "layer": "block", "stat": "sparsity", "value": v}
              for b, v in ((0, 0.49), (1, 0.51))]

@@ -1,4 +1,5 @@
-"""Perplexity: the Wanda / SparseGPT protocol, batch-size invariance, divergence reporting."""
+"""Perplexity: the Wanda / SparseGPT protocol, batch-size invariance, divergence reporting, the
+collapsed rule (at or above the vocabulary size)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.engine.evaluate.perplexity import perplexity, windows
+from core.engine.evaluate.perplexity import is_collapsed, perplexity, vocab_size, windows
 
 SEQLEN = 16
 
@@ -105,6 +106,29 @@ def test_diverged_model_is_reported_not_raised(model, ids, breaker):
     assert result.windows == 5
 
 
+@pytest.mark.parametrize(("value", "vocab", "collapsed"), [
+    (49151.9, 49152, False),  # below the vocabulary size: better than uniform guessing
+    (49152.0, 49152, True),  # equal: exactly uniform guessing
+    (6960449.0, 49152, True),  # above (issue 15's 95% magnitude run)
+    (None, 49152, False),  # diverged is not collapsed
+    (math.inf, 49152, False),
+    (math.nan, 49152, False),
+    (6960449.0, None, False),  # unknown vocabulary: no verdict
+])
+def test_collapsed_means_at_or_above_the_vocabulary_size(value, vocab, collapsed):
+    assert is_collapsed(value, vocab) is collapsed
+
+
+def test_vocab_size_is_the_output_embedding_rows(model):
+    assert vocab_size(model) == model.config.vocab_size == 128
+    model.resize_token_embeddings(136)  # padded rows count: the model predicts over them
+    model.config.vocab_size = 128
+    assert vocab_size(model) == 136
+    model.get_output_embeddings = lambda: None  # no head to read: the config says
+    model.config.vocab_size = 100
+    assert vocab_size(model) == 100
+
+
 def test_too_few_tokens(model):
     with pytest.raises(ValueError, match="fewer than one window of 16"):
         perplexity(model, torch.arange(SEQLEN - 1), SEQLEN)
@@ -126,3 +150,15 @@ def test_cross_entropy_definition_matches(model, ids):
         logits = model(input_ids=window.unsqueeze(0)).logits[0]
     nll = F.cross_entropy(logits[:-1], window[1:]).item()
     assert direct_perplexity(model, ids, SEQLEN, 1) == pytest.approx(math.exp(nll), rel=1e-5)
+
+
+def test_window_nlls_are_kept_in_order_and_make_up_the_value(model, ids):
+    result = perplexity(model, ids, SEQLEN, batch_size=2)
+    assert len(result.window_nlls) == 5
+    for w, nll in enumerate(result.window_nlls):
+        window = ids[w * SEQLEN:(w + 1) * SEQLEN]
+        alone = perplexity(model, window, SEQLEN)
+        assert nll == pytest.approx(math.log(alone.value), rel=1e-5)
+    mean = sum(result.window_nlls) / 5
+    assert result.value == pytest.approx(math.exp(mean), rel=1e-12)
+    assert result.nll_sum == pytest.approx(mean * 5 * SEQLEN, rel=1e-12)

@@ -14,7 +14,13 @@ import cli
 from core.engine import models
 from core.engine.prune.runner import LinearSparsity, PruneReport
 from core.execution.run import run_and_store
-from core.runs.kinds.prune import PruneSpec, layer_stat_rows
+from core.runs.kinds.prune import (
+    PruneSpec,
+    evaluate_perplexity,
+    layer_stat_rows,
+    perplexity_status,
+)
+from core.runs.results import RunResult, quiet
 from core.runs.specs import check
 from core.store.db import Store
 from core.store.record import create_run
@@ -86,6 +92,39 @@ def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path
     linear_rows = store.frame("SELECT * FROM layer_stats WHERE stat = 'sparsity' "
                               "AND layer NOT IN ('block', 'model')")
     assert len(linear_rows) == 2 * 7 and (linear_rows["value"] == 0.5).all()
+
+
+def test_perplexity_status_rule() -> None:
+    assert perplexity_status(48000.0, 49152) == ("ok", None)
+    assert perplexity_status(None, 49152) == ("diverged", "non-finite loss: the model diverged")
+    assert perplexity_status(49152.0, 49152)[0] == "collapsed"
+    assert perplexity_status(6960449.0, 49152) == ("collapsed", (
+        "perplexity 6,960,449 is at or above the vocabulary size (49,152): worse than uniform "
+        "guessing"))
+    assert perplexity_status(6960449.0, None) == ("ok", None)  # unknown vocabulary
+
+
+def test_a_perplexity_worse_than_uniform_guessing_is_stored_collapsed(
+        corpus: str, tmp_path: Path) -> None:
+    folder = tiny_llama_folder(tmp_path / "fitted", fit_steps=10)
+    spec = tiny_spec(folder, corpus)
+    model, tokenizer = models.load_model(str(folder))
+    said: list[str] = []
+    fitted, inverted = RunResult(), RunResult()
+    evaluate_perplexity(model, tokenizer, spec, fitted, quiet, said.append)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-5.0)  # confidently wrong: far worse than uniform guessing
+    evaluate_perplexity(model, tokenizer, spec, inverted, quiet, said.append)
+    ok, collapsed = fitted.metrics[0], inverted.metrics[0]
+    assert ok["status"] == "ok" and ok["value"] < 259 and ok["note"] is None
+    assert collapsed["status"] == "collapsed" and collapsed["value"] > 1e6  # the value is kept
+    assert collapsed["note"].endswith("at or above the vocabulary size (259): worse than "
+                                      "uniform guessing")
+    assert "collapsed (ppl " in said[-1] and ">= vocabulary size 259)" in said[-1]
+    store = Store(tmp_path / "r.duckdb").init()
+    store.add_metrics(create_run(store, spec, status="done"), inverted.metrics)
+    row = store.metrics("perplexity").iloc[0]
+    assert row["status"] == "collapsed" and row["value"] == collapsed["value"]
 
 
 def test_failed_run_keeps_its_error_and_no_results(model_dir: Path, corpus: str,

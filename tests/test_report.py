@@ -382,6 +382,31 @@ def test_compare_table_differences(store: Store, runs: dict[str, int]) -> None:
     assert list(settings.index[:1]) == ["method"]
 
 
+COLLAPSED_PPL = {"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                 "value": 6960449.0, "status": "collapsed",
+                 "note": "perplexity 6,960,449 is at or above the vocabulary size (49,152): "
+                         "worse than uniform guessing"}
+
+
+def test_a_collapsed_run_in_the_report_and_compare(store: Store, runs: dict[str, int]) -> None:
+    """Issue 15: a 95% run above the vocabulary size read '+34,802,145%' and 'worse'."""
+    mag95 = own_run(store, "magnitude", "0.95", [COLLAPSED_PPL])
+    wanda95 = own_run(store, "wanda", "0.95", [ppl(900.0)])
+    text = report.build(*frames(store), MODEL, tables.OWN_GROUP).markdown()
+    assert "| Magnitude 95% | collapsed | collapsed | perplexity 6,960,449 is at or above" in text
+    assert ("- **Magnitude 95%** collapsed on WikiText-2 (worse than uniform guessing); Dense "
+            "has 20.00.") in text
+    assert ("- **Wanda 95%** has perplexity 900.00 on WikiText-2 while Magnitude 95% collapsed "
+            "(worse than uniform guessing), so no relative change is defined.") in text
+    assert "6960449" not in text and "34802" not in text
+    table = compare.compare_table(tables.prepare(store.metrics()), [runs["dense"], mag95, wanda95])
+    shown = table.display().set_index("Metric")
+    column = next(c for c in shown.columns if c.startswith(f"#{mag95} "))
+    assert shown.loc["Perplexity · WT2", column] == "collapsed"
+    assert shown.loc["Perplexity · WT2", f"Δ #{mag95} vs #{runs['dense']}"] == ""
+    assert math.isnan(table.frame.set_index("Metric").loc["Perplexity · WT2", column])
+
+
 # -- pages -----------------------------------------------------------------------------------------
 def run_page(script: str) -> AppTest:
     return AppTest.from_file(str(ROOT / script), default_timeout=120).run()

@@ -89,9 +89,10 @@ def prune_recording(model: nn.Module, target: Target, calibration: torch.Tensor,
             dense_y = ffn_output(arch_name, dense, x)
         reference = copy.deepcopy(block)
         get_method("sparsegpt").prune_block(reference, adapter, stats, block_target)
-        original(block, adapter, stats, block_target)
+        notes = original(block, adapter, stats, block_target)
         records.append(BlockRecord(x, dense_y, down.stacked_outputs(), block, reference,
-                                   list(method.last_errors)))
+                                   list(notes["ffn_errors"])))
+        return notes
 
     method.prune_block = recording  # type: ignore[method-assign]
     report = prune_model(model, method, target, calibration)
@@ -118,10 +119,12 @@ def test_ffn_error_not_above_sparsegpt(archs, calib, arch_name, target_text):
 
 
 def expected_zeros(rows: int, cols: int, target: Target, blocksize: int = 128) -> int:
-    """SparseGPT's count: int(block numel x p) in every column block (N:M: n per group)."""
+    """SparseGPT's count under the reference rule (no ties): int(block numel x p) + 1 in every
+    column block, as everything at or below the int(numel x p)-th smallest is pruned (N:M: n
+    per group)."""
     if target.is_nm:
         return rows * cols // target.m * target.n
-    return sum(int(rows * (min(start + blocksize, cols) - start) * target.sparsity)
+    return sum(int(rows * (min(start + blocksize, cols) - start) * target.sparsity) + 1
                for start in range(0, cols, blocksize))
 
 

@@ -27,6 +27,8 @@ def test_round_trip(tmp_path: Path) -> None:
          "n_samples": 2048},
         {"kind": "perplexity", "dataset": "ptb", "metric": "ppl", "value": None,
          "status": "diverged"},
+        {"kind": "perplexity", "dataset": "c4", "metric": "ppl", "value": 6960449.0,
+         "status": "collapsed", "note": "at or above the vocabulary size"},
     ])
     store.add_layer_stats(run_id, [{"block": 0, "layer": "mlp.up_proj", "stat": "sparsity",
                                     "value": 0.5}])
@@ -43,6 +45,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert metrics.loc["wiki-offline", "n_samples"] == 2048
     assert metrics.loc["ptb", "status"] == "diverged"
     assert metrics.loc["ptb", "value"] != metrics.loc["ptb", "value"]  # NULL -> NaN in pandas
+    assert metrics.loc["c4", "status"] == "collapsed" and metrics.loc["c4", "value"] == 6960449.0
     trials = store.frame("SELECT * FROM search_trials")
     assert json.loads(trials.loc[0, "params"]) == [0.1, 0.9, 0.5, 100]
     assert store.frame("SELECT value FROM layer_stats")["value"].tolist() == [0.5]
@@ -83,6 +86,41 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     frame = upgraded.metrics()
     assert frame["value"].tolist() == [7.5] and "raw" in frame.columns
     assert upgraded.frame("SELECT count(*) FROM run_logs").iloc[0, 0] == 0  # migration 2
+
+
+def test_migration_marks_earlier_runs_with_the_rules_they_ran_with(tmp_path: Path) -> None:
+    """Runs stored before the reference selection rules (migration 8): their specs say
+    'exact' and data protocol 1, so they are not taken for runs with the new defaults."""
+    from core.runs.kinds.prune import PruneSpec
+
+    old = Store(tmp_path / "old.duckdb")
+    old.migrate(target=7)
+    pruned = PruneSpec(method="wanda").to_dict()
+    for key in ("selection", "data_protocol"):
+        pruned.pop(key)
+    dense = {**pruned, "method": "dense"}
+    specs = {"prune": pruned, "dense": dense, "activation": {"method": "coreinfer"},
+             "sweep": {"base": pruned, "grid": {"sparsity": ["0.5"]}}}
+    with old.transaction() as con:
+        for name, spec in specs.items():
+            kind = "prune" if name == "dense" else name
+            con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                        "status) VALUES ('own', ?, 'm', ?, 'unstructured', ?, ?, 'done')",
+                        [kind, spec.get("method", "sweep"), json.dumps(spec), f"h-{name}"])
+        con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                    "status) VALUES ('published', 'prune', 'm', 'wanda', 'unstructured', "
+                    "'{\"table\": \"T\"}', 'h-pub', 'done')")
+    store = Store(old.path).init()
+    rows = store.frame("SELECT spec, spec_hash FROM runs ORDER BY id")
+    got = [json.loads(text) for text in rows["spec"]]
+    assert got[0] == {**pruned, "selection": "exact", "data_protocol": 1}
+    assert got[1] == {**dense, "data_protocol": 1}
+    assert got[2] == {"method": "coreinfer", "selection": "exact", "data_protocol": 1}
+    assert got[3]["base"] == got[0] and got[4] == {"table": "T"}
+    assert rows["spec_hash"].tolist() == ["h-prune", "h-dense", "h-activation", "h-sweep", "h-pub"]
+    earlier = PruneSpec.from_dict(got[0])
+    assert (earlier.selection, earlier.data_protocol) == ("exact", 1)
+    assert earlier.identity() != PruneSpec(method="wanda").identity()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

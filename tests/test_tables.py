@@ -93,6 +93,42 @@ def test_diverged_is_shown_as_a_word_never_nan() -> None:
     assert "nan" not in text.lower()
 
 
+COLLAPSE_NOTE = ("perplexity 6,960,449 is at or above the vocabulary size (49,152): worse than "
+                 "uniform guessing")
+
+
+def collapsed_rows() -> pd.DataFrame:
+    """Dense, Wanda 50% and a 95% magnitude run whose perplexity is above the vocabulary size."""
+    return make_rows(ppl("dense", 0, 20.0), ppl("wanda", 0.5, 30.0),
+                     ppl("magnitude", 0.95, 6960449.0, status="collapsed", note=COLLAPSE_NOTE))
+
+
+def test_collapsed_is_shown_as_a_word_with_no_delta() -> None:
+    """Issue 15: a perplexity above the vocabulary size read '+34,802,145%' from dense."""
+    table = tables.perplexity_table(collapsed_rows())
+    assert cell(table, "Magnitude 95%", "PPL") == tables.COLLAPSED == "collapsed"
+    assert cell(table, "Magnitude 95%", "Δ from dense") == "collapsed"
+    row = table.frame.set_index("Method").loc["Magnitude 95%"]
+    assert math.isnan(row["PPL"]) and math.isnan(row["Δ from dense"])
+    assert row["_status"] == "collapsed" and "6,960,449" in row["Note"]  # the value, as a note
+    assert cell(table, "Wanda 50%", "Δ from dense") == "+50.00%"  # other rows unchanged
+
+
+def test_a_collapsed_dense_run_gives_no_delta() -> None:
+    rows = make_rows(ppl("dense", 0, 60000.0, status="collapsed"), ppl("wanda", 0.5, 30.0))
+    table = tables.perplexity_table(rows)
+    assert cell(table, "Dense (Baseline)", "PPL") == "collapsed"
+    assert cell(table, "Wanda 50%", "Δ from dense") == ""
+    assert "the dense baseline (run 1) collapsed" in cell(table, "Wanda 50%", "Note")
+
+
+def test_collapsed_in_the_sparsity_grid() -> None:
+    grid = tables.sparsity_grid(collapsed_rows(), "m", tables.OWN_GROUP)
+    shown = grid.display().set_index("Method")
+    assert shown.loc["Magnitude", "95% · WT2"] == "collapsed"
+    assert math.isnan(grid.frame.set_index("Method").loc["Magnitude", "95% · WT2"])
+
+
 def test_missing_value_is_a_dash_and_distinct_from_diverged() -> None:
     rows = make_rows(ppl("dense", 0, 5.0), ppl("wanda", 0.5, None, status="missing"),
                      ppl("magnitude", 0.5, None, status="diverged"))
@@ -336,6 +372,17 @@ def test_markdown_round_trip_keeps_every_number() -> None:
     assert back["Note"].iloc[2] == "a | b"
 
 
+def test_export_writes_collapsed_not_the_number() -> None:
+    shown = tables.perplexity_table(collapsed_rows()).display()
+    back = pd.read_csv(io.StringIO(export.to_csv(shown)), dtype=str, keep_default_na=False)
+    row = back[back["Method"] == "Magnitude 95%"].iloc[0]
+    assert (row["PPL"], row["Δ from dense"]) == ("collapsed", "collapsed")
+    assert export.cell_number(row["PPL"]) is None
+    markdown = export.parse_markdown(export.to_markdown(shown))
+    assert markdown.loc[markdown["Method"] == "Magnitude 95%", "PPL"].iloc[0] == "collapsed"
+    assert "6960449.00" not in export.to_csv(shown)  # the value is in the note only
+
+
 def test_csv_is_exactly_the_shown_table() -> None:
     shown = pd.DataFrame({"Method": ["Wanda 50%"], "PPL": ["6.42"], "Note": ["x, y"]})
     assert export.to_csv(shown) == 'Method,PPL,Note\nWanda 50%,6.42,"x, y"\n'
@@ -357,6 +404,21 @@ def test_perplexity_chart_marks_published_and_diverged() -> None:
     assert any(name.startswith("Dense 5.00") for name in by_name)
     assert "diverged" in by_name["diverged (no finite PPL)"].text[0]
     assert all("run " in h for t in fig.data for h in t.hovertext)
+
+
+def test_perplexity_chart_marks_collapsed_runs_at_the_top() -> None:
+    rows = make_rows(ppl("magnitude", 0.7, None, status="diverged"),
+                     ppl("dense", 0, 20.0), ppl("wanda", 0.5, 30.0),
+                     ppl("magnitude", 0.95, 6960449.0, status="collapsed"))
+    fig = charts.perplexity_chart(rows)
+    by_name = {t.name: t for t in fig.data}
+    mark = by_name["collapsed (PPL ≥ vocabulary size)"]
+    diverged = by_name["diverged (no finite PPL)"]
+    assert list(mark.x) == [95.0] and list(mark.y) == list(diverged.y)  # at the top, like diverged
+    assert mark.text[0] == "Magnitude: collapsed" and "diverged" not in mark.text[0]
+    assert "collapsed (stored PPL 6,960,449.00" in mark.hovertext[0]
+    assert max(fig.layout.yaxis.tickvals) < 1000  # the stored value does not stretch the axis
+    assert all(6960449.0 not in t.y for t in fig.data if t is not mark)
 
 
 def test_retention_chart_hatches_published_bars() -> None:

@@ -17,6 +17,8 @@ sentence is computed and worded from the numbers, so it is right by construction
   value are ties, named together.
 * A perplexity that is not a finite number (or whose status is 'diverged') is "diverged", never a
   number; a comparison with a diverged run says so and gives no relative change.
+* A perplexity at or above the model's vocabulary size (status 'collapsed') is "collapsed (worse
+  than uniform guessing)", never a number either: no relative change, not "worse".
 * A sentence whose inputs are missing is not produced (a missing task is left out of the
   comparisons and named once).
 * Layer statistics: the spread over blocks is the population standard deviation; a spread that
@@ -33,6 +35,9 @@ from dataclasses import dataclass, field
 
 DECIMALS = 2
 BETTER, WORSE, SAME, DIVERGED = "better", "worse", "same", "diverged"
+COLLAPSED = "collapsed"
+#: How a sentence names a perplexity that is no number, after "<label> <state> on <dataset>".
+FAILED_WORDS = {DIVERGED: "no finite perplexity", COLLAPSED: "worse than uniform guessing"}
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,16 @@ class Result:
     """One method at one sparsity (or dense): perplexity per dataset and accuracy per task.
 
     ``ppl`` maps a dataset to its perplexity; NaN or infinity means the run diverged there (a
-    dataset that was not measured is simply absent).  ``tasks`` maps a task to its accuracy as a
-    fraction; a task without a score is absent.
+    dataset that was not measured is simply absent).  ``collapsed`` names the datasets where the
+    perplexity is at or above the vocabulary size: their ``ppl`` value, if any, is never used.
+    ``tasks`` maps a task to its accuracy as a fraction; a task without a score is absent.
     """
 
     label: str
     ppl: Mapping[str, float] = field(default_factory=dict)
     tasks: Mapping[str, float] = field(default_factory=dict)
     run: int | None = None
+    collapsed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Finding:
 
     topic: str  # 'perplexity', 'accuracy', 'task', 'coverage', 'layers'
     text: str
-    verdict: str | None = None  # better / worse / same / diverged; None for a description
+    verdict: str | None = None  # better / worse / same / diverged / collapsed; None: a description
     value: float | None = None  # the number the sentence states (change, drop, std ...)
 
 
@@ -104,23 +111,48 @@ def relative_change(value: float, reference: float) -> float:
     return (value - reference) / reference * 100.0
 
 
+def _measured(result: Result, dataset: str) -> bool:
+    return dataset in result.ppl or dataset in result.collapsed
+
+
+def ppl_state(result: Result, dataset: str) -> str | None:
+    """'collapsed' or 'diverged' when ``result``'s perplexity on ``dataset`` is no number to
+    compare; None when it is a finite number."""
+    if dataset in result.collapsed:
+        return COLLAPSED
+    return None if finite(result.ppl.get(dataset)) else DIVERGED
+
+
+def _no_change(result: Result, reference: Result, dataset: str, mine: str | None,
+               theirs: str | None) -> Finding:
+    """The sentence for a comparison in which one side or both are diverged or collapsed (the
+    verdict names the state of ``result``, else that of ``reference``)."""
+    on = f"on {dataset_name(dataset)}"
+    if mine and mine == theirs:
+        return Finding("perplexity", f"**{result.label}** and {reference.label} both {mine} "
+                       f"{on} ({FAILED_WORDS[mine]}).", mine)
+    if mine:
+        other = (f"{reference.label} {theirs} ({FAILED_WORDS[theirs]})" if theirs
+                 else f"{reference.label} has {fmt(reference.ppl[dataset])}")
+        return Finding("perplexity", f"**{result.label}** {mine} {on} ({FAILED_WORDS[mine]}); "
+                       f"{other}.", mine)
+    what = DIVERGED if theirs == DIVERGED else f"{COLLAPSED} ({FAILED_WORDS[COLLAPSED]})"
+    return Finding("perplexity", f"**{result.label}** has perplexity {fmt(result.ppl[dataset])} "
+                   f"{on} while {reference.label} {what}, so no relative change is defined.",
+                   theirs)
+
+
 def perplexity_change(result: Result, reference: Result, dataset: str) -> Finding | None:
     """``result`` against ``reference`` on ``dataset``; None when either has no perplexity."""
-    if dataset not in result.ppl or dataset not in reference.ppl:
+    if not _measured(result, dataset) or not _measured(reference, dataset):
         return None
+    mine, theirs = ppl_state(result, dataset), ppl_state(reference, dataset)
+    if mine or theirs:
+        return _no_change(result, reference, dataset, mine, theirs)
     value, ref = result.ppl[dataset], reference.ppl[dataset]
-    on = f"on {dataset_name(dataset)}"
-    if not finite(value) and not finite(ref):
-        return Finding("perplexity", f"**{result.label}** and {reference.label} both diverged "
-                       f"{on} (no finite perplexity).", DIVERGED)
-    if not finite(value):
-        return Finding("perplexity", f"**{result.label}** diverged {on} (no finite perplexity); "
-                       f"{reference.label} has {fmt(ref)}.", DIVERGED)
-    if not finite(ref):
-        return Finding("perplexity", f"**{result.label}** has perplexity {fmt(value)} {on} while "
-                       f"{reference.label} diverged, so no relative change is defined.", DIVERGED)
     if ref <= 0:
         return None
+    on = f"on {dataset_name(dataset)}"
     change = relative_change(value, ref)
     verdict = verdict_of(change, higher_is_better=False)
     if verdict == SAME:
@@ -304,7 +336,7 @@ def _datasets(results: Sequence[Result], dense: Mapping[str, Result] | Result | 
               ) -> list[str]:
     found: list[str] = []
     for res in results:
-        found += [d for d in res.ppl if d not in found]
+        found += [d for d in dict.fromkeys((*res.ppl, *sorted(res.collapsed))) if d not in found]
     order = ("wikitext2", "ptb", "c4")
     return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
 

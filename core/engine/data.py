@@ -1,7 +1,12 @@
 """Text sources for calibration and perplexity: offline Wikipedia, hub datasets, local files.
 
 Every source has two parts that never overlap: ``calibration`` (train) and ``evaluation`` (test).
-Hub datasets follow the papers' protocol (WikiText-2 raw, PTB text-only, C4 en shards).  Setting
+Hub datasets follow the reference code's protocol (``PROTOCOL``): WikiText-2 raw (calibration
+text joined with " ", test with "\n\n"), PTB text-only (both with " "), C4 en shards
+(calibration: random documents longer than the window, then a random window, from one seeded
+``random``; evaluation: the first 1100 validation documents joined with " ", cut to 256
+windows).  Text is tokenized once per split with the tokenizer's default special tokens (a BOS
+for Llama tokenizers), as ``tokenizer(text)`` in the reference code.  Setting
 ``SPARSEBENCH_DATASETS_DIR`` makes the same code read a local copy (``<dir>/<name>/`` holding
 ``train*`` / ``test*`` / ``validation*`` parquet or json files) instead of the hub.
 """
@@ -25,6 +30,13 @@ WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p0000303
 WIKI_EVAL_EVERY = 10  # every 10th article is held out for evaluation
 
 
+#: The version of the data protocol, stored in every run's spec.  2: the reference code's
+#: tokenization, joiners and C4 windows.  1 (runs stored before it): no special tokens, one
+#: joiner per dataset for both splits, C4 evaluation not cut to 256 windows.
+PROTOCOL = 2
+C4_EVAL_WINDOWS = 256
+
+
 class DataError(ValueError):
     """A text source is unknown or cannot be read; the message says what is allowed."""
 
@@ -36,18 +48,20 @@ class HubText:
     path: str
     name: str | None
     field: str
-    joiner: str
+    joiners: dict[str, str]  # split -> what the split's texts are joined with
     splits: dict[str, str]
     data_files: dict[str, str] | None = None
     eval_documents: int | None = None  # C4: the papers join only the first 1100 documents
 
 
 HUB_TEXTS = {
-    "wikitext2": HubText("Salesforce/wikitext", "wikitext-2-raw-v1", "text", "\n\n",
+    "wikitext2": HubText("Salesforce/wikitext", "wikitext-2-raw-v1", "text",
+                         {"calibration": " ", "evaluation": "\n\n"},
                          {"calibration": "train", "evaluation": "test"}),
-    "ptb": HubText("ptb-text-only/ptb_text_only", "penn_treebank", "sentence", " ",
+    "ptb": HubText("ptb-text-only/ptb_text_only", "penn_treebank", "sentence",
+                   {"calibration": " ", "evaluation": " "},
                    {"calibration": "train", "evaluation": "test"}),
-    "c4": HubText("allenai/c4", None, "text", " ",
+    "c4": HubText("allenai/c4", None, "text", {"calibration": " ", "evaluation": " "},
                   {"calibration": "train", "evaluation": "validation"},
                   data_files={"train": "en/c4-train.00000-of-01024.json.gz",
                               "validation": "en/c4-validation.00000-of-00008.json.gz"},
@@ -122,7 +136,7 @@ def hub_text(name: str, split: str) -> str:
     texts = dataset[src.field]
     if split == "evaluation" and src.eval_documents:
         texts = texts[: src.eval_documents]
-    return src.joiner.join(texts)
+    return src.joiners[split].join(texts)
 
 
 # -- public API -------------------------------------------------------------------------------
@@ -147,14 +161,19 @@ def load_text(source: str, split: str) -> str:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
-    """Token ids of the whole text as a 1-D LongTensor (no special tokens added)."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    """Token ids of the whole text as a 1-D LongTensor, with the tokenizer's default special
+    tokens (``tokenizer(text)``, as the reference code)."""
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def evaluation_ids(tokenizer: PreTrainedTokenizerBase, source: str) -> torch.Tensor:
-    """The evaluation split tokenized once (1-D)."""
-    return tokenize(tokenizer, load_text(source, "evaluation"))
+def evaluation_ids(tokenizer: PreTrainedTokenizerBase, source: str,
+                   seqlen: int | None = None) -> torch.Tensor:
+    """The evaluation split tokenized once (1-D); C4's is cut to 256 windows of ``seqlen``."""
+    ids = tokenize(tokenizer, load_text(source, "evaluation"))
+    if source == "c4" and seqlen:
+        ids = ids[: C4_EVAL_WINDOWS * seqlen]
+    return ids
 
 
 def calibration_ids(

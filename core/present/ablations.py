@@ -25,6 +25,8 @@ from core.store import queries
 from core.store.db import Store
 
 BEST = "best"
+#: Perplexity statuses a cell shows as a word, never as a number (nor as the best cell).
+_NO_NUMBER = ("diverged", "collapsed")
 RUN = "_run:"  # prefix of the hidden column holding the run of each grid cell
 
 
@@ -165,10 +167,10 @@ def ablation_cells(store: Store, perplexity: pd.DataFrame, ablation: Ablation,
     parameter columns."""
     if ablation.origin == "own":
         cells = sweep_cells(store, int(ablation.sweep_id), dataset)
-        params = [c for c in cells.columns if c not in ("run", "status", "ppl", "diverged")]
-        cells = cells.assign(status=[("diverged" if d else s) for s, d in
-                                     zip(cells["status"], cells["diverged"], strict=True)])
-        return cells.drop(columns="diverged"), params
+        params = [c for c in cells.columns if c not in ("run", "status", "ppl", "ppl_status")]
+        cells = cells.assign(status=[(p if p in _NO_NUMBER else s) for s, p in
+                                     zip(cells["status"], cells["ppl_status"], strict=True)])
+        return cells.drop(columns="ppl_status"), params
     part = perplexity[(perplexity["group"] == ablation.group)
                       & (perplexity["table"] == ablation.table)
                       & (perplexity["model"] == ablation.model)
@@ -180,7 +182,7 @@ def ablation_cells(store: Store, perplexity: pd.DataFrame, ablation: Ablation,
     for rec in part.to_dict("records"):
         values = tables.settings_of(rec["spec"])
         cell = {p: _number(values.get(p)) for p in params}
-        status = rec["status"] if rec["status"] in ("ok", "diverged") else "missing"
+        status = rec["status"] if rec["status"] in ("ok", *_NO_NUMBER) else "missing"
         cell.update({"run": rec["run_id"], "status": "done" if status == "ok" else status,
                      "ppl": float(rec["value"]) if status == "ok" else math.nan})
         records.append(cell)
@@ -209,8 +211,8 @@ def best_cell(cells: pd.DataFrame) -> pd.Series | None:
 def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table:
     """``rows`` x ``columns`` perplexities as seed 004 Table 4; the best cell marked 'best'.
 
-    A cell with no result says why: '—' (not in the grid's results), 'diverged', or the run's
-    status (queued, running, failed ...).
+    A cell with no result says why: '—' (not in the grid's results), 'diverged', 'collapsed', or
+    the run's status (queued, running, failed ...).
     """
     if cells.empty:
         return tables.Table(pd.DataFrame(columns=[rows]))
@@ -235,9 +237,9 @@ def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table
             if best is not None and cell.name == best.name:
                 texts.append(f"{cell['ppl']:.2f} ({BEST})")
             elif math.isnan(cell["ppl"]):
-                texts.append(tables.DIVERGED if cell["status"] == "diverged"
-                             else tables.MISSING if cell["status"] in ("missing", "done")
-                             else str(cell["status"]))
+                texts.append(tables._cell_text(cell["status"], tables.MISSING)
+                             or (tables.MISSING if cell["status"] == "done"
+                                 else str(cell["status"])))
             else:
                 texts.append(None)
         frame[name] = values
@@ -281,7 +283,8 @@ def grid_spec(store: Store, perplexity: pd.DataFrame, ablation: Ablation) -> str
 
 
 def sweep_cells(store: Store, sweep_id: int, dataset: str | None = None) -> pd.DataFrame:
-    """Long table: one row per cell with its parameter values, run, status and perplexity."""
+    """Long table: one row per cell with its parameter values, run, status, perplexity (NaN
+    unless 'ok') and the perplexity's metric status ('ppl_status')."""
     sweep = queries.run_spec(store, sweep_id, kind="sweep")
     if sweep is None:
         raise ValueError(f"no sweep {sweep_id}")
@@ -302,7 +305,7 @@ def sweep_cells(store: Store, sweep_id: int, dataset: str | None = None) -> pd.D
             "run": int(row.id) if row is not None else None,
             "status": row.status if row is not None else "missing",
             "ppl": row.value if row is not None and row.metric_status == "ok" else math.nan,
-            "diverged": row is not None and row.metric_status == "diverged",
+            "ppl_status": row.metric_status if row is not None else None,
         })
         records.append(record)
     return pd.DataFrame(records)

@@ -88,6 +88,7 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
     _add_dense_levels(fig, ppl[ppl["dense"] & (ppl["status"] == "ok")], several, right)
     top = float(ok["value"].max()) * 2 if not ok.empty else 10.0
     _add_diverged(fig, ppl[ppl["status"] == "diverged"], top)
+    _add_collapsed(fig, ppl[ppl["status"] == "collapsed"], top)
     fig.update_layout(**_LAYOUT, title=title or "Perplexity vs sparsity (lower is better)")
     values = [*ok["value"], top] if not ok.empty else [1.0, top]
     ticks = log_ticks(min(values), max(values))
@@ -212,6 +213,10 @@ def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right:
             hovertext=[hover, hover], hoverinfo="text"))
 
 
+#: The legend entry of the runs whose perplexity is at or above the vocabulary size.
+COLLAPSED_NAME = "collapsed (PPL ≥ vocabulary size)"
+
+
 def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
     if diverged.empty:
         return
@@ -226,6 +231,31 @@ def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
                               "diverged (no finite perplexity)")
                    for r in diverged.to_dict("records")],
         hoverinfo="text"))
+
+
+def _add_collapsed(fig: go.Figure, collapsed: pd.DataFrame, top: float) -> None:
+    """Runs whose perplexity is at or above the vocabulary size, as markers at the top of the
+    chart (their stored value only in the hover text: it is no point on the axis)."""
+    if collapsed.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=_x_of(collapsed), y=[top] * len(collapsed), mode="markers+text",
+        name=COLLAPSED_NAME,
+        text=[f"{T.method_label(m)}: {T.COLLAPSED}" for m in collapsed["method"]],
+        textposition="top center", textfont={"size": 10, "color": "#7a4a00"},
+        marker={"symbol": "triangle-up-open", "size": 12, "color": "#7a4a00",
+                "line": {"width": 2}},
+        hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
+                              f"{T.row_label(r['method'], r['sparsity'], r['pattern'])} on "
+                              f"{r['dataset']}: {T.COLLAPSED} (stored PPL "
+                              f"{_stored(r['value'])}, at or above the vocabulary size)")
+                   for r in collapsed.to_dict("records")],
+        hoverinfo="text"))
+
+
+def _stored(value: Any) -> str:
+    """A stored perplexity for hover text: '6,960,449.00', or 'none'."""
+    return f"{float(value):,.2f}" if value is not None and not pd.isna(value) else "none"
 
 
 # -- zero-shot -----------------------------------------------------------------------------------
@@ -633,10 +663,11 @@ def _sweep_hover(rec: Mapping[str, Any], params: list[str]) -> str:
 
 def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.Figure:
     """Perplexity of every sweep cell against one swept parameter (log axis); cells without a
-    finite perplexity are listed as red crosses at the top, labelled with their status."""
+    usable perplexity (diverged, collapsed, not run) are red crosses at the top, labelled with
+    their status."""
     if cells.empty or param not in cells:
         return empty_figure("No sweep cells to plot.")
-    params = [c for c in cells.columns if c not in ("run", "status", "ppl", "diverged")]
+    params = [c for c in cells.columns if c not in ("run", "status", "ppl", "ppl_status")]
     ok = cells[cells["ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
     bad = cells.drop(index=ok.index)
     fig = go.Figure()
@@ -649,7 +680,7 @@ def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.F
     top = float(ok["ppl"].max()) * 2 if not ok.empty else 10.0
     if not bad.empty:
         fig.add_trace(go.Scatter(
-            x=bad[param], y=[top] * len(bad), mode="markers+text", name="no finite PPL",
+            x=bad[param], y=[top] * len(bad), mode="markers+text", name="no usable PPL",
             text=[str(s) for s in bad["status"]], textposition="bottom center",
             textfont={"size": 10, "color": "#b00020"},
             marker={"symbol": "x", "size": 11, "color": "#b00020"},

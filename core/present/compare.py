@@ -9,8 +9,9 @@ first (the reference) gets a difference column:
   points ``(run - reference) x 100``; higher accuracy is better;
 * any other number: the plain difference ``run - reference``.
 
-A diverged value reads 'diverged' and a value a run does not have reads '—'; neither gets a
-difference.  The spec table lists every spec entry of the chosen runs and marks those that differ.
+A diverged value reads 'diverged', a perplexity at or above the vocabulary size 'collapsed'
+and a value a run does not have '—'; none of them gets a difference.  The spec table lists every
+spec entry of the chosen runs and marks those that differ.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def _row_key(kind: str, dataset: str, metric: str) -> tuple:
 def _shown(value: float, status: Any, fraction: bool, kind: str) -> str:
     if status == "diverged":
         return tables.DIVERGED
+    if status == "collapsed":
+        return tables.COLLAPSED
     if not findings.finite(value):
         return tables.MISSING
     if fraction:
@@ -157,7 +160,7 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         values, texts = [], []
         for key in keys:
             value, status = cells[key].get(run, (math.nan, "missing"))
-            values.append(value)
+            values.append(value if status != "collapsed" else math.nan)  # shown as a word only
             texts.append(_shown(value, status, _is_fraction(key[0], key[2]), key[0]))
         frame[column], frame[TEXT + column] = values, texts
         formats[column] = "score"

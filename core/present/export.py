@@ -162,7 +162,7 @@ def _latex_row(line: str) -> list[str]:
 
 def cell_number(text: str) -> float | None:
     """The number a displayed cell shows ('6.42', '+25.45%', '78.13%', '-0.01'), None for text
-    ('diverged', 'baseline', '—', '')."""
+    ('diverged', 'collapsed', 'baseline', '—', '')."""
     cleaned = str(text).strip().rstrip("%").replace("−", "-")
     try:
         return float(cleaned)

@@ -16,6 +16,7 @@ from core.analysis.baselines import OWN_GROUP as OWN_GROUP  # one name everywher
 
 TEXT = "_text:"  # prefix of the hidden column holding a cell's text in place of its number
 DIVERGED = "diverged"
+COLLAPSED = "collapsed"  # a perplexity at or above the vocabulary size (its value kept)
 MISSING = "—"
 NO_VALUE = "no value"
 FAILED = "failed"

@@ -174,8 +174,9 @@ def zero_shot_section_table(zs: pd.DataFrame, metric: str = "acc") -> Table:
 
 # -- findings from the stored rows ----------------------------------------------------------------
 def _ppl_value(rec: Mapping[str, Any]) -> float | None:
-    """The perplexity of a perplexity-table row: a number, NaN when diverged, None when none."""
-    if rec["_status"] == "diverged":
+    """The perplexity of a perplexity-table row: a number, NaN when diverged or collapsed (see
+    :func:`_add_ppl`), None when none."""
+    if rec["_status"] in ("diverged", "collapsed"):
         return math.nan
     value = rec["PPL"]
     return float(value) if findings.finite(value) else None
@@ -208,7 +209,8 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
     results, dense = [], {}
     for method in sorted(methods, key=tables._method_rank):
         label = methods[method][0]
-        ppl_values, dense_ppl = _method_ppl(ppl, ppl_frame, method, level)
+        (ppl_values, collapsed), (dense_ppl, dense_collapsed) = _method_ppl(
+            ppl, ppl_frame, method, level)
         tasks, dense_tasks = _method_tasks(long, method)
         run = None
         for frame in (ppl, zs):  # the latest run of the method at this level
@@ -217,9 +219,10 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
                 run = int(mine["run_id"].max()) if not mine.empty else None
         if _variants(ppl, zs, method, level) > 1 and run is not None:
             label += f" (run {run})"  # several settings at this sparsity: name the one used
-        results.append(findings.Result(label, ppl_values, tasks, run))
+        results.append(findings.Result(label, ppl_values, tasks, run, collapsed))
         if dense_ppl or dense_tasks:
-            dense[label] = findings.Result("Dense", dense_ppl, dense_tasks)
+            dense[label] = findings.Result("Dense", dense_ppl, dense_tasks,
+                                           collapsed=dense_collapsed)
     labels = [r.label for r in results]
     reference = next((r.label for r in results if r.label.startswith("Magnitude ")), labels[0])
     return results, dense, reference
@@ -235,12 +238,30 @@ def _variants(ppl: pd.DataFrame, zs: pd.DataFrame, method: str, level: str) -> i
     return len(found)
 
 
+#: Perplexities by dataset and the datasets among them that collapsed (findings.Result's fields).
+_Ppl = tuple[dict[str, float], frozenset[str]]
+
+
+def _add_ppl(values: dict[str, float], collapsed: set[str], dataset: str,
+             rec: Mapping[str, Any]) -> None:
+    """Put a perplexity-table row's perplexity into ``values`` (NaN when diverged or collapsed,
+    nothing when it has none) and a collapsed one's dataset into ``collapsed``."""
+    value = _ppl_value(rec)
+    if value is not None:
+        values[dataset] = value
+        if rec["_status"] == "collapsed":
+            collapsed.add(dataset)
+
+
 def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str, level: str
-                ) -> tuple[dict[str, float], dict[str, float]]:
+                ) -> tuple[_Ppl, _Ppl]:
+    """The latest run of ``method`` at ``level`` per dataset, and its dense baseline's."""
     values: dict[str, float] = {}
     dense: dict[str, float] = {}
+    collapsed: set[str] = set()
+    dense_collapsed: set[str] = set()
     if ppl.empty or frame.empty:
-        return values, dense
+        return (values, frozenset()), (dense, frozenset())
     mine = ppl[(ppl["method"] == method) & (ppl["sparsity_label"] == level)
                & ~ppl["dense"].astype(bool)]
     for dataset, part in mine.groupby("dataset", sort=False):
@@ -249,15 +270,13 @@ def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str, level: str
         if row.empty:
             continue
         rec = row.iloc[-1].to_dict()
-        value = _ppl_value(rec)
-        if value is not None:
-            values[dataset] = value
+        _add_ppl(values, collapsed, dataset, rec)
         base = rec["_baseline_run"]
         if base is not None and not tables._isna(base):
             brow = frame[(frame["Run"] == int(base)) & (frame["Dataset"] == dataset)]
-            if not brow.empty and (bvalue := _ppl_value(brow.iloc[-1].to_dict())) is not None:
-                dense[dataset] = bvalue
-    return values, dense
+            if not brow.empty:
+                _add_ppl(dense, dense_collapsed, dataset, brow.iloc[-1].to_dict())
+    return (values, frozenset(collapsed)), (dense, frozenset(dense_collapsed))
 
 
 def _method_tasks(long: pd.DataFrame, method: str) -> tuple[dict[str, float], dict[str, float]]:

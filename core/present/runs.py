@@ -278,7 +278,8 @@ SPEC_LABELS = {
     "dtype": "Weights dtype", "device": "Device", "trust_remote_code": "Trust remote code",
     "zero_shot_tasks": "Zero-shot tasks", "num_fewshot": "Few-shot examples",
     "zs_limit": "Zero-shot examples per task",
-    "save_dir": "Saved to", "kind": "Run kind",
+    "save_dir": "Saved to", "selection": "Selection rule", "data_protocol": "Data protocol",
+    "kind": "Run kind",
 }
 ZERO_SHOT_KEYS = ("num_fewshot", "zs_limit")
 CALIBRATION_KEYS = ("calibration", "samples", "seqlen", "seed")
@@ -314,6 +315,19 @@ def spec_rows(spec: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Setting", "Value"])
 
 
+def saved_model(spec: dict[str, Any]) -> str | None:
+    """Where a run saved its model and how large it is on disk (Markdown); None if not saved."""
+    folder = spec.get("save_dir")
+    if not folder:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        return f"Saved model: `{folder}` (the folder is no longer there)"
+    files = [f for f in path.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    return f"Saved model: `{folder}` ({len(files)} files, {size / 2**20:,.1f} MiB)"
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, (str, list, dict)) and not value)
 
@@ -329,9 +343,7 @@ def run_results(store: Store, run_id: int) -> pd.DataFrame:
     rows = []
     for r in frame.itertuples(index=False):
         if r.kind == "perplexity":
-            what = f"Perplexity on {short_source(r.dataset)}"
-            value = ("diverged" if r.status == "diverged" or _missing(r.value)
-                     else f"{r.value:.3f}")
+            what, value = f"Perplexity on {short_source(r.dataset)}", _ppl_text(r.status, r.value)
             if not _missing(r.n_samples):
                 value += f"  ({int(r.n_samples):,} tokens)"
         elif r.kind == "sparsity":
@@ -353,6 +365,17 @@ def run_results(store: Store, run_id: int) -> pd.DataFrame:
              "Peak": 5}
     rows.sort(key=lambda row: order.get(row[0].split()[0], 6))
     return pd.DataFrame(rows, columns=["Result", "Value"])
+
+
+def _ppl_text(status: str, value: Any) -> str:
+    """A run's perplexity as its results list shows it: '12.345', 'diverged', or 'collapsed'
+    with the stored value (at or above the vocabulary size)."""
+    if status == "collapsed":
+        shown = "" if _missing(value) else f" (PPL {value:,.0f} ≥ vocabulary size)"
+        return tables.COLLAPSED + shown
+    if status == "diverged" or _missing(value):
+        return tables.DIVERGED
+    return f"{value:.3f}"
 
 
 def log_tail(store: Store, run_id: int, lines: int = 40) -> list[str]:

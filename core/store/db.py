@@ -38,7 +38,10 @@ LAYER_SUMMARY_SELECT = """SELECT run_id,
     count(*) AS layer_rows FROM layer_stats"""
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-METRIC_STATUSES = ("ok", "diverged", "missing")
+#: A metric row's status: a number ("ok"), a non-finite perplexity ("diverged"), a finite
+#: perplexity at or above the vocabulary size, kept but worse than uniform guessing
+#: ("collapsed"), or no value ("missing").
+METRIC_STATUSES = ("ok", "diverged", "collapsed", "missing")
 
 # Each migration takes the schema from version i to i + 1.  Never edit a released step: append one.
 MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
@@ -133,6 +136,9 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ["CREATE TABLE layer_summaries (run_id BIGINT NOT NULL, blocks INTEGER NOT NULL, "
      "layer_rows BIGINT NOT NULL)",
      f"INSERT INTO layer_summaries {LAYER_SUMMARY_SELECT} GROUP BY run_id"],
+    # 8: the specs of runs stored before the reference selection rules and data protocol say
+    # what those runs did: selection 'exact', data protocol 1.
+    [lambda con: mark_earlier_rules(con)],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -184,6 +190,38 @@ def fill_setting_columns(con: duckdb.DuckDBPyConnection) -> None:
                     "FROM _settings s WHERE runs.id = s.id")
     finally:
         con.unregister("_settings")
+
+
+def earlier_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    """A prune or activation spec stored before migration 8 with the rules it ran with: the
+    exact-count selection (a pruning or activation method) and data protocol 1."""
+    marked = {"data_protocol": 1, **spec}
+    if spec.get("method") not in (None, "dense"):
+        marked.setdefault("selection", "exact")
+    return marked
+
+
+def mark_earlier_rules(con: duckdb.DuckDBPyConnection) -> None:
+    """Migration 8: mark the own prune and activation runs, and the base spec of sweeps, with
+    ``earlier_rules``.  Their hashes stay: a new run (new rules) never equals one of them."""
+    changed = []
+    for rid, kind, text in con.execute(
+            "SELECT id, kind, spec FROM runs WHERE origin = 'own' "
+            "AND kind IN ('prune', 'activation', 'sweep')").fetchall():
+        spec = json.loads(text)
+        if kind == "sweep" and isinstance(spec.get("base"), dict):
+            marked = {**spec, "base": earlier_rules(spec["base"])}
+        else:
+            marked = earlier_rules(spec) if kind != "sweep" else spec
+        if marked != spec:
+            changed.append((rid, json.dumps(marked, sort_keys=True, default=str)))
+    if not changed:
+        return
+    con.register("_marked", pd.DataFrame(changed, columns=["id", "spec"]))
+    try:
+        con.execute("UPDATE runs SET spec = m.spec FROM _marked m WHERE runs.id = m.id")
+    finally:
+        con.unregister("_marked")
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:

@@ -61,6 +61,7 @@ from torch import nn
 
 from core.engine.activation.measure import CoreInferStats, DecodeMeter, DecodeProbe
 from core.engine.adapters import Adapter, get_adapter
+from core.engine.masks import Selection, checked_selection
 
 SUPPORTED_FAMILIES = ("llama", "opt")
 DEFAULT_SPARSITY = 0.4
@@ -108,15 +109,21 @@ def neuron_counts(acts: torch.Tensor, token_sparsity: float) -> torch.Tensor:
     return torch.bincount(chosen.reshape(-1), minlength=d_ffn)
 
 
-def core_neurons(acts: torch.Tensor, token_sparsity: float, keep: int) -> torch.Tensor:
+def core_neurons(acts: torch.Tensor, token_sparsity: float, keep: int,
+                 selection: Selection = "reference") -> torch.Tensor:
     """Sentence-wise core neurons of one sequence: sorted indices, at most ``keep`` of them.
 
-    The ``keep`` most frequent among the neurons some token chose (ties: lower index first).
+    The ``keep`` most frequent among the neurons some token chose.  Ties in the counts:
+    ``reference`` ranks the chosen neurons (in index order) with the reference code's
+    ``argsort(counts, descending=True)`` (not stable); ``exact`` keeps the lower index first.
     """
     counts = neuron_counts(acts, token_sparsity)
-    order = torch.sort(counts, descending=True, stable=True).indices
-    chosen = int((counts > 0).sum())
-    return torch.sort(order[: min(keep, chosen)]).values
+    chosen = counts.nonzero().flatten()  # ascending, as the reference's unique(return_counts)
+    if checked_selection(selection) == "reference":
+        ranked = chosen[torch.argsort(counts[chosen], descending=True)]
+    else:
+        ranked = chosen[torch.sort(counts[chosen], descending=True, stable=True).indices]
+    return torch.sort(ranked[:keep]).values
 
 
 # -- per-block state -----------------------------------------------------------------------------
@@ -157,8 +164,10 @@ class _Gathered:
 class _BlockState:
     def __init__(self, index: int, d_ffn: int, fraction: float, token_sparsity: float,
                  phase: _Phase, meter: DecodeMeter,
-                 inputs: list[nn.Module], output: nn.Module):
+                 inputs: list[nn.Module], output: nn.Module,
+                 selection: Selection = "reference"):
         self.index = index
+        self.selection = selection
         self.d_ffn = d_ffn
         self.fraction = fraction
         self.keep = kept_count(d_ffn, fraction)
@@ -194,7 +203,8 @@ class _BlockState:
                 if rows.shape[0] == 0:
                     kept.append(torch.zeros(0, dtype=torch.long, device=acts.device))
                 else:
-                    kept.append(core_neurons(rows, self.token_sparsity, self.keep))
+                    kept.append(core_neurons(rows, self.token_sparsity, self.keep,
+                                              self.selection))
         self.kept = kept
         self.gathered = None  # gathered lazily at the first decode: pre-fill-only work is cheap
         self.meter.on_selection(self.index, [len(k) for k in kept])
@@ -419,14 +429,17 @@ _Restore = tuple[nn.Module, str, nn.Module]  # (parent, attribute, original modu
 def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
                     token_sparsity: float = DEFAULT_TOKEN_SPARSITY, start: int = 0,
                     end: int | None = None,
-                    levels: Sequence[float] | None = None) -> CoreInferHandle:
+                    levels: Sequence[float] | None = None,
+                    selection: Selection = "reference") -> CoreInferHandle:
     """Make ``model`` CoreInfer-sparse in place; the handle measures and undoes it.
 
     ``sparsity``: kept fraction of the FFN neurons (all converted blocks); ``levels``: one kept
     fraction per converted block instead (the sparsity-levels method); ``token_sparsity``: share
     of each token's positive activations it votes for; blocks ``start <= i < end`` are converted
-    (default all; the authors keep the first and last few dense).
+    (default all; the authors keep the first and last few dense); ``selection``: how tied
+    neuron counts are ranked (``core_neurons``).
     """
+    checked_selection(selection)
     adapter = _checked_adapter(model, token_sparsity)
     blocks = adapter.blocks(model)
     fractions = resolve_fractions(len(blocks), start, end, sparsity, levels)
@@ -440,7 +453,8 @@ def apply_coreinfer(model: nn.Module, sparsity: float = DEFAULT_SPARSITY,
     for b, fraction in fractions.items():
         block = blocks[b]
         inputs, output = _ffn_modules(adapter.family, block)
-        state = _BlockState(b, d_ffn[b], fraction, token_sparsity, phase, meter, inputs, output)
+        state = _BlockState(b, d_ffn[b], fraction, token_sparsity, phase, meter, inputs, output,
+                            selection)
         block_restore, block_hooks = wrap(block, state)
         restore += block_restore
         hooks += block_hooks

@@ -2,7 +2,9 @@
 
 The evaluation text is tokenized once and cut into non-overlapping windows of ``seqlen`` tokens
 (the tail is dropped); PPL = exp(sum of per-window mean NLL x seqlen / (windows x seqlen)).  The
-loss is computed in fp32.  A non-finite result is reported as diverged, not as a number.
+loss is computed in fp32.  A non-finite result is reported as diverged, not as a number; a
+finite one at or above the vocabulary size is *collapsed* (:func:`is_collapsed`): worse than
+guessing uniformly over the vocabulary, whose perplexity is exactly the vocabulary size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class PerplexityResult:
     windows: int
     seqlen: int
     nll_sum: float
+    window_nlls: tuple[float, ...] = ()  # each window's mean NLL, in window order
 
     @property
     def diverged(self) -> bool:
@@ -30,6 +33,25 @@ class PerplexityResult:
     @property
     def tokens(self) -> int:
         return self.windows * self.seqlen
+
+
+def is_collapsed(value: float | None, vocab_size: int | None) -> bool:
+    """True when a finite perplexity is at or above the vocabulary size: no better than uniform
+    guessing over the vocabulary (PPL = vocabulary size).  False for a diverged (None or
+    non-finite) value and when the vocabulary size is unknown (None or < 1)."""
+    if value is None or not math.isfinite(value) or vocab_size is None or vocab_size < 1:
+        return False
+    return value >= vocab_size
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """The number of tokens a Hugging Face causal LM predicts over: the rows of its output
+    embedding, else ``config.vocab_size``; None when neither is known."""
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Linear | nn.Embedding):
+        return int(head.weight.shape[0])
+    size = getattr(model.config, "vocab_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
 
 
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -44,6 +66,15 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> t
 
 
 @torch.no_grad()
+def window_nlls(logits: torch.Tensor, batch: torch.Tensor) -> list[float]:
+    """Each window's mean NLL over its seqlen - 1 predicted tokens, as in the papers' batch-1
+    loop.  ``logits[i, :-1]`` is a view of contiguous memory, so nothing is copied for an fp32
+    model; a half-precision model's logits are cast to fp32 one window at a time."""
+    losses = [F.cross_entropy(logits[i, :-1].float(), batch[i, 1:])
+              for i in range(batch.shape[0])]
+    return torch.stack(losses).tolist()
+
+
 def perplexity(
     model: nn.Module,
     ids: torch.Tensor,
@@ -57,18 +88,14 @@ def perplexity(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     chunks = windows(ids, seqlen, max_windows)
-    nll_sum = 0.0
+    nlls: list[float] = []
     for start in range(0, chunks.shape[0], batch_size):
         batch = chunks[start: start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        # Each window's mean NLL over its seqlen - 1 predicted tokens, as in the papers.
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-            reduction="none",
-        ).view(batch.shape[0], -1).mean(dim=1)
-        nll_sum += float(loss.double().sum()) * seqlen
+        logits = model(input_ids=batch, use_cache=False).logits
+        nlls.extend(window_nlls(logits, batch))
         if progress:
             progress("perplexity", min(start + batch_size, chunks.shape[0]), chunks.shape[0])
+    nll_sum = math.fsum(nll * seqlen for nll in nlls)
     mean_nll = nll_sum / (chunks.shape[0] * seqlen)
     value = math.exp(mean_nll) if math.isfinite(mean_nll) and mean_nll < 700 else None
-    return PerplexityResult(value, chunks.shape[0], seqlen, nll_sum)
+    return PerplexityResult(value, chunks.shape[0], seqlen, nll_sum, tuple(nlls))

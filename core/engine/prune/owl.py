@@ -8,21 +8,23 @@ by one common shift of the others (so the mean still equals the request).
 
 The activations come from one *dense* pass (block l sees the dense blocks 0..l-1): every target
 depends on all blocks' D (through the min/max mapping and the mean shift), so the targets must be
-fixed before any block is pruned -- which is also what the OWL paper does.  Feed the result to
-``core.runner.prune_model(..., block_targets=owl_targets(...))`` with magnitude, Wanda or
-SparseGPT.  OWL is unstructured only.
+fixed before any block is pruned -- which is also what the OWL paper does.  OWL is a setting of
+magnitude, Wanda and SparseGPT (``get_method(name, owl=OWL(M, lam))``): the method's ``prepare``
+step calls :meth:`OWL.block_targets`, which walks the dense blocks with the runner's one
+traversal.  OWL is unstructured only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from core.engine.adapters import get_adapter, weight_matrix
 from core.engine.prune.methods.base import Target
 from core.engine.prune.methods.wanda import InputNorms, Wanda
-from core.engine.prune.runner import _block_output, _collect, _move_outside_blocks, capture_inputs
+from core.engine.prune.runner import BlockInputs, Traversal
 
 DEFAULT_M = 5.0
 DEFAULT_LAMBDA = 0.08
@@ -81,46 +83,76 @@ def targets_from_ratios(ratios: Sequence[float], target: float, lam: float = 0.0
     return clipped((lo + hi) / 2).tolist()
 
 
-@torch.no_grad()
-def outlier_ratios(model: torch.nn.Module, calibration: torch.Tensor, M: float = 5.0,
+def block_outlier_ratio(block: torch.nn.Module, traversal: Traversal, inputs: BlockInputs,
+                        M: float) -> float:
+    """D of one block: the share of its Wanda scores (all linears together) above M x their
+    mean, from one dense pass of the block on ``inputs``."""
+    stats = traversal.collect(block, Wanda(), inputs)
+    scores = []
+    for name, module in traversal.adapter.linears(block).items():
+        norms = stats[name]
+        assert isinstance(norms, InputNorms)
+        weight = weight_matrix(module)
+        scores.append(weight.float().abs() * norms.norms.to(weight.device).unsqueeze(0))
+    total = sum(float(s.sum(dtype=torch.float64)) for s in scores)
+    count = sum(s.numel() for s in scores)
+    threshold = M * total / count
+    return sum(int((s > threshold).sum()) for s in scores) / count
+
+
+@dataclass(frozen=True)
+class OWL:
+    """OWL's two settings: the outlier multiple ``M`` and the spread ``lam`` (lambda)."""
+
+    M: float = DEFAULT_M
+    lam: float = DEFAULT_LAMBDA
+
+    def __post_init__(self) -> None:
+        if not self.M > 0:
+            raise ValueError(f"OWL M must be > 0; got {self.M}")
+        if not 0 <= self.lam < 0.5:
+            raise ValueError(f"OWL lambda must be in [0, 0.5); got {self.lam}")
+
+    @torch.no_grad()
+    def ratios(self, traversal: Traversal, last: int | None = None) -> list[float]:
+        """D_l of blocks 0 .. last - 1, walking the dense blocks (block l sees dense 0..l-1)."""
+        if traversal.inputs is None:
+            raise ValueError("OWL needs calibration data")
+        found: list[float] = []
+        traversal.walk(lambda _i, block, inputs: found.append(
+            block_outlier_ratio(block, traversal, inputs, self.M)), last=last,
+            stage="OWL outlier ratios")
+        return found
+
+    def block_targets(self, traversal: Traversal, target: Target,
+                      block_range: tuple[int, int]) -> list[Target]:
+        """One unstructured target per decoder block: inside ``block_range`` they average to
+        ``target``; the blocks outside stay dense (0)."""
+        sparsity = _unstructured(target)
+        n_blocks = len(traversal.adapter.blocks(traversal.model))
+        start, end = block_range
+        if sparsity == 0:
+            return [Target()] * n_blocks
+        inside = targets_from_ratios(self.ratios(traversal, last=end)[start:end], sparsity,
+                                     self.lam)
+        fractions = [0.0] * start + inside + [0.0] * (n_blocks - end)
+        return [Target(sparsity=f) for f in fractions]
+
+
+def outlier_ratios(model: torch.nn.Module, calibration: torch.Tensor, M: float = DEFAULT_M,
                    device: torch.device | str = "cpu") -> list[float]:
     """D_l for every decoder block, from one dense pass over ``calibration`` [samples, seqlen]."""
-    if M <= 0:
-        raise ValueError(f"OWL M must be > 0; got {M}")
+    owl = OWL(M=M)
     if calibration is None or calibration.numel() == 0:
         raise ValueError("OWL needs calibration data")
-    adapter = get_adapter(model)
-    blocks = adapter.blocks(model)
-    _move_outside_blocks(model, adapter.blocks_path, device)
-    inputs = capture_inputs(model, adapter, calibration, device)
-    wanda = Wanda()
-    ratios: list[float] = []
-    for index, block in enumerate(blocks):
-        home = next(block.parameters()).device
-        block.to(device)
-        stats = _collect(block, adapter, wanda, inputs)
-        scores = []
-        for name, module in adapter.linears(block).items():
-            norms = stats[name]
-            assert isinstance(norms, InputNorms)
-            scores.append(weight_matrix(module).float().abs()
-                          * norms.norms.to(weight_matrix(module).device).unsqueeze(0))
-        total = sum(float(s.sum(dtype=torch.float64)) for s in scores)
-        count = sum(s.numel() for s in scores)
-        threshold = M * total / count
-        ratios.append(sum(int((s > threshold).sum()) for s in scores) / count)
-        del scores, stats
-        if index + 1 < len(blocks):
-            inputs.hidden = [_block_output(block(h, *a, **k))
-                             for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs,
-                                                strict=True)]
-        block.to(home)
-    return ratios
+    with torch.no_grad():
+        traversal = Traversal.start(model, get_adapter(model), calibration, device)
+    return owl.ratios(traversal)
 
 
 def owl_targets(model: torch.nn.Module, calibration: torch.Tensor,
-                target_sparsity: float | str | Target, M: float = 5.0,
-                lam: float = 0.08, device: torch.device | str = "cpu") -> list[float]:
+                target_sparsity: float | str | Target, M: float = DEFAULT_M,
+                lam: float = DEFAULT_LAMBDA, device: torch.device | str = "cpu") -> list[float]:
     """One unstructured sparsity per decoder block (OWL), averaging to ``target_sparsity``."""
     target = _unstructured(target_sparsity)
     if target == 0:

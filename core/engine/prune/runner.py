@@ -2,16 +2,19 @@
 
 1. Run the model up to decoder block 0 on the calibration windows and keep the block's inputs
    (hidden states plus whatever the block needs: attention mask, position ids or embeddings).
-2. For each block: move it to the compute device, run it once densely with hooks that feed every
+2. ``prepare``: the method's target for every block (OWL walks the dense blocks once for it).
+3. For each block: move it to the compute device, run it once densely with hooks that feed every
    linear's inputs to the method's collectors, let the method prune the block, run it again so
    the next block sees the pruned model's activations, move it back.
 
-Only one decoder block is on the compute device at a time.
+Steps 2 and 3 walk the blocks with the one :class:`Traversal`.  Only one decoder block is on the
+compute device at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,9 @@ import torch
 from torch import nn
 
 from core.engine.adapters import Adapter, get_adapter, weight_matrix
-from core.engine.prune.methods.base import PruningMethod, Target
+from core.engine.prune.methods.base import Collector, PruningMethod, Target
+
+log = logging.getLogger(__name__)
 
 #: progress(stage, done, total) -- may raise to cancel the run.
 ProgressFn = Callable[[str, int, int], None]
@@ -43,6 +48,10 @@ class PruneReport:
     """Measured sparsity of every prunable linear after pruning."""
 
     linears: list[LinearSparsity] = field(default_factory=list)
+    #: The target each block was pruned to (OWL: its own; 0: left dense).
+    block_targets: list[float] = field(default_factory=list)
+    #: What a method noted while pruning a block (SparseLLM: its FFN errors), by block.
+    notes: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def per_block(self) -> dict[int, float]:
         totals: dict[int, list[int]] = {}
@@ -133,32 +142,45 @@ def prune_model(
 ) -> PruneReport:
     """Prune ``model`` in place with ``method`` and return the measured sparsity.
 
-    ``calibration`` is ``[samples, seqlen]`` token ids (unused by data-free methods).  Blocks
-    outside ``block_range`` (start inclusive, end exclusive) stay dense.  A target of 0 changes
-    nothing at all.  ``block_targets`` (one per decoder block, e.g. from ``core.owl``) replaces
-    ``target`` block by block; a block whose target is 0 stays dense.
+    The method's lifecycle, in this order: ``prepare`` (one target per block: uniform, or OWL's
+    from a dense walk), then per block ``block_collectors`` fed during one dense pass and
+    ``prune_block``.  ``calibration`` is ``[samples, seqlen]`` token ids (unused by data-free
+    methods).  Blocks outside ``block_range`` (start inclusive, end exclusive) stay dense.  A
+    target of 0 changes nothing at all.  ``block_targets`` (one per decoder block) replaces the
+    method's ``prepare``; a block whose target is 0 stays dense.
     """
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     start, end = _checked_range(block_range, len(blocks))
-    targets = _per_block_targets(target, block_targets, len(blocks))
-    prune_now = any(t.fraction > 0 for t in targets[start:end])
-    needs_data = prune_now and method.needs_calibration
-    if needs_data and (calibration is None or calibration.numel() == 0):
+    given = _per_block_targets(target, block_targets, len(blocks))
+    if not any(t.fraction > 0 for t in given[start:end]):
+        return _measure_sparsity(blocks, adapter)
+    if method.needs_data and (calibration is None or calibration.numel() == 0):
         raise ValueError(f"{method.name} needs calibration data")
+    traversal = Traversal.start(model, adapter, calibration if method.needs_data else None,
+                                device, progress)
+    targets = given if block_targets is not None else _per_block_targets(
+        target, method.prepare(traversal, target, (start, end)), len(blocks))
+    notes: dict[int, dict[str, Any]] = {}
 
-    inputs = None
-    if needs_data:
-        inputs = _capture_on_device(model, adapter, calibration, device, progress, len(blocks))
+    def prune_one(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
+        if start <= index < end and targets[index].fraction > 0:
+            stats = traversal.collect(block, method, inputs) if inputs is not None else {}
+            notes[index] = method.prune_block(block, adapter, stats, targets[index]) or {}
 
-    last = end if needs_data else len(blocks)
-    for index in range(last):
-        prune = start <= index < end and targets[index].fraction > 0
-        _process_block(blocks[index], adapter, method, targets[index] if prune else None,
-                       inputs, device, propagate=index + 1 < last)
-        if progress:
-            progress("pruning", index + 1, last)
-    return _measure_sparsity(blocks, adapter)
+    traversal.walk(prune_one, first=0 if traversal.inputs is not None else start, last=end,
+                   consume=True)
+    report = _measure_sparsity(blocks, adapter)
+    report.block_targets = [t.fraction for t in targets]
+    report.notes = {index: note for index, note in notes.items() if note}
+    _log_warnings(report.notes)
+    return report
+
+
+def _log_warnings(notes: dict[int, dict[str, Any]]) -> None:
+    """Each distinct warning a method noted for its blocks, once."""
+    for text in dict.fromkeys(note["warning"] for note in notes.values() if "warning" in note):
+        log.warning(text)
 
 
 def _checked_range(block_range: tuple[int, int] | None, n_blocks: int) -> tuple[int, int]:
@@ -181,39 +203,6 @@ def _per_block_targets(target: Target, block_targets: Sequence[Target | float] |
     return targets
 
 
-def _capture_on_device(model: nn.Module, adapter: Adapter, calibration: torch.Tensor,
-                       device: torch.device | str, progress: ProgressFn | None,
-                       n_blocks: int) -> BlockInputs:
-    """Block 0's inputs, captured with everything outside the blocks moved to ``device`` for
-    the time of the capture."""
-    home = next(model.parameters()).device
-    _move_outside_blocks(model, adapter.blocks_path, device)
-    if progress:
-        progress("capturing block inputs", 0, n_blocks)
-    try:
-        return capture_inputs(model, adapter, calibration, device)
-    finally:  # embeddings, final norm and head go back where they were
-        _move_outside_blocks(model, adapter.blocks_path, home)
-
-
-def _process_block(block: nn.Module, adapter: Adapter, method: PruningMethod,
-                   target: Target | None, inputs: BlockInputs | None,
-                   device: torch.device | str, propagate: bool) -> None:
-    """On ``device``: prune ``block`` to ``target`` (None: leave it dense) from its collected
-    inputs, then, if ``propagate``, run the pruned block to give the next block its inputs."""
-    home = next(block.parameters()).device
-    block.to(device)
-    if target is not None:
-        stats = _collect(block, adapter, method, inputs) if inputs is not None else {}
-        method.prune_block(block, adapter, stats, target)
-        del stats
-    if inputs is not None and propagate:
-        inputs.hidden = [_block_output(block(h, *a, **k))
-                         for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs,
-                                            strict=True)]
-    block.to(home)
-
-
 def _measure_sparsity(blocks: Sequence[nn.Module], adapter: Adapter) -> PruneReport:
     """The measured share of zero weights of every prunable linear of ``blocks``."""
     report = PruneReport()
@@ -224,40 +213,85 @@ def _measure_sparsity(blocks: Sequence[nn.Module], adapter: Adapter) -> PruneRep
     return report
 
 
-def _collect(block: nn.Module, adapter: Adapter, method: PruningMethod,
-             inputs: BlockInputs | None) -> dict[str, Any]:
-    """One dense pass of the block with hooks that feed each linear's inputs to its collector.
+@dataclass
+class Traversal:
+    """The one walk over the decoder blocks, shared by every weight-pruning method and OWL.
 
-    A method may build all of a block's collectors at once with ``block_collectors(block,
-    adapter)`` (a joint method needs to know which linear is which); a collector whose
-    ``wants_output`` is true also receives the linear's output: ``add_batch(inputs, outputs=...)``.
-    """
-    linears = adapter.linears(block)
-    make_all = getattr(method, "block_collectors", None)
-    if make_all is not None:
-        stats = make_all(block, adapter)
-    else:
-        stats = {name: method.collector(module) for name, module in linears.items()}
-    handles = []
-    for name, module in linears.items():
-        collector = stats.get(name)
-        if collector is None:
-            continue
+    ``start`` captures block 0's inputs on the calibration windows (the modules outside the
+    blocks are on the compute device for the capture only).  ``walk`` then takes each block to
+    the device, lets a visitor work on it, and runs it to give the next block its inputs."""
 
-        def hook(_m: nn.Module, args: tuple, out: Any, collector=collector) -> None:
-            x = args[0]
-            if getattr(collector, "wants_output", False):
-                collector.add_batch(x.reshape(-1, x.shape[-1]),
-                                    outputs=out.reshape(-1, out.shape[-1]))
-            else:
-                collector.add_batch(x.reshape(-1, x.shape[-1]))
+    model: nn.Module
+    adapter: Adapter
+    device: torch.device | str
+    inputs: BlockInputs | None
+    progress: ProgressFn | None = None
 
-        handles.append(module.register_forward_hook(hook))
-    try:
-        assert inputs is not None
-        for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
-            block(h, *a, **k)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
+    @classmethod
+    def start(cls, model: nn.Module, adapter: Adapter, calibration: torch.Tensor | None,
+              device: torch.device | str, progress: ProgressFn | None = None) -> Traversal:
+        """A traversal of ``model``; with ``calibration``, block 0's inputs are captured."""
+        if calibration is None:
+            return cls(model, adapter, device, None, progress)
+        home = next(model.parameters()).device
+        _move_outside_blocks(model, adapter.blocks_path, device)
+        if progress:
+            progress("capturing block inputs", 0, len(adapter.blocks(model)))
+        try:
+            return cls(model, adapter, device, capture_inputs(model, adapter, calibration, device),
+                       progress)
+        finally:  # embeddings, final norm and head go back where they were
+            _move_outside_blocks(model, adapter.blocks_path, home)
+
+    def walk(self, visit: Callable[[int, nn.Module, BlockInputs | None], None], first: int = 0,
+             last: int | None = None, consume: bool = False, stage: str = "pruning") -> None:
+        """For blocks ``first`` .. ``last`` - 1, on the device: ``visit(index, block, inputs)``,
+        then (with captured inputs) replace the inputs by the block's outputs for the next one;
+        progress is reported as ``stage``.  Each walk starts from block 0's captured inputs;
+        ``consume`` lets this one use them up (the last walk: memory is freed block by block)."""
+        blocks = self.adapter.blocks(self.model)
+        last = len(blocks) if last is None else last
+        inputs = self.inputs if consume or self.inputs is None else BlockInputs(
+            list(self.inputs.hidden), self.inputs.args, self.inputs.kwargs)
+        for index in range(first, last):
+            block = blocks[index]
+            home = next(block.parameters()).device
+            block.to(self.device)
+            try:
+                visit(index, block, inputs)
+                if inputs is not None and index + 1 < last:
+                    inputs.hidden = [_block_output(block(h, *a, **k)) for h, a, k in
+                                     zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True)]
+            finally:
+                block.to(home)
+            if self.progress:
+                self.progress(stage, index + 1 - first, last - first)
+
+    def collect(self, block: nn.Module, method: PruningMethod,
+                inputs: BlockInputs) -> dict[str, Collector]:
+        """One dense pass of ``block`` with hooks that feed each linear's inputs (and, for a
+        collector that ``wants_output``, its outputs) to the method's collectors."""
+        stats = method.block_collectors(block, self.adapter)
+        handles = []
+        for name, module in self.adapter.linears(block).items():
+            collector = stats.get(name)
+            if collector is not None:
+                handles.append(module.register_forward_hook(_feeder(collector)))
+        try:
+            for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
+                block(h, *a, **k)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return stats
+
+
+def _feeder(collector: Collector) -> Callable[[nn.Module, tuple, Any], None]:
+    """A forward hook that gives one linear's inputs [tokens, in] to ``collector``."""
+    def hook(_module: nn.Module, args: tuple, out: Any) -> None:
+        x = args[0].reshape(-1, args[0].shape[-1])
+        if collector.wants_output:
+            collector.add_batch(x, outputs=out.reshape(-1, out.shape[-1]))
+        else:
+            collector.add_batch(x)
+    return hook

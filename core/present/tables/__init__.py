@@ -2,7 +2,8 @@
 
 A builder returns a :class:`Table`: a frame whose value columns stay numeric (NaN where there is no
 number) plus hidden ``_text:<column>`` columns that say why a cell has no number ("diverged",
-"—" for a missing value, "baseline" ...).  ``Table.display()`` formats it as the page shows it and
+"collapsed" for a perplexity at or above the vocabulary size, "—" for a missing value,
+"baseline" ...).  ``Table.display()`` formats it as the page shows it and
 as it is exported.
 
 Conventions: published rows are compared only with published rows of the same source, own runs
@@ -40,6 +41,7 @@ from core.present.frames import (
 )
 from core.present.labels import (
     BASELINE,
+    COLLAPSED,
     CONFIG_ORDER,
     DATASET_ORDER,
     DATASET_SHORT,
@@ -132,6 +134,7 @@ __all__ = [
     "OWN_GROUP",
     "TEXT",
     "DIVERGED",
+    "COLLAPSED",
     "MISSING",
     "NO_VALUE",
     "FAILED",

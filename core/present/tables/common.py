@@ -12,6 +12,7 @@ import pandas as pd
 
 from core.analysis import baselines
 from core.present.labels import (
+    COLLAPSED,
     DIVERGED,
     MISSING,
     TEXT,
@@ -26,8 +27,12 @@ ZS_SETTING_KEYS = baselines.ZS_SETTINGS
 
 
 def _cell_text(status: Any, missing: str = MISSING) -> str | None:
+    """The word shown instead of a number: 'diverged', 'collapsed', ``missing`` (None: a
+    number)."""
     if status == "diverged":
         return DIVERGED
+    if status == "collapsed":
+        return COLLAPSED
     if status == "missing" or status is None:
         return missing
     return None

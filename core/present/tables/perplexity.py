@@ -18,6 +18,7 @@ from core.present.frames import (
 )
 from core.present.labels import (
     BASELINE,
+    COLLAPSED,
     DIVERGED,
     TEXT,
     Table,
@@ -60,9 +61,10 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     base_value = np.where(has, value[take], np.nan)
     base_run = np.where(has, df["run_id"].to_numpy()[take], np.nan)
     status, dense = df["status"].to_numpy(dtype=object), df["dense"].to_numpy(dtype=bool)
-    computed = ~(status == "diverged") & ~dense & ~np.isnan(value) & has & ~np.isnan(base_value)
-    delta_text = np.select([status == "diverged", dense, computed], [DIVERGED, BASELINE, None],
-                           default="").astype(object)
+    base_status = np.where(has, status[take], None)
+    computed = (status == "ok") & ~dense & ~np.isnan(value) & has & ~np.isnan(base_value)
+    delta_text = np.select([status == "diverged", status == "collapsed", dense, computed],
+                           [DIVERGED, COLLAPSED, BASELINE, None], default="").astype(object)
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(dtype=object),
         "Dataset": per_value(dataset_name, df["dataset"]),
@@ -72,7 +74,7 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
         TEXT + "Δ from dense": delta_text,
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
         "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
-        "Note": _ppl_notes(df, value, has, base_value, base_run),
+        "Note": _ppl_notes(df, value, has, base_value, base_run, base_status),
         "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
         "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
     })
@@ -80,11 +82,11 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
 
 
 def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value: np.ndarray,
-               base_run: np.ndarray) -> list[str]:
+               base_run: np.ndarray, base_status: np.ndarray) -> list[str]:
     """Each row's note, with why Δ is blank where it has a number but no usable baseline."""
     notes = [_join(n) for n in df["note"]]
-    asks = (~(df["status"] == "diverged").to_numpy() & ~df["dense"].to_numpy(dtype=bool)
-            & ~np.isnan(value) & ~(has & ~np.isnan(base_value)))
+    asks = (~df["dense"].to_numpy(dtype=bool) & ~np.isnan(value)
+            & ~(has & ~np.isnan(base_value)))
     if asks.any():
         needed = np.flatnonzero(asks | df["dense"].to_numpy(dtype=bool))
         columns = ["run_id", "model", "dataset", "metric", "group", "dense", "spec", "note"]
@@ -92,10 +94,16 @@ def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value:
         why = _NoBaseline(list(records.values()), _base_key, PPL_SETTING_KEYS)
         for i in np.flatnonzero(asks):
             reason = (why.perplexity(records[i]) if not has[i] else
-                      f"the dense baseline (run {int(base_run[i])}) has no value: "
-                      "Δ not computed")
+                      f"the dense baseline (run {int(base_run[i])}) "
+                      f"{_no_number(base_status[i])}: Δ not computed")
             notes[i] = _join(reason, records[i].get("note"))
     return notes
+
+
+def _no_number(status: object) -> str:
+    """Why a dense baseline gives no number to compare with."""
+    return {"diverged": "diverged", "collapsed": "collapsed (PPL at or above the vocabulary "
+            "size)"}.get(str(status), "has no value")
 
 
 def _ppl_formats() -> dict[str, str]:

@@ -33,8 +33,10 @@ from core.engine.activation import (
 )
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
-from core.engine.evaluate.perplexity import windows
+from core.engine.evaluate.perplexity import vocab_size, windows
+from core.engine.masks import Selection
 from core.runs import preflight
+from core.runs.kinds.prune import perplexity_said, perplexity_status
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -77,6 +79,10 @@ class ActivationSpec(SpecModel):
                                      help="Share of each token's positive activations it votes "
                                           "for (CoreInfer's default 0.2).")
     levels: list[float] | None = labelled(None, "Levels")
+    selection: Selection = labelled(
+        "reference", "Selection rule",
+        help="How neurons chosen by equally many tokens are ranked: reference = CoreInfer's "
+             "code (torch.argsort, not stable); exact = the lower index first.")
     block_range: list[int] | None = labelled(None, "Block range")
     tasks: list[str] = labelled(list, "Tasks")  # lm-eval task names
     num_fewshot: int = whole(0, 0, 64, "Few-shot examples")
@@ -96,8 +102,10 @@ class ActivationSpec(SpecModel):
     goal: float | None = None  # set by a search: its goal mean kept fraction
     trial: int | None = None  # set by a search: the trial the best config came from
     search: int | None = None  # set by a search: the search run's id
+    #: The data protocol of its perplexity windows (``core.engine.data.PROTOCOL``).
+    data_protocol: int = data.PROTOCOL
 
-    SYSTEM_FIELDS = ("kind", "config", "goal", "trial", "search")
+    SYSTEM_FIELDS = ("kind", "config", "goal", "trial", "search", "data_protocol")
 
     @field_validator("method")
     @classmethod
@@ -268,7 +276,8 @@ def execute_activation(spec: ActivationSpec, progress: ProgressFn, say: Say) -> 
     started = time.perf_counter()
     handle = apply_coreinfer(model, sparsity=spec.sparsity, token_sparsity=spec.token_sparsity,
                              start=start, end=end,
-                             levels=spec.levels if spec.method == "sparsity-levels" else None)
+                             levels=spec.levels if spec.method == "sparsity-levels" else None,
+                             selection=spec.selection)
     what = (f"kept fraction {spec.sparsity}" if spec.method == "coreinfer"
             else f"levels {', '.join(f'{v:g}' for v in handle.fractions.values())}")
     say(f"{spec.method}: {what}, token sparsity {spec.token_sparsity}, blocks {start}..{end - 1}")
@@ -327,24 +336,25 @@ def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
                        say: Say) -> list[CoreInferStats]:
     """Split perplexity (dense pre-fill, sparse second half) on each dataset."""
     measured: list[CoreInferStats] = []
+    vocab = vocab_size(model)
     for name in spec.ppl_datasets:
         handle.reset_stats()
-        ids = data.evaluation_ids(tokenizer, name)
+        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
         value, n_windows, n_tokens = split_perplexity(
             model, ids, spec.ppl_seqlen, spec.max_windows,
             lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
         stats = handle.stats()
         measured.append(stats)
+        status, why = perplexity_status(value, vocab)
         result.metrics.append({
             "kind": "activation", "dataset": name, "metric": "ppl", "value": value,
-            "n_samples": n_tokens, "status": "ok" if value is not None else "diverged",
-            "note": f"{n_windows} windows of {spec.ppl_seqlen}: first half pre-filled "
+            "n_samples": n_tokens, "status": status,
+            "note": (f"{why}; " if status == "collapsed" else "")
+                    + f"{n_windows} windows of {spec.ppl_seqlen}: first half pre-filled "
                     "(dense, selects the core neurons), second half scored sparse"})
         result.metrics += [r for r in _stats_rows(stats, name)
                            if r["metric"] == "actual_sparsity"]
-        say(f"{name}: CoreInfer perplexity "
-            + (f"{value:.3f}" if value is not None else "diverged")
-            + f" over {n_windows} windows")
+        say(f"{name}: CoreInfer {perplexity_said(status, value, vocab)} over {n_windows} windows")
     return measured
 
 

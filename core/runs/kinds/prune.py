@@ -3,6 +3,7 @@ zero-shot accuracy; returns a :class:`~core.runs.results.RunResult` (nothing is 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from pydantic import ValidationInfo, field_validator
 from core import config
 from core.engine import data, environment, models
 from core.engine.evaluate import zeroshot
-from core.engine.evaluate.perplexity import perplexity
+from core.engine.evaluate.perplexity import is_collapsed, perplexity, vocab_size
+from core.engine.masks import Selection
 from core.engine.prune import owl
 from core.engine.prune.methods import REGISTRY, Target, get_method
 from core.engine.prune.runner import PruneReport, prune_model
@@ -62,6 +64,12 @@ class PruneSpec(SpecModel):
     seqlen: int = whole(512, *LIMITS["seqlen"], "Calibration seqlen",
                         form_label="Tokens per sample", help="Tokens in each calibration sequence.")
     seed: int = whole(0, 0, 2**31 - 1, "Seed", help="Seed of the calibration windows.")
+    selection: Selection = labelled(
+        "reference", "Selection rule",
+        help="reference: the rule of the method's own code (one threshold that also prunes "
+             "tied scores; N:M groups by torch.topk), so masks equal the published code's. "
+             "exact: exactly the target count per matrix (ties by index), for equal sparsity "
+             "across methods.")
     block_range: list[int] | None = labelled(
         None, "Block range", help="[start, end): blocks outside stay dense.", cli="--blocks",
         cli_nargs=2, cli_metavar=["START", "END"])
@@ -95,8 +103,10 @@ class PruneSpec(SpecModel):
     save_dir: str | None = labelled(None, "Save to", cli="--save",
                                     help="save the pruned model (safetensors) in this folder")
     sweep: int | None = None  # id of the sweep this run is a cell of (set by a sweep)
+    #: The data protocol the run's windows were made with (``core.engine.data.PROTOCOL``).
+    data_protocol: int = data.PROTOCOL
 
-    SYSTEM_FIELDS = ("kind", "sweep")
+    SYSTEM_FIELDS = ("kind", "sweep", "data_protocol")
 
     # -- field checks ------------------------------------------------------------------------
     @field_validator("method")
@@ -233,7 +243,7 @@ class PruneSpec(SpecModel):
             values.pop(key)
         if self.is_dense:
             for key in ("sparsity", "method_params", "calibration", "samples", "seqlen", "seed",
-                        "block_range", "owl"):
+                        "selection", "block_range", "owl"):
                 values.pop(key)
         return values
 
@@ -290,28 +300,29 @@ def execute(spec: PruneSpec, progress: ProgressFn, say: Say) -> RunResult:
 def prune(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec, result: RunResult,
           progress: ProgressFn, say: Say) -> None:
     """Calibrate (when the method or OWL needs it), prune, and record sparsity and time."""
-    method = get_method(spec.method, **spec.method_params)
+    method = get_method(spec.method, selection=spec.selection, owl=owl_setting(spec),
+                        **spec.method_params)
     target = spec.target()
     calibration = None
-    if method.needs_calibration or spec.owl is not None:
+    if method.needs_data:
         progress("calibration data", 0, 1)
         say(f"calibration: {spec.samples} x {spec.seqlen} tokens of {spec.calibration}, "
             f"seed {spec.seed}")
         calibration = data.calibration_ids(tokenizer, spec.calibration, spec.samples,
                                            spec.seqlen, spec.seed)
+    say(f"pruning with {spec.method}{' + OWL' if method.owl else ''} to {target.label} "
+        f"({spec.selection} selection)")
     started = time.perf_counter()
-    block_targets = None
-    if spec.owl is not None:
-        progress("OWL outlier ratios", 0, 1)
-        block_targets = owl_block_targets(model, calibration, spec, spec.device)
-        result.layer_stats += [{"block": b, "layer": "block", "stat": "owl_target",
-                                "value": t} for b, t in enumerate(block_targets)]
-        say("OWL targets per block: " + ", ".join(f"{t:.3f}" for t in block_targets))
-    say(f"pruning with {spec.method} to {target.label}")
     report = prune_model(model, method, target, calibration, device=spec.device,
                          block_range=tuple(spec.block_range) if spec.block_range else None,
-                         progress=progress, block_targets=block_targets)
+                         progress=progress)
     seconds = time.perf_counter() - started
+    if method.owl is not None:
+        result.layer_stats += [{"block": b, "layer": "block", "stat": "owl_target",
+                                "value": t} for b, t in enumerate(report.block_targets)]
+        say("OWL targets per block: " + ", ".join(f"{t:.3f}" for t in report.block_targets))
+    for note in dict.fromkeys(n["warning"] for n in report.notes.values() if "warning" in n):
+        say(note)
     say(f"pruned in {seconds:.1f} s; measured sparsity {report.overall:.4f}")
     result.layer_stats += layer_stat_rows(report)
     result.metrics += [
@@ -320,23 +331,53 @@ def prune(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec, result: RunRe
     ]
 
 
+def owl_setting(spec: PruneSpec) -> owl.OWL | None:
+    """The spec's OWL settings ({"M": 5, "lambda": 0.08}), or None without OWL."""
+    if spec.owl is None:
+        return None
+    return owl.OWL(M=float(spec.owl.get("M", owl.DEFAULT_M)),
+                   lam=float(spec.owl.get("lambda", owl.DEFAULT_LAMBDA)))
+
+
+def perplexity_status(value: float | None, vocab: int | None) -> tuple[str, str | None]:
+    """The metric status and note of a perplexity: 'diverged' (no finite value), 'collapsed'
+    (finite but at or above the vocabulary size ``vocab``: worse than uniform guessing; the
+    value is kept) or 'ok'."""
+    if value is None or not math.isfinite(value):
+        return "diverged", "non-finite loss: the model diverged"
+    if is_collapsed(value, vocab):
+        return "collapsed", (f"perplexity {value:,.0f} is at or above the vocabulary size "
+                             f"({vocab:,}): worse than uniform guessing")
+    return "ok", None
+
+
+def perplexity_said(status: str, value: float | None, vocab: int | None) -> str:
+    """A perplexity as the run's log states it: 'ppl 12.3456', 'diverged' or 'collapsed (ppl
+    6,960,449.0 >= vocabulary size 49,152)'."""
+    if status == "ok":
+        return f"ppl {value:.4f}"
+    if status == "collapsed":
+        return f"collapsed (ppl {value:,.1f} >= vocabulary size {vocab:,})"
+    return "diverged"
+
+
 def evaluate_perplexity(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
                         result: RunResult, progress: ProgressFn, say: Say) -> None:
-    """The perplexity protocol on each of the spec's datasets (diverged models named so)."""
+    """The perplexity protocol on each of the spec's datasets (diverged and collapsed models
+    named so)."""
+    vocab = vocab_size(model)
     for name in spec.ppl_datasets:
         say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, "
             f"{spec.max_windows or 'all'} windows at most)")
-        ids = data.evaluation_ids(tokenizer, name)
+        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
         res = perplexity(model, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows,
                          spec.device,
                          progress=lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
+        status, note = perplexity_status(res.value, vocab)
         result.metrics.append({
             "kind": "perplexity", "dataset": name, "metric": "ppl", "value": res.value,
-            "n_samples": res.tokens, "status": "diverged" if res.diverged else "ok",
-            "note": "non-finite loss: the model diverged" if res.diverged else None,
-        })
-        say(f"{name}: " + ("diverged" if res.diverged else f"ppl {res.value:.4f}")
-            + f" over {res.windows} windows")
+            "n_samples": res.tokens, "status": status, "note": note})
+        say(f"{name}: {perplexity_said(status, res.value, vocab)} over {res.windows} windows")
 
 
 def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
@@ -352,18 +393,5 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
     for task, message in zs.failures.items():
         say(f"zero-shot task {task} failed (other tasks kept): {message}")
 
-
-def owl_block_targets(model: torch.nn.Module, calibration: torch.Tensor, spec: PruneSpec,
-                      device: str) -> list[float]:
-    """OWL's per-block sparsities; with a block range, they average to the request over the range
-    and the blocks outside stay dense (target 0)."""
-    settings = spec.owl or {}
-    ratios = owl.outlier_ratios(model, calibration, float(settings.get("M", owl.DEFAULT_M)),
-                                device)
-    start, end = spec.block_range or (0, len(ratios))
-    end = min(end, len(ratios))
-    inside = owl.targets_from_ratios(ratios[start:end], spec.target().sparsity,
-                                     float(settings.get("lambda", owl.DEFAULT_LAMBDA)))
-    return [0.0] * start + inside + [0.0] * (len(ratios) - end)
 
 register_kind("prune", PruneSpec, execute, title="Prune + evaluate")

@@ -1,9 +1,17 @@
-"""The pruning-method interface: one class per method, with a small lifecycle.
+"""The pruning-method interface: one class per method, with a small declared lifecycle.
 
-For each decoder block the shared runner (``core.runner``) asks the method for a statistics
-collector per linear (``collector``), feeds it the linear's inputs during one dense pass
-(``Collector.add_batch``), then calls ``prune_block``, which by default prunes each linear on its
-own with ``prune``.  A method that prunes a block jointly (SparseLLM) overrides ``prune_block``.
+The shared runner (``core.engine.prune.runner``) calls, in this order and nothing else:
+
+1. ``prepare(traversal, target, block_range)``: one target per decoder block, before the block
+   loop (uniform; OWL's layer-wise targets when the method was given ``owl``, from a dense walk
+   of the blocks with the runner's one traversal).
+2. For each block: ``block_collectors(block, adapter)`` (by default one ``collector`` per
+   linear), fed the linears' inputs during one dense pass (``Collector.add_batch``; a collector
+   that ``wants_output`` also gets the outputs), then ``prune_block``, which by default prunes
+   each linear on its own with ``prune`` and may return notes for the run's report.
+
+A method that prunes a block jointly (SparseLLM) overrides ``prune_block``.  A method keeps no
+state between runs or blocks: what a block teaches is returned as its notes.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from annotated_types import Ge, Gt, Le, Lt
@@ -19,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from core.engine.adapters import Adapter, set_weight_matrix, weight_matrix
+from core.engine.masks import Selection, checked_selection
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,9 @@ class Target:
 class Collector:
     """Accumulates statistics of one linear's inputs over the calibration tokens."""
 
+    #: True: ``add_batch`` is also given the linear's outputs (``outputs=``).
+    wants_output: bool = False
+
     def add_batch(self, inputs: torch.Tensor) -> None:  # inputs: [tokens, in_features]
         raise NotImplementedError
 
@@ -110,12 +122,33 @@ def param_rule(info: Any) -> str:
     return f"of type {getattr(info.annotation, '__name__', info.annotation)}"
 
 
+class Walk(Protocol):
+    """What ``prepare`` is given: the runner's one block traversal
+    (``core.engine.prune.runner.Traversal``, which imports this module)."""
+
+    model: nn.Module
+    adapter: Adapter
+
+
+class LayerwiseTargets(Protocol):
+    """Per-block targets computed by a dense walk before the block loop
+    (``core.engine.prune.owl.OWL``)."""
+
+    def block_targets(self, traversal: Any, target: Target,
+                      block_range: tuple[int, int]) -> list[Target]: ...
+
+
 class PruningMethod(ABC):
-    """Base class: subclasses set ``name``, a ``Params`` model and implement ``prune``."""
+    """Base class: subclasses set ``name``, a ``Params`` model and implement ``prune``.
+
+    ``selection`` is the rule that turns scores into a mask (``core.engine.masks``): the
+    reference code's (default) or exactly the target count.  ``owl`` (``core.engine.prune.owl``,
+    for a method that ``supports_owl``) gives every block its own unstructured target."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = True
+    supports_owl: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
     #: {parameter: default}, derived from ``Params``.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -124,7 +157,12 @@ class PruningMethod(ABC):
         super().__init_subclass__(**kwargs)
         cls.defaults = {name: f.default for name, f in cls.Params.model_fields.items()}
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, selection: Selection = "reference", owl: LayerwiseTargets | None = None,
+                 **params: Any) -> None:
+        self.selection = checked_selection(selection)
+        if owl is not None and not self.supports_owl:
+            raise ValueError(f"OWL layer-wise sparsity does not work with {self.name}")
+        self.owl = owl
         unknown = set(params) - set(self.Params.model_fields)
         if unknown:
             raise ValueError(f"{self.name} has no parameter(s) {sorted(unknown)}; "
@@ -142,17 +180,40 @@ class PruningMethod(ABC):
             found.append(f"{self.name} {key} must be {rule}; got {error['input']!r}")
         return found
 
+    @property
+    def needs_data(self) -> bool:
+        """Calibration windows are needed: for the method's statistics or for OWL's."""
+        return self.needs_calibration or self.owl is not None
+
+    def prepare(self, traversal: Walk, target: Target,
+                block_range: tuple[int, int]) -> list[Target]:
+        """One target per decoder block, before the block loop: ``target`` inside
+        ``block_range`` and 0 outside, or OWL's layer-wise targets."""
+        n_blocks = len(traversal.adapter.blocks(traversal.model))
+        if self.owl is not None:
+            return self.owl.block_targets(traversal, target, block_range)
+        start, end = block_range
+        return [target if start <= b < end else Target() for b in range(n_blocks)]
+
     def collector(self, module: nn.Module) -> Collector | None:
         """A statistics collector for one linear, or None when the method needs no data."""
         return None
+
+    def block_collectors(self, block: nn.Module, adapter: Adapter) -> dict[str, Collector]:
+        """The collectors of one block's linears, by name (a joint method needs to know which
+        linear is which); by default ``collector`` of each."""
+        found = {name: self.collector(module) for name, module in adapter.linears(block).items()}
+        return {name: collector for name, collector in found.items() if collector is not None}
 
     @abstractmethod
     def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
         """Return the pruned ``[out, in]`` fp32 weight (pruned entries exactly zero)."""
 
     def prune_block(self, block: nn.Module, adapter: Adapter,
-                    stats: dict[str, Collector | None], target: Target) -> None:
-        """Prune every linear of one block; the default treats each linear on its own."""
+                    stats: dict[str, Collector], target: Target) -> dict[str, Any] | None:
+        """Prune every linear of one block; the default treats each linear on its own.  Returns
+        notes for the run's report (e.g. ``{"warning": ...}``), or None."""
         for name, module in adapter.linears(block).items():
             weight = weight_matrix(module).float()
             set_weight_matrix(module, self.prune(weight, stats.get(name), target))
+        return None

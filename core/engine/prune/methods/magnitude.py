@@ -12,11 +12,14 @@ from core.engine.prune.methods.base import Collector, PruningMethod, Target
 @register
 class Magnitude(PruningMethod):
     name = "magnitude"
+    supports_owl = True
     description = "Prune the smallest |W| of each weight matrix; needs no calibration data."
     needs_calibration = False
 
     def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
         scores = weight.abs()
-        mask = nm_mask(scores, target.n, target.m) if target.is_nm else matrix_mask(
-            scores, target.sparsity)
+        if target.is_nm:
+            mask = nm_mask(scores, target.n, target.m, self.selection)
+        else:
+            mask = matrix_mask(scores, target.sparsity, self.selection)
         return weight.masked_fill(mask, 0.0)

@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core.engine.masks import lowest_mask
+from core.engine.masks import Selection, matrix_mask, nm_mask
 from core.engine.prune.methods import register
 from core.engine.prune.methods.base import Collector, PruningMethod, Target
 from core.engine.prune.methods.wanda import in_features
 
 
 class Hessian(Collector):
-    """Accumulates sum x x^T (fp32) and the number of sequences seen."""
+    """H = (2 / N) sum X X^T (fp32, on the inputs' device), kept as the reference code keeps it:
+    a running average updated per batch of ``sequences`` windows, in the same order of
+    operations, so the same inputs give the same bits."""
 
     def __init__(self, in_features: int) -> None:
-        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.in_features = in_features
+        self.h: torch.Tensor | None = None
         self.samples = 0
 
     def add_batch(self, inputs: torch.Tensor, sequences: int = 1) -> None:
-        x = inputs.float()
-        self.xtx += (x.t() @ x).cpu()
+        if self.h is None:
+            self.h = torch.zeros(self.in_features, self.in_features, dtype=torch.float32,
+                                 device=inputs.device)
+        self.h *= self.samples / (self.samples + sequences)
         self.samples += sequences
+        x = math.sqrt(2 / self.samples) * inputs.t().float()  # [in, tokens]
+        self.h += x.matmul(x.t())
 
     @property
     def hessian(self) -> torch.Tensor:
-        """H = (2 / N) sum X X^T, N = calibration sequences."""
-        return self.xtx * (2.0 / max(self.samples, 1))
+        """H (zeros before any batch)."""
+        if self.h is None:
+            return torch.zeros(self.in_features, self.in_features, dtype=torch.float32)
+        return self.h
 
 
 def inverse_cholesky_upper(hessian: torch.Tensor, weight: torch.Tensor,
@@ -44,8 +55,12 @@ def inverse_cholesky_upper(hessian: torch.Tensor, weight: torch.Tensor,
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: Target,
-                    blocksize: int = 128, dampening: float = 0.01) -> torch.Tensor:
-    """Prune ``weight`` [out, in] (fp32 copy returned) given its layer Hessian."""
+                    blocksize: int = 128, dampening: float = 0.01,
+                    selection: Selection = "reference") -> torch.Tensor:
+    """Prune ``weight`` [out, in] (fp32 copy returned) given its layer Hessian.
+
+    The unstructured mask is chosen once per block of columns, N:M per group at the group's
+    first column, by ``selection``'s rule (``core.engine.masks``)."""
     w = weight.clone().float()
     u = inverse_cholesky_upper(hessian.to(w.device), w, dampening)
     cols = w.shape[1]
@@ -64,12 +79,11 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: Target,
             mask = torch.zeros_like(block, dtype=torch.bool)
         else:
             metric = block.pow(2) / diag.pow(2).unsqueeze(0)
-            k = int(block.numel() * target.sparsity)
-            mask = lowest_mask(metric.reshape(-1), k).reshape(block.shape)
+            mask = matrix_mask(metric, target.sparsity, selection)
         for i in range(end - start):
             if target.is_nm and i % target.m == 0:
                 group = block[:, i:i + target.m].pow(2) / diag[i:i + target.m].pow(2)
-                mask[:, i:i + target.m] = lowest_mask(group, target.n)
+                mask[:, i:i + target.m] = nm_mask(group, target.n, target.m, selection)
             column = block[:, i]
             quantised = column.masked_fill(mask[:, i], 0.0)
             err = (column - quantised) / u_block[i, i]
@@ -91,6 +105,7 @@ class SparseGPTParams(BaseModel):
 @register
 class SparseGPT(PruningMethod):
     name = "sparsegpt"
+    supports_owl = True
     description = "One-shot OBS pruning with weight updates (blocks of columns, dampened Hessian)."
     Params = SparseGPTParams
 
@@ -100,4 +115,4 @@ class SparseGPT(PruningMethod):
     def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
         assert isinstance(stats, Hessian), "SparseGPT needs calibration statistics"
         return sparsegpt_prune(weight, stats.hessian, target, int(self.params["blocksize"]),
-                               float(self.params["dampening"]))
+                               float(self.params["dampening"]), self.selection)

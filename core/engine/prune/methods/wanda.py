@@ -63,6 +63,7 @@ def variant_mask(scores: torch.Tensor, sparsity: float, tolerance: float = 0.001
 @register
 class Wanda(PruningMethod):
     name = "wanda"
+    supports_owl = True
     description = ("Prune by |W| x input-feature norm, per output row. 'variant' prunes by a "
                    "cumulative-score threshold found by bisection.")
 
@@ -79,7 +80,7 @@ class Wanda(PruningMethod):
         assert isinstance(stats, InputNorms), "Wanda needs calibration statistics"
         scores = weight.abs() * stats.norms.to(weight.device).unsqueeze(0)
         if target.is_nm:
-            mask = nm_mask(scores, target.n, target.m)
+            mask = nm_mask(scores, target.n, target.m, self.selection)
         elif self.params["variant"]:
             mask, _ = variant_mask(scores, target.sparsity)
         else:
