@@ -1,5 +1,9 @@
 """Benchmark: pruning time and peak memory per method, and perplexity throughput.
 
+Peak memory is the process's peak resident set (``ru_maxrss``) and counts the model's weights
+once touched (they are mapped from the safetensors file); "loaded" is the peak after loading the
+model and tokenizing the calibration text.
+
     python bench/prune_bench.py [--samples 32] [--seqlen 512] [--windows 16]
 
 Each method runs in its own subprocess so its peak resident memory is its own.  The yardstick is
@@ -29,9 +33,14 @@ def _measure_method(method: str, samples: int, seqlen: int, sparsity: str) -> di
     from core.engine.prune.methods import Target, get_method
     from core.engine.prune.runner import prune_model
 
+    # The base: the interpreter once a tokenizer is loaded (the first load imports about 110 MiB
+    # of transformers' modules), before the model.
+    models.load_tokenizer("smollm2-135m")
+    baseline_mb = environment.peak_memory_mb()
     model, tok = models.load_model("smollm2-135m")
     calibration = data.calibration_ids(tok, "wiki-offline", samples, seqlen, seed=0)
     loaded_mb = environment.peak_memory_mb()
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     started = time.perf_counter()
     if method == "dense-forward":
         with torch.no_grad():
@@ -41,7 +50,7 @@ def _measure_method(method: str, samples: int, seqlen: int, sparsity: str) -> di
         prune_model(model, get_method(method), Target.parse(sparsity), calibration)
     seconds = time.perf_counter() - started
     return {"method": method, "seconds": seconds, "peak_mb": environment.peak_memory_mb(),
-            "loaded_mb": loaded_mb}
+            "loaded_mb": loaded_mb, "baseline_mb": baseline_mb, "model_mb": model_mb}
 
 
 def _measure_perplexity(windows: int, seqlen: int, batch_size: int, device: str,
@@ -125,12 +134,18 @@ def main() -> None:
     if not args.perplexity_only:
         forward = _run_child("dense-forward", args)
         rows = [forward] + [_run_child(m, args) for m in METHODS]
-        print(f"\n{'method':<14}{'wall s':>10}{'x forward':>11}{'peak MB':>10}"
-              f"{'+ over load':>13}")
+        print(f"\n{'method':<14}{'wall s':>10}{'x forward':>11}{'peak MiB':>10}"
+              f"{'loaded MiB':>12}{'+ over load':>13}{'peak/model':>12}{'(peak-base)/model':>19}")
         for row in rows:
             ratio = row["seconds"] / forward["seconds"]
             print(f"{row['method']:<14}{row['seconds']:>10.1f}{ratio:>11.2f}"
-                  f"{row['peak_mb']:>10.0f}{row['peak_mb'] - row['loaded_mb']:>13.0f}")
+                  f"{row['peak_mb']:>10.0f}{row['loaded_mb']:>12.0f}"
+                  f"{row['peak_mb'] - row['loaded_mb']:>13.0f}"
+                  f"{row['peak_mb'] / row['model_mb']:>11.2f}x"
+                  f"{(row['peak_mb'] - row['baseline_mb']) / row['model_mb']:>18.2f}x")
+        print(f"model: {rows[0]['model_mb']:.0f} MiB of fp32 parameters; base: "
+              f"{rows[0]['baseline_mb']:.0f} MiB, the interpreter with torch, transformers and a "
+              "tokenizer loaded, before the model")
     ppl = _run_child("perplexity", args)
     print(f"\nperplexity on {ppl['tokens']} wiki-offline tokens (seqlen {args.seqlen}, "
           f"{args.device}, {args.dtype}):")

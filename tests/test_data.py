@@ -149,3 +149,18 @@ def test_c4_follows_the_reference_protocol(local_hub) -> None:
     joined = tok(" ".join(texts["validation"][:1100]), return_tensors="pt").input_ids
     assert joined.shape[1] > 256 * 8, "the setup is too short to show the cut"
     assert torch.equal(evaluation, joined[0, : 256 * 8])
+
+
+def test_tokenizing_hands_the_freed_heap_back(monkeypatch) -> None:
+    """After the whole-text tokenizer call the C heap's freed pages go back to the OS (glibc's
+    malloc_trim), and the ids are the tokenizer's own."""
+    from core.engine import environment
+
+    calls = []
+    monkeypatch.setattr(environment, "release_freed_memory", lambda: calls.append(1) or True)
+    tokenizer = tiny_tokenizer()
+    text = "the cat sat on the mat " * 50
+    assert data.tokenize(tokenizer, text).tolist() == tokenizer(text)["input_ids"]
+    assert calls == [1]
+    monkeypatch.undo()
+    assert environment.release_freed_memory() is True  # glibc Linux: malloc_trim is there

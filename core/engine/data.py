@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from core import config
+from core.engine import environment
 
 SPLITS = ("calibration", "evaluation")
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -163,8 +164,10 @@ def load_text(source: str, split: str) -> str:
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     """Token ids of the whole text as a 1-D LongTensor, with the tokenizer's default special
     tokens (``tokenizer(text)``, as the reference code)."""
-    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    ids = torch.tensor(tokenizer(text, return_attention_mask=False)["input_ids"],
+                       dtype=torch.long)
+    environment.release_freed_memory()
+    return ids
 
 
 def evaluation_ids(tokenizer: PreTrainedTokenizerBase, source: str,

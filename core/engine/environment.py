@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import platform
 import resource
 import sys
@@ -37,3 +40,26 @@ def peak_memory_mb(device: str = "cpu") -> float:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's freed pages back to the OS (glibc ``malloc_trim``); False elsewhere.
+
+    A whole-text tokenizer call allocates about 450 bytes a token in the Rust tokenizer and frees
+    them once the ids are out, but the allocator keeps the pages: on SmolLM2's offline text that
+    is 170 MiB of resident memory held through the whole run."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True

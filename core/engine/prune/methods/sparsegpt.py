@@ -48,8 +48,7 @@ def inverse_cholesky_upper(hessian: torch.Tensor, weight: torch.Tensor,
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     weight[:, dead] = 0.0
-    h += dampening * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype,
-                                                             device=h.device)
+    h.diagonal().add_(dampening * torch.mean(torch.diag(h)))  # = + damp x I, without the I
     h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(h_inv, upper=True)
 
