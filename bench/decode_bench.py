@@ -10,7 +10,8 @@ CUDA the hooks synchronise, so that pass is not used for tokens/s).  "Amdahl" is
 measured kept fraction would give if only the FFN got cheaper, in proportion:
 ``1 / (1 - f + f * kept)`` with ``f`` the dense FFN share.  "Same prefix" counts the generated
 tokens equal to the dense generation before the first difference (the first token always comes
-from the dense pre-fill).
+from the dense pre-fill).  A second table gives the pre-fill forward alone, dense and CoreInfer
+measured alternately.
 """
 
 from __future__ import annotations
@@ -69,6 +70,28 @@ def measure(model, ids, new: int, repeats: int, pad: int, device: str) -> dict:
     }
 
 
+def _prefill_ms(model, ids, device: str) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    _sync(device)
+    return 1000 * (time.perf_counter() - started)
+
+
+def paired_prefill(model, ids, kept: float, token_sparsity: float, repeats: int,
+                   device: str) -> tuple[float, float]:
+    """Median pre-fill forward ms, dense and CoreInfer, measured alternately (so that a drift of
+    the machine's speed falls on both alike)."""
+    dense, sparse = [], []
+    for _ in range(repeats + 1):  # the first pair warms up
+        dense.append(_prefill_ms(model, ids, device))
+        handle = apply_coreinfer(model, sparsity=kept, token_sparsity=token_sparsity)
+        sparse.append(_prefill_ms(model, ids, device))
+        handle.remove()
+    return statistics.median(dense[1:]), statistics.median(sparse[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=64)
@@ -124,6 +147,15 @@ def main() -> None:
         print(f"| {row['config']} | {row['kept']:.3f} | {row['decode_tok_s']:.1f} | "
               f"{row['speedup']:.2f}x | {row['amdahl']:.2f}x | {row['ffn_share']:.1%} | "
               f"{row['prefill_ms']:.0f} | {same}/{args.new} |")
+    print(f"\npre-fill forward of the {ids.shape[1]}-token prompt, dense and CoreInfer measured "
+          f"alternately, median of {5 * args.repeats}:")
+    print("| config | dense ms | CoreInfer ms | slower by |")
+    print("|---|---|---|---|")
+    for kept in args.kept:
+        dense_ms, sparse_ms = paired_prefill(model, ids, kept, args.token_sparsity,
+                                             5 * args.repeats, args.device)
+        print(f"| CoreInfer {kept} | {dense_ms:.1f} | {sparse_ms:.1f} | "
+              f"{sparse_ms / dense_ms - 1:+.1%} |")
     if args.json:
         args.json.write_text(json.dumps(
             [{k: v for k, v in r.items() if k != "tokens"} for r in rows], indent=2))

@@ -13,6 +13,7 @@ from core.engine.activation import (
     CoreInferError,
     apply_coreinfer,
     core_neurons,
+    coreinfer,
     neuron_counts,
     split_loglikelihood,
     token_limit,
@@ -131,6 +132,22 @@ def test_selection_equals_direct_computation(seed: int, selection: str) -> None:
             expected = reference_core_neurons(acts, token_sparsity, sparsity, selection)
             got = core_neurons(acts, token_sparsity, int(40 * sparsity), selection)
             assert got.tolist() == expected
+        assert torch.equal(coreinfer._counts_torch(acts, token_sparsity),
+                           neuron_counts(acts, token_sparsity))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_counts_on_coarse_activations_with_ties_at_every_limit(seed: int) -> None:
+    """Activations on a coarse grid tie at the limit in most tokens: each token's top ``limit``
+    by a stable descending sort (lower index first), counted per neuron."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = (torch.randn(33, 64, generator=gen) * 2).round() / 2
+    for token_sparsity in (0.1, 0.3, 0.7):
+        limit = token_limit(acts, token_sparsity)
+        top = torch.sort(acts, dim=1, descending=True, stable=True).indices[:, :limit]
+        expected = torch.bincount(top.reshape(-1), minlength=64)
+        assert torch.equal(neuron_counts(acts, token_sparsity), expected)  # numpy on the CPU
+        assert torch.equal(coreinfer._counts_torch(acts, token_sparsity), expected)  # devices
 
 
 # -- sparse decode == dense with the same neurons zeroed -------------------------------------------
