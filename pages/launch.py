@@ -98,6 +98,7 @@ def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
 
 st.subheader("Model")
 model = field_input(PruneSpec, "model", key="prune-model")
+st.caption(run_views.model_caption(model))
 left, mid, right = st.columns(3, vertical_alignment="bottom")
 dtype = field_input(PruneSpec, "dtype", key="prune-dtype", container=left)
 device = field_input(PruneSpec, "device", key="prune-device", container=mid)

@@ -30,14 +30,26 @@ else:
     st.dataframe(counts, hide_index=True, width="content")
 
 st.subheader("What next")
-st.markdown(
-    "- **Perplexity**: method × sparsity tables with the change against dense, and the papers' "
-    "dataset × sparsity layout.\n"
-    "- **Zero-shot**: average accuracy, retention against dense, per-task breakdown and drop "
-    "from dense.\n"
-    "- **Activation sparsity**: the sparsity-levels search and its comparison with CoreInfer.\n"
-    "- **Layer statistics**: measured sparsity per block and its spread over the blocks.\n"
-    + ("- You have no own runs yet: launch one to see it beside the published figures "
-       "(reference rows are marked *Published* in every table and drawn with open markers)."
-       if own == 0 else "- Filter by origin in each page's sidebar to see only your own runs.")
-)
+NEXT = [
+    ("pages/launch.py", "Launch a run", ":material/rocket_launch:",
+     "prune a model (magnitude, Wanda, SparseGPT, SparseLLM, OWL) or apply activation sparsity, "
+     "then evaluate it; the offline default model needs no hub access."),
+    ("pages/perplexity.py", "Perplexity", ":material/show_chart:",
+     "method x sparsity tables with the change against dense, and the papers' dataset x sparsity "
+     "layout."),
+    ("pages/zero_shot.py", "Zero-shot", ":material/checklist:",
+     "average accuracy, retention against dense, per-task breakdown and drop from dense."),
+    ("pages/activation_sparsity.py", "Activation sparsity", ":material/bolt:",
+     "the sparsity-levels search and its comparison with CoreInfer."),
+    ("pages/layers.py", "Layer statistics", ":material/stacked_bar_chart:",
+     "measured sparsity per block and its spread over the blocks."),
+]
+for page, label, icon, what in NEXT:
+    link, text = st.columns([1, 3], vertical_alignment="center")
+    link.page_link(page, label=label, icon=icon)
+    text.caption(what)
+if own == 0:
+    st.info("You have no own runs yet: launch one to see it beside the published figures "
+            "(reference rows are marked *Published* in every table and drawn with open markers).")
+else:
+    st.caption("Filter by origin in each page's sidebar to see only your own runs.")

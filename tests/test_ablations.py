@@ -73,6 +73,9 @@ def test_published_table_4_grid_and_best_cell(published_store: Store) -> None:
     assert f"alpha={best[1][0]}, beta={best[1][1]}" in table.notes[1]
     figure = charts.ablation_heatmap(table, "t")
     assert len(figure.layout.shapes) == 1  # the best cell outlined
+    # the column axis is on top: the title sits above its label, not on it
+    assert figure.layout.xaxis.side == "top" and figure.layout.margin.t >= 100
+    assert figure.layout.title.yref == "container" and figure.layout.title.yanchor == "top"
 
 
 def finished_sweep(tmp_path: Path, grid: dict[str, list],

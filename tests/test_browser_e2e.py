@@ -171,6 +171,10 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
             page.set_default_timeout(30_000)
             page.goto(str(app["url"]))
             expect(page.get_by_role("heading", name="SparseBench")).to_be_visible()
+            expect(page.get_by_test_id("stToolbar")).to_be_attached()
+            # users get the viewer's toolbar: no Deploy button (.streamlit/config.toml)
+            expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
+            expect(page.get_by_test_id("stAppDeployButton")).to_have_count(0)
             sidebar = page.get_by_test_id("stSidebar")
 
             # Launch: a tiny Wanda run with a local model and local calibration / evaluation text.

@@ -463,6 +463,20 @@ def test_done_run_shows_results_log_and_settings(db: Path, workers: list[int],
     assert any("recorded when the run starts" in c.value for c in at.caption)
 
 
+def test_the_model_field_says_what_the_model_is(db: Path, workers: list[int],
+                                                assets: dict[str, str], tmp_path: Path) -> None:
+    at = open_page("pages/launch.py")
+    captions = [c.value for c in at.caption]
+    assert any("**smollm2-135m**: SmolLM2-135M-Instruct" in c and "de-quantised from 4-bit GGUF"
+               in c and "no hub access" in c for c in captions), captions
+    widget(at.text_input, "Model name or folder").set_value(assets["model"]).run()
+    assert any(c == f"A local folder: `{assets['model']}`." for c in (c.value for c in at.caption))
+    widget(at.text_input, "Model name or folder").set_value(str(tmp_path / "gone")).run()
+    assert any("is not a folder on this machine" in c.value for c in at.caption)
+    widget(at.text_input, "Model name or folder").set_value("org/some-model").run()
+    assert any("hub id: `org/some-model`" in c.value for c in at.caption)
+
+
 def test_done_run_lists_its_saved_model_and_size(db: Path, workers: list[int], store: Store,
                                                  assets: dict[str, str], tmp_path: Path) -> None:
     saved = tmp_path / "pruned"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +58,16 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 
 
 def run(script: str) -> AppTest:
+    """``script`` as a visitor opens it: app.py first (its menu defines the pages that links
+    point to), then the page."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    if script != "app.py":
+        at.switch_page(str(ROOT / script)).run()
+    return at
+
+
+def run_alone(script: str) -> AppTest:
+    """``script`` run on its own, without app.py (as Streamlit runs a page URL opened first)."""
     return AppTest.from_file(str(ROOT / script), default_timeout=TIMEOUT).run()
 
 
@@ -112,14 +123,51 @@ def test_downloads_are_exactly_the_shown_tables(store: Store, downloads: dict[st
         csv_text = download_data(csv_button, downloads)
         md_text = download_data(md_button, downloads)
         tex_text = download_data(tex_button, downloads)
-        assert csv_text == export.to_csv(shown)
-        assert md_text == export.to_markdown(shown)
-        assert export.parse_markdown(md_text).values.tolist() == shown.values.tolist()
+        exported = export.parse_markdown(md_text)
+        assert csv_text == export.to_csv(exported)
+        assert list(exported.columns) == list(shown.columns) and len(exported) == len(shown)
+        for shown_cell, exported_cell in zip(shown.values.flat, exported.values.flat,
+                                             strict=True):
+            assert same_but_as_precise(shown_cell, exported_cell), (shown_cell, exported_cell)
         assert "\\toprule" in tex_text and "\\bottomrule" in tex_text
-        assert export.parse_latex(tex_text).values.tolist() == shown.values.tolist()
+        assert export.parse_latex(tex_text).values.tolist() == exported.values.tolist()
         assert list(export.parse_latex(tex_text).columns) == list(shown.columns)
         back = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
-        assert back.values.tolist() == shown.astype(str).values.tolist()
+        assert back.values.tolist() == exported.astype(str).values.tolist()
+
+
+NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*\.\d+")
+
+
+def same_but_as_precise(shown: str, exported: str) -> bool:
+    """The exported cell says what the shown one says, its decimal numbers with at least as many
+    decimals, each rounding to the shown number."""
+    if NUMBER.sub("#", shown) != NUMBER.sub("#", exported):
+        return False
+    for short, long in zip(NUMBER.findall(shown), NUMBER.findall(exported), strict=True):
+        places = len(short.split(".")[1])
+        if len(long.split(".")[1]) < places:
+            return False
+        difference = abs(float(long.replace(",", "")) - float(short.replace(",", "")))
+        if difference > 0.5 * 10 ** -places + 1e-9:  # the shown number is the long one rounded
+            return False
+    return True
+
+
+def test_exports_keep_the_precision_of_the_source(store: Store,
+                                                  downloads: dict[str, bytes]) -> None:
+    """Seed 000 prints Wanda 50% at 6.4154: the page shows 6.42, the downloads say 6.4154."""
+    at = run("pages/perplexity.py")
+    shown = at.dataframe[0].value
+    seed = shown[(shown["Method"] == "Wanda 50%")
+                 & shown["Source"].str.startswith("Seed report 000")]
+    assert seed["PPL"].tolist() == ["6.42"]
+    md = export.parse_markdown(download_data(at.download_button[1], downloads))
+    row = md[(md["Method"] == "Wanda 50%") & md["Source"].str.startswith("Seed report 000")]
+    assert row["PPL"].tolist() == ["6.4154"]
+    readme = md[(md["Method"] == "Wanda 50%") & (md["Model"] == "Llama-2-7b-hf")
+                & (md["Source"] == "Wanda README (Sun et al. 2023)")]
+    assert readme["PPL"].tolist() == ["6.42"]  # printed with 2 decimals: kept at 2
 
 
 def test_app_opens_the_store_and_navigates(store: Store) -> None:
@@ -151,7 +199,7 @@ def test_own_runs_are_told_apart_from_published(store: Store) -> None:
 def test_corrupt_database_is_reported_and_left_untouched(db: Path, script: str) -> None:
     garbage = bytes(range(256)) * 64
     db.write_bytes(garbage)
-    at = run(script)
+    at = run_alone(script)
     assert not at.exception
     assert at.error, "a corrupt file must be reported with st.error"
     assert "not a readable DuckDB file" in at.error[0].value
@@ -176,6 +224,10 @@ def test_empty_overview(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = run("pages/overview.py")
     assert not at.exception and not at.error
     assert at.info and "empty" in at.info[0].value
+    assert "You have no own runs yet" in at.info[1].value
+    links = {link.proto.label: link.proto.page for link in at.get("page_link")}
+    assert links["Launch a run"] == "launch"  # the first next step links to the Launch page
+    assert {"Perplexity", "Zero-shot", "Activation sparsity", "Layer statistics"} <= set(links)
 
 
 def test_read_only_file_still_shows_results(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +249,7 @@ def test_locked_database_is_reported(store: Store, db: Path,
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         time.sleep(0.2)
-        at = run("pages/perplexity.py")
+        at = run_alone("pages/perplexity.py")
         assert not at.exception
         assert at.error and "locked" in at.error[0].value
     finally:

@@ -106,6 +106,19 @@ def p2(x: float) -> str:
     return f"{x * 100:.2f}%"
 
 
+def full(x: float, signed: bool = False) -> str:
+    """A number as the downloads write it: 4 decimals, trailing zeros dropped down to 2."""
+    text = f"{x:+.4f}" if signed else f"{x:.4f}"
+    while text.endswith("0") and len(text.split(".")[1]) > 2:
+        text = text[:-1]
+    return text
+
+
+def fp(x: float) -> str:
+    """A fraction as a percentage, as the downloads write it."""
+    return full(x * 100) + "%"
+
+
 def golden(store: Store, ids: dict[str, int]) -> str:
     """The expected report, written from the stored rows with the report's stated formulas."""
     rows = store.metrics()
@@ -143,9 +156,9 @@ def golden(store: Store, ids: dict[str, int]) -> str:
 
 | Method | PPL | Δ from dense | Note |
 | --- | --- | --- | --- |
-| Dense (Baseline) | {P['dense']:.2f} | baseline |  |
-| Magnitude 50% | {P['mag50']:.2f} | {rel(P['mag50'], P['dense']):+.2f}% |  |
-| Wanda 50% | {P['wanda50']:.2f} | {rel(P['wanda50'], P['dense']):+.2f}% |  |
+| Dense (Baseline) | {full(P['dense'])} | baseline |  |
+| Magnitude 50% | {full(P['mag50'])} | {full(rel(P['mag50'], P['dense']), signed=True)}% |  |
+| Wanda 50% | {full(P['wanda50'])} | {full(rel(P['wanda50'], P['dense']), signed=True)}% |  |
 | Wanda 70% | diverged | diverged | non-finite loss: the model diverged |
 
 *{report.PPL_NOTE}*
@@ -154,11 +167,11 @@ def golden(store: Store, ids: dict[str, int]) -> str:
 
 | Method | Accuracy | Retention | Note |
 | --- | --- | --- | --- |
-| Dense (Baseline) | {p2(dense_all)} | 100.00% |  |
-| Magnitude 50% | {p2(mag)} | {p2(mag / acc(d, both))} | average over 2 of 3 tasks (rte failed; \
+| Dense (Baseline) | {fp(dense_all)} | 100.00% |  |
+| Magnitude 50% | {fp(mag)} | {fp(mag / acc(d, both))} | average over 2 of 3 tasks (rte failed; \
 not counted); retention over the 2 tasks shared with dense run {d} |
-| Wanda 50% | {p2(wanda5)} | {p2(wanda5 / dense_all)} |  |
-| Wanda 70% | {p2(wanda7)} | {p2(wanda7 / dense_all)} |  |
+| Wanda 50% | {fp(wanda5)} | {fp(wanda5 / dense_all)} |  |
+| Wanda 70% | {fp(wanda7)} | {fp(wanda7 / dense_all)} |  |
 
 *Average across 3 tasks: piqa, boolq, rte (Accuracy; computed from the per-task scores).*
 
@@ -225,9 +238,9 @@ worse.
 
 | Task | Dense | Magnitude | Wanda | Note |
 | --- | --- | --- | --- | --- |
-| piqa | {p2(value[(d, 'piqa')])} | {p2(value[(m5, 'piqa')])} | {p2(value[(w5, 'piqa')])} |  |
-| boolq | {p2(value[(d, 'boolq')])} | {p2(value[(m5, 'boolq')])} | {p2(value[(w5, 'boolq')])} |  |
-| rte | {p2(value[(d, 'rte')])} | failed | {p2(value[(w5, 'rte')])} | Magnitude: task failed: \
+| piqa | {fp(value[(d, 'piqa')])} | {fp(value[(m5, 'piqa')])} | {fp(value[(w5, 'piqa')])} |  |
+| boolq | {fp(value[(d, 'boolq')])} | {fp(value[(m5, 'boolq')])} | {fp(value[(w5, 'boolq')])} |  |
+| rte | {fp(value[(d, 'rte')])} | failed | {fp(value[(w5, 'rte')])} | Magnitude: task failed: \
 ConnectionError |
 
 *{MODEL}, 50% sparsity, Accuracy per task.*
@@ -236,9 +249,9 @@ ConnectionError |
 
 | Task | Dense | Wanda |
 | --- | --- | --- |
-| piqa | {p2(value[(d, 'piqa')])} | {p2(value[(w7, 'piqa')])} |
-| boolq | {p2(value[(d, 'boolq')])} | {p2(value[(w7, 'boolq')])} |
-| rte | {p2(value[(d, 'rte')])} | {p2(value[(w7, 'rte')])} |
+| piqa | {fp(value[(d, 'piqa')])} | {fp(value[(w7, 'piqa')])} |
+| boolq | {fp(value[(d, 'boolq')])} | {fp(value[(w7, 'boolq')])} |
+| rte | {fp(value[(d, 'rte')])} | {fp(value[(w7, 'rte')])} |
 
 *{MODEL}, 70% sparsity, Accuracy per task.*
 
@@ -248,11 +261,11 @@ ConnectionError |
 
 | Statistic | Sparsity | Block |
 | --- | --- | --- |
-| Mean over blocks | {p2(statistics.fmean(blocks))} |  |
-| Std over blocks | {p2(statistics.pstdev(blocks))} |  |
-| Lowest block | {p2(min(blocks))} | 0 |
-| Highest block | {p2(max(blocks))} | 2 |
-| Overall (all prunable weights) | {p2(statistics.fmean(blocks))} |  |
+| Mean over blocks | {fp(statistics.fmean(blocks))} |  |
+| Std over blocks | {fp(statistics.pstdev(blocks))} |  |
+| Lowest block | {fp(min(blocks))} | 0 |
+| Highest block | {fp(max(blocks))} | 2 |
+| Overall (all prunable weights) | {fp(statistics.fmean(blocks))} |  |
 
 *Std is the population standard deviation of the per-block sparsities.*
 

@@ -782,3 +782,15 @@ def test_compute_time_chart_groups_setting_variants_by_method() -> None:
     fig = charts.compute_time_chart(long)
     assert [t.name for t in fig.data] == ["Wanda"]
     assert list(fig.data[0].y) == [29.0] and "20 setting variants" in fig.layout.title.text
+
+
+@pytest.mark.parametrize(("low", "high"), [(16.7, 33.4), (5.6, 6.9), (100, 101), (61, 833),
+                                           (1.0, 1e6), (5.68, 6.96e6)])
+def test_log_axes_get_readable_ticks_for_any_range(low: float, high: float) -> None:
+    from core.present.charts import MAX_TICKS, MIN_TICKS, log_ticks
+
+    ticks = log_ticks(low, high)
+    visible = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    assert visible == ticks and ticks == sorted(set(ticks))
+    assert MIN_TICKS <= len(ticks) <= MAX_TICKS, ticks
+    assert all(f"{t:g}" == f"{float(f'{t:.3g}'):g}" for t in ticks)  # short labels: 15, 20, 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,25 @@ def test_a_program_holding_the_results_file_for_60_s_fails_nothing(store: Store,
     ppl = store.metrics("perplexity")
     assert len(ppl[ppl["run_id"] == run.run_id]) == 1
     assert not store.control.held()
+
+
+def test_a_worker_whose_results_file_is_deleted_stops(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker left serving a results file whose folder was removed (a test's temporary
+    folder, a deleted project) stops instead of retrying without pause."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    store = Store(folder / "results.duckdb").init()
+    proc = start_worker(store, idle_exit=600.0)
+    try:
+        time.sleep(5)  # serving: idle, polling the queue
+        assert proc.poll() is None
+        shutil.rmtree(folder)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_a_result_left_on_disk_by_a_dead_run_is_stored(store: Store, assets) -> None:

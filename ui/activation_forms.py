@@ -58,6 +58,7 @@ def _model_fields(key: str) -> dict[str, Any]:
         "Model name or folder", ActivationSpec().model, key=f"{key}-model",
         help="'smollm2-135m' is the offline default. CoreInfer supports the Llama family "
              "(SwiGLU FFN) and OPT (ReLU FFN).")
+    st.caption(run_views.model_caption(model))
     left, mid, right = st.columns(3, vertical_alignment="bottom")
     dtype = field_input(ActivationSpec, "dtype", key=f"{key}-dtype", container=left)
     device = mid.text_input("Device", "cpu", key=f"{key}-device", help="cpu, cuda, cuda:1 or mps")

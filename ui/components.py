@@ -88,8 +88,8 @@ WHOLE_ROWS = 40
 
 
 def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
-    """The table, its notes, and CSV / Markdown / LaTeX (booktabs) downloads of exactly what
-    is shown.
+    """The table, its notes, and CSV / Markdown / LaTeX (booktabs) downloads of what is shown
+    (the same rows and columns; numbers at their source's precision, up to 4 decimals).
 
     ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
     every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
@@ -102,7 +102,7 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
     st.dataframe(shown, hide_index=True, column_config=align, height=height)
     for note in table.notes:
         st.caption(note)
-    csv, markdown, latex = _export_data(shown, tuple(table.numeric_columns))
+    csv, markdown, latex = _export_data(table)
     buttons = st.container(horizontal=True)
     buttons.download_button("CSV", csv, file_name=f"{name}.csv",
                             mime="text/csv", key=f"{name}-csv", on_click="ignore",
@@ -118,14 +118,16 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
 DEFERRED_ROWS = 2000
 
 
-def _export_data(shown: pd.DataFrame, numeric: tuple[str, ...]
-                 ) -> tuple[str | Callable[[], str], ...]:
-    """CSV, Markdown and LaTeX of a shown table: the texts, or for a table over
-    ``DEFERRED_ROWS`` rows functions that write them when a download is clicked."""
-    if len(shown) <= DEFERRED_ROWS:
-        return _exports(shown, numeric)
-    return (lambda: export.to_csv(shown), lambda: export.to_markdown(shown),
-            lambda: export.to_latex(shown, numeric))
+def _export_data(table: tables.Table) -> tuple[str | Callable[[], str], ...]:
+    """CSV, Markdown and LaTeX of a shown table (its rows and columns, the numbers at their
+    source's precision): the texts, or for a table over ``DEFERRED_ROWS`` rows functions that
+    write them when a download is clicked."""
+    numeric = tuple(table.numeric_columns)
+    if len(table.frame) <= DEFERRED_ROWS:
+        return _exports(table.display(full=True), numeric)
+    return (lambda: export.to_csv(table.display(full=True)),
+            lambda: export.to_markdown(table.display(full=True)),
+            lambda: export.to_latex(table.display(full=True), numeric))
 
 
 @st.cache_data(max_entries=128, show_spinner=False)

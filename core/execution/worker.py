@@ -44,6 +44,7 @@ PROGRESS_EVERY_S = 0.5
 LOCK_WAIT_S = 2.0  # how long a starting worker tries for the device lock
 MAX_CRASHES_PER_MINUTE = 5
 RECOVER_EVERY_S = 10.0
+CLAIM_RETRY_S = 1.0  # the wait before claiming again when the results file could not be read
 STOPPED = "the worker running it stopped (killed or crashed); results were not stored"
 
 
@@ -218,7 +219,11 @@ class Worker:
             try:
                 run_id = jobs.claim_next(self.store, self.device, self.name)
             except StoreError as exc:  # the results file is held elsewhere: wait, fail nothing
+                if not self.db.is_file():
+                    log.warning("the results file %s is gone; the worker stops", self.db)
+                    return 0
                 log.warning("cannot claim yet: %s", exc)
+                time.sleep(CLAIM_RETRY_S)
                 idle_since = time.monotonic()
                 continue
             if run_id is None:

@@ -99,13 +99,26 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
     return fig
 
 
+#: Tick mantissas per decade, coarse to fine: the first that gives ``MIN_TICKS`` ticks is used.
+LOG_MANTISSAS = ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+MIN_TICKS = 3
+MAX_TICKS = 12
+
+
 def log_ticks(low: float, high: float) -> list[float]:
-    """1-2-5 tick values covering [low, high] (readable labels on a log axis)."""
+    """Tick values covering [low, high] on a log axis: 1-2-5 per decade, finer steps when the
+    range is too narrow for three of those (16.7 to 33 gets 15, 20, 30, not a lone 20), powers
+    of ten alone when 1-2-5 would give more than ``MAX_TICKS``."""
     low, high = max(low, 1e-9), max(high, low)
-    start = math.floor(math.log10(low))
-    ticks = [m * 10.0 ** e for e in range(start, math.ceil(math.log10(high)) + 1)
-             for m in (1, 2, 5)]
-    inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    inside: list[float] = []
+    for mantissas in LOG_MANTISSAS:
+        ticks = [round(m * 10.0 ** e, 12) for e in decades for m in mantissas]
+        inside = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+        if len(inside) >= MIN_TICKS:
+            break
+    if len(inside) > MAX_TICKS:  # many decades: their powers of ten alone
+        inside = [t for t in inside if math.log10(t).is_integer()]
     return inside or [low, high]
 
 
@@ -577,7 +590,10 @@ def ablation_heatmap(table: T.Table, title: str, spec: str = "") -> go.Figure:
             if cell.endswith("(best)"):
                 fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                               line={"color": "#d62728", "width": 3})
-    fig.update_layout(**{**_LAYOUT, "height": 120 + 48 * len(rows)}, title=title)
+    # the columns' axis is on top: the title goes above it, with room for both
+    fig.update_layout(**{**_LAYOUT, "height": 170 + 48 * len(rows),
+                         "margin": {**_LAYOUT["margin"], "t": 110}},
+                      title={"text": title, "y": 0.98, "yanchor": "top", "yref": "container"})
     fig.update_xaxes(title=row_name.split(" \\ ")[-1], type="category", side="top")
     fig.update_yaxes(title=row_name.split(" \\ ")[0], type="category", autorange="reversed")
     return fig

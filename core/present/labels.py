@@ -83,8 +83,9 @@ class Table:
             return self.frame[hidden]
         return pd.Series([None] * len(self.frame), index=self.frame.index, dtype=object)
 
-    def display(self) -> pd.DataFrame:
-        """The table as strings, exactly as shown on the page and exported.
+    def display(self, full: bool = False) -> pd.DataFrame:
+        """The table as strings, as shown on the page; ``full``: as exported, numbers with the
+        precision of their source (up to ``EXPORT_DECIMALS`` decimals, see ``format_value``).
 
         Optional columns (Settings, Note) are left out when every cell is blank.
         """
@@ -95,7 +96,7 @@ class Table:
                 kind = f"fixed{column_decimals(self.frame[column])}"
             values = self.frame[column].to_numpy(dtype=object)
             texts = self.text(column).to_numpy(dtype=object)
-            out[column] = [text if isinstance(text, str) else format_value(value, kind)
+            out[column] = [text if isinstance(text, str) else format_value(value, kind, full)
                            for value, text in zip(values, texts, strict=True)]
         columns = [c for c in self.columns
                    if c not in OPTIONAL_COLUMNS or any(v.strip() for v in out[c])]
@@ -128,9 +129,15 @@ def _isna(value: Any) -> bool:
         return False
 
 
-def format_value(value: Any, kind: str = "text") -> str:
+#: Kinds shown at 2 decimals on the pages; exports give them up to ``EXPORT_DECIMALS``.
+TWO_DECIMAL_KINDS = ("ppl", "delta", "pct", "percent", "points")
+EXPORT_DECIMALS = 4
+
+
+def format_value(value: Any, kind: str = "text", full: bool = False) -> str:
     """Format one cell: ppl, delta (already %), pct (fraction as %), percent (already %), points
-    (percentage points, signed), ..."""
+    (percentage points, signed), ...  ``full`` (exports): the two-decimal kinds keep up to
+    ``EXPORT_DECIMALS`` decimals where the number has them (a published 6.4154 stays 6.4154)."""
     if _isna(value):
         return ""
     if kind == "text":
@@ -140,12 +147,16 @@ def format_value(value: Any, kind: str = "text") -> str:
         return DIVERGED
     if kind.startswith("fixed"):
         return f"{number:.{int(kind[5:] or 0)}f}"
+    d = 2
+    if full and kind in TWO_DECIMAL_KINDS:
+        shown = round(number * 100 if kind == "pct" else number, EXPORT_DECIMALS)
+        d = max(2, column_decimals([shown], EXPORT_DECIMALS))
     formats = {
-        "ppl": lambda v: f"{v:.2f}",
-        "delta": lambda v: f"{v:+.2f}%" if round(v, 2) != 0 else "0.00%",
-        "pct": lambda v: f"{v * 100:.2f}%",
-        "percent": lambda v: f"{v:.2f}%",
-        "points": lambda v: f"{v:+.2f}" if round(v, 2) != 0 else "0.00",
+        "ppl": lambda v: f"{v:.{d}f}",
+        "delta": lambda v: f"{v:+.{d}f}%" if round(v, d) != 0 else f"{0:.{d}f}%",
+        "pct": lambda v: f"{v * 100:.{d}f}%",
+        "percent": lambda v: f"{v:.{d}f}%",
+        "points": lambda v: f"{v:+.{d}f}" if round(v, d) != 0 else f"{0:.{d}f}",
         "sparsity": lambda v: f"{v:.3f}",
         "int": lambda v: f"{v:.0f}",
         "score": _score,

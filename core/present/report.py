@@ -75,7 +75,7 @@ class Report:
             elif block.kind == "bullets":
                 parts.append("\n".join(f"- {line}" for line in block.lines))
             elif block.kind == "table" and block.table is not None:
-                table = export.to_markdown(block.table.display()).rstrip("\n")
+                table = export.to_markdown(block.table.display(full=True)).rstrip("\n")
                 notes = "\n\n".join(f"*{n}*" for n in block.lines)
                 parts.append(table + ("\n\n" + notes if notes else ""))
         return "\n\n".join(parts) + "\n"

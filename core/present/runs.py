@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from core import config
 from core.engine.prune.methods import REGISTRY
 from core.present import tables
 from core.store import queries
@@ -313,6 +314,25 @@ def spec_rows(spec: dict[str, Any]) -> pd.DataFrame:
         rows.append((SPEC_LABELS.get(key, key.replace("_", " ").capitalize()),
                      _value_text(value)))
     return pd.DataFrame(rows, columns=["Setting", "Value"])
+
+
+def model_caption(name: str) -> str:
+    """One line under a model field: what the named model is, or where it will be loaded from."""
+    from core.engine import models  # transformers, imported by the launch forms anyway
+
+    name = name.strip()
+    if name in models.OFFLINE_MODELS:
+        return (f"**{name}**: {models.OFFLINE_MODELS[name].description}; installed with the "
+                "app, no hub access needed.")
+    if not name:
+        return f"Empty: give a model, e.g. {config.DEFAULT_MODEL} (the offline default)."
+    path = Path(local_path(name))
+    if path.is_dir():
+        return f"A local folder: `{path}`."
+    if path.is_absolute() or name.startswith((".", "~")):
+        return f"`{path}` is not a folder on this machine."
+    return (f"A Hugging Face hub id: `{name}` is loaded from the local hub cache (offline) or "
+            "downloaded.")
 
 
 def saved_model(spec: dict[str, Any]) -> str | None:
