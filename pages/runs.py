@@ -95,7 +95,8 @@ def detail(runs, shown) -> None:  # noqa: ANN001
         st.success(st.session_state.pop(FLASH))
 
     times = "  ·  ".join(f"{k}: **{v}**" for k, v in info["times"].items() if v)
-    st.markdown(f"Status: **{'cancelling' if info['cancel_requested'] else status}**"
+    cancelling = info["cancel_requested"] and status == "running"
+    st.markdown(f"Status: **{'cancelling' if cancelling else status}**"
                 + (f"  ·  {times}" if times else ""))
     if info["progress"] is not None:
         st.progress(info["progress"].fraction, text=info["progress"].text)
@@ -136,6 +137,9 @@ def detail(runs, shown) -> None:  # noqa: ANN001
     st.markdown("**Log** (last 40 lines)")
     st.code("\n".join(run_views.log_tail(store, run_id)) or "(no log lines yet)",
             language=None, wrap_lines=True)
+    st.download_button("Full log", lambda: run_views.full_log(store, run_id),
+                       file_name=f"run-{run_id}.log", mime="text/plain", key=f"log-{run_id}",
+                       on_click="ignore", icon=":material/download:")
     with st.expander("Settings and environment"):
         left, right = st.columns(2)
         left.markdown("**Settings**")

@@ -495,6 +495,25 @@ def test_done_run_lists_its_saved_model_and_size(db: Path, workers: list[int], s
     assert any("the folder is no longer there" in m.value for m in at.markdown)
 
 
+def test_a_cancelled_run_says_cancelled_and_its_full_log_downloads(
+        db: Path, workers: list[int], store: Store, assets: dict[str, str]) -> None:
+    run_id = make_run(store, assets, "running", beat=True,
+                      progress={"stage": "pruning", "done": 1, "total": 30})
+    store.control.request_cancel(run_id)
+    for line in ("loading tiny-model", "pruning with wanda to 50%", "cancelled"):
+        store.append_log(run_id, line)
+    store.move(run_id, "cancelled")  # the worker stopped it: the request stays recorded
+    at = pick(open_page("pages/runs.py"), run_id)
+    header = next(m.value for m in at.markdown if m.value.startswith("Status:"))
+    assert header.startswith("Status: **cancelled**"), header
+    assert widget(at.download_button, "Full log").proto.deferred_file_id  # written when clicked
+    lines = run_views.full_log(store, run_id).splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == [
+        "loading tiny-model", "pruning with wanda to 50%", "cancelled"]
+    assert all(datetime.strptime(line.split("  ")[0], "%Y-%m-%d %H:%M:%S") for line in lines)
+    assert len(run_views.log_tail(store, run_id, lines=2)) == 2
+
+
 def test_progress_is_read_defensively() -> None:
     assert run_views.parse_progress(None) is None
     assert run_views.parse_progress(float("nan")) is None

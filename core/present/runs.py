@@ -398,15 +398,20 @@ def _ppl_text(status: str, value: Any) -> str:
     return f"{value:.3f}"
 
 
-def log_tail(store: Store, run_id: int, lines: int = 40) -> list[str]:
-    """The run's last log lines, timed (from the control store; runs logged before it existed:
-    from the results file)."""
-    kept = store.control.logs(run_id, last=lines)
+def log_tail(store: Store, run_id: int, lines: int = 40, when: str = "%H:%M:%S") -> list[str]:
+    """The run's last log lines (``lines=0``: all of them), timed by ``when`` (from the control
+    store; runs logged before it existed: from the results file)."""
+    kept = store.control.logs(run_id, last=lines or None)
     if kept:
-        return [f"{ts:%H:%M:%S}  {line}" for _, ts, line in kept]
-    frame = queries.old_log_lines(store, run_id, lines)
-    return [f"{ts:%H:%M:%S}  {line}" for ts, line in
+        return [f"{ts:{when}}  {line}" for _, ts, line in kept]
+    frame = queries.old_log_lines(store, run_id, lines or 2**62)
+    return [f"{ts:{when}}  {line}" for ts, line in
             zip(frame["ts"][::-1], frame["line"][::-1], strict=True)]
+
+
+def full_log(store: Store, run_id: int) -> str:
+    """Every log line of the run with its date and time, as a text file."""
+    return "\n".join(log_tail(store, run_id, lines=0, when="%Y-%m-%d %H:%M:%S")) + "\n"
 
 
 def status_counts(store: Store) -> dict[str, int]:
