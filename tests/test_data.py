@@ -151,9 +151,10 @@ def test_c4_follows_the_reference_protocol(local_hub) -> None:
     assert torch.equal(evaluation, joined[0, : 256 * 8])
 
 
-def test_tokenizing_hands_the_freed_heap_back(monkeypatch) -> None:
+def test_tokenizing_hands_the_freed_heap_back(monkeypatch, tmp_path: Path) -> None:
     """After the whole-text tokenizer call the C heap's freed pages go back to the OS (glibc's
-    malloc_trim), and the ids are the tokenizer's own."""
+    malloc_trim), and the ids are the tokenizer's own; one document (C4's per-document calls)
+    is tokenized without it."""
     from core.engine import environment
 
     calls = []
@@ -161,6 +162,10 @@ def test_tokenizing_hands_the_freed_heap_back(monkeypatch) -> None:
     tokenizer = tiny_tokenizer()
     text = "the cat sat on the mat " * 50
     assert data.tokenize(tokenizer, text).tolist() == tokenizer(text)["input_ids"]
+    assert calls == []
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    assert data.evaluation_ids(tokenizer, str(corpus)).tolist() == tokenizer(text)["input_ids"]
     assert calls == [1]
     monkeypatch.undo()
     assert environment.release_freed_memory() is True  # glibc Linux: malloc_trim is there

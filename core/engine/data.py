@@ -164,8 +164,15 @@ def load_text(source: str, split: str) -> str:
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     """Token ids of the whole text as a 1-D LongTensor, with the tokenizer's default special
     tokens (``tokenizer(text)``, as the reference code)."""
-    ids = torch.tensor(tokenizer(text, return_attention_mask=False)["input_ids"],
-                       dtype=torch.long)
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def split_ids(tokenizer: PreTrainedTokenizerBase, source: str, split: str) -> torch.Tensor:
+    """A whole split of ``source`` tokenized at once; then the C heap's freed pages go back to
+    the OS (``environment.release_freed_memory``: the Rust tokenizer's scratch for a whole
+    text would otherwise stay resident for the whole run)."""
+    ids = tokenize(tokenizer, load_text(source, split))
     environment.release_freed_memory()
     return ids
 
@@ -173,7 +180,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
 def evaluation_ids(tokenizer: PreTrainedTokenizerBase, source: str,
                    seqlen: int | None = None) -> torch.Tensor:
     """The evaluation split tokenized once (1-D); C4's is cut to 256 windows of ``seqlen``."""
-    ids = tokenize(tokenizer, load_text(source, "evaluation"))
+    ids = split_ids(tokenizer, source, "evaluation")
     if source == "c4" and seqlen:
         ids = ids[: C4_EVAL_WINDOWS * seqlen]
     return ids
@@ -192,7 +199,7 @@ def calibration_ids(
     rng = random.Random(seed)
     if source == "c4":
         return _c4_windows(tokenizer, n_samples, seqlen, rng)
-    ids = tokenize(tokenizer, load_text(source, "calibration"))
+    ids = split_ids(tokenizer, source, "calibration")
     if ids.numel() <= seqlen:
         raise DataError(f"{source} has only {ids.numel()} calibration tokens; seqlen {seqlen} "
                         "needs more.")

@@ -404,7 +404,7 @@ def log_tail(store: Store, run_id: int, lines: int = 40, when: str = "%H:%M:%S")
     kept = store.control.logs(run_id, last=lines or None)
     if kept:
         return [f"{ts:{when}}  {line}" for _, ts, line in kept]
-    frame = queries.old_log_lines(store, run_id, lines or 2**62)
+    frame = queries.old_log_lines(store, run_id, lines or None)
     return [f"{ts:{when}}  {line}" for ts, line in
             zip(frame["ts"][::-1], frame["line"][::-1], strict=True)]
 

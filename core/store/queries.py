@@ -105,11 +105,13 @@ def run_metric_rows(store: Store, run_id: int) -> pd.DataFrame:
                        "WHERE run_id = ? ORDER BY kind, dataset, metric", [int(run_id)])
 
 
-def old_log_lines(store: Store, run_id: int, lines: int) -> pd.DataFrame:
-    """The last ``lines`` log lines a run wrote to the results file (before the control
-    store), newest first."""
-    return store.frame("SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, "
-                       "rowid DESC LIMIT ?", [int(run_id), int(lines)])
+def old_log_lines(store: Store, run_id: int, lines: int | None) -> pd.DataFrame:
+    """The last ``lines`` (None: all) log lines a run wrote to the results file (before the
+    control store), newest first."""
+    sql = "SELECT ts, line FROM run_logs WHERE run_id = ? ORDER BY ts DESC, rowid DESC"
+    if lines is None:
+        return store.frame(sql, [int(run_id)])
+    return store.frame(sql + " LIMIT ?", [int(run_id), int(lines)])
 
 
 def own_status_counts(store: Store) -> pd.DataFrame:

@@ -53,6 +53,11 @@ class PruneReport:
     #: What a method noted while pruning a block (SparseLLM: its FFN errors), by block.
     notes: dict[int, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Each distinct warning the method noted for its blocks, in block order."""
+        return list(dict.fromkeys(n["warning"] for n in self.notes.values() if "warning" in n))
+
     def per_block(self) -> dict[int, float]:
         totals: dict[int, list[int]] = {}
         for lin in self.linears:
@@ -173,14 +178,9 @@ def prune_model(
     report = _measure_sparsity(blocks, adapter)
     report.block_targets = [t.fraction for t in targets]
     report.notes = {index: note for index, note in notes.items() if note}
-    _log_warnings(report.notes)
-    return report
-
-
-def _log_warnings(notes: dict[int, dict[str, Any]]) -> None:
-    """Each distinct warning a method noted for its blocks, once."""
-    for text in dict.fromkeys(note["warning"] for note in notes.values() if "warning" in note):
+    for text in report.warnings:
         log.warning(text)
+    return report
 
 
 def _checked_range(block_range: tuple[int, int] | None, n_blocks: int) -> tuple[int, int]:

@@ -321,8 +321,8 @@ def prune(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec, result: RunRe
         result.layer_stats += [{"block": b, "layer": "block", "stat": "owl_target",
                                 "value": t} for b, t in enumerate(report.block_targets)]
         say("OWL targets per block: " + ", ".join(f"{t:.3f}" for t in report.block_targets))
-    for note in dict.fromkeys(n["warning"] for n in report.notes.values() if "warning" in n):
-        say(note)
+    for warning in report.warnings:
+        say(warning)
     say(f"pruned in {seconds:.1f} s; measured sparsity {report.overall:.4f}")
     result.layer_stats += layer_stat_rows(report)
     result.metrics += [

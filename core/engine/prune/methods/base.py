@@ -189,9 +189,9 @@ class PruningMethod(ABC):
                 block_range: tuple[int, int]) -> list[Target]:
         """One target per decoder block, before the block loop: ``target`` inside
         ``block_range`` and 0 outside, or OWL's layer-wise targets."""
-        n_blocks = len(traversal.adapter.blocks(traversal.model))
         if self.owl is not None:
             return self.owl.block_targets(traversal, target, block_range)
+        n_blocks = len(traversal.adapter.blocks(traversal.model))
         start, end = block_range
         return [target if start <= b < end else Target() for b in range(n_blocks)]
 
