@@ -23,7 +23,7 @@ from core.present import runs as run_views
 from core.runs.kinds.prune import PruneSpec
 from core.runs.options import add_method_options, add_spec_options, spec_values
 from core.runs.specs import check
-from core.store import published
+from core.store import meta, published
 from core.store.db import Store, StoreError
 
 
@@ -34,10 +34,29 @@ def _prune_parser(sub: argparse._SubParsersAction) -> None:
     add_spec_options(p, PruneSpec)
     p.add_argument("--fresh", action="store_true",
                    help="run again even if an identical run is stored")
+    add_meta_options(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the chosen method as KEY=VALUE (JSON values); the "
                         "same as --<method>-<key>")
     add_method_options(p)
+
+
+def add_meta_options(parser: argparse.ArgumentParser) -> None:
+    """--name, --notes and --tag: what the run is called (not part of its spec or identity)."""
+    group = parser.add_argument_group("name, notes and tags (not part of the run's identity)")
+    group.add_argument("--name", default=None,
+                       help=f"the run's name (at most {meta.NAME_CHARS} characters)")
+    group.add_argument("--notes", default=None,
+                       help=f"notes on the run (at most {meta.NOTES_CHARS} characters)")
+    group.add_argument("--tag", action="append", default=[], metavar="TAG",
+                       help=f"a tag (repeat it, or separate tags by commas; at most "
+                            f"{meta.MAX_TAGS} of up to {meta.TAG_CHARS} letters, digits, "
+                            f"spaces and {' '.join(meta.TAG_EXTRA.strip())})")
+
+
+def run_meta(args: argparse.Namespace) -> meta.RunMeta:
+    """The checked name, notes and tags of the options (``ValueError`` naming the field)."""
+    return meta.check(args.name, args.notes, meta.split_tags(args.tag))
 
 
 def _params(pairs: list[str]) -> dict[str, object]:
@@ -79,28 +98,34 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
         return 2
     try:
         where = executor_name()
-        submission = jobs.submit(store, spec, fresh=args.fresh)
+        submission = jobs.submit(store, spec, fresh=args.fresh, meta=run_meta(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if submission.reused:
         status = store.frame("SELECT status FROM runs WHERE id = ?", [submission.run_id])
         print(f"an identical run {submission.run_id} is {status.iloc[0, 0]}: nothing new was "
-              "queued (--fresh runs it again)")
+              "queued (--fresh runs it again)." + run_views.meta_message(submission))
         return print_metrics(store, submission.run_id)
     run_ids = [i for i in (submission.baseline_id, submission.run_id) if i is not None]
     if where != "local":
         return run_elsewhere(executor_for(store), store, run_ids)
+    return run_here(store, spec, submission.run_id, run_ids)
+
+
+def run_here(store: Store, spec: PruneSpec, run_id: int, run_ids: list[int]) -> int:
+    """Execute the queued ``run_ids`` here through the worker's supervised child process (or
+    follow one a background worker took); the metrics of ``run_id`` at the end."""
     worker = Worker(store.path, spec.device)
     worker.name = f"cli:{worker.name}"
-    for run_id in run_ids:
-        if jobs.claim(store, run_id, worker.name):
-            final = worker.supervise(run_id, on_poll=LiveOutput(store, run_id))
+    for queued in run_ids:
+        if jobs.claim(store, queued, worker.name):
+            final = worker.supervise(queued, on_poll=LiveOutput(store, queued))
         else:  # a background worker took it: follow it there
-            final = follow(store, run_id)
-        if not reported(store, run_id, final):
+            final = follow(store, queued)
+        if not reported(store, queued, final):
             return 1
-    return print_metrics(store, submission.run_id)
+    return print_metrics(store, run_id)
 
 
 def run_elsewhere(executor: Executor, store: Store, run_ids: list[int]) -> int:
@@ -164,10 +189,26 @@ def print_metrics(store: Store, run_id: int) -> int:
     return 0
 
 
-def cmd_runs(store: Store) -> int:
-    frame = store.frame("SELECT id, origin, model, method, pattern, sparsity, status, created_at "
-                        "FROM runs WHERE origin = 'own' ORDER BY id")
-    print(frame.to_string(index=False) if len(frame) else "no runs yet")
+def cmd_runs(store: Store, archived: bool = False) -> int:
+    """List the own runs (the archived ones too with ``archived``)."""
+    frame = store.frame("SELECT id, name, model, method, pattern, sparsity, status, created_at, "
+                        "array_to_string(tags, ', ') AS tags, archived_at FROM runs "
+                        "WHERE origin = 'own'" + ("" if archived else " AND archived_at IS NULL")
+                        + " ORDER BY id")
+    if not archived:
+        frame = frame.drop(columns=["archived_at"])
+    print(frame.fillna("").to_string(index=False) if len(frame) else "no runs yet")
+    return 0
+
+
+def cmd_archive(store: Store, run_ids: list[int], restore: bool) -> int:
+    """Archive (or restore) own runs; a published or active run refuses them all."""
+    try:
+        changed = store.restore(run_ids) if restore else store.archive(run_ids)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'restored' if restore else 'archived'}: {', '.join(map(str, changed)) or 'none'}")
     return 0
 
 
@@ -178,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None, help=f"results file (default {config.db_path()})")
     sub = parser.add_subparsers(dest="command", required=True)
     _prune_parser(sub)
-    sub.add_parser("runs", help="list your runs")
+    runs = sub.add_parser("runs", help="list your runs (not the archived ones)")
+    runs.add_argument("--archived", action="store_true", help="list the archived runs too")
+    for name, what in (("archive", "leave runs out of the lists (kept whole)"),
+                       ("restore", "bring archived runs back")):
+        sub.add_parser(name, help=what).add_argument("run_ids", nargs="+", type=int,
+                                                     metavar="RUN")
     sub.add_parser("init", help="create the database and import the published figures")
     return parser
 
@@ -191,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             return cmd_prune(args, store)
         if args.command == "runs":
-            return cmd_runs(store)
+            return cmd_runs(store, args.archived)
+        if args.command in ("archive", "restore"):
+            return cmd_archive(store, args.run_ids, args.command == "restore")
         if not store.writable:
             print(f"database ready, read-only: {store.path} (published figures not imported)")
         elif published.sync(store):

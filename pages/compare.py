@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.present import ablations, charts, compare, tables
+from core.store import queries
 from ui.components import memo, show_table, store_or_stop, use_app_menu
 
 use_app_menu()
@@ -34,7 +35,7 @@ run_ids = [int(options.loc[options["label"] == label, "run_id"].iloc[0]) for lab
 picked = tuple(run_ids)
 with store_or_stop():
     metrics = memo(store, "compare.metrics", picked)(
-        lambda: tables.prepare(store.metrics(run_ids=run_ids)))
+        lambda: tables.prepare(queries.metric_rows(store, run_ids=run_ids)))
 st.subheader("Results")
 show_table(memo(store, "compare.results", picked)(
     lambda: compare.compare_table(metrics, run_ids)), "compare-results", whole=True)

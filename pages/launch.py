@@ -21,7 +21,9 @@ from core.runs import registry, sweep
 from core.runs.kinds.prune import OWL_METHODS, PruneSpec
 from core.runs.specs import check
 from core.store.db import StoreError
+from core.store.meta import RunMeta
 from ui.components import store_or_stop, use_app_menu
+from ui.run_meta import meta_inputs
 from ui.schema_form import field_input, params_inputs
 
 LOCAL_FILE = "a local .txt file…"
@@ -59,13 +61,14 @@ sources = data.known_sources()
 problems: list[str] = []  # what the form itself finds (the spec checks the rest)
 
 
-def queue(spec: PruneSpec, grid: dict | None, fresh: bool) -> None:
-    """Submit the checked spec (or its sweep) and say what was queued or reused."""
+def queue(spec: PruneSpec, grid: dict | None, fresh: bool, meta: RunMeta | None) -> None:
+    """Submit the checked spec (or its sweep), named by ``meta``, and say what was queued or
+    reused."""
     try:
         if grid:
-            submission = jobs.submit_sweep(store, spec, grid, fresh=fresh)
+            submission = jobs.submit_sweep(store, spec, grid, fresh=fresh, meta=meta)
         else:
-            submission = jobs.submit(store, spec, fresh=fresh)
+            submission = jobs.submit(store, spec, fresh=fresh, meta=meta)
         executor_for(store).ensure_workers()
         message = (run_views.sweep_message(submission) if grid
                    else run_views.submission_message(store, submission))
@@ -204,6 +207,7 @@ st.subheader("Output")
 save_dir = st.text_input("Save the pruned model to (optional folder)", "",
                          placeholder="not saved")
 fresh = st.checkbox("Run again even if an identical run is stored", False)
+run_meta = meta_inputs("prune", problems)
 
 if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     spec, spec_problems = check(PruneSpec, dict(
@@ -220,6 +224,6 @@ if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     if problems:
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
     else:
-        queue(spec, grid, fresh)
+        queue(spec, grid, fresh, run_meta)
 
 st.caption(f"Results are stored in `{config.db_path()}`.")

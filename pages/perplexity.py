@@ -17,7 +17,6 @@ with store_or_stop():
     store = tables.session_store(st.session_state)
     all_rows = memo(store, "metrics", "perplexity")(
         lambda: tables.load_metrics(store, "perplexity"))
-    timing = memo(store, "metrics", "timing")(lambda: tables.load_metrics(store, "timing"))
 
 if all_rows.empty:
     st.info("No perplexity results yet. Launch a pruning run, or check that "
@@ -61,8 +60,15 @@ show_table(memo(store, "ppl.grid", key, model, group, table_name)(
                                  None if table_name == "All tables" else table_name)),
     "perplexity-grid")
 
-timing_table = memo(store, "ppl.timing", key)(
-    lambda: tables.timing_table(tables.filter_rows(timing, **selection)))
-if not timing_table.empty:
-    with st.expander("Pruning time"):
-        show_table(timing_table, "pruning-time")
+# Read when opened: most visits never look at the times.
+timing_box = st.expander("Pruning time", key="ppl-timing", on_change="rerun")
+if timing_box.open:
+    with store_or_stop():
+        timing = memo(store, "metrics", "timing")(lambda: tables.load_metrics(store, "timing"))
+    timing_table = memo(store, "ppl.timing", key)(
+        lambda: tables.timing_table(tables.filter_rows(timing, **selection)))
+    with timing_box:
+        if timing_table.empty:
+            st.caption("No pruning times among the runs the filters keep.")
+        else:
+            show_table(timing_table, "pruning-time")

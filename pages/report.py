@@ -59,6 +59,7 @@ if built.empty:
     st.stop()
 
 for block in built.blocks:
+    charts: list[str] = []
     if block.kind == "heading":
         if block.level == 1:
             st.header(block.text)
@@ -72,8 +73,14 @@ for block in built.blocks:
         st.markdown("\n".join(f"- {line}" for line in block.lines))
     elif block.kind == "table" and block.table is not None:
         show_table(block.table, block.name, whole=True)
-        figures = memo(store, "report.figures", block.name, model, group, metric, evaluation)(
-            lambda block=block: report.block_figures(block, ppl, zs, stats, model, group,
+        charts = [block.chart] if block.chart else []
+    elif block.kind == "charts":
+        labels = [label for label, _ in block.choices]
+        picked = st.selectbox(block.text, labels, key=block.name)
+        charts = [dict(block.choices)[picked]]
+    for chart in charts:
+        figures = memo(store, "report.figures", chart, model, group, metric, evaluation)(
+            lambda chart=chart: report.chart_figures(chart, ppl, zs, stats, model, group,
                                                      metric, evaluation))
         for figure in figures:
             st.plotly_chart(figure)

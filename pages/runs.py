@@ -1,4 +1,6 @@
-"""Runs: queued / running / finished runs with live progress, logs, cancel and re-run."""
+"""Runs: queued / running / finished runs with live progress, logs, cancel and re-run; their
+names, notes and tags (edited here, shown as plain text), archive and restore.  ``?run=<id>``
+opens a run's details, and picking a run writes it there, so the link can be shared."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from core.present import runs as run_views
 from core.present import tables
 from core.store.db import StoreError
 from ui.components import memo, store_or_stop, use_app_menu
+from ui.run_meta import checked, meta_fields
 
 REFRESH_S = 2
 PICK = "run-detail"  # the run picker's key
 PENDING = "run-detail-next"  # a run to pick on the next run (set by Re-run)
 FLASH = "run-detail-flash"  # a message to show once, after an action
+LINKED = "run-detail-linked"  # the ?run= values followed or written in this session
+ARCHIVED = "runs-archived"  # the Show archived toggle
 
 use_app_menu()
 st.title("Runs")
@@ -39,14 +44,17 @@ def live() -> None:
         st.info("No runs yet. Queue one on the Launch page.")
         st.page_link("pages/launch.py", label="Launch a run", icon=":material/rocket_launch:")
         return
-    st.markdown(run_views.summary(listed))
+    archived = bool(st.session_state.get(ARCHIVED, False))
+    current = run_views.shown_runs(listed, archived=archived)
+    st.markdown(run_views.summary(current))
     active = run_views.runs_table(store, rows=listed[listed["Status"].isin(run_views.ACTIVE)])
     for fraction, text in run_views.progress_bars(active):
         st.progress(fraction, text=text)
-    shown = run_views.runs_table(store, rows=listing(listed))
+    shown = run_views.runs_table(store, rows=listing(listed, current))
+    hidden = {"Stage"} | (set() if archived else {"Archived"})  # the bars above show the stage
     st.dataframe(
         shown, hide_index=True, width="stretch",
-        column_order=[c for c in shown.columns if c != "Stage"],  # the bars above show it
+        column_order=[c for c in shown.columns if c not in hidden],
         column_config={
             "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
             "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
@@ -55,40 +63,157 @@ def live() -> None:
         },
     )
     try:
-        detail(listed, shown)
+        detail(listed, current, shown)
     except StoreError as exc:
         st.error(str(exc))
 
 
-def listing(runs):  # noqa: ANN001, ANN201 (DataFrames)
-    """The filter and page choice above the list; the rows of the chosen page."""
-    left, right = st.columns([3, 1])
-    statuses = left.multiselect("Status", run_views.STATUS_ORDER, key="runs-status",
-                                placeholder="All statuses")
-    pages = run_views.page_of(runs, statuses, 1)[1]
+def listing(runs, current):  # noqa: ANN001, ANN201 (DataFrames)
+    """The search, filters and page choice above the list; the rows of the chosen page of
+    ``current`` (the runs listed: without the archived ones unless shown)."""
+    search, tagged, status = st.columns([3, 2, 2])
+    text = search.text_input("Search", key="runs-search",
+                             placeholder="name, notes, tags, method or model",
+                             help="Runs whose name, notes, tags, method or model hold this "
+                                  "text (ignoring case).")
+    chosen_tags = st.session_state.get("runs-tags", [])
+    tags = tagged.multiselect("Tags", list(dict.fromkeys([*run_views.tag_choices(current),
+                                                          *chosen_tags])),
+                              key="runs-tags", placeholder="Any tags",
+                              help="Runs with every tag chosen.")
+    statuses = status.multiselect("Status", run_views.STATUS_ORDER, key="runs-status",
+                                  placeholder="All statuses")
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left.toggle("Show archived", key=ARCHIVED,
+                help="Archived runs are kept whole but left out of this list.")
+    found = run_views.matching(current, text, tags)
+    pages = run_views.page_of(found, statuses, 1)[1]
     page = right.number_input("Page", min_value=1, max_value=pages, step=1, key="runs-page",
                               help=f"{run_views.PAGE_ROWS} runs per page, newest first.")
-    shown, _ = run_views.page_of(runs, statuses, int(page))
-    st.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} runs shown.")
+    shown, _ = run_views.page_of(found, statuses, int(page))
+    hidden = len(runs) - len(current)
+    st.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} runs shown."
+               + (f" {hidden} archived run(s) hidden." if hidden else ""))
     return shown
 
 
-def detail(runs, shown) -> None:  # noqa: ANN001
-    st.subheader("Run details")
+def link_to(run_id: int) -> None:
+    """Write the picked run into the page's URL (``?run=<id>``), to share."""
+    st.query_params["run"] = str(run_id)
+    st.session_state.setdefault(LINKED, set()).add(str(run_id))
+
+
+def follow_link(runs) -> None:  # noqa: ANN001
+    """A link's ``?run=<id>`` picks that run, once: a refresh sent before the URL took a pick
+    (still carrying the old value) must not take the pick back.  A link to no own run says
+    why."""
+    value = st.query_params.get("run")
+    run_id, problem = run_views.run_from_url(value, set(runs["Run"]))
+    if problem:
+        st.warning(problem)
+    seen = st.session_state.setdefault(LINKED, set())
+    if value not in seen:
+        seen.add(value)
+        if run_id is not None:
+            st.session_state[PICK] = run_id
+
+
+def pick_run(runs, current, shown) -> int:  # noqa: ANN001
+    """The run picker: the runs of the page shown, the active ones and the run picked before
+    (by a link, Re-run or a click, archived or not)."""
+    follow_link(runs)
     if PENDING in st.session_state:
         st.session_state[PICK] = st.session_state.pop(PENDING)
-    # The runs of the page shown, the active ones and the run picked before.
+        link_to(st.session_state[PICK])
     active = runs[runs["Status"].isin(run_views.ACTIVE)]["Run"].tolist()
     ids = list(dict.fromkeys([*active, *shown["Run"].tolist()]))
     picked = st.session_state.get(PICK)
     if picked in set(runs["Run"]) and picked not in ids:
         ids.append(picked)
     if picked not in ids:
-        st.session_state[PICK] = run_views.default_run(runs)
+        st.session_state[PICK] = run_views.default_run(current if len(current) else runs)
         ids = list(dict.fromkeys([st.session_state[PICK], *ids]))
     labels = run_views.run_labels(run_views.runs_table(store, rows=runs[runs["Run"].isin(ids)]))
     # The labels never change while a run progresses, so the choice survives the refreshes.
-    run_id = int(st.selectbox("Run", ids, key=PICK, format_func=labels.get))
+    return int(st.selectbox("Run", ids, key=PICK, format_func=labels.get,
+                            on_change=lambda: link_to(st.session_state[PICK])))
+
+
+def actions(run_id: int, info: dict) -> str | None:
+    """Cancel, Re-run, Archive and Restore, as the run's status allows; what went wrong."""
+    status, archived = info["status"], bool(info["archived"])
+    row = st.container(horizontal=True)
+    if status in ("queued", "running") and row.button(
+            "Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
+            disabled=info["cancel_requested"] or not store.writable,
+            help="A queued run is dropped at once; a running one is stopped and stores nothing."):
+        new_status = executor_for(store).cancel(run_id)
+        done(f"Run {run_id} was cancelled." if new_status == "cancelled"
+             else f"Stopping run {run_id}…")
+    finished = status in run_views.FINISHED
+    if finished and row.button("Re-run", key=f"rerun-{run_id}", icon=":material/replay:",
+                               disabled=not store.writable,
+                               help="Queue a fresh run with the same settings, name, notes "
+                                    "and tags."):
+        try:
+            new_id = jobs.rerun(store, run_id)
+        except ValueError as exc:  # its spec is no longer valid (e.g. the model folder is gone)
+            return f"Run {run_id} cannot be run again: {exc}"
+        executor_for(store).ensure_workers()
+        st.session_state[PENDING] = new_id
+        done(f"Queued run {new_id}, a fresh copy of run {run_id}.")
+    if finished and not archived and row.button(
+            "Archive", key=f"archive-{run_id}", icon=":material/archive:",
+            disabled=not store.writable,
+            help="Leave the run out of this list (kept whole; Restore brings it back)."):
+        try:
+            store.archive([run_id])
+        except ValueError as exc:  # e.g. queued again meanwhile
+            return str(exc)
+        done(f"Run {run_id} was archived: the list leaves it out unless 'Show archived' is on. "
+             "Restore brings it back.")
+    if archived and row.button("Restore", key=f"restore-{run_id}", icon=":material/unarchive:",
+                               disabled=not store.writable, help="Back to the list."):
+        store.restore([run_id])
+        done(f"Run {run_id} was restored to the list.")
+    return None
+
+
+def done(message: str) -> None:
+    """Say ``message`` once on the next run, and rerun (the list shows the change)."""
+    st.session_state[FLASH] = message
+    st.rerun()
+
+
+def labels(run_id: int, info: dict) -> None:
+    """The run's name, tags and notes as plain text (never Markdown or HTML), and a form to
+    edit them."""
+    meta = info["meta"]
+    box = st.container(border=True)
+    box.text(f"Name: {meta.name or '—'}")
+    box.text(f"Tags: {', '.join(meta.tags) or '—'}")
+    if meta.notes:
+        box.text(meta.notes)
+    if info["archived"]:
+        box.caption(f"Archived {info['archived']}: the list leaves it out unless 'Show "
+                    "archived' is on.")
+    with st.expander("Edit name, notes and tags"), st.form(f"meta-{run_id}", border=False):
+        typed = meta_fields(f"edit-{run_id}", meta)
+        if not st.form_submit_button("Save", icon=":material/save:",
+                                     disabled=not store.writable):
+            return
+        problems: list[str] = []
+        new = checked(*typed, problems)
+        if new is None:
+            st.error("Nothing was saved. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
+            return
+        store.set_meta(run_id, new)
+    done(f"Saved the name, notes and tags of run {run_id}.")
+
+
+def detail(runs, current, shown) -> None:  # noqa: ANN001
+    st.subheader("Run details")
+    run_id = pick_run(runs, current, shown)
     info = run_views.run_detail(store, run_id)
     status = info["status"]
     if FLASH in st.session_state:
@@ -100,32 +225,10 @@ def detail(runs, shown) -> None:  # noqa: ANN001
                 + (f"  ·  {times}" if times else ""))
     if info["progress"] is not None:
         st.progress(info["progress"].fraction, text=info["progress"].text)
-
-    actions = st.container(horizontal=True)
-    if status in ("queued", "running") and actions.button(
-            "Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
-            disabled=info["cancel_requested"] or not store.writable,
-            help="A queued run is dropped at once; a running one is stopped and stores nothing."):
-        new_status = executor_for(store).cancel(run_id)
-        st.session_state[FLASH] = (f"Run {run_id} was cancelled." if new_status == "cancelled"
-                                   else f"Stopping run {run_id}…")
-        st.rerun()
-    rerun_problem = None
-    if status in run_views.FINISHED and actions.button(
-            "Re-run", key=f"rerun-{run_id}", icon=":material/replay:",
-            disabled=not store.writable, help="Queue a fresh run with the same settings."):
-        try:
-            new_id = jobs.rerun(store, run_id)
-        except ValueError as exc:  # its spec is no longer valid (e.g. the model folder is gone)
-            rerun_problem = f"Run {run_id} cannot be run again: {exc}"
-        else:
-            executor_for(store).ensure_workers()
-            st.session_state[PENDING] = new_id
-            st.session_state[FLASH] = f"Queued run {new_id}, a fresh copy of run {run_id}."
-            st.rerun()
-    if rerun_problem:
-        st.error(rerun_problem)
-
+    problem = actions(run_id, info)
+    if problem:
+        st.error(problem)
+    labels(run_id, info)
     if info["error"]:
         (st.warning if status == "cancelled" else st.error)(info["error"])
     if status == "done":

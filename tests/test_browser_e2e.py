@@ -295,3 +295,39 @@ def test_a_page_url_opened_first_shows_the_app_menu(app: dict[str, object]) -> N
             screenshot(page, app["shots"], "direct-url")  # type: ignore[arg-type]
         finally:
             browser.close()
+
+
+def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
+    """/runs?run=<id> opens that run's details (not the newest), its name shown literally;
+    picking another run writes it into the URL."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.store.meta import check
+
+    store = Store(app["db"]).init()  # type: ignore[arg-type]
+    ids = [store.create_run(kind="prune", model=str(app["model"]), method="wanda",
+                            sparsity=0.5, spec={"model": str(app["model"]), "seed": seed},
+                            status="done", meta=check(name, None, ["e2e"]))
+           for seed, name in enumerate(("<b>first</b>", "**second**"))]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(f"{app['url']}/runs?run={ids[0]}")
+            picker = page.get_by_role("combobox", name="Run")
+            expect(picker).to_have_value(f"Run {ids[0]} · <b>first</b> · Wanda 50% · tiny-model")
+            expect(page.get_by_test_id("stText").first).to_have_text("Name: <b>first</b>")
+            expect(page.locator("b", has_text="first")).to_have_count(0)  # not HTML
+            settle(page)
+            choose(page, "Run", f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
+            expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
+            expect(page.get_by_test_id("stText").first).to_have_text("Name: **second**")
+            time.sleep(2.5)  # a refresh (every 2 s) keeps the pick and the URL
+            expect(picker).to_have_value(f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
+            expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
+            screenshot(page, app["shots"], "run-link")  # type: ignore[arg-type]
+        finally:
+            browser.close()

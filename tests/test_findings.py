@@ -204,3 +204,43 @@ def test_owl_targets_are_described() -> None:
     assert "as set by the OWL block targets" in found
     assert "OWL block targets range from 45.00% (block 0) to 55.00% (block 2), mean 50.00%" in found
     assert "within 0.10 points of the OWL targets (largest gap at block 2)" in found
+
+
+# -- uncertainty: differences inside and outside the noise ------------------------------------------
+def with_se(result: F.Result, se: float) -> F.Result:
+    return F.Result(result.label, result.ppl, result.tasks, result.run, result.collapsed,
+                    dict.fromkeys(result.tasks, se))
+
+
+def test_seed_000s_tiny_accuracy_change_is_within_noise() -> None:
+    """Seed 000 compares Wanda and Magnitude at 30% by 0.01 points; with lm-eval's typical
+    standard error of 1 point per task that is noise, never 'worse'."""
+    found = F.accuracy_change(with_se(WANDA30, 0.01), with_se(MAG30, 0.01))
+    se = math.sqrt(5 * 2 * 0.01 ** 2) / 5 * 100  # the mean of 5 independent differences
+    low, high = found.value - 1.96 * se, found.value + 1.96 * se
+    assert found.verdict == F.WITHIN_NOISE and low < 0 < high
+    assert f"(95% interval {low:+.2f} to {high:+.2f} points): within noise" in found.text
+    assert "worse" not in found.text and "better" not in found.text
+
+
+def test_a_large_accuracy_change_is_beyond_noise() -> None:
+    dense, pruned = with_se(DENSE, 0.005), with_se(MAG30, 0.005)
+    shifted = F.Result("Magnitude 70%", {}, {t: v - 0.2 for t, v in pruned.tasks.items()},
+                       task_se=pruned.task_se)
+    found = F.accuracy_change(shifted, dense, dense=True)
+    assert found.verdict == F.WORSE and "95% interval" in found.text
+    # without standard errors (published figures) there is no interval: the sign decides
+    assert F.accuracy_change(F.Result("M", {}, shifted.tasks), DENSE).verdict == F.WORSE
+    assert "interval" not in F.accuracy_change(F.Result("M", {}, shifted.tasks), DENSE).text
+
+
+def test_task_extremes_inside_the_noise_are_not_better_or_worse() -> None:
+    found = F.task_extremes(with_se(MAG30, 0.02), with_se(DENSE, 0.02))
+    by_text = {f.text.split(":")[0]: f for f in found}
+    # rte falls 6.14 points (se 2.83 points: beyond noise); the largest rise, hellaswag by
+    # 1.03 points, is within noise
+    most = by_text["Most affected task for **Magnitude 30%** by absolute change"]
+    least = by_text["Least affected task for **Magnitude 30%** by absolute change"]
+    assert most.verdict == F.WORSE and "rte" in most.text
+    assert least.verdict == F.WITHIN_NOISE and "within noise" in least.text
+    assert not any(f.verdict in (F.BETTER,) for f in found)

@@ -367,7 +367,7 @@ def test_runs_page_lists_every_state_readably(db: Path, workers: list[int],
     # The details open on the running run, with its progress and a Cancel button.
     assert widget(at.selectbox, "Run").value == runs["running"]
     assert any(p.text == "pruning: block 3 of 30" and p.value == 10 for p in bars)
-    assert [b.label for b in at.button] == ["Cancel"]
+    assert [b.label for b in at.button] == ["Cancel", "Save"]  # no Archive while active
 
 
 def test_runs_page_shows_a_page_of_runs_at_a_time(db: Path, workers: list[int], store: Store,
@@ -400,7 +400,7 @@ def test_failed_run_shows_its_error_and_can_be_rerun(db: Path, workers: list[int
     at = pick(open_page("pages/runs.py"), runs["failed"])
     assert [e.value for e in at.error] == ["RuntimeError: boom at block 7\nTraceback line"]
     assert "failed: RuntimeError: boom at block 7" in at.code[0].value
-    assert [b.label for b in at.button] == ["Re-run"]
+    assert [b.label for b in at.button] == ["Re-run", "Archive", "Save"]
     calls = len(workers)
     widget(at.button, "Re-run").click().run()
     assert not at.exception
@@ -431,7 +431,7 @@ def test_cancel_a_queued_run(db: Path, workers: list[int], runs: dict[str, int])
     assert status_of(db, runs["queued"]) == "cancelled"
     assert at.success and "cancelled" in at.success[0].value
     assert at.warning and "cancelled before it started" in at.warning[0].value
-    assert [b.label for b in at.button] == ["Re-run"]
+    assert [b.label for b in at.button] == ["Re-run", "Archive", "Save"]
 
 
 def test_cancel_a_running_run_asks_the_worker(db: Path, workers: list[int],
@@ -552,3 +552,196 @@ def test_a_value_the_widget_would_refuse_is_reported_not_replaced(
     assert "Calibration samples: 0 is not a whole number between 1 and 4096." in message
     assert "Batch size: 0 is not a whole number between 1 and 512." in message
     assert own_runs(db).empty and not workers
+
+
+# -- names, notes, tags, archive and the run's link (issue 16) -----------------------------------
+HTML_NAME = "<b>bold?</b> **not bold** [link](http://x)"
+
+
+def stored_meta(db: Path, run_id: int) -> tuple:
+    row = Store(db).frame("SELECT name, notes, tags FROM runs WHERE id = ?", [run_id]).iloc[0]
+    tags = row["tags"]
+    return row["name"], row["notes"], [] if tags is None or pd.isna(tags) is True else list(tags)
+
+
+def shown_texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def test_name_notes_and_tags_from_the_launch_form_are_stored_and_listed(
+        db: Path, workers: list[int], assets: dict[str, str]) -> None:
+    at = open_page("pages/launch.py")
+    widget(at.text_input, "Run name").set_value(HTML_NAME)
+    widget(at.text_area, "Notes").set_value("# not a heading\n<i>x</i>")
+    widget(at.text_input, "Tags (comma-separated)").set_value("paper, tiny-llama, paper")
+    at = fill_launch(at, assets)
+    assert not at.error, [e.value for e in at.error]
+    baseline_id, run_id = own_runs(db)["id"].tolist()
+    assert stored_meta(db, run_id) == (HTML_NAME, "# not a heading\n<i>x</i>",
+                                       ["paper", "tiny-llama"])
+    assert stored_meta(db, baseline_id)[0] is None  # the shared baseline is not named
+    spec = json.loads(own_runs(db)["spec"].iloc[1])
+    assert not {"name", "notes", "tags"} & set(spec)  # not part of the spec
+
+    at.switch_page(str(Path(__file__).resolve().parent.parent / "pages/runs.py")).run()
+    assert not at.exception
+    row = at.dataframe[0].value.set_index("Run").loc[run_id]
+    assert (row["Name"], row["Tags"]) == (HTML_NAME, "paper, tiny-llama")
+    pick(at, run_id)
+    assert f"Name: {HTML_NAME}" in shown_texts(at)  # st.text: never Markdown or HTML
+    assert "# not a heading\n<i>x</i>" in shown_texts(at)
+    assert not any(HTML_NAME in m.value or "not bold" in m.value for m in at.markdown)
+    assert f"Run {run_id} · {HTML_NAME} · Wanda 50% · tiny-model" in widget(
+        at.selectbox, "Run").options
+
+
+def test_a_bad_tag_on_the_launch_form_queues_nothing(db: Path, workers: list[int],
+                                                     assets: dict[str, str]) -> None:
+    at = open_page("pages/launch.py")
+    widget(at.text_input, "Tags (comma-separated)").set_value("ok, not<ok>")
+    at = fill_launch(at, assets)
+    problems = [line for line in at.error[0].value.splitlines() if line.startswith("- ")]
+    assert len(problems) == 1 and problems[0].startswith("- Tags: 'not<ok>' holds '<' '>'")
+    assert own_runs(db).empty
+
+
+def test_a_resubmit_names_the_reused_run_only_where_it_has_no_name(
+        db: Path, workers: list[int], assets: dict[str, str]) -> None:
+    at = open_page("pages/launch.py")
+    widget(at.text_input, "Run name").set_value("first")
+    at = fill_launch(at, assets)
+    run_id = int(own_runs(db)["id"].iloc[-1])
+    widget(at.text_input, "Run name").set_value("second")
+    widget(at.text_input, "Tags (comma-separated)").set_value("later")
+    at = fill_launch(at, assets)
+    message = at.info[0].value
+    assert "reused" in message and f"Run {run_id} got the tags given here" in message
+    assert f"Run {run_id} keeps its own name" in message
+    assert stored_meta(db, run_id) == ("first", None, ["later"])
+
+
+def test_the_activation_form_names_its_run(db: Path, workers: list[int],
+                                          assets: dict[str, str]) -> None:
+    at = open_page("pages/launch.py")
+    widget(at.radio, "Run kind").set_value("Activation sparsity").run()
+    widget(at.text_input, "Model name or folder").set_value(assets["model"])
+    widget(at.text_input, "Run name").set_value("act run")
+    widget(at.text_input, "Tags (comma-separated)").set_value("coreinfer")
+    widget(at.button, "Queue activation run").click().run()
+    assert not at.error, [e.value for e in at.error]
+    run_id = int(own_runs(db)["id"].iloc[-1])
+    assert stored_meta(db, run_id) == ("act run", None, ["coreinfer"])
+
+
+def test_editing_a_run_stores_its_name_notes_and_tags(db: Path, workers: list[int],
+                                                      runs: dict[str, int]) -> None:
+    at = pick(open_page("pages/runs.py"), runs["done"])
+    assert "Name: —" in shown_texts(at)
+    widget(at.text_input, "Run name").set_value("**edited**")
+    widget(at.text_area, "Notes").set_value("<script>x</script>")
+    widget(at.text_input, "Tags (comma-separated)").set_value("a, b")
+    widget(at.button, "Save").click().run()
+    assert not at.exception and not at.error
+    assert stored_meta(db, runs["done"]) == ("**edited**", "<script>x</script>", ["a", "b"])
+    assert at.success and "Saved" in at.success[0].value
+    assert "Name: **edited**" in shown_texts(at) and "<script>x</script>" in shown_texts(at)
+    row = at.dataframe[0].value.set_index("Run").loc[runs["done"]]
+    assert (row["Name"], row["Tags"]) == ("**edited**", "a, b")  # the live list follows
+    widget(at.text_input, "Run name").set_value("x" * 121)
+    widget(at.button, "Save").click().run()
+    assert at.error and "Run name: 121 characters is too long" in at.error[0].value
+    assert stored_meta(db, runs["done"])[0] == "**edited**"
+
+
+def test_archive_hides_a_run_until_show_archived_and_restore_brings_it_back(
+        db: Path, workers: list[int], runs: dict[str, int]) -> None:
+    at = pick(open_page("pages/runs.py"), runs["done"])
+    widget(at.button, "Archive").click().run()
+    assert not at.exception and not at.error
+    assert at.success and "archived" in at.success[0].value
+    listed = at.dataframe[0].value["Run"].tolist()
+    assert runs["done"] not in listed and runs["failed"] in listed
+    assert any("1 archived run(s) hidden" in c.value for c in at.caption)
+    assert widget(at.selectbox, "Run").value == runs["done"]  # its details stay open
+    assert [b.label for b in at.button] == ["Re-run", "Restore", "Save"]
+    assert "Archived" not in at.dataframe[0].proto.column_order
+    widget(at.toggle, "Show archived").set_value(True).run()
+    assert "Archived" in at.dataframe[0].proto.column_order
+    shown = at.dataframe[0].value.set_index("Run")
+    assert runs["done"] in shown.index and shown.loc[runs["done"], "Archived"] != ""
+    assert shown.loc[runs["failed"], "Archived"] == ""
+    widget(at.button, "Restore").click().run()
+    assert Store(db).frame("SELECT archived_at FROM runs WHERE id = ?",
+                           [runs["done"]])["archived_at"].isna().all()
+    widget(at.toggle, "Show archived").set_value(False).run()
+    assert runs["done"] in at.dataframe[0].value["Run"].tolist()
+
+
+def test_the_list_filters_by_tag_and_by_text(db: Path, workers: list[int], store: Store,
+                                             runs: dict[str, int]) -> None:
+    from core.store import meta
+
+    store.set_meta(runs["done"], meta.check("Baseline sweep", None, ["paper", "fig-3"]))
+    store.set_meta(runs["failed"], meta.check(None, "retry with more samples", ["paper"]))
+    at = open_page("pages/runs.py")
+    assert widget(at.multiselect, "Tags").options == ["fig-3", "paper"]
+    widget(at.multiselect, "Tags").set_value(["paper"]).run()
+    assert sorted(at.dataframe[0].value["Run"]) == sorted([runs["done"], runs["failed"]])
+    widget(at.multiselect, "Tags").set_value(["paper", "fig-3"]).run()
+    assert at.dataframe[0].value["Run"].tolist() == [runs["done"]]  # every chosen tag
+    widget(at.multiselect, "Tags").set_value([]).run()
+    for text, expected in (("baseline", [runs["done"]]), ("MORE SAMPLES", [runs["failed"]]),
+                           ("fig-3", [runs["done"]]), ("2:4", [runs["failed"]]),
+                           ("magnitude", [runs["queued"], runs["done"]]),
+                           ("tiny-model", sorted(runs.values(), reverse=True)),
+                           ("nothing like it", [])):
+        widget(at.text_input, "Search").set_value(text).run()
+        assert not at.exception
+        assert at.dataframe[0].value["Run"].tolist() == expected, text
+
+
+def test_a_runs_link_opens_that_runs_details_and_a_pick_writes_the_link(
+        db: Path, workers: list[int], runs: dict[str, int]) -> None:
+    from tests.page_helpers import ROOT, TIMEOUT
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.query_params["run"] = str(runs["failed"])
+    at.switch_page(str(ROOT / "pages/runs.py")).run()
+    assert not at.exception
+    assert widget(at.selectbox, "Run").value == runs["failed"]  # not the running default
+    assert [e.value for e in at.error] == ["RuntimeError: boom at block 7\nTraceback line"]
+    at.run()  # the refresh keeps it
+    assert widget(at.selectbox, "Run").value == runs["failed"]
+    pick(at, runs["done"])
+    assert at.query_params["run"] == str(runs["done"])
+    at.run()
+    assert widget(at.selectbox, "Run").value == runs["done"]
+
+
+@pytest.mark.parametrize("value", ["9999", "abc"])
+def test_a_link_to_no_own_run_says_so(db: Path, workers: list[int], runs: dict[str, int],
+                                      value: str) -> None:
+    from tests.page_helpers import ROOT, TIMEOUT
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.query_params["run"] = value
+    at.switch_page(str(ROOT / "pages/runs.py")).run()
+    assert not at.exception
+    assert at.warning and f"The link asks for run {value if value.isdigit() else repr(value)}" \
+        in at.warning[0].value
+    assert widget(at.selectbox, "Run").value == runs["running"]  # the usual default
+
+
+def test_a_link_opens_an_archived_run_too(db: Path, workers: list[int], store: Store,
+                                          runs: dict[str, int]) -> None:
+    from tests.page_helpers import ROOT, TIMEOUT
+
+    store.archive([runs["done"]])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.query_params["run"] = str(runs["done"])
+    at.switch_page(str(ROOT / "pages/runs.py")).run()
+    assert not at.exception and not at.warning
+    assert runs["done"] not in at.dataframe[0].value["Run"].tolist()
+    assert widget(at.selectbox, "Run").value == runs["done"]
+    assert any(c.value.startswith("Archived ") for c in at.caption)
+    assert "Restore" in [b.label for b in at.button]

@@ -10,14 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from core.present import export, tables
-from core.store import published
+from core.store import published, queries
 from core.store.db import Store
 from core.store.record import create_run
 
@@ -43,17 +45,25 @@ def store(db: Path) -> Store:
 
 
 @pytest.fixture
-def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
-    """The bytes behind every download button, by media file id (AppTest keeps only the URL)."""
-    files: dict[str, bytes] = {}
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What is behind every download button, by media file id (AppTest keeps only the URL):
+    the bytes sent with the page, or the function a click runs (a deferred download)."""
+    files: dict[str, Any] = {}
     original = MemoryMediaFileStorage.load_and_get_id
+    original_deferred = MediaFileManager.add_deferred
 
     def record(self, path_or_data, mimetype, kind, filename=None):  # noqa: ANN001
         file_id = original(self, path_or_data, mimetype, kind, filename)
         files[file_id] = path_or_data if isinstance(path_or_data, bytes) else b""
         return file_id
 
+    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kw):  # noqa: ANN001
+        file_id = original_deferred(self, data_callable, mimetype, coordinates, file_name, **kw)
+        files[file_id] = data_callable
+        return file_id
+
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
     return files
 
 
@@ -71,9 +81,12 @@ def run_alone(script: str) -> AppTest:
     return AppTest.from_file(str(ROOT / script), default_timeout=TIMEOUT).run()
 
 
-def download_data(button, files: dict[str, bytes]) -> str:  # noqa: ANN001
-    file_id = Path(button.proto.url).stem
-    return files[file_id].decode("utf-8")
+def download_data(button, files: dict[str, Any]) -> str:  # noqa: ANN001
+    """The text a click on ``button`` downloads (running a deferred download's function)."""
+    if button.proto.deferred_file_id:
+        data = files[button.proto.deferred_file_id]()
+        return data if isinstance(data, str) else data.decode("utf-8")
+    return files[Path(button.proto.url).stem].decode("utf-8")
 
 
 def assert_clean(at: AppTest) -> None:
@@ -99,6 +112,19 @@ def test_perplexity_page_shows_the_wanda_readme_reference(store: Store) -> None:
     assert row["PPL"].tolist() == ["6.42"]
     assert row["Origin"].tolist() == ["Published"]
     assert at.get("plotly_chart"), "the perplexity chart is drawn"
+
+
+def test_pruning_times_are_read_when_their_expander_opens(store: Store) -> None:
+    """The Pruning time expander is lazy: closed, no time table is built; opened (its state
+    key set, as a click does), the times of the published tables are shown."""
+    at = run("pages/perplexity.py")
+    assert [e.label for e in at.expander] == ["Pruning time"]
+    assert not any("Time (s)" in f.value.columns for f in at.dataframe)
+    at.session_state["ppl-timing"] = True
+    at.run()
+    assert_clean(at)
+    times = [f.value for f in at.dataframe if "Time (s)" in f.value.columns]
+    assert len(times) == 1 and len(times[0]) > 0
 
 
 def test_shown_table_is_what_the_core_builds(store: Store) -> None:
@@ -382,7 +408,7 @@ def test_pages_import_the_shared_ui_module_as_streamlit_runs_them(store: Store,
 def test_store_version_changes_on_writes_only(store: Store) -> None:
     before = store.version()
     store.runs()
-    store.metrics()
+    queries.metric_rows(store)
     store.append_log(1, "a log line goes to the control store")
     assert store.version() == before
     own_run(store, "wanda", [{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
@@ -493,39 +519,33 @@ def test_layer_run_index_from_sql_equals_the_one_from_every_layer_row(store: Sto
     assert tables.load_layer_stats(store, []).empty
 
 
-def test_a_large_table_writes_its_downloads_when_clicked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over ``DEFERRED_ROWS`` rows the three files are functions run on click (not written on
-    every rerun), and what they write is exactly the shown table; small tables send the text."""
-    from streamlit.runtime.media_file_manager import MediaFileManager
-
-    deferred: dict[str, object] = {}
-    original = MediaFileManager.add_deferred
-
-    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):  # noqa: ANN001, ANN202
-        deferred[file_name] = data_callable
-        return original(self, data_callable, mimetype, coordinates, file_name, **kwargs)
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
-
+def test_table_downloads_are_written_when_clicked(downloads: dict[str, Any]) -> None:
+    """The three files of every table are functions run on click (not written on every rerun),
+    and what they write is the whole table, also of a table shown a page at a time."""
     def script() -> None:
         import pandas as pd
 
         from core.present import tables
-        from ui.components import DEFERRED_ROWS, show_table
+        from ui.components import PAGE_ROWS, show_table
 
-        rows = DEFERRED_ROWS + 1
+        rows = PAGE_ROWS + 1
         show_table(tables.Table(pd.DataFrame({"Run": range(rows), "PPL": [1.5] * rows}),
                                 {"Run": "int", "PPL": "ppl"}), "big")
         show_table(tables.Table(pd.DataFrame({"Run": [1], "PPL": [2.0]}),
                                 {"Run": "int", "PPL": "ppl"}), "small")
 
+    from ui.components import PAGE_ROWS
+
     at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert_clean(at)
-    assert sorted(deferred) == ["big.csv", "big.md", "big.tex"]
-    big = tables.Table(pd.DataFrame({"Run": range(2001), "PPL": [1.5] * 2001}),
+    buttons = list(at.download_button)
+    assert all(b.proto.deferred_file_id and not b.proto.url for b in buttons)
+    big = tables.Table(pd.DataFrame({"Run": range(PAGE_ROWS + 1), "PPL": [1.5] * (PAGE_ROWS + 1)}),
                        {"Run": "int", "PPL": "ppl"}).display()
-    assert deferred["big.csv"]() == export.to_csv(big)
-    assert deferred["big.tex"]() == export.to_latex(big, ("Run", "PPL"))
-    buttons = [b.proto for b in at.download_button]
-    assert [bool(b.deferred_file_id) for b in buttons] == [True] * 3 + [False] * 3
-    assert all(b.url for b in buttons[3:])  # the small table's files are sent with the page
+    assert len(at.dataframe[0].value) == PAGE_ROWS  # the first page is shown ...
+    assert download_data(buttons[0], downloads) == export.to_csv(big)  # ... every row exported
+    assert download_data(buttons[2], downloads) == export.to_latex(big, ("Run", "PPL"))
+    assert export.parse_markdown(download_data(buttons[4], downloads)).values.tolist() == [
+        ["1", "2.00"]]
+    at.number_input(key="big-rows-page").set_value(2).run()
+    assert at.dataframe[0].value["Run"].tolist() == [str(PAGE_ROWS)]

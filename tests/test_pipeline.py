@@ -22,6 +22,7 @@ from core.runs.kinds.prune import (
 )
 from core.runs.results import RunResult, quiet
 from core.runs.specs import check
+from core.store import queries
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
@@ -84,7 +85,7 @@ def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path
     assert runs.loc["sparsegpt", "pattern"] == "2:4" and runs.loc["sparsegpt", "sparsity"] == 0.5
     environment = json.loads(runs.loc["dense", "environment"])
     assert environment["device"] == "cpu" and torch.__version__.startswith(environment["torch"])
-    ppl = store.metrics("perplexity").set_index("method")
+    ppl = queries.metric_rows(store, "perplexity").set_index("method")
     assert math.isfinite(ppl.loc["dense", "value"]) and ppl.loc["dense", "n_samples"] == 4 * 32
     assert ppl.loc["sparsegpt", "value"] != ppl.loc["dense", "value"]
     stats = store.frame("SELECT * FROM layer_stats WHERE layer = 'model' AND stat = 'overall'")
@@ -123,7 +124,7 @@ def test_a_perplexity_worse_than_uniform_guessing_is_stored_collapsed(
     assert "collapsed (ppl " in said[-1] and ">= vocabulary size 259)" in said[-1]
     store = Store(tmp_path / "r.duckdb").init()
     store.add_metrics(create_run(store, spec, status="done"), inverted.metrics)
-    row = store.metrics("perplexity").iloc[0]
+    row = queries.metric_rows(store, "perplexity").iloc[0]
     assert row["status"] == "collapsed" and row["value"] == collapsed["value"]
 
 
@@ -138,7 +139,7 @@ def test_failed_run_keeps_its_error_and_no_results(model_dir: Path, corpus: str,
         run_and_store(store, run_id, spec)
     run = store.runs().iloc[0]
     assert run["status"] == "failed" and "fewer than one window" in run["error"]
-    assert store.metrics().empty and store.frame("SELECT * FROM layer_stats").empty
+    assert queries.metric_rows(store).empty and store.frame("SELECT * FROM layer_stats").empty
 
 
 def test_saved_model_reloads_with_transformers(model_dir: Path, corpus: str,

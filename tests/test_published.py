@@ -23,7 +23,7 @@ import pytest
 
 from core.present import tables
 from core.store import db as store_db
-from core.store import published
+from core.store import published, queries
 from core.store.db import Store
 from tests.seed_files import COPY, SHARED, seed_file
 
@@ -85,7 +85,7 @@ def _records(frame: pd.DataFrame, name: str) -> list[dict[str, Any]]:
 
 
 def metric_rows(store: Store, seed: Path) -> list[dict[str, Any]]:
-    return _records(store.metrics(), seed.name)
+    return _records(queries.metric_rows(store), seed.name)
 
 
 def layer_rows(store: Store, seed: Path) -> list[dict[str, Any]]:
@@ -716,7 +716,7 @@ def test_reimport_keeps_the_ids_of_unchanged_runs(tmp_path: Path,
     counts = store.frame("SELECT (SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
                          "WHERE r.origin = 'published') + (SELECT count(*) FROM layer_stats)")
     assert counts.iloc[0, 0] == len(changed) + 1
-    assert store.metrics().query("origin == 'own'")["value"].tolist() == [9.0]
+    assert queries.metric_rows(store).query("origin == 'own'")["value"].tolist() == [9.0]
     assert int(store.runs().query("origin == 'own'")["id"].iloc[0]) == own
 
 

@@ -20,6 +20,7 @@ from core.execution import executors, jobs
 from core.execution.local import LocalExecutor
 from core.execution.ray import CANCELLED, Dispatcher, RayExecutor, connect, failure_message
 from core.runs.kinds.prune import PruneSpec
+from core.store import queries
 from core.store.db import Store
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
@@ -118,7 +119,7 @@ def test_four_runs_two_at_a_time_cancel_and_killed_worker(
     assert final[cancelled]["error"] == CANCELLED
     error = final[killed]["error"]
     assert "Ray worker" in error and "died" in error and "crash" in error and str(pid) in error
-    ppl = store.metrics("perplexity")
+    ppl = queries.metric_rows(store, "perplexity")
     assert sorted(ppl["run_id"]) == [first, second] and ppl["value"].notna().all()
     for run_id in (cancelled, killed):  # no partial results
         for table in ("metrics", "layer_stats"):

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.present import compare, export, report, tables
 from core.runs.kinds.prune import PruneSpec
-from core.store import published
+from core.store import published, queries
 from core.store.db import Store
 from core.store.record import create_run
 
@@ -121,7 +121,7 @@ def fp(x: float) -> str:
 
 def golden(store: Store, ids: dict[str, int]) -> str:
     """The expected report, written from the stored rows with the report's stated formulas."""
-    rows = store.metrics()
+    rows = queries.metric_rows(store)
     value = {(r["run_id"], r["dataset"]): r["value"] for r in rows.to_dict("records")
              if r["status"] == "ok"}
     d, m5, w5, w7 = ids["dense"], ids["mag50"], ids["wanda50"], ids["wanda70"]
@@ -377,7 +377,7 @@ def test_markdown_and_latex_of_the_perplexity_table_keep_the_numbers(store: Stor
 
 # -- compare ---------------------------------------------------------------------------------------
 def test_compare_table_differences(store: Store, runs: dict[str, int]) -> None:
-    metrics = tables.prepare(store.metrics())
+    metrics = tables.prepare(queries.metric_rows(store))
     table = compare.compare_table(metrics, [runs["mag50"], runs["wanda50"], runs["wanda70"]])
     shown = table.display().set_index("Metric")
     w5, m5, w7 = runs["wanda50"], runs["mag50"], runs["wanda70"]
@@ -412,7 +412,8 @@ def test_a_collapsed_run_in_the_report_and_compare(store: Store, runs: dict[str,
     assert ("- **Wanda 95%** has perplexity 900.00 on WikiText-2 while Magnitude 95% collapsed "
             "(worse than uniform guessing), so no relative change is defined.") in text
     assert "6960449" not in text and "34802" not in text
-    table = compare.compare_table(tables.prepare(store.metrics()), [runs["dense"], mag95, wanda95])
+    table = compare.compare_table(tables.prepare(queries.metric_rows(store)),
+                                  [runs["dense"], mag95, wanda95])
     shown = table.display().set_index("Metric")
     column = next(c for c in shown.columns if c.startswith(f"#{mag95} "))
     assert shown.loc["Perplexity · WT2", column] == "collapsed"

@@ -25,7 +25,7 @@ from core.runs.kinds.prune import PruneSpec
 from core.runs.kinds.search import SearchSpec
 from core.runs.results import RunResult
 from core.runs.specs import SpecModel, check, labelled, whole
-from core.store import published
+from core.store import published, queries
 from core.store.db import Store
 from tests.page_helpers import open_page, widget
 
@@ -193,4 +193,4 @@ def test_a_new_run_kind_is_one_registered_spec_and_execute(
     spec = registry.spec_from_dict(json.loads(stored))
     assert spec == EchoSpec(number=7, words=["a", "b"])
     run_and_store(store, int(run_id), spec)
-    assert store.metrics("echo")["value"].tolist() == [7.0]
+    assert queries.metric_rows(store, "echo")["value"].tolist() == [7.0]

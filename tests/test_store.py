@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.store import db as store_module
+from core.store import queries
 from core.store.db import SCHEMA_VERSION, Store, StoreError
 from tests.store_procs import hold_lock
 
@@ -40,7 +41,7 @@ def test_round_trip(tmp_path: Path) -> None:
     run = store.runs().iloc[0]
     assert run["status"] == "done" and json.loads(run["spec"]) == spec
     assert json.loads(run["progress"]) == {"stage": "x", "done": 1, "total": 1}
-    metrics = store.metrics("perplexity").set_index("dataset")
+    metrics = queries.metric_rows(store, "perplexity").set_index("dataset")
     assert metrics.loc["wiki-offline", "value"] == 12.5
     assert metrics.loc["wiki-offline", "n_samples"] == 2048
     assert metrics.loc["ptb", "status"] == "diverged"
@@ -83,7 +84,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
                     "VALUES (1, 'perplexity', 'wikitext2', 'ppl', 7.5)")
     upgraded = Store(path).init()
     assert upgraded.schema_version() == SCHEMA_VERSION
-    frame = upgraded.metrics()
+    frame = queries.metric_rows(upgraded)
     assert frame["value"].tolist() == [7.5] and "raw" in frame.columns
     assert upgraded.frame("SELECT count(*) FROM run_logs").iloc[0, 0] == 0  # migration 2
 
@@ -175,3 +176,30 @@ def test_lock_never_released_gives_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="locked"):
         impatient.runs()
     proc.join(10)
+
+
+def test_migration_9_keeps_every_run_and_gives_them_no_name_notes_or_tags(
+        tmp_path: Path) -> None:
+    """A file of schema 8 (before run names): every row stays as it was, and the new columns
+    are empty; the runs can be named and archived after the upgrade."""
+    old = Store(tmp_path / "old.duckdb")
+    old.migrate(target=8)
+    with old.transaction() as con:
+        for origin, status, digest in (("own", "done", "h1"), ("own", "queued", "h2"),
+                                       ("published", "done", "h3")):
+            con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                        "status, active_hash) VALUES (?, 'prune', 'm', 'wanda', 'unstructured', "
+                        "'{\"seed\": 1}', ?, ?, ?)",
+                        [origin, digest, status, digest if status == "queued" else None])
+        con.execute("INSERT INTO metrics (run_id, kind, dataset, metric, value) "
+                    "VALUES (1, 'perplexity', 'wikitext2', 'ppl', 7.5)")
+    columns = "id, origin, status, spec, spec_hash, active_hash, created_at"
+    before = old.frame(f"SELECT {columns} FROM runs ORDER BY id")
+    upgraded = Store(old.path).init()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 9
+    after = upgraded.frame(f"SELECT {columns} FROM runs ORDER BY id")
+    assert after.equals(before)
+    meta = upgraded.frame("SELECT name, notes, tags, archived_at FROM runs ORDER BY id")
+    assert meta.isna().all().all() and len(meta) == 3
+    assert upgraded.frame("SELECT value FROM metrics")["value"].tolist() == [7.5]
+    assert upgraded.archive([1]) == [1]

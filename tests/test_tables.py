@@ -569,13 +569,16 @@ def test_drop_from_dense_per_task_and_on_average(store: Store, drop_store: dict[
     table = tables.drop_table(rows, "smollm2-135m", "50%",
                               evaluation="0-shot, limit 40, float32")
     shown = table.display().set_index(["Task", "Method"])
-    assert list(shown.columns) == ["Score", "Dense", "Drop (points)", "Relative drop", "Source",
-                                   "Run", "Baseline run", "Note"]
+    assert list(shown.columns) == ["Score", "Dense", "Drop (points)", "95% interval (points)",
+                                   "Relative drop", "Source", "Run", "Baseline run", "Note"]
     improved = shown.loc[("piqa", "Wanda 50%")]
     assert (improved["Score"], improved["Dense"], improved["Drop (points)"],
             improved["Relative drop"]) == ("82.00%", "80.00%", "+2.00", "+2.50%")
+    # every score has stderr 0.01: a drop's se is sqrt(2) x 1 point; +2.00 +- 2.77 holds 0
+    assert improved["95% interval (points)"] == "-0.77 to +4.77 (within noise)"
     worse = shown.loc[("boolq", "Wanda 50%")]
     assert (worse["Drop (points)"], worse["Relative drop"]) == ("-15.00", "-25.00%")
+    assert worse["95% interval (points)"] == "-17.77 to -12.23"
     assert shown.loc[("rte", "Magnitude 50%"), "Relative drop"] == "-20.00%"
     # a failed task: shown as failed with the error, no drop
     failed = shown.loc[("arc_easy", "Wanda 50%")]
@@ -595,6 +598,9 @@ def test_drop_from_dense_per_task_and_on_average(store: Store, drop_store: dict[
     wanda = frame.loc[("Average", "Wanda 50%")]
     assert wanda["Score"] == pytest.approx(0.635) and wanda["Dense"] == pytest.approx(0.70)
     assert wanda["Drop (points)"] == pytest.approx(-6.5)
+    # the average of two drops with se sqrt(2) points each: se 1 point, -6.50 +- 1.96
+    assert wanda["95% interval (points)"] == "-8.46 to -4.54" and not wanda["_noise"]
+    assert frame.loc[("piqa", "Wanda 50%"), "_noise"]
     assert wanda["Relative drop"] == pytest.approx(-9.285714, abs=1e-5)
     magnitude = frame.loc[("Average", "Magnitude 50%")]
     assert magnitude["Drop (points)"] == pytest.approx((1.64 / 3 - 1.9 / 3) * 100)

@@ -20,7 +20,7 @@ from core.engine import data
 from core.execution import jobs, worker
 from core.runs.kinds.prune import PruneSpec
 from core.runs.results import RunResult
-from core.store import record
+from core.store import queries, record
 from core.store.db import Store
 from tests.store_procs import hold_lock_on_signal, keep_writing
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder, tiny_tokenizer
@@ -101,7 +101,7 @@ def test_queue_runs_in_order_with_baseline_and_reuse(store: Store, assets) -> No
     assert list(runs["status"]) == ["done", "done", "done"]
     assert runs.loc[first.baseline_id, "method"] == "dense"
     assert runs["started_at"].is_monotonic_increasing  # oldest first
-    ppl = store.metrics("perplexity")
+    ppl = queries.metric_rows(store, "perplexity")
     assert len(ppl[ppl["origin"] == "own"]) == 3
     again = jobs.submit(store, spec(assets))
     assert again.reused and again.run_id == first.run_id
@@ -192,7 +192,7 @@ def test_a_program_holding_the_results_file_for_60_s_fails_nothing(store: Store,
         holder.join(90)
         proc.terminate()
         proc.wait(30)
-    ppl = store.metrics("perplexity")
+    ppl = queries.metric_rows(store, "perplexity")
     assert len(ppl[ppl["run_id"] == run.run_id]) == 1
     assert not store.control.held()
 
@@ -224,7 +224,7 @@ def test_a_result_left_on_disk_by_a_dead_run_is_stored(store: Store, assets) -> 
     time.sleep(1.2)
     assert jobs.recover_stale(store, timeout_s=1.0) == []  # nothing failed: it was stored
     assert status(store, run.run_id) == "done" and not store.control.held()
-    assert store.metrics("perplexity")["value"].tolist() == [12.5]
+    assert queries.metric_rows(store, "perplexity")["value"].tolist() == [12.5]
 
 
 def test_new_worker_fails_runs_left_by_a_dead_one(store: Store, assets) -> None:

@@ -12,6 +12,7 @@ from core.engine.evaluate import zeroshot
 from core.execution import jobs
 from core.execution.run import run_and_store
 from core.runs.kinds.prune import PruneSpec
+from core.store import queries
 from core.store.db import Store
 from core.store.record import create_run
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
@@ -88,7 +89,7 @@ def test_pipeline_stores_zero_shot_with_stderr_and_version(tiny, tmp_path: Path)
                      zero_shot_tasks=["sb_everyday"], zs_limit=8)
     for item in (spec.dense_baseline(), spec):
         run_and_store(store, create_run(store, item), item)
-    rows = store.metrics("zero_shot")
+    rows = queries.metric_rows(store, "zero_shot")
     assert len(rows) == 4 and set(rows["method"]) == {"dense", "magnitude"}
     assert rows["stderr"].notna().all() and (rows["n_samples"] == 8).all()
     assert all(note == f"lm-eval {zeroshot.lm_eval_version()}" for note in rows["note"])

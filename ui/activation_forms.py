@@ -24,6 +24,8 @@ from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.search import SearchSpec
 from core.runs.specs import check
 from core.store.db import Store, StoreError
+from core.store.meta import RunMeta
+from ui.run_meta import meta_inputs
 from ui.schema_form import field_input, spec_inputs
 
 METHODS = {"CoreInfer": "coreinfer", "Sparsity levels": "sparsity-levels"}
@@ -79,9 +81,9 @@ def _block_range(key: str, problems: list[str]) -> list[int] | None:
 
 
 def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[str],
-           fresh: bool) -> None:
+           fresh: bool, meta: RunMeta | None = None) -> None:
     """Check every spec built from ``cells`` (a field the form already reported is not
-    reported again), then queue them all or nothing."""
+    reported again), then queue them all or nothing, each named by ``meta``."""
     reported = {p.split(":")[0] for p in problems}
     specs = []
     for values in cells:
@@ -92,7 +94,7 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
         return
     try:
-        submissions = [jobs.submit(store, spec, fresh=fresh) for spec in specs]
+        submissions = [jobs.submit(store, spec, fresh=fresh, meta=meta) for spec in specs]
         executor_for(store).ensure_workers()
     except StoreError as exc:
         st.error(str(exc))
@@ -102,7 +104,8 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
         if submission.reused:
             st.info(f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) "
                     "is already stored or pending, and its results are reused. Tick 'Run again "
-                    "even if an identical run is stored' for a fresh run.")
+                    "even if an identical run is stored' for a fresh run."
+                    + run_views.meta_message(submission))
         else:
             st.success(f"Queued run {submission.run_id}: {what}.")
     st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
@@ -114,8 +117,10 @@ def kind_form(store: Store, spec: type) -> None:
     values = spec_inputs(spec, key=key)
     fresh = st.checkbox("Run again even if an identical run is stored", False,
                         key=f"{key}-fresh")
+    problems: list[str] = []
+    meta = meta_inputs(key, problems)
     if st.button("Queue run", type="primary", icon=":material/rocket_launch:", key=f"{key}-go"):
-        _queue(store, spec, [values], [], fresh)
+        _queue(store, spec, [values], problems, fresh, meta)
 
 
 def activation_form(store: Store) -> None:
@@ -165,13 +170,14 @@ def activation_form(store: Store) -> None:
     max_windows = field_input(ActivationSpec, "max_windows", key="act-windows", container=mid)
     batch = field_input(ActivationSpec, "batch_size", key="act-batch", container=right)
     fresh = st.checkbox("Run again even if an identical run is stored", False, key="act-fresh")
+    meta = meta_inputs("act", problems)
     if st.button("Queue activation run", type="primary", icon=":material/rocket_launch:"):
         values = dict(method=method, sparsity=sparsity, token_sparsity=token_sparsity,
                       levels=levels, block_range=block_range, tasks=split_names(tasks_text),
                       num_fewshot=fewshot, limit=limit, metric=metric.strip(),
                       ppl_datasets=ppl, ppl_seqlen=ppl_seqlen, max_windows=max_windows,
                       batch_size=batch, **common)
-        _queue(store, ActivationSpec, [values], problems, fresh)
+        _queue(store, ActivationSpec, [values], problems, fresh, meta)
 
 
 def search_form(store: Store) -> None:
@@ -223,6 +229,7 @@ def search_form(store: Store) -> None:
     batch = field_input(SearchSpec, "batch_size", key="search-batch", container=right)
     fresh = st.checkbox("Run again even if an identical run is stored", False,
                         key="search-fresh")
+    meta = meta_inputs("search", problems)
     if st.button("Queue search", type="primary", icon=":material/rocket_launch:"):
         tasks = split_names(tasks_text)
         if not tasks:
@@ -232,4 +239,4 @@ def search_form(store: Store) -> None:
                       n_calibration=n_cal, n_search=n_search, full_limit=full,
                       block_range=block_range, num_fewshot=fewshot, metric=metric.strip(),
                       tolerance=tolerance, batch_size=batch, **common) for task in tasks]
-        _queue(store, SearchSpec, cells, problems, fresh)
+        _queue(store, SearchSpec, cells, problems, fresh, meta)

@@ -88,15 +88,16 @@ WHOLE_ROWS = 40
 
 
 def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
-    """The table, its notes, and CSV / Markdown / LaTeX (booktabs) downloads of what is shown
-    (the same rows and columns; numbers at their source's precision, up to 4 decimals).
+    """The table (a page of it when long), its notes, and CSV / Markdown / LaTeX (booktabs)
+    downloads of the whole table (its columns; numbers at their source's precision, up to 4
+    decimals), written when clicked.
 
     ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
     every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
     rows matter (averages).  Returns nothing: a page calls it as a bare statement, which
     Streamlit's "magic" would otherwise display.
     """
-    shown = table.display()
+    shown = table.display(rows=_rows_shown(len(table.frame), name))
     align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
     height = "content" if whole and len(shown) <= WHOLE_ROWS else "auto"
     st.dataframe(shown, hide_index=True, column_config=align, height=height)
@@ -114,27 +115,34 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
                             key=f"{name}-tex", on_click="ignore", icon=":material/download:")
 
 
-#: Tables with more rows have their downloads written when clicked, not on every rerun.
-DEFERRED_ROWS = 2000
+#: A longer table is shown a page of this many rows at a time (its downloads hold every row).
+PAGE_ROWS = 1000
 
 
-def _export_data(table: tables.Table) -> tuple[str | Callable[[], str], ...]:
-    """CSV, Markdown and LaTeX of a shown table (its rows and columns, the numbers at their
-    source's precision): the texts, or for a table over ``DEFERRED_ROWS`` rows functions that
-    write them when a download is clicked."""
+def _rows_shown(rows: int, name: str) -> slice | None:
+    """The rows of a table to show: all, or for a table over ``PAGE_ROWS`` rows the page picked
+    in a page field above it (formatting 30,000 rows on every visit costs seconds)."""
+    if rows <= PAGE_ROWS:
+        return None
+    pages = -(-rows // PAGE_ROWS)
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    page = int(left.number_input("Rows page", min_value=1, max_value=pages, step=1,
+                                 key=f"{name}-rows-page"))
+    start = (page - 1) * PAGE_ROWS
+    right.caption(f"Rows {start + 1:,}–{min(start + PAGE_ROWS, rows):,} of {rows:,} (page "
+                  f"{page} of {pages}); narrow them with the filters in the sidebar. The "
+                  "downloads hold every row.")
+    return slice(start, start + PAGE_ROWS)
+
+
+def _export_data(table: tables.Table) -> tuple[Callable[[], str], ...]:
+    """CSV, Markdown and LaTeX of a table (every row, the numbers at their source's precision)
+    as functions that write them when a download is clicked: a page with forty tables (the
+    Report) would otherwise write 120 files on every visit."""
     numeric = tuple(table.numeric_columns)
-    if len(table.frame) <= DEFERRED_ROWS:
-        return _exports(table.display(full=True), numeric)
     return (lambda: export.to_csv(table.display(full=True)),
             lambda: export.to_markdown(table.display(full=True)),
             lambda: export.to_latex(table.display(full=True), numeric))
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _exports(shown: pd.DataFrame, numeric: tuple[str, ...]) -> tuple[str, str, str]:
-    """CSV, Markdown and LaTeX of a shown table, once per table content (Streamlit hashes the
-    frame, far quicker than writing the three files again on every rerun)."""
-    return export.to_csv(shown), export.to_markdown(shown), export.to_latex(shown, numeric)
 
 
 def sidebar_filters(rows: pd.DataFrame, *, methods: bool = True) -> dict[str, Any]:

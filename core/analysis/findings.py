@@ -15,6 +15,10 @@ sentence is computed and worded from the numbers, so it is right by construction
 * Numbers are compared at the precision they are shown with (two decimals): a change that rounds
   to 0.00 is "the same" (neither better nor worse), and tasks whose changes round to the same
   value are ties, named together.
+* An accuracy change whose 95% interval (:mod:`core.analysis.noise`, from lm-eval's standard
+  errors) holds 0 is "within noise", never better or worse; the sentence gives the interval.
+  Tasks named together use the widest of their intervals.  Without standard errors (published
+  figures) no interval is given.
 * A perplexity that is not a finite number (or whose status is 'diverged') is "diverged", never a
   number; a comparison with a diverged run says so and gives no relative change.
 * A perplexity at or above the model's vocabulary size (status 'collapsed') is "collapsed (worse
@@ -33,8 +37,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from core.analysis import noise
+
 DECIMALS = 2
 BETTER, WORSE, SAME, DIVERGED = "better", "worse", "same", "diverged"
+WITHIN_NOISE = noise.WITHIN_NOISE
 COLLAPSED = "collapsed"
 #: How a sentence names a perplexity that is no number, after "<label> <state> on <dataset>".
 FAILED_WORDS = {DIVERGED: "no finite perplexity", COLLAPSED: "worse than uniform guessing"}
@@ -55,6 +62,8 @@ class Result:
     tasks: Mapping[str, float] = field(default_factory=dict)
     run: int | None = None
     collapsed: frozenset[str] = frozenset()
+    #: The standard error of each task's accuracy (as a fraction), where the source gives one.
+    task_se: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ class Finding:
 
     topic: str  # 'perplexity', 'accuracy', 'task', 'coverage', 'layers'
     text: str
-    verdict: str | None = None  # better / worse / same / diverged / collapsed; None: a description
+    verdict: str | None = None  # better / worse / same / within noise / diverged / collapsed
     value: float | None = None  # the number the sentence states (change, drop, std ...)
 
 
@@ -86,11 +95,25 @@ def finite(value: float | None) -> bool:
     return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def verdict_of(change: float, higher_is_better: bool) -> str:
-    """'same' when the change shows as 0.00, else 'better' / 'worse' by its sign."""
+def verdict_of(change: float, higher_is_better: bool, se: float = math.nan) -> str:
+    """'same' when the change shows as 0.00; 'within noise' when its 95% interval (from its
+    standard error ``se``, when known) holds 0; else 'better' / 'worse' by its sign."""
     if _r(change) == 0:
         return SAME
+    if noise.within_noise(change, se):
+        return WITHIN_NOISE
     return BETTER if (change > 0) == higher_is_better else WORSE
+
+
+def _interval_words(change: float, se: float, unit: str) -> str:
+    """' (95% interval -3.10 to +0.92 points)', or '' without a standard error."""
+    text = noise.interval_text(change, se, unit, DECIMALS)
+    return f" (95% interval {text})" if text else ""
+
+
+def _pair_se(result: Result, reference: Result, task: str) -> float:
+    """The standard error of one task's accuracy difference (a fraction; NaN when unknown)."""
+    return noise.combined_se(result.task_se.get(task), reference.task_se.get(task))
 
 
 def join_names(names: Sequence[str]) -> str:
@@ -190,16 +213,18 @@ def accuracy_change(result: Result, reference: Result, dense: bool = False) -> F
     mine = mean(result.tasks[t] for t in common)
     ref = mean(reference.tasks[t] for t in common)
     change = (mine - ref) * 100.0
-    verdict = verdict_of(change, higher_is_better=True)
+    se = noise.mean_se(_pair_se(result, reference, t) for t in common) * 100.0
+    verdict = verdict_of(change, higher_is_better=True, se=se)
     over = (f"over the {len(common)} tasks both scored" if len(common) > 1
             else f"over the only task both scored ({common[0]})")
-    if verdict == SAME:
+    if _r(change) == 0:
         text = (f"**{result.label}** has the same average accuracy as {reference.label} "
                 f"({pct(mine)} vs {pct(ref)}; change {fmt(0.0)} points, {over})")
     else:
         direction = "higher" if change > 0 else "lower"
         text = (f"**{result.label}** has average accuracy {pct(mine)}, {fmt(abs(change))} points "
-                f"{direction} than {reference.label} ({pct(ref)}) {over}: {verdict}")
+                f"{direction} than {reference.label} ({pct(ref)}) {over}"
+                f"{_interval_words(change, se, ' points')}: {verdict}")
     if dense and ref > 0:
         text += f"; retention {pct(mine / ref)}"
     return Finding("accuracy", text + ".", verdict, change)
@@ -210,6 +235,8 @@ class TaskChange:
     task: str
     points: float  # (pruned - dense) x 100
     relative: float  # (pruned - dense) / dense x 100; NaN when dense is 0
+    points_se: float = math.nan  # standard error of ``points``
+    relative_se: float = math.nan  # ... and of ``relative`` (the points' error over dense)
 
 
 def task_changes(result: Result, dense: Result) -> list[TaskChange]:
@@ -217,8 +244,10 @@ def task_changes(result: Result, dense: Result) -> list[TaskChange]:
     out = []
     for task in common_tasks(result, dense):
         score, base = result.tasks[task], dense.tasks[task]
+        se = _pair_se(result, dense, task)
         out.append(TaskChange(task, (score - base) * 100.0,
-                              relative_change(score, base) if base else math.nan))
+                              relative_change(score, base) if base else math.nan,
+                              se * 100.0, se / base * 100.0 if base else math.nan))
     return out
 
 
@@ -234,12 +263,13 @@ def _extremes(changes: Sequence[TaskChange], key: str) -> tuple[list[TaskChange]
             [c for c, s in zip(valid, shown, strict=True) if s == high])
 
 
-def _change_words(value: float, unit: str, reference: str) -> str:
-    verdict = verdict_of(value, higher_is_better=True)
+def _change_words(value: float, unit: str, reference: str, se: float = math.nan) -> str:
+    verdict = verdict_of(value, higher_is_better=True, se=se)
     if verdict == SAME:
         return f"no change against {reference} ({fmt(0.0, unit)})"
     direction = "higher" if value > 0 else "lower"
-    return f"{fmt(abs(value), unit)} {direction} than {reference}: {verdict}"
+    return (f"{fmt(abs(value), unit)} {direction} than {reference}"
+            f"{_interval_words(value, se, unit)}: {verdict}")
 
 
 def task_extremes(result: Result, dense: Result) -> list[Finding]:
@@ -260,21 +290,30 @@ def task_extremes(result: Result, dense: Result) -> list[Finding]:
             n = len([c for c in changes if finite(getattr(c, key))])
             subject = (f"The only task both scored ({names_low})" if n == 1
                        else f"All {n} tasks")
+            se = _widest(changes, key)
             text = (f"{subject} for **{result.label}** by {measure}: {'each ' if n > 1 else ''}"
-                    f"{_change_words(value_low, unit, dense.label)}.")
-            out.append(Finding("task", text, verdict_of(value_low, True), value_low))
+                    f"{_change_words(value_low, unit, dense.label, se)}.")
+            out.append(Finding("task", text, verdict_of(value_low, True, se), value_low))
             continue
+        se_low, se_high = _widest(low, key), _widest(high, key)
         out.append(Finding(
             "task", f"Most affected task for **{result.label}** by {measure}: {names_low}"
-                    f"{each}, {_change_words(value_low, unit, dense.label)}.",
-            verdict_of(value_low, True), value_low))
+                    f"{each}, {_change_words(value_low, unit, dense.label, se_low)}.",
+            verdict_of(value_low, True, se_low), value_low))
         names_high = join_names([c.task for c in high])
         each = " each" if len(high) > 1 else ""
         out.append(Finding(
             "task", f"Least affected task for **{result.label}** by {measure}: {names_high}"
-                    f"{each}, {_change_words(value_high, unit, dense.label)}.",
-            verdict_of(value_high, True), value_high))
+                    f"{each}, {_change_words(value_high, unit, dense.label, se_high)}.",
+            verdict_of(value_high, True, se_high), value_high))
     return out
+
+
+def _widest(changes: Sequence[TaskChange], key: str) -> float:
+    """The largest standard error of ``key`` among tasks named together (the most cautious
+    interval; NaN when one of them has none)."""
+    errors = [getattr(c, f"{key}_se") for c in changes if finite(getattr(c, key))]
+    return max(errors) if errors and all(finite(e) for e in errors) else math.nan
 
 
 def coverage(result: Result, others: Sequence[Result]) -> Finding | None:

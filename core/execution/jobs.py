@@ -16,6 +16,7 @@ from core.runs import sweep
 from core.runs.kinds.prune import PruneSpec
 from core.runs.registry import spec_from_dict
 from core.store.db import Store, spec_hash
+from core.store.meta import RunMeta, from_row
 from core.store.record import create_run, flush_held
 
 #: A running run whose heartbeat is older than this is declared failed.
@@ -28,6 +29,9 @@ class Submission:
     run_id: int
     reused: bool  # an identical finished (or pending) run was found and no new run was queued
     baseline_id: int | None  # the dense baseline queued or found for this run
+    # A reused run: the given name / notes / tags it was given, and those it kept its own of.
+    meta_set: tuple[str, ...] = ()
+    meta_kept: tuple[str, ...] = ()
 
 
 def find_identical(store: Store, spec: PruneSpec, statuses: tuple[str, ...],
@@ -45,8 +49,13 @@ def find_identical(store: Store, spec: PruneSpec, statuses: tuple[str, ...],
     return int(frame.iloc[0, 0]) if len(frame) else None
 
 
-def submit(store: Store, spec: PruneSpec, fresh: bool = False) -> Submission:
+def submit(store: Store, spec: PruneSpec, fresh: bool = False,
+           meta: RunMeta | None = None) -> Submission:
     """Queue ``spec`` unless an identical run is done or pending (and ``fresh`` is off).
+
+    ``meta`` (name, notes, tags; not part of the identity) goes to the new run; a reused run
+    gets it only where it has none (``Store.add_meta``: a name is never overwritten), and the
+    dense baseline, shared by many runs, never.
 
     A pruned run also needs the dense baseline of the same model and evaluation (for change
     from dense and retention): it is queued first when no such run exists.  The look-up and
@@ -67,8 +76,9 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False) -> Submission:
                            or create_run(store, dense, con=con))
         existing = find_identical(store, spec, ACTIVE if fresh else ("done", *ACTIVE), con=con)
         if existing is not None:
-            return Submission(existing, True, baseline_id)
-        return Submission(create_run(store, spec, con=con), False, baseline_id)
+            changed, kept = store.add_meta(existing, meta or RunMeta(), con)
+            return Submission(existing, True, baseline_id, changed, kept)
+        return Submission(create_run(store, spec, con=con, meta=meta), False, baseline_id)
 
 
 def request_cancel(store: Store, run_id: int) -> str:
@@ -88,12 +98,13 @@ def request_cancel(store: Store, run_id: int) -> str:
 
 
 def rerun(store: Store, run_id: int) -> int:
-    """Queue a fresh copy of a stored run's spec."""
-    frame = store.frame("SELECT spec FROM runs WHERE id = ? AND origin = 'own'", [run_id])
+    """Queue a fresh copy of a stored run's spec, with its name, notes and tags."""
+    frame = store.frame("SELECT spec, name, notes, tags FROM runs WHERE id = ? AND "
+                        "origin = 'own'", [run_id])
     if frame.empty:
         raise ValueError(f"no own run {run_id} to re-run")
     spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
-    return submit(store, spec, fresh=True).run_id
+    return submit(store, spec, fresh=True, meta=from_row(*frame.iloc[0, 1:])).run_id
 
 
 def claim(store: Store, run_id: int, worker: str) -> bool:
@@ -190,8 +201,9 @@ class SweepSubmission:
 
 
 def submit_sweep(store: Store, base: PruneSpec, grid: dict[str, list[Any]],
-                 fresh: bool = False) -> SweepSubmission:
-    """Store the sweep and queue (or reuse) one run per cell."""
+                 fresh: bool = False, meta: RunMeta | None = None) -> SweepSubmission:
+    """Store the sweep and queue (or reuse) one run per cell; ``meta`` names the sweep and
+    its cells (a reused cell gets it only where it has none, as in ``submit``)."""
     problems = sweep.validate_grid(base, grid)
     cells = [] if problems else sweep.expand(base, grid)
     for spec in cells:
@@ -201,11 +213,12 @@ def submit_sweep(store: Store, base: PruneSpec, grid: dict[str, list[Any]],
     target = base.target()
     sweep_id = store.create_run(kind="sweep", model=base.model, method=base.method,
                                 sparsity=target.fraction, pattern=target.pattern,
-                                spec={"base": base.to_dict(), "grid": grid}, status="done")
+                                spec={"base": base.to_dict(), "grid": grid}, status="done",
+                                meta=meta)
     run_ids, reused = [], 0
     for spec in cells:
         spec.sweep = sweep_id
-        submission = submit(store, spec, fresh=fresh)
+        submission = submit(store, spec, fresh=fresh, meta=meta)
         run_ids.append(submission.run_id)
         reused += submission.reused
     return SweepSubmission(sweep_id, run_ids, reused)

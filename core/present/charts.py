@@ -40,9 +40,20 @@ def short_source(source: str) -> str:
 
 def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str, *extra: str) -> str:
     """Hover lines: run id, source and a summary of the spec, plus any extra lines."""
-    summary = spec if isinstance(spec, str) else T.spec_summary(spec)
-    lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra, f"spec: {summary}"]
-    return "<br>".join(_wrap(line) for line in lines if line)
+    lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra]
+    return "<br>".join([*(_wrap(line) for line in lines if line), _spec_line(spec)])
+
+
+def _spec_line(spec: Mapping[str, Any] | str) -> str:
+    """'spec: ...' wrapped (a run's points share one line, worked out once per spec dict)."""
+    if isinstance(spec, str):
+        return _wrap(f"spec: {spec}")
+    return _shared_spec_line(spec)
+
+
+@T.by_identity
+def _shared_spec_line(spec: Mapping[str, Any]) -> str:
+    return _wrap(f"spec: {T.spec_summary(spec)}")
 
 
 def _wrap(text: str, width: int = 70) -> str:
@@ -197,10 +208,12 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
 
 
 def _ppl_hover(part: pd.DataFrame) -> list[str]:
-    return [hover_text(r["run_id"], r["source_label"], r["spec"],
-                       f"{T.row_label(r['method'], r['sparsity'], r['pattern'])} on "
-                       f"{r['dataset']}: PPL {T.format_value(r['value'], 'ppl')}")
-            for r in part.to_dict("records")]
+    labels = T.per_value(T.row_label, part["method"], part["sparsity"], part["pattern"])
+    return [hover_text(run, source, spec, f"{label} on {dataset}: PPL "
+                                          f"{T.format_value(value, 'ppl')}")
+            for run, source, spec, label, dataset, value in zip(
+                part["run_id"], part["source_label"], part["spec"], labels, part["dataset"],
+                part["value"], strict=True)]
 
 
 def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right: float) -> None:

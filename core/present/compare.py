@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.analysis import findings
+from core.analysis import findings, noise
 from core.present import tables
 from core.present.tables import TEXT, Table
 
@@ -45,23 +45,21 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=cols)
     df = runs[(runs["status"] == "done") & (runs["kind"] != "sweep")]
-    out = []
-    for rec in df.to_dict("records"):
-        spec = tables.parse_spec(rec["spec"])
-        method = tables.row_label(rec["method"], rec["sparsity"], rec["pattern"])
-        if rec["origin"] == "own":
-            where = "own run"
-        else:
-            where = str(rec["source"]).split(" (")[0]
-            if spec.get("table"):
-                where += f", {spec['table']}"
-        out.append({"run_id": int(rec["id"]), "origin": rec["origin"],
-                    "label": f"#{int(rec['id'])} · {rec['model']} · {method} · {where}"})
-    frame = pd.DataFrame(out, columns=cols)
-    if frame.empty:
-        return frame
-    frame["_key"] = [(o != "own", -r if o == "own" else r)
-                     for o, r in zip(frame["origin"], frame["run_id"], strict=True)]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    own = (df["origin"] == "own").to_numpy()
+    tables_of = (df["set_table"] if "set_table" in df else pd.Series(
+        [tables.parse_spec(s).get("table") for s in df["spec"]], index=df.index))
+    where = [("own run" if mine else str(source).split(" (")[0]
+              + (f", {table}" if isinstance(table, str) and table else ""))
+             for mine, source, table in zip(own, df["source"], tables_of, strict=True)]
+    methods = tables.per_value(tables.row_label, df["method"], df["sparsity"], df["pattern"])
+    ids = df["id"].astype(int).to_numpy()
+    frame = pd.DataFrame({
+        "run_id": ids, "origin": df["origin"].to_numpy(dtype=object),
+        "label": [f"#{i} · {model} · {method} · {w}" for i, model, method, w in
+                  zip(ids, df["model"], methods, where, strict=True)]}, columns=cols)
+    frame["_key"] = [(not mine, -r if mine else r) for mine, r in zip(own, ids, strict=True)]
     return frame.sort_values("_key").drop(columns="_key").reset_index(drop=True)
 
 
@@ -104,10 +102,12 @@ def _shown(value: float, status: Any, fraction: bool, kind: str) -> str:
     return tables.format_value(value, "score")
 
 
-def difference(value: float, reference: float, kind: str, metric: str
-               ) -> tuple[float, str]:
+def difference(value: float, reference: float, kind: str, metric: str,
+               se: float = math.nan) -> tuple[float, str]:
     """The difference of ``value`` against ``reference`` and its text (with the verdict where a
-    direction is defined); NaN and '' when either is missing."""
+    direction is defined; for scores with standard errors, ``se`` of the difference as a
+    fraction, its 95% interval and 'within noise' when that holds 0); NaN and '' when either
+    is missing."""
     if not findings.finite(value) or not findings.finite(reference):
         return math.nan, ""
     if _is_fraction(kind, metric):
@@ -116,7 +116,10 @@ def difference(value: float, reference: float, kind: str, metric: str
         if findings._r(change) > 0:
             text = "+" + text
         better = kind in ("zero_shot", "zero_shot_summary", "task")
-        verdict = findings.verdict_of(change, higher_is_better=True) if better else ""
+        verdict = findings.verdict_of(change, True, se * 100.0) if better else ""
+        interval = noise.interval_text(change, se * 100.0, " pts") if better else ""
+        if interval and findings._r(change):
+            verdict = f"95% interval {interval}; {verdict}"
     elif kind in ("perplexity", "timing", "memory"):
         if reference == 0:
             return math.nan, ""
@@ -150,7 +153,8 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
     for rec in rows.to_dict("records"):
         key = (rec["kind"], str(rec["dataset"]), str(rec["metric"]))
         value = float(rec["value"]) if findings.finite(rec["value"]) else math.nan
-        cells.setdefault(key, {})[int(rec["run_id"])] = (value, rec["status"])
+        cells.setdefault(key, {})[int(rec["run_id"])] = (value, rec["status"],
+                                                         rec.get("stderr"))
     keys = sorted(cells, key=lambda k: _row_key(*k))
     frame: dict[str, list[Any]] = {"Metric": [row_name(*k) for k in keys]}
     formats: dict[str, str] = {}
@@ -159,7 +163,7 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         column = heads[run]
         values, texts = [], []
         for key in keys:
-            value, status = cells[key].get(run, (math.nan, "missing"))
+            value, status, _ = cells[key].get(run, (math.nan, "missing", None))
             values.append(value if status != "collapsed" else math.nan)  # shown as a word only
             texts.append(_shown(value, status, _is_fraction(key[0], key[2]), key[0]))
         frame[column], frame[TEXT + column] = values, texts
@@ -169,17 +173,20 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         diff = f"Δ #{run} vs #{ref}"
         changes, notes = [], []
         for key in keys:
-            mine = cells[key].get(run, (math.nan, "missing"))
-            base = cells[key].get(ref, (math.nan, "missing"))
+            mine = cells[key].get(run, (math.nan, "missing", None))
+            base = cells[key].get(ref, (math.nan, "missing", None))
             change, text = difference(mine[0] if mine[1] == "ok" else math.nan,
-                                      base[0] if base[1] == "ok" else math.nan, *key[::2])
+                                      base[0] if base[1] == "ok" else math.nan, *key[::2],
+                                      se=noise.combined_se(mine[2], base[2]))
             changes.append(change)
             notes.append(text)
         frame[diff], frame[TEXT + diff] = changes, notes
         formats[diff] = "score"
     notes = [f"Differences are against the first run (#{ref}): relative change in % for "
              "perplexity, time and memory, change in points for scores stored as fractions "
-             "(accuracy, sparsity), the plain difference otherwise."]
+             "(accuracy, sparsity), the plain difference otherwise. A score difference with "
+             "standard errors on both sides gives its 95% interval; one whose interval holds 0 "
+             "is within noise (neither better nor worse)."]
     if len(present) < len(run_ids):
         notes.append("Runs without any stored metric are not shown: "
                      + ", ".join(f"#{r}" for r in run_ids if r not in heads) + ".")

@@ -24,6 +24,7 @@ from core.present.labels import (
     settings,
     sparsity_key,
     sparsity_label,
+    zs_evaluation_label,
 )
 from core.store import queries
 from core.store.db import SETTING_COLUMNS, Store, setting_value
@@ -50,17 +51,22 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     df["spec"] = pd.Series([info[key][0] for key in keys], index=df.index, dtype=object)
     origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
     source = df.get("source", pd.Series([None] * len(df), index=df.index))
-    df["group"] = per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
-                            else OWN_GROUP, origin, source)
-    df["origin_label"] = per_value(lambda o: ORIGIN_NAMES.get(o, str(o)), origin)
-    df["source_label"] = per_value(lambda s: s if isinstance(s, str) and s else "", source)
+    labels = {
+        "group": per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
+                           else OWN_GROUP, origin, source),
+        "origin_label": per_value(lambda o: ORIGIN_NAMES.get(o, str(o)), origin),
+        "source_label": per_value(lambda s: s if isinstance(s, str) and s else "", source)}
     if "method" in df:
-        df["method_label"] = per_value(method_label, df["method"])
-        df["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
-                                         df["method"])
+        labels["method_label"] = per_value(method_label, df["method"])
+        labels["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
+                                             df["method"])
         df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
-    df["settings"] = [info[key][1] for key in keys]
-    df["table"] = [info[key][2] for key in keys]
+    for position, name in enumerate(("settings", "table", "evaluation"), start=1):
+        labels[name] = [info[key][position] for key in keys]
+    # Object columns, not inferred 'str' ones: iterating and filtering Arrow-backed strings
+    # costs a page of 30,000 rows a large share of its time.
+    for name, values in labels.items():
+        df[name] = pd.Series(values, index=df.index, dtype=object)
     for key, column in SETTING_COLUMNS.items():  # frames not read from the store
         if column not in df:
             values = {k: setting_value(found[0].get(key)) for k, found in info.items()}
@@ -69,12 +75,21 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=100_000)
-def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str]:
-    """A spec's parsed dict, settings text and published table, once per spec text in this
-    process (every load of a page and every page reads the same runs): the dict is shared, so
-    read only."""
+def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str, str]:
+    """A spec's parsed dict, settings text, published table and zero-shot evaluation label,
+    once per spec text in this process (every load of a page and every page reads the same
+    runs): the dict is shared, so read only."""
     parsed = parse_spec(spec)
-    return parsed, settings(parsed), parsed.get("table") or ""
+    return parsed, settings(parsed), parsed.get("table") or "", zs_evaluation_label(parsed)
+
+
+def evaluation_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's zero-shot evaluation label (``zs_evaluation_label`` of its spec): the
+    prepared column, or worked out for a frame that was not prepared."""
+    if "evaluation" in rows:
+        return rows["evaluation"]
+    return pd.Series([zs_evaluation_label(s) for s in rows["spec"]], index=rows.index,
+                     dtype=object)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,11 +130,35 @@ def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
     return decorate
 
 
+def by_identity(function: Callable[[Any], T], maxsize: int = 50_000) -> Callable[[Any], T]:
+    """``function`` of one object remembered by the object's identity: for the spec dicts
+    the prepared rows share (read only), worked out once per run for every later page and
+    visit of this process.  The object is held with its value, so an id is never confused
+    with a later object's; safe across the server's session threads."""
+    kept: collections.OrderedDict[int, tuple[Any, T]] = collections.OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(function)
+    def cached(value: Any) -> T:
+        with lock:
+            hit = kept.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        result = function(value)
+        with lock:
+            kept[id(value)] = (value, result)
+            while len(kept) > maxsize:
+                kept.popitem(last=False)
+        return result
+    return cached
+
+
 def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:
     """``compute(*values)`` for each row of ``columns``, worked out once per distinct values."""
     done: dict[tuple, T] = {}
     out = []
-    for values in zip(*columns, strict=True):
+    lists = [c.tolist() if isinstance(c, pd.Series | pd.Index) else c for c in columns]
+    for values in zip(*lists, strict=True):
         if values not in done:
             done[values] = compute(*values)
         out.append(done[values])
@@ -147,7 +186,7 @@ def session_store(state: MutableMapping[str, Any]) -> Store:
 
 def load_metrics(store: Store, kind: str) -> pd.DataFrame:
     """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...)."""
-    return prepare(store.metrics(kind))
+    return prepare(queries.metric_rows(store, kind))
 
 
 def load_search_trials(store: Store) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ MISSING = "—"
 NO_VALUE = "no value"
 FAILED = "failed"
 BASELINE = "baseline"
-OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note")
+OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note", "95% interval (points)")
 ORIGIN_NAMES = {"published": "Published", "own": "Own run"}
 #: The origin filter's choices and the origins each keeps (None: no filter).
 ORIGIN_FILTERS: dict[str, list[str] | None] = {
@@ -83,24 +83,43 @@ class Table:
             return self.frame[hidden]
         return pd.Series([None] * len(self.frame), index=self.frame.index, dtype=object)
 
-    def display(self, full: bool = False) -> pd.DataFrame:
+    def display(self, full: bool = False, rows: slice | None = None) -> pd.DataFrame:
         """The table as strings, as shown on the page; ``full``: as exported, numbers with the
-        precision of their source (up to ``EXPORT_DECIMALS`` decimals, see ``format_value``).
+        precision of their source (up to ``EXPORT_DECIMALS`` decimals, see ``format_value``);
+        ``rows``: only these rows (a page of a long table), formatted as in the whole table.
 
-        Optional columns (Settings, Note) are left out when every cell is blank.
+        Optional columns (Settings, Note) are left out when every cell of the table is blank.
         """
+        part = self.frame if rows is None else self.frame.iloc[rows]
         out: dict[str, list[str]] = {}
         for column in self.columns:
-            kind = self.formats.get(column, "text")
-            if kind == "auto":
-                kind = f"fixed{column_decimals(self.frame[column])}"
-            values = self.frame[column].to_numpy(dtype=object)
-            texts = self.text(column).to_numpy(dtype=object)
+            kind = self._kind(column)
+            if column in OPTIONAL_COLUMNS and self._blank(column, kind):
+                continue
+            values = part[column].to_numpy(dtype=object)
+            texts = self.text(column).to_numpy(dtype=object)[_positions(rows, len(self.frame))]
             out[column] = [text if isinstance(text, str) else format_value(value, kind, full)
                            for value, text in zip(values, texts, strict=True)]
-        columns = [c for c in self.columns
-                   if c not in OPTIONAL_COLUMNS or any(v.strip() for v in out[c])]
-        return pd.DataFrame({c: out[c] for c in columns}, columns=columns, dtype=object)
+        return pd.DataFrame(out, columns=list(out), dtype=object)
+
+    def _kind(self, column: str) -> str:
+        """A column's format ('auto': the fewest decimals that show the whole column exactly)."""
+        kind = self.formats.get(column, "text")
+        if kind == "auto":
+            return f"fixed{column_decimals(pd.unique(self.frame[column].to_numpy(dtype=object)))}"
+        return kind
+
+    def _blank(self, column: str, kind: str) -> bool:
+        """Whether every cell of a column shows blank (checked once per distinct cell)."""
+        cells = zip(self.frame[column].to_numpy(dtype=object),
+                    self.text(column).to_numpy(dtype=object), strict=True)
+        distinct = {(v if isinstance(v, Hashable) else repr(v), t): (v, t) for v, t in cells}
+        return not any((t if isinstance(t, str) else format_value(v, kind)).strip()
+                       for v, t in distinct.values())
+
+
+def _positions(rows: slice | None, length: int) -> slice:
+    return slice(None) if rows is None else slice(*rows.indices(length))
 
 
 def column_decimals(values: Iterable[Any], most: int = 3) -> int:
@@ -271,6 +290,25 @@ def _blank(value: Any) -> bool:
     if isinstance(value, list | dict):
         return not value
     return _isna(value)
+
+
+def _setting(spec: Mapping[str, Any], key: str) -> Any:
+    """A spec value normalised for comparison (4.0 == 4, '' == missing)."""
+    value = spec.get(key)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None if value == "" else value
+
+
+def zs_evaluation_label(spec: Mapping[str, Any]) -> str:
+    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('' for published rows)."""
+    if not any(k in spec for k in ("num_fewshot", "zs_limit")):
+        return ""
+    limit = _setting(spec, "zs_limit")
+    text = f"{_setting(spec, 'num_fewshot') or 0}-shot, "
+    text += f"limit {limit}" if limit is not None else "all examples"
+    dtype = _setting(spec, "dtype")
+    return text + (f", {dtype}" if dtype else "")
 
 
 def spec_summary(spec: Mapping[str, Any]) -> str:

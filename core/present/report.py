@@ -52,6 +52,8 @@ class Block:
     lines: list[str] = field(default_factory=list)
     name: str = ""  # download name of a table (unique in the report)
     chart: str = ""  # what the page may draw here: 'perplexity:<dataset>', 'zero_shot', ...
+    #: A 'charts' block: (label, chart) pairs the page offers one at a time (``text`` asks).
+    choices: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,9 +108,7 @@ def _part(rows: pd.DataFrame | None, model: str, group: str) -> pd.DataFrame:
 def _evaluation_filter(zs: pd.DataFrame, evaluation: str | None) -> pd.DataFrame:
     if zs.empty or evaluation is None:
         return zs
-    keep = [g != tables.OWN_GROUP or tables.zs_evaluation_label(s) == evaluation
-            for g, s in zip(zs["group"], zs["spec"], strict=True)]
-    return zs[pd.Series(keep, index=zs.index, dtype=bool)]
+    return zs[(zs["group"] != tables.OWN_GROUP) | (tables.evaluation_labels(zs) == evaluation)]
 
 
 def default_evaluation(zs: pd.DataFrame, model: str, group: str) -> str | None:
@@ -211,7 +211,7 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
         label = methods[method][0]
         (ppl_values, collapsed), (dense_ppl, dense_collapsed) = _method_ppl(
             ppl, ppl_frame, method, level)
-        tasks, dense_tasks = _method_tasks(long, method)
+        (tasks, task_se), (dense_tasks, dense_se) = _method_tasks(long, method)
         run = None
         for frame in (ppl, zs):  # the latest run of the method at this level
             if run is None and not frame.empty:
@@ -219,10 +219,10 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
                 run = int(mine["run_id"].max()) if not mine.empty else None
         if _variants(ppl, zs, method, level) > 1 and run is not None:
             label += f" (run {run})"  # several settings at this sparsity: name the one used
-        results.append(findings.Result(label, ppl_values, tasks, run, collapsed))
+        results.append(findings.Result(label, ppl_values, tasks, run, collapsed, task_se))
         if dense_ppl or dense_tasks:
             dense[label] = findings.Result("Dense", dense_ppl, dense_tasks,
-                                           collapsed=dense_collapsed)
+                                           collapsed=dense_collapsed, task_se=dense_se)
     labels = [r.label for r in results]
     reference = next((r.label for r in results if r.label.startswith("Magnitude ")), labels[0])
     return results, dense, reference
@@ -279,15 +279,23 @@ def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str, level: str
     return (values, frozenset(collapsed)), (dense, frozenset(dense_collapsed))
 
 
-def _method_tasks(long: pd.DataFrame, method: str) -> tuple[dict[str, float], dict[str, float]]:
+#: Accuracies by task and their standard errors (findings.Result's ``tasks`` and ``task_se``).
+_Tasks = tuple[dict[str, float], dict[str, float]]
+
+
+def _method_tasks(long: pd.DataFrame, method: str) -> tuple[_Tasks, _Tasks]:
+    """The accuracies (and standard errors) of ``method``'s latest run at a level by task, and
+    those of its dense baseline."""
     if long.empty:
-        return {}, {}
-    columns = ["dataset", "status", "value", "baseline_run", "run_id", "group"]
+        return ({}, {}), ({}, {})
+    columns = [c for c in ("dataset", "status", "value", "stderr", "baseline_run", "run_id",
+                           "group") if c in long]
     pruned = long[(long["role"] == "pruned") & (long["method"] == method)][columns]
     records = pruned.to_dict("records")
-    tasks = {r["dataset"]: tables._value(r) for r in records}
+    tasks = ({r["dataset"]: tables._value(r) for r in records},
+             {r["dataset"]: _stderr(r) for r in records})
     dense_rows = long[long["role"] == "dense"][columns]
-    dense = {}
+    dense: _Tasks = ({}, {})
     for rec in records:
         base = rec["baseline_run"]
         if tables._isna(base):
@@ -295,13 +303,26 @@ def _method_tasks(long: pd.DataFrame, method: str) -> tuple[dict[str, float], di
         match = dense_rows[(dense_rows["run_id"] == base)
                            & (dense_rows["dataset"] == rec["dataset"])]
         if not match.empty:
-            dense[rec["dataset"]] = tables._value(match.iloc[-1].to_dict())
+            _put_task(dense, match.iloc[-1].to_dict())
     if not pruned.empty and pruned.iloc[0]["group"] == tables.OWN_GROUP:
         base = pruned.iloc[0]["baseline_run"]  # the dense run's tasks the pruned run lacks
         if not tables._isna(base):
             for rec in dense_rows[dense_rows["run_id"] == base].to_dict("records"):
-                dense.setdefault(rec["dataset"], tables._value(rec))
+                if rec["dataset"] not in dense[0]:
+                    _put_task(dense, rec)
     return tasks, dense
+
+
+def _stderr(rec: Mapping[str, Any]) -> float:
+    """A score's standard error (NaN when it has none or is no 'ok' number)."""
+    value = rec.get("stderr")
+    ok = rec.get("status") == "ok" and findings.finite(value)
+    return float(value) if ok else math.nan
+
+
+def _put_task(into: _Tasks, rec: Mapping[str, Any]) -> None:
+    into[0][rec["dataset"]] = tables._value(rec)
+    into[1][rec["dataset"]] = _stderr(rec)
 
 
 def level_findings(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
@@ -460,7 +481,9 @@ def _add_per_task(out: _Writer, zs: pd.DataFrame, model: str, levels: list[str],
         out.add(Block("heading", 2, "Per-Task Zero-Shot Breakdown"))
         for level, table in task_tables:
             out.add(Block("heading", 3, f"{level} Sparsity"))
-            out.table(table, f"report-per-task-{slug(level)}", f"per_task:{level}")
+            out.table(table, f"report-per-task-{slug(level)}")
+        out.add(Block("charts", text="Per-task chart of the sparsity", name="report-per-task",
+                      choices=[(level, f"per_task:{level}") for level, _ in task_tables]))
 
 
 def _add_layer_statistics(out: _Writer, stats: pd.DataFrame) -> None:
@@ -468,15 +491,18 @@ def _add_layer_statistics(out: _Writer, stats: pd.DataFrame) -> None:
     runs = layer_report_runs(stats)
     if not runs.empty:
         out.add(Block("heading", 2, "Layer Statistics"))
+        charts = []
         for run in runs.to_dict("records"):
             run_id = int(run["run_id"])
             label = tables.row_label(run["method"], run["sparsity"], run["pattern"])
             out.add(Block("heading", 3, f"{label} (run {run_id})"))
-            out.table(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}",
-                      f"layers:{run_id}")
+            out.table(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}")
             found = layer_findings_for(stats, run_id)
             if found:
                 out.add(Block("bullets", lines=[f.text for f in found]))
+            charts.append((f"{label} (run {run_id})", f"layers:{run_id}"))
+        out.add(Block("charts", text="Sparsity by block of the run", name="report-layers",
+                      choices=charts))
 
 
 def slug(text: str) -> str:
@@ -498,15 +524,17 @@ def drop_heatmap_table(zs: pd.DataFrame, model: str, group: str, metric: str = "
 
 
 # -- figures the page draws beside the report's tables -------------------------------------------
-def block_figures(block: Block, ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame,
+def chart_figures(chart: str, ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame,
                   model: str, group: str, metric: str = "acc",
                   evaluation: str | None = None) -> list[Any]:
-    """Plotly figures for a report table (``Block.chart``): perplexity vs sparsity with the
-    published figures of the same model overlaid; retention bars and the per-task heatmap; the
-    per-task bars of one sparsity; a run's per-block sparsity with its OWL targets."""
+    """Plotly figures of a report chart (a table's ``Block.chart`` or one of a 'charts'
+    block's choices): perplexity vs sparsity with the published figures of the same model
+    overlaid; retention bars and the per-task heatmap; the per-task bars of one sparsity; a
+    run's per-block sparsity with its OWL targets.  A report of many runs offers the last two
+    one at a time: forty figures would cost a visit seconds."""
     from core.present import charts
 
-    kind, _, arg = block.chart.partition(":")
+    kind, _, arg = chart.partition(":")
     if kind == "perplexity":
         rows = ppl[(ppl["model"] == model) & (ppl["dataset"] == arg)
                    & (ppl["metric"] == "ppl")] if not ppl.empty else ppl

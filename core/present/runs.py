@@ -17,16 +17,16 @@ import pandas as pd
 from core import config
 from core.engine.prune.methods import REGISTRY
 from core.present import tables
-from core.store import queries
+from core.store import meta, queries
 from core.store.db import Store
 
 #: Statuses in the order the summary line lists them.
 STATUS_ORDER = ("running", "cancelling", "queued", "done", "failed", "cancelled")
 ACTIVE = ("running", "cancelling")
 FINISHED = ("done", "failed", "cancelled")
-#: The run list's columns, as shown.
-COLUMNS = ["Run", "Status", "Model", "Method", "Progress", "Stage", "Queued", "Started",
-           "Duration", "Error"]
+#: The run list's columns, as shown (Archived only while archived runs are listed).
+COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Queued",
+           "Started", "Duration", "Error", "Archived"]
 ERROR_CHARS = 140
 
 
@@ -168,10 +168,12 @@ def runs_table(store: Store, now: datetime | None = None,
                 for i, s in zip(frame["id"], status, strict=True)]
     return pd.DataFrame({
         "Run": frame["id"].astype(int),
+        "Name": [meta.text_or_none(n) or "" for n in frame["name"]],
         "Status": status,
         "Model": [short_source(m) for m in frame["model"]],
         "Method": [method_text(m, p, s) for m, p, s in
                    zip(frame["method"], frame["pattern"], frame["sparsity"], strict=True)],
+        "Tags": [", ".join(meta.tag_tuple(t)) for t in frame["tags"]],
         "Progress": [p.fraction * 100 if p else None for p in progress],
         "Stage": [p.text if p else ("starting" if s in ACTIVE else "")
                   for p, s in zip(progress, status, strict=True)],
@@ -181,6 +183,7 @@ def runs_table(store: Store, now: datetime | None = None,
                      zip(frame["started_at"], frame["finished_at"], strict=True)],
         "Error": [first_line(e) if s in ("failed", "cancelled") else ""
                   for e, s in zip(frame["error"], status, strict=True)],
+        "Archived": [when(t, now) for t in frame["archived_at"]],
     }, columns=COLUMNS)
 
 
@@ -205,16 +208,66 @@ def page_of(runs: pd.DataFrame, statuses: list[str] | None, page: int,
     return chosen.iloc[(page - 1) * per_page: page * per_page], pages
 
 
+def shown_runs(runs: pd.DataFrame, *, archived: bool = False) -> pd.DataFrame:
+    """The runs the list shows: without the archived ones unless ``archived``."""
+    return runs if archived else runs[runs["archived_at"].isna()]
+
+
+def tag_choices(runs: pd.DataFrame) -> list[str]:
+    """Every tag of ``runs`` once (ignoring case), sorted, for the tag filter."""
+    return sorted(meta.unique_tags(t for tags in runs["tags"] for t in meta.tag_tuple(tags)),
+                  key=str.casefold)
+
+
+def matching(runs: pd.DataFrame, text: str = "", tags: list[str] | None = None
+             ) -> pd.DataFrame:
+    """The runs (rows of ``with_status``) that have every one of ``tags`` and hold ``text``
+    (ignoring case) in their name, notes, tags, method or model, as stored or as shown."""
+    wanted = {t.casefold() for t in tags or []}
+    needle = text.strip().casefold()
+    if runs.empty or not (wanted or needle):
+        return runs
+    keep = []
+    for row in runs[["name", "notes", "tags", "method", "pattern", "sparsity",
+                     "model"]].itertuples(index=False):
+        row_tags = meta.tag_tuple(row.tags)
+        if not wanted <= {t.casefold() for t in row_tags}:
+            keep.append(False)
+            continue
+        words = [meta.text_or_none(row.name) or "", meta.text_or_none(row.notes) or "",
+                 *row_tags, str(row.method), method_text(row.method, row.pattern, row.sparsity),
+                 str(row.model), short_source(row.model)]
+        keep.append(not needle or any(needle in w.casefold() for w in words))
+    return runs[keep]
+
+
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:
-    """Run id -> 'Run 12 · Wanda 50% · tiny-model' for the run picker (no status, so a label
-    never changes while a run progresses); one pass over the rows."""
-    return {int(r): _label(r, m, model) for r, m, model in
-            zip(runs["Run"], runs["Method"], runs["Model"], strict=True)}
+    """Run id -> 'Run 12 · my name · Wanda 50% · tiny-model' for the run picker (plain text;
+    no status, so a label never changes while a run progresses); one pass over the rows."""
+    return {int(r): _label(r, m, model, name=name or None) for r, m, model, name in
+            zip(runs["Run"], runs["Method"], runs["Model"], runs["Name"], strict=True)}
 
 
-def _label(run_id: int, method: str, model: str, status: str | None = None) -> str:
-    """'Run 12 · running · Wanda 50% · tiny-model' (without a status when None)."""
-    return " · ".join([f"Run {int(run_id)}", *([status] if status else []), method, model])
+def run_from_url(value: str | None, run_ids: set[int]) -> tuple[int | None, str | None]:
+    """The run a link's ``?run=`` asks for, among ``run_ids`` (the own runs); or why none is
+    shown (None, None: the link names no run)."""
+    if value is None or not str(value).strip():
+        return None, None
+    text = str(value).strip()
+    if not text.isdigit():
+        return None, f"The link asks for run {text!r}: a run is named by its number (run=12)."
+    if int(text) not in run_ids:
+        return None, (f"The link asks for run {int(text)}, which is not one of your runs here "
+                      "(published figures have no run details; the link may be of another "
+                      "results file).")
+    return int(text), None
+
+
+def _label(run_id: int, method: str, model: str, status: str | None = None,
+           name: str | None = None) -> str:
+    """'Run 12 · running · Wanda 50% · tiny-model' (without a status or name when None)."""
+    return " · ".join([f"Run {int(run_id)}", *([status] if status else []),
+                       *([name] if name else []), method, model])
 
 
 def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
@@ -246,7 +299,9 @@ def run_detail(store: Store, run_id: int, now: datetime | None = None) -> dict[s
     row["cancel_requested"] = bool(live.get("cancel_requested"))
     row["progress"] = parse_progress(live.get("progress"))
     row["error"] = None if _missing(row["error"]) else str(row["error"])
+    row["meta"] = meta.from_row(row.pop("name"), row.pop("notes"), row.pop("tags"))
     now = now or datetime.now()
+    row["archived"] = when(row["archived_at"], now)
     row["times"] = {
         "Queued": when(row["created_at"], now),
         "Started": when(row["started_at"], now),
@@ -458,7 +513,8 @@ def text_file_problems(label: str, paths: list[str]) -> list[str]:
 #: The Launch form's fields from top to bottom: problems are listed in this order.
 FORM_ORDER = ("Model", "Dtype", "Device", "Method", "Sparsity", "Block range",
               "Method parameters", "Calibration", "Evaluation", "Perplexity seqlen",
-              "Max windows", "Batch size", "Zero-shot", "Few-shot", "Sweep")
+              "Max windows", "Batch size", "Zero-shot", "Few-shot", "Sweep", "Run name",
+              "Notes", "Tags")
 
 
 def merge_problems(form: list[str], spec: list[str]) -> list[str]:
@@ -492,7 +548,30 @@ def submission_message(store: Store, submission: Any) -> str:
     if baseline is not None and not submission.reused:
         text += (f" Its dense baseline (for the change from dense) is run {baseline.id}, "
                  f"{baseline.status}.")
+    return text + meta_message(submission)
+
+
+def meta_message(submission: Any) -> str:
+    """What became of the name, notes and tags given with a submission that reused a run
+    (' Run 5 got the notes given here. Run 5 keeps its own name; ...'); '' for a new run."""
+    if not submission.reused:
+        return ""
+    text = ""
+    if submission.meta_set:
+        text += f" Run {submission.run_id} got the {_fields(submission.meta_set)} given here."
+    if submission.meta_kept:
+        kept = submission.meta_kept
+        text += (f" Run {submission.run_id} keeps its own {_fields(kept)}"
+                 + (f" (with the tags given here it would have more than {meta.MAX_TAGS})"
+                    if "tags" in kept else "")
+                 + "; change them on the Runs page.")
     return text
+
+
+def _fields(fields: tuple[str, ...]) -> str:
+    """('name', 'tags') -> 'name and tags'."""
+    names = [meta.FIELDS[f].lower().removeprefix("run ") for f in fields]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def sweep_message(submission: Any) -> str:

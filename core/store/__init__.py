@@ -1,3 +1,4 @@
-"""The results database (DuckDB): open and migrate (``db``), record results, published figures.
+"""The results database (DuckDB): open and migrate (``db``), record results, published figures,
+runs' names, notes and tags (``meta``).
 
 May import ``core.runs``, ``core.engine`` and ``core.config``."""

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pandas as pd
 from core import config
 from core.store.control import Control
 from core.store.errors import StoreError
+from core.store.meta import RunMeta, from_row, merged
 
 #: Spec keys that decide which runs are compared (evaluation windows, few-shot count, dtype,
 #: the published table, calibration length) and the ``runs`` column each is written to.
@@ -139,6 +141,12 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
     # 8: the specs of runs stored before the reference selection rules and data protocol say
     # what those runs did: selection 'exact', data protocol 1.
     [lambda con: mark_earlier_rules(con)],
+    # 9: what people call a run (``core.store.meta``: name, notes, tags; not part of its spec
+    # or identity) and when it was archived (hidden from the Runs list; NULL: not archived).
+    ["ALTER TABLE runs ADD COLUMN name VARCHAR",
+     "ALTER TABLE runs ADD COLUMN notes VARCHAR",
+     "ALTER TABLE runs ADD COLUMN tags VARCHAR[]",
+     "ALTER TABLE runs ADD COLUMN archived_at TIMESTAMP"],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -435,11 +443,14 @@ class Store:
         source: str | None = None,
         status: str = "queued",
         identity: Mapping[str, Any] | None = None,
+        meta: RunMeta | None = None,
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
         """Insert a run and return its id (inside ``con``'s transaction when given).
 
-        ``identity`` (default: the spec) is hashed to find identical runs later.
+        ``identity`` (default: the spec) is hashed to find identical runs later; ``meta``
+        (checked by ``core.store.meta.check``) is the run's name, notes and tags, never part
+        of the hash.
         """
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}; allowed: {RUN_STATUSES}")
@@ -449,9 +460,10 @@ class Store:
         active = digest if origin == "own" and status in ACTIVE_STATUSES else None
         args = [origin, source, kind, model, method, sparsity, pattern,
                 json.dumps(spec, sort_keys=True, default=str), digest, status, active,
-                *setting_values(spec)]
+                *setting_values(spec), *(meta or RunMeta()).row()]
         columns = ("origin, source, kind, model, method, sparsity, pattern, spec, spec_hash, "
-                   f"status, active_hash, {', '.join(SETTING_COLUMNS.values())}")
+                   f"status, active_hash, {', '.join(SETTING_COLUMNS.values())}, "
+                   "name, notes, tags")
         sql = (f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in args)}) "
                "RETURNING id")
         if con is not None:
@@ -470,6 +482,58 @@ class Store:
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as con:
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, run_id])
+
+    # -- what people call a run, and archiving (never results: ``results_version`` stays) --
+    def set_meta(self, run_id: int, meta: RunMeta) -> None:
+        """Set an own run's name, notes and tags to ``meta`` (checked by
+        ``core.store.meta.check``; None / () clears a field).  A published run is refused."""
+        with self.transaction() as con:
+            own_runs(con, [run_id], "have its name, notes and tags changed")
+            con.execute("UPDATE runs SET name = ?, notes = ?, tags = ? WHERE id = ?",
+                        [*meta.row(), int(run_id)])
+
+    def add_meta(self, run_id: int, meta: RunMeta, con: duckdb.DuckDBPyConnection
+                 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Give an own run ``meta`` without overwriting (``core.store.meta.merged``: a name
+        or notes only where it has none, tags added), in ``con``'s transaction.  Returns the
+        fields changed and the given fields left as the run had them."""
+        row = con.execute("SELECT name, notes, tags FROM runs WHERE id = ? AND origin = 'own'",
+                          [int(run_id)]).fetchone()
+        if row is None or not meta.given():
+            return (), ()
+        result, changed, kept = merged(from_row(*row), meta)
+        if changed:
+            con.execute("UPDATE runs SET name = ?, notes = ?, tags = ? WHERE id = ?",
+                        [*result.row(), int(run_id)])
+        return changed, kept
+
+    def archive(self, run_ids: Iterable[int]) -> list[int]:
+        """Archive own finished runs (hidden from the Runs list, kept whole); returns those
+        newly archived.  All or nothing: a published run, an active (queued or running) one
+        or an unknown id refuses the lot with a ``ValueError`` saying why."""
+        ids = [int(i) for i in run_ids]
+        with self.transaction() as con:
+            rows = own_runs(con, ids, "be archived")
+            active = [i for i, status in rows if status in ACTIVE_STATUSES]
+            if active:
+                one = len(active) == 1
+                raise ValueError(f"{_runs_text(active)} {'is' if one else 'are'} still queued or "
+                                 "running and cannot be archived: cancel "
+                                 f"{'it' if one else 'them'} first, then archive "
+                                 f"{'it' if one else 'them'}.")
+            return [int(r[0]) for r in con.execute(
+                "UPDATE runs SET archived_at = ? WHERE list_contains(?, id) AND archived_at IS "
+                "NULL RETURNING id", [datetime.now(), ids]).fetchall()]
+
+    def restore(self, run_ids: Iterable[int]) -> list[int]:
+        """Bring archived own runs back to the Runs list; returns those restored (a run that
+        is not archived is left as it is).  Unknown or published ids refuse the lot."""
+        ids = [int(i) for i in run_ids]
+        with self.transaction() as con:
+            own_runs(con, ids, "be restored")
+            return [int(r[0]) for r in con.execute(
+                "UPDATE runs SET archived_at = NULL WHERE list_contains(?, id) AND archived_at "
+                "IS NOT NULL RETURNING id", [ids]).fetchall()]
 
     def move(self, run_id: int, status: str, con: duckdb.DuckDBPyConnection | None = None,
              **fields: Any) -> bool:
@@ -536,27 +600,31 @@ class Store:
     def runs(self) -> pd.DataFrame:
         return self.frame("SELECT * FROM runs ORDER BY id")
 
-    def metrics(self, kind: str | None = None, run_ids: Iterable[int] | None = None
-                ) -> pd.DataFrame:
-        """Metric rows joined with their run's model, method, sparsity, origin and source (of
-        one ``kind`` and of ``run_ids`` only, when given)."""
-        sql = """SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                        r.sparsity, r.pattern, r.spec, r.status AS run_status, {settings},
-                        m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples,
-                        m.status, m.raw, m.note
-                 FROM metrics m JOIN runs r ON r.id = m.run_id""".format(
-            settings=", ".join(f"r.{c}" for c in SETTING_COLUMNS.values()))
-        params: list[Any] = []
-        where = []
-        if kind is not None:
-            where.append("m.kind = ?")
-            params.append(kind)
-        if run_ids is not None:
-            where.append("list_contains(?, m.run_id)")
-            params.append([int(i) for i in run_ids])
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return self.frame(sql + " ORDER BY r.id", params)
+
+def own_runs(con: duckdb.DuckDBPyConnection, run_ids: list[int], action: str
+             ) -> list[tuple[int, str]]:
+    """(id, status) of each of ``run_ids``; a ``ValueError`` when one is unknown or published
+    (published figures are never edited, archived or deleted), worded with ``action``."""
+    found = {int(i): (str(o), str(s)) for i, o, s in con.execute(
+        "SELECT id, origin, status FROM runs WHERE list_contains(?, id)",
+        [[int(i) for i in run_ids]]).fetchall()}
+    missing = [i for i in run_ids if i not in found]
+    if missing:
+        raise ValueError(f"There is no {_runs_text(missing).lower()}." if len(missing) == 1
+                         else f"There are no {_runs_text(missing).lower()}.")
+    published = [i for i in run_ids if found[i][0] != "own"]
+    if published:
+        what = ("is a published figure: it" if len(published) == 1
+                else "are published figures: they")
+        raise ValueError(f"{_runs_text(published)} {what} cannot {action} (only your own runs "
+                         "can; published figures are never edited, archived or deleted).")
+    return [(i, found[i][1]) for i in run_ids]
+
+
+def _runs_text(ids: list[int]) -> str:
+    """'Run 3' or 'Runs 3, 5 and 8'."""
+    text = [str(i) for i in ids]
+    return f"Run {text[0]}" if len(text) == 1 else f"Runs {', '.join(text[:-1])} and {text[-1]}"
 
 
 def _insert_batches(con: duckdb.DuckDBPyConnection,

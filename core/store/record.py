@@ -16,6 +16,7 @@ from typing import Any
 from core.runs.registry import spec_from_dict
 from core.runs.results import ChildRun, RunResult
 from core.store.db import Store, StoreError
+from core.store.meta import RunMeta
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,14 @@ class RunNotActive(RuntimeError):
     """The run left 'running' (cancelled, failed by recovery) before its results arrived."""
 
 
-def create_run(store: Store, spec: Any, status: str = "queued", con: Any = None) -> int:
+def create_run(store: Store, spec: Any, status: str = "queued", con: Any = None,
+               meta: RunMeta | None = None) -> int:
     """Insert a run row for ``spec`` (activation kinds: no weight sparsity, pattern
-    'activation'; their measured kept fraction is a metric)."""
+    'activation'; their measured kept fraction is a metric), named by ``meta``."""
     sparsity, pattern = spec.sparsity_columns()
     return store.create_run(kind=spec.kind, model=spec.model, method=spec.method,
                             sparsity=sparsity, pattern=pattern, spec=spec.to_dict(),
-                            identity=spec.identity(), status=status, con=con)
+                            identity=spec.identity(), status=status, meta=meta, con=con)
 
 
 def store_result(store: Store, run_id: int, result: RunResult) -> None:

@@ -24,9 +24,11 @@ from core.analysis.retention import (
     retention,
 )
 from core.present.frames import (
+    by_identity,
     choices,
     dedupe_published,
     default_choice,
+    evaluation_labels,
     filter_rows,
     latest_runs,
     load_layer_runs,
@@ -174,6 +176,8 @@ __all__ = [
     "_isna",
     "_method_rank",
     "prepare",
+    "by_identity",
+    "evaluation_labels",
     "per_value",
     "session_store",
     "load_metrics",

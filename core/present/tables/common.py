@@ -17,6 +17,7 @@ from core.present.labels import (
     MISSING,
     TEXT,
     _isna,
+    _setting,
     _short,
 )
 
@@ -47,14 +48,6 @@ def _value(row: Mapping[str, Any]) -> float:
 
 def _join(*parts: Any) -> str:
     return "; ".join(str(p) for p in parts if isinstance(p, str) and p)
-
-
-def _setting(spec: Mapping[str, Any], key: str) -> Any:
-    """A spec value normalised for comparison (4.0 == 4, '' == missing)."""
-    value = spec.get(key)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None if value == "" else value
 
 
 def settings_text(spec: Mapping[str, Any], keys: Sequence[str]) -> str:

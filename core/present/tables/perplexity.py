@@ -12,6 +12,7 @@ import pandas as pd
 from core.analysis import baselines
 from core.present.frames import (
     _sort_rows,
+    by_identity,
     dedupe_published,
     latest_runs,
     per_value,
@@ -38,7 +39,6 @@ from core.present.tables.common import (
     _cell_text,
     _join,
     _NoBaseline,
-    _value,
     _values,
     grid_frame,
 )
@@ -141,7 +141,8 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
     """Method label, plus the settings that differ between runs of that method (ablations)."""
     labels = []
     varying: dict[str, list[str]] = {}
-    found = {id(spec): settings_of(spec) for spec in df["spec"]}  # rows of a run share a spec
+    found = {id(spec): spec for spec in df["spec"]}  # rows of a run share a spec
+    found = {key: _shared_settings(spec) for key, spec in found.items()}
     for method, part in df.groupby("method"):
         runs = [found[id(spec)] for spec in part["spec"]]
         keys = sorted({k for f in runs for k in f})
@@ -151,6 +152,10 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
         extra = ", ".join(f"{k}={values.get(k, '—')}" for k in varying[method])
         labels.append(method_label(method) + (f" ({extra})" if extra else ""))
     return labels
+
+
+#: ``settings_of`` once per prepared spec dict (read only) in this process.
+_shared_settings = by_identity(settings_of)
 
 
 def _grid_columns(df: pd.DataFrame) -> list[str]:
@@ -176,10 +181,9 @@ def timing_table(rows: pd.DataFrame, metric: str = "prune_seconds") -> Table:
     df = _sort_rows(dedupe_published(df), ["model"])
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(),
-        "Method": [row_label(m, s, p) for m, s, p in
-                   zip(df["method"], df["sparsity"], df["pattern"], strict=True)],
-        "Time (s)": [_value(r) for r in df.to_dict("records")],
-        TEXT + "Time (s)": [_cell_text(st) for st in df["status"]],
+        "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
+        "Time (s)": _values(df),
+        TEXT + "Time (s)": per_value(_cell_text, df["status"]),
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
         "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
         "Note": [_join(n) for n in df["note"]],

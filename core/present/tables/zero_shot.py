@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.analysis import baselines
+from core.analysis import baselines, noise
 from core.analysis.retention import (
     average,
     relative_change,
@@ -19,6 +19,7 @@ from core.analysis.retention import (
 from core.present.frames import (
     _sort_rows,
     dedupe_published,
+    evaluation_labels,
     frame_cache,
     latest_runs,
 )
@@ -37,12 +38,12 @@ from core.present.labels import (
     row_label,
     spec_summary,
     task_key,
+    zs_evaluation_label,
 )
 from core.present.tables.common import (
     ZS_SETTING_KEYS,
     _join,
     _NoBaseline,
-    _setting,
     _value,
     _values,
 )
@@ -99,17 +100,6 @@ def zs_cell_text(status: Any, note: Any) -> str | None:
     return None
 
 
-def zs_evaluation_label(spec: Mapping[str, Any]) -> str:
-    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('' for published rows)."""
-    if not any(k in spec for k in ("num_fewshot", "zs_limit")):
-        return ""
-    limit = _setting(spec, "zs_limit")
-    text = f"{_setting(spec, 'num_fewshot') or 0}-shot, "
-    text += f"limit {limit}" if limit is not None else "all examples"
-    dtype = _setting(spec, "dtype")
-    return text + (f", {dtype}" if dtype else "")
-
-
 def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
     """The distinct zero-shot settings of own runs (of ``model``), most used first."""
     df = rows[(rows["group"] == OWN_GROUP) & (rows["kind"] == "zero_shot")] if not rows.empty \
@@ -118,7 +108,7 @@ def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
         df = df[df["model"] == model]
     if df.empty:
         return []
-    labels = pd.Series([zs_evaluation_label(s) for s in df.drop_duplicates("run_id")["spec"]])
+    labels = evaluation_labels(df.drop_duplicates("run_id")).reset_index(drop=True)
     labels = labels[labels != ""]
     return list(labels.value_counts(sort=True).index)
 
@@ -246,7 +236,7 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
         df = df[df["group"].isin(list(groups))]
     if evaluation is not None:
         df = df[(df["group"] != OWN_GROUP)
-                | pd.Series([zs_evaluation_label(s) == evaluation for s in df["spec"]],
+                | pd.Series(evaluation_labels(df).to_numpy() == evaluation,
                             index=df.index, dtype=bool)]
     pruned = df[~df["dense"].astype(bool) & (df["sparsity_label"] == sparsity)]
     if pruned.empty:
@@ -348,8 +338,13 @@ def _row_note(rec: Mapping[str, Any]) -> str:
     return ""
 
 
-DROP_COLUMNS = ["Task", "Method", "Score", "Dense", "Drop (points)", "Relative drop", "Source",
-                "Run", "Baseline run", "Note"]
+INTERVAL = "95% interval (points)"
+DROP_COLUMNS = ["Task", "Method", "Score", "Dense", "Drop (points)", INTERVAL, "Relative drop",
+                "Source", "Run", "Baseline run", "Note"]
+DROP_NOISE_NOTE = (f"{INTERVAL}: drop ± 1.96 standard errors, from lm-eval's standard errors of "
+                   "both scores taken as independent (cautious: both are scored on the same "
+                   "examples); a drop whose interval holds 0 is within noise. Published figures "
+                   "give no standard errors.")
 AVERAGE_ROW = "Average"
 
 
@@ -381,7 +376,7 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
             base = dense_cells.get((bases.get(task), task))
             out.append(_drop_record(task, column, first, rec, base))
             if rec is not None and base is not None:
-                pairs.append((_value(rec), _value(base)))
+                pairs.append((_value(rec), _value(base), _pair_se(rec, base)))
         out.append(_drop_average(column, first, pairs, len(tasks)))
     frame = pd.DataFrame(out)
     order = {t: i for i, t in enumerate(sorted(set(frame["Task"]) - {AVERAGE_ROW},
@@ -393,7 +388,7 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
              "percentage points; relative drop = (pruned − dense) / dense × 100; negative = "
              "worse than dense.",
              "Average rows: over the tasks both the run and its dense baseline scored; their "
-             "relative drop equals retention − 100%.", NOT_COUNTED]
+             "relative drop equals retention − 100%.", DROP_NOISE_NOTE, NOT_COUNTED]
     if (pruned["group"] == OWN_GROUP).any():
         notes.append(OWN_ZS_BASELINE)
     return Table(frame, formats, notes)
@@ -425,10 +420,12 @@ def _drop_record(task: str, column: str, first: Mapping[str, Any], rec: Mapping[
         else:
             notes.append(f"dense run {int(first['baseline_run'])} did not evaluate {task}")
     drop, rel = _drops(score, dense)
+    se = _pair_se(rec, base) if rec is not None and base is not None else math.nan
     return {
         "Task": task, "Method": column_method(first, column), "Score": score,
         TEXT + "Score": score_text, "Dense": dense, TEXT + "Dense": dense_text,
         "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        INTERVAL: interval_cell(drop, se), "_noise": noise.within_noise(drop, se),
         "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
         "Source": first["source_label"],
         "Run": rec["run_id"] if rec is not None else first["run_id"],
@@ -452,12 +449,29 @@ def _drops(score: float, dense: float) -> tuple[float, float]:
     return drop, relative_change(score, dense) if dense else math.nan
 
 
-def _drop_average(column: str, first: Mapping[str, Any], pairs: list[tuple[float, float]],
-                  n_tasks: int) -> dict[str, Any]:
-    used = [(s, d) for s, d in pairs if not math.isnan(s) and not math.isnan(d)]
-    score = average(s for s, _ in used)
-    dense = average(d for _, d in used)
+def _pair_se(rec: Mapping[str, Any], base: Mapping[str, Any]) -> float:
+    """The standard error (points) of a score's drop from its dense score; NaN when either
+    score is no 'ok' number or has no standard error."""
+    if rec.get("status") != "ok" or base.get("status") != "ok":
+        return math.nan
+    return noise.combined_se(rec.get("stderr"), base.get("stderr")) * 100.0
+
+
+def interval_cell(drop: float, se: float) -> str:
+    """'-3.10 to +0.92', with '(within noise)' when it holds 0; '' without an interval."""
+    text = noise.interval_text(drop, se)
+    if text and noise.within_noise(drop, se):
+        text += f" ({noise.WITHIN_NOISE})"
+    return text
+
+
+def _drop_average(column: str, first: Mapping[str, Any],
+                  pairs: list[tuple[float, float, float]], n_tasks: int) -> dict[str, Any]:
+    used = [(s, d, e) for s, d, e in pairs if not math.isnan(s) and not math.isnan(d)]
+    score = average(s for s, _, _ in used)
+    dense = average(d for _, d, _ in used)
     drop, rel = _drops(score, dense)
+    se = noise.mean_se(e for _, _, e in used)
     note = (f"over the {len(used)} of {n_tasks} tasks scored by both" if used
             else "no task scored by both the run and dense")
     if first["group"] == OWN_GROUP and _isna(first["baseline_run"]):
@@ -467,6 +481,7 @@ def _drop_average(column: str, first: Mapping[str, Any], pairs: list[tuple[float
         TEXT + "Score": None if used else NO_VALUE, "Dense": dense,
         TEXT + "Dense": None if used else NO_VALUE,
         "Drop (points)": drop, TEXT + "Drop (points)": None if not math.isnan(drop) else "",
+        INTERVAL: interval_cell(drop, se), "_noise": noise.within_noise(drop, se),
         "Relative drop": rel, TEXT + "Relative drop": None if not math.isnan(rel) else "",
         "Source": first["source_label"], "Run": first["run_id"],
         "Baseline run": first["baseline_run"] if first["group"] == OWN_GROUP else math.nan,
