@@ -171,7 +171,8 @@ class LiveOutput:
             self.seen = line_id
         value = control.live([self.run_id]).get(self.run_id, {}).get("progress")
         if value:
-            if self.bar is None or self.bar.desc != value["stage"]:
+            if (self.bar is None or self.bar.desc != value["stage"]
+                    or self.bar.total != value["total"]):  # a stage's total may come later
                 if self.bar is not None:
                     self.bar.close()
                 self.bar = tqdm(total=value["total"], desc=value["stage"], unit="step")

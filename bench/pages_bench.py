@@ -6,7 +6,8 @@ Builds a results file per size through the store's own API (``create_run`` + ``a
 published figures imported as at start-up): several models, the five weight methods at
 unstructured and N:M sparsities, three perplexity datasets at two window settings, two zero-shot
 task sets, a layer-statistics row per linear layer, block and model summary (about 245 per run),
-timings; some pruned runs share a dense baseline, some have none.  Then each page is rendered
+timings, each perplexity's 40 window NLLs; some pruned runs share a dense baseline, some have
+none.  Then each page is rendered
 with ``streamlit.testing.v1.AppTest`` in a fresh process (so that peak memory is the page's):
 printed are wall and CPU seconds of the first render (which also pays this server process's
 one-time imports of the page's modules, torch for some, and its parsing of every stored spec),
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import subprocess
 import sys
@@ -42,6 +44,7 @@ TASK_SETS = (("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_chall
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 BLOCKS = 30
+WINDOWS = 40  # perplexity windows per dataset
 
 # The page measurement, run in a fresh process: one AppTest render, then a second one.
 MEASURE = """
@@ -77,26 +80,29 @@ def make_spec(model: str, method: str, sparsity: str, windows: int | None, tasks
                      zero_shot_tasks=list(tasks), seed=seed)
 
 
-def result_rows(rng: random.Random, dense: bool, tasks: tuple) -> tuple[list, list]:
-    """Metric and layer-statistics rows of one run."""
+def result_rows(rng: random.Random, dense: bool, tasks: tuple) -> tuple[list, list, list]:
+    """Metric, layer-statistics and per-window NLL rows (40 windows per dataset) of one run."""
     base = rng.uniform(8, 30)
     metrics = [{"kind": "perplexity", "dataset": d, "metric": "ppl",
                 "value": base * (1 if dense else rng.uniform(1.05, 3)), "n_samples": 40}
                for d in DATASETS]
+    windows = [{"dataset": m["dataset"],
+                "nlls": [math.log(m["value"]) + rng.gauss(0, 0.3) for _ in range(WINDOWS)]}
+               for m in metrics]
     metrics += [{"kind": "zero_shot", "dataset": t, "metric": "acc", "value": rng.uniform(.3, .8),
                  "stderr": 0.01, "n_samples": 500} for t in tasks]
     metrics += [{"kind": "timing", "dataset": "-", "metric": "prune_seconds",
                  "value": rng.uniform(5, 500)},
                 {"kind": "sparsity", "dataset": "-", "metric": "measured", "value": 0.5}]
     if dense:
-        return metrics, []
+        return metrics, [], windows
     layers = [{"block": b, "layer": name, "stat": "sparsity", "value": rng.uniform(.45, .55)}
               for b in range(BLOCKS) for name in LINEARS]
     layers += [{"block": b, "layer": "block", "stat": "sparsity", "value": rng.uniform(.45, .55)}
                for b in range(BLOCKS)]
     layers += [{"block": None, "layer": "model", "stat": s, "value": 0.5}
                for s in ("mean", "std", "overall")]
-    return metrics, layers
+    return metrics, layers, windows
 
 
 def build(path: Path, runs: int) -> None:
@@ -112,7 +118,7 @@ def build(path: Path, runs: int) -> None:
     made = 0
     while made < runs:
         model, windows, tasks = next(settings)
-        batch_metrics, batch_layers = [], []
+        batch_metrics, batch_layers, batch_windows = [], [], []
         seed = made
         cells = [("dense", "0")] if made % 3 else []  # a third of the groups: no baseline
         cells += [(m, s) for m in METHODS for s in rng.sample(SPARSITIES, 2)]
@@ -120,11 +126,13 @@ def build(path: Path, runs: int) -> None:
             for method, sparsity in cells[: runs - made]:
                 spec = make_spec(model, method, sparsity, windows, tasks, seed)
                 run_id = create_run(store, spec, status="done", con=con)
-                metrics, layers = result_rows(rng, method == "dense", tasks)
+                metrics, layers, nll_rows = result_rows(rng, method == "dense", tasks)
                 batch_metrics += [(run_id, row) for row in metrics]
                 batch_layers += [(run_id, row) for row in layers]
+                batch_windows += [(run_id, row) for row in nll_rows]
                 made += 1
-            store.add_rows(metrics=batch_metrics, layer_stats=batch_layers, con=con)
+            store.add_rows(metrics=batch_metrics, layer_stats=batch_layers,
+                           windows=batch_windows, con=con)
 
 
 def measure(path: Path, page: str) -> dict:

@@ -46,7 +46,8 @@ st.plotly_chart(memo(store, "ppl.chart", key, model, dataset)(lambda: charts.per
     chart_rows, f"{model} · {tables.dataset_label(dataset)}: perplexity vs sparsity")))
 st.caption("Filled markers and solid lines: your runs. Open markers and dotted lines: published "
            "figures (source in the legend and on hover). Squares/diamonds: N:M patterns; "
-           "dashed level: dense.")
+           "dashed level: dense. Error bars: the 95% interval of a run's perplexity from its "
+           "evaluated windows.")
 
 st.subheader("Dataset × sparsity (paper layout)")
 groups = tables.choices(model_rows, "group")

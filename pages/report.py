@@ -50,7 +50,7 @@ if evaluation is not None:
 
 built = memo(store, "report.build", model, group, metric, evaluation)(
     lambda: report.build(ppl, zs, stats, model, group, metric, evaluation))
-st.download_button("Download the report (Markdown)", built.markdown(),
+st.download_button("Download the report (Markdown)", built.markdown,  # written on click
                    file_name=f"report-{report.slug(model)}.md", mime="text/markdown",
                    key="report-markdown", on_click="ignore", icon=":material/download:",
                    type="primary")

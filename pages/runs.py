@@ -19,6 +19,7 @@ PICK = "run-detail"  # the run picker's key
 PENDING = "run-detail-next"  # a run to pick on the next run (set by Re-run)
 FLASH = "run-detail-flash"  # a message to show once, after an action
 LINKED = "run-detail-linked"  # the ?run= values followed or written in this session
+AUTO = "run-detail-auto"  # the run the details chose themselves (no link, Re-run or click since)
 ARCHIVED = "runs-archived"  # the Show archived toggle
 
 use_app_menu()
@@ -101,6 +102,7 @@ def link_to(run_id: int) -> None:
     """Write the picked run into the page's URL (``?run=<id>``), to share."""
     st.query_params["run"] = str(run_id)
     st.session_state.setdefault(LINKED, set()).add(str(run_id))
+    st.session_state.pop(AUTO, None)  # a run picked by hand stays picked
 
 
 def follow_link(runs) -> None:  # noqa: ANN001
@@ -116,11 +118,13 @@ def follow_link(runs) -> None:  # noqa: ANN001
         seen.add(value)
         if run_id is not None:
             st.session_state[PICK] = run_id
+            st.session_state.pop(AUTO, None)
 
 
 def pick_run(runs, current, shown) -> int:  # noqa: ANN001
     """The run picker: the runs of the page shown, the active ones and the run picked before
-    (by a link, Re-run or a click, archived or not)."""
+    (by a link, Re-run or a click, archived or not).  Until one is picked so, the details
+    follow ``default_run``: the running run, then the newest queued, then the newest."""
     follow_link(runs)
     if PENDING in st.session_state:
         st.session_state[PICK] = st.session_state.pop(PENDING)
@@ -130,8 +134,9 @@ def pick_run(runs, current, shown) -> int:  # noqa: ANN001
     picked = st.session_state.get(PICK)
     if picked in set(runs["Run"]) and picked not in ids:
         ids.append(picked)
-    if picked not in ids:
-        st.session_state[PICK] = run_views.default_run(current if len(current) else runs)
+    if picked not in ids or st.session_state.get(AUTO) == picked:
+        st.session_state[PICK] = st.session_state[AUTO] = run_views.default_run(
+            current if len(current) else runs)
         ids = list(dict.fromkeys([st.session_state[PICK], *ids]))
     labels = run_views.run_labels(run_views.runs_table(store, rows=runs[runs["Run"].isin(ids)]))
     # The labels never change while a run progresses, so the choice survives the refreshes.
@@ -224,7 +229,7 @@ def detail(runs, current, shown) -> None:  # noqa: ANN001
     st.markdown(f"Status: **{'cancelling' if cancelling else status}**"
                 + (f"  ·  {times}" if times else ""))
     if info["progress"] is not None:
-        st.progress(info["progress"].fraction, text=info["progress"].text)
+        st.progress(info["progress"].fraction, text=info["progress"].label)
     problem = actions(run_id, info)
     if problem:
         st.error(problem)

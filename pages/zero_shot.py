@@ -73,3 +73,5 @@ drop = memo(store, "zs.drop", *shown)(
     lambda: tables.drop_table(rows, model, sparsity, metric, evaluation=evaluation))
 show_table(drop, "zero-shot-drop", whole=True)
 st.plotly_chart(memo(store, "zs.drop_chart", *shown)(lambda: charts.drop_chart(drop)))
+st.caption("≈: a drop within noise (its 95% interval, from lm-eval's standard errors, holds 0): "
+           "neither better nor worse than dense.")

@@ -25,6 +25,7 @@ from core.runs.registry import spec_from_dict
 from core.runs.specs import check
 from core.store.db import Store
 from core.store.record import create_run
+from tests.test_progress import assert_follows_plan
 from tests.tiny_assets import SAMPLE_TEXT, tiny_llama_folder
 
 pytest.importorskip("lm_eval")
@@ -102,6 +103,7 @@ def test_search_stores_trials_with_goal_from_coreinfer(searched: dict) -> None:
         assert 0 <= row.value <= 1 and row.n_samples == spec.n_search
     stages = [s for s, _, _ in searched["stages"]]
     assert "calibration scores" in stages and "AVG on the full set" in stages
+    assert_follows_plan(spec, searched["stages"])  # every stage weighted, in order, to 100%
 
 
 def test_search_final_rows_and_percent_of_coreinfer(searched: dict) -> None:
@@ -202,8 +204,8 @@ def test_failed_search_leaves_nothing_half_written(model_dir: str, tmp_path: Pat
     spec = search_spec(model_dir, goal=0.4, goal_factor=None, full_limit=2)
     run_id = create_run(store, spec)
 
-    def progress(stage: str, _done: int, _total: int) -> None:
-        if stage.startswith("search configuration 2"):
+    def progress(stage: str, done: int, _total: int) -> None:
+        if stage == "search configurations" and done == 1:  # configuration 2 starts
             raise KeyboardInterrupt("stopped")  # what a cancel does to the child, in effect
 
     with pytest.raises(KeyboardInterrupt):

@@ -15,7 +15,6 @@ import pytest
 from core.analysis import baselines
 from core.present import tables
 from core.store import published as published_figures
-from core.store import queries
 from core.store.db import SETTING_COLUMNS, Store, setting_values
 
 
@@ -171,7 +170,7 @@ def test_migration_fills_the_setting_columns_and_keeps_every_row(tmp_path) -> No
     written = [[None if v != v else v for v in row] for row in after[columns].to_numpy().tolist()]
     assert written == [setting_values(spec) for spec in specs]
     assert written[0][:4] == [None, "128", None, "float32"]
-    assert len(queries.metric_rows(store, "perplexity")) == 3
+    assert store.frame("SELECT count(*) AS n FROM metrics")["n"].tolist() == [3]
 
 
 # -- the layer summaries kept beside the layer rows ------------------------------------------------

@@ -206,7 +206,7 @@ def test_owl_targets_are_described() -> None:
     assert "within 0.10 points of the OWL targets (largest gap at block 2)" in found
 
 
-# -- uncertainty: differences inside and outside the noise ------------------------------------------
+# -- uncertainty: differences inside and outside the noise -------------------------------------
 def with_se(result: F.Result, se: float) -> F.Result:
     return F.Result(result.label, result.ppl, result.tasks, result.run, result.collapsed,
                     dict.fromkeys(result.tasks, se))
@@ -244,3 +244,27 @@ def test_task_extremes_inside_the_noise_are_not_better_or_worse() -> None:
     assert most.verdict == F.WORSE and "rte" in most.text
     assert least.verdict == F.WITHIN_NOISE and "within noise" in least.text
     assert not any(f.verdict in (F.BETTER,) for f in found)
+
+
+def test_a_perplexity_change_inside_its_paired_interval_is_within_noise() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    hard = rng.normal(2.5, 0.4, 32)
+    dense = hard + rng.normal(0, 0.02, 32)
+    near = hard + rng.normal(0.002, 0.02, 32)
+    far = hard + 0.08 + rng.normal(0, 0.02, 32)
+
+    def result(label: str, nlls: np.ndarray) -> F.Result:
+        return F.Result(label, {"wikitext2": math.exp(nlls.mean())},
+                        ppl_nlls={"wikitext2": list(nlls)})
+
+    found = F.perplexity_change(result("Wanda 50%", near), result("Dense", dense), "wikitext2")
+    assert found.verdict == F.WITHIN_NOISE and "paired over the same windows" in found.text
+    assert "worse" not in found.text and "better" not in found.text
+    beyond = F.perplexity_change(result("Wanda 70%", far), result("Dense", dense), "wikitext2")
+    assert beyond.verdict == F.WORSE and "95% interval +" in beyond.text
+    # windows missing on one side: the sign decides, no interval is claimed
+    plain = F.perplexity_change(F.Result("M", {"wikitext2": math.exp(near.mean())}),
+                                result("Dense", dense), "wikitext2")
+    assert plain.verdict in (F.WORSE, F.BETTER) and "interval" not in plain.text

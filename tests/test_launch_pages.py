@@ -9,7 +9,9 @@ started here (``LocalExecutor.ensure_workers`` is replaced by a recorder).
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 from core.execution.local import LocalExecutor
 from core.present import runs as run_views
 from core.runs.kinds.prune import PruneSpec
+from core.runs.progress import Stage, Tracker
 from core.store import published
 from core.store.db import Store
 from core.store.record import create_run
@@ -289,7 +292,9 @@ def make_run(store: Store, assets: dict[str, str], status: str, method: str = "w
     if update.pop("beat", False):
         store.control.beat(run_id, "test-worker")
     if progress:
-        store.control.set_progress(run_id, progress["stage"], progress["done"], progress["total"])
+        extra = {k: v for k, v in progress.items() if k not in ("stage", "done", "total")}
+        store.control.set_progress(run_id, progress["stage"], progress["done"], progress["total"],
+                                   extra)
     if update:
         store.update_run(run_id, **update)
     return run_id
@@ -514,6 +519,58 @@ def test_a_cancelled_run_says_cancelled_and_its_full_log_downloads(
     assert len(run_views.log_tail(store, run_id, lines=2)) == 2
 
 
+def live_payload(blocks: int) -> dict:
+    """What a worker writes ``blocks`` of 30 blocks into pruning, 2 s a block, after 10 s of
+    loading, the update just now (a plan of loading 10%, pruning 60%, perplexity 30%)."""
+    clock = iter([0.0, 10.0, 10.0 + 2 * blocks]).__next__
+    tracker = Tracker([Stage("loading model", 1), Stage("pruning", 6, "block"),
+                       Stage("perplexity x", 3, "window")], clock=clock, wall=time.time)
+    tracker.report("loading model", 0, 1)
+    tracker.report("pruning", 0, 30)
+    return {"stage": "pruning", "done": blocks, "total": 30,
+            **tracker.report("pruning", blocks, 30)}
+
+
+def test_a_running_run_shows_its_time_left_and_rate(db: Path, workers: list[int], store: Store,
+                                                    assets: dict[str, str]) -> None:
+    running = make_run(store, assets, "running", started_at=datetime.now(), beat=True,
+                       progress=live_payload(6))
+    starting = make_run(store, assets, "running", sparsity="0.6", started_at=datetime.now(),
+                        beat=True, progress=live_payload(0))
+    at = open_page("pages/runs.py")
+    assert not at.exception
+    bars = {p.text.split(" — ")[0]: p for p in at.get("progress")}
+    bar = next(p for label, p in bars.items() if f"Run {running} " in label)
+    # 24 blocks left at 0.5 blocks/s = 48 s, and perplexity's 30% at the pace so far (22 s
+    # for 22%) = 30 s: about 78 s, less the moments since the update.
+    assert re.search(r"pruning: block 6 of 30 · ≈ (1 min \d\d s|\d\d? s) left · 0\.5 blocks/s$",
+                     bar.text), bar.text
+    assert bar.value == 22  # loading's 10% + 6/30 of pruning's 60%
+    assert next(p for label, p in bars.items() if f"Run {starting} " in label).text.endswith(
+        "pruning: block 0 of 30 · estimating…")
+    pick(at, running)
+    detail = [p for p in at.get("progress") if p.text.startswith("pruning: block 6 of 30 · ≈")]
+    assert detail, "the run's details show the same estimate"
+
+
+def test_details_follow_the_running_run_until_one_is_picked(
+        db: Path, workers: list[int], store: Store, assets: dict[str, str]) -> None:
+    first = make_run(store, assets, "queued")
+    second = make_run(store, assets, "queued", sparsity="0.6")
+    finished = make_run(store, assets, "done", sparsity="0.7")
+    at = open_page("pages/runs.py")
+    assert widget(at.selectbox, "Run").value == second  # the newest queued, not the newest
+    assert finished > second
+    store.move(first, "running", started_at=datetime.now())
+    store.control.beat(first, "test-worker")
+    at.run()
+    assert widget(at.selectbox, "Run").value == first  # it started: the details follow it
+    pick(at, finished)
+    store.move(second, "running", started_at=datetime.now())
+    at.run()
+    assert widget(at.selectbox, "Run").value == finished  # picked by hand: it stays
+
+
 def test_progress_is_read_defensively() -> None:
     assert run_views.parse_progress(None) is None
     assert run_views.parse_progress(float("nan")) is None
@@ -524,7 +581,7 @@ def test_progress_is_read_defensively() -> None:
         "loading model"
     progress = run_views.parse_progress({"stage": "perplexity /x/y/eval.txt", "done": 2,
                                          "total": 8})
-    assert progress.text == "perplexity on eval.txt: batch 2 of 8" and progress.fraction == 0.25
+    assert progress.text == "perplexity on eval.txt: window 2 of 8" and progress.fraction == 0.25
     assert run_views.parse_progress({"stage": "pruning", "done": 1, "total": 0}).fraction == 0.0
 
 

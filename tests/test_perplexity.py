@@ -77,7 +77,8 @@ def test_windows_are_consecutive_and_non_overlapping(ids):
 def test_progress_is_reported(model, ids):
     calls = []
     perplexity(model, ids, SEQLEN, batch_size=2, progress=lambda *a: calls.append(a))
-    assert calls == [("perplexity", 2, 5), ("perplexity", 4, 5), ("perplexity", 5, 5)]
+    assert calls == [("perplexity", 0, 5), ("perplexity", 2, 5), ("perplexity", 4, 5),
+                     ("perplexity", 5, 5)]  # the stage's start, then each batch
 
 
 def nan_weight(model) -> None:

@@ -88,6 +88,10 @@ def test_dense_and_pruned_runs_are_stored(model_dir: Path, corpus: str, tmp_path
     ppl = queries.metric_rows(store, "perplexity").set_index("method")
     assert math.isfinite(ppl.loc["dense", "value"]) and ppl.loc["dense", "n_samples"] == 4 * 32
     assert ppl.loc["sparsegpt", "value"] != ppl.loc["dense", "value"]
+    for method in ("dense", "sparsegpt"):  # the 4 windows' NLLs give the stored perplexity
+        nlls = ppl.loc[method, "nlls"]
+        assert len(nlls) == 4
+        assert math.exp(sum(nlls) / 4) == pytest.approx(ppl.loc[method, "value"], rel=1e-9)
     stats = store.frame("SELECT * FROM layer_stats WHERE layer = 'model' AND stat = 'overall'")
     assert stats["value"].tolist() == [0.5]
     linear_rows = store.frame("SELECT * FROM layer_stats WHERE stat = 'sparsity' "

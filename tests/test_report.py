@@ -452,24 +452,24 @@ def test_report_page_walks_every_published_subject(store: Store) -> None:
 
 def test_report_page_download_is_the_built_report(store: Store, runs: dict[str, int],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    """The download is written when clicked (a deferred file) and is the built report."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
 
-    files: dict[str, bytes] = {}
-    original = MemoryMediaFileStorage.load_and_get_id
+    deferred: dict[str, object] = {}
+    original = MediaFileManager.add_deferred
 
-    def record(self, data, mimetype, kind, filename=None):  # noqa: ANN001
-        file_id = original(self, data, mimetype, kind, filename)
-        files[file_id] = data if isinstance(data, bytes) else b""
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kw):  # noqa: ANN001, ANN202
+        file_id = original(self, data_callable, mimetype, coordinates, file_name, **kw)
+        deferred[file_id] = data_callable
         return file_id
 
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
     at = run_page("pages/report.py")
     clean(at)
     assert at.selectbox[0].value == report.subject_label(MODEL, tables.OWN_GROUP)
     button = at.download_button[0]
     assert button.label.startswith("Download the report")
-    text = files[Path(button.proto.url).stem].decode("utf-8")
-    assert text == golden(store, runs)
+    assert deferred[button.proto.deferred_file_id]() == golden(store, runs)
     assert len(at.dataframe) == 5 and len(at.get("plotly_chart")) >= 4
 
 
@@ -520,3 +520,33 @@ def test_sweep_charts_draw_every_cell() -> None:
     assert [d.label for d in dims] == ["alpha", "beta", "perplexity"]
     assert list(dims[2].values) == [18.0, 17.5]
     assert "2 cells without a finite perplexity" in parallel.layout.title.text
+
+
+def test_report_findings_and_tables_carry_the_intervals(store: Store) -> None:
+    """With stored windows and standard errors, the report's Δ and retention columns have their
+    intervals, and a perplexity change inside its paired interval is within noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    hard = rng.normal(3.0, 0.4, 16)
+    wobble = rng.normal(0, 0.03, 16)
+    dense_nlls = hard
+    near_nlls = hard + 0.003 + wobble - wobble.mean()  # +0.3% on average, the windows vary
+    ids = {}
+    for method, sparsity, nlls, acc in (("dense", "0", dense_nlls, 0.70),
+                                        ("wanda", "0.5", near_nlls, 0.69),
+                                        ("magnitude", "0.5", hard + 0.3, 0.50)):
+        ids[method] = own_run(store, method, sparsity, [
+            ppl(math.exp(float(np.mean(nlls)))),
+            *({**zs(t, acc), "stderr": 0.02} for t in ("piqa", "boolq"))])
+        store.add_window_nlls(ids[method], [{"dataset": "wikitext2", "nlls": list(nlls)}])
+    built = report.build(*frames(store), MODEL, tables.OWN_GROUP)
+    text = built.markdown()
+    assert "Δ 95% interval" in text and "Retention 95% interval" in text
+    lines = [line for line in text.splitlines()
+             if line.startswith("- **Wanda 50%** has perplexity")]
+    against_dense = next(line for line in lines if "than Dense" in line)
+    assert "paired over the same windows): within noise" in against_dense
+    magnitude = next(line for line in text.splitlines()
+                     if line.startswith("- **Magnitude 50%** has perplexity") and "Dense" in line)
+    assert magnitude.endswith(": worse.")

@@ -196,10 +196,42 @@ def test_migration_9_keeps_every_run_and_gives_them_no_name_notes_or_tags(
     columns = "id, origin, status, spec, spec_hash, active_hash, created_at"
     before = old.frame(f"SELECT {columns} FROM runs ORDER BY id")
     upgraded = Store(old.path).init()
-    assert upgraded.schema_version() == SCHEMA_VERSION == 9
+    assert upgraded.schema_version() == SCHEMA_VERSION
     after = upgraded.frame(f"SELECT {columns} FROM runs ORDER BY id")
     assert after.equals(before)
     meta = upgraded.frame("SELECT name, notes, tags, archived_at FROM runs ORDER BY id")
     assert meta.isna().all().all() and len(meta) == 3
     assert upgraded.frame("SELECT value FROM metrics")["value"].tolist() == [7.5]
     assert upgraded.archive([1]) == [1]
+
+
+def test_migration_10_keeps_every_row_and_windows_come_back_with_their_rows(
+        tmp_path: Path) -> None:
+    """A file of schema 9 keeps its runs and metrics; its perplexities have no windows (no
+    interval), a new run's windows come back on its perplexity rows, also through a result
+    held on disk while the file was busy."""
+    from core.runs.results import RunResult
+    from core.store import record
+
+    old = Store(tmp_path / "old.duckdb")
+    old.migrate(target=9)
+    with old.transaction() as con:
+        for digest in ("h1", "h2"):
+            con.execute("INSERT INTO runs (origin, kind, model, method, pattern, spec, spec_hash, "
+                        "status) VALUES ('own', 'prune', 'm', 'dense', 'dense', '{}', ?, "
+                        "'done')", [digest])
+        con.execute("INSERT INTO metrics (run_id, kind, dataset, metric, value) "
+                    "VALUES (1, 'perplexity', 'wikitext2', 'ppl', 7.5)")
+    before = old.frame("SELECT * FROM metrics")
+    upgraded = Store(old.path).init()
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    assert upgraded.frame("SELECT * FROM metrics").equals(before)
+    assert queries.metric_rows(upgraded, "perplexity")["nlls"].tolist() == [None]
+    result = RunResult(metrics=[{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                                 "value": 9.0}],
+                       windows=[{"dataset": "wikitext2", "nlls": [2.0, 2.4, 2.2]}])
+    assert record.decode(record.encode(result)) == result
+    upgraded.add_metrics(2, result.metrics)
+    upgraded.add_window_nlls(2, result.windows)
+    rows = queries.metric_rows(upgraded, "perplexity").set_index("run_id")
+    assert rows.loc[1, "nlls"] is None and list(rows.loc[2, "nlls"]) == [2.0, 2.4, 2.2]

@@ -7,9 +7,11 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from core.analysis import noise
 from core.present import charts, export, tables
 from core.store.db import Store
 from core.store.record import create_run
@@ -800,3 +802,106 @@ def test_log_axes_get_readable_ticks_for_any_range(low: float, high: float) -> N
     assert visible == ticks and ticks == sorted(set(ticks))
     assert MIN_TICKS <= len(ticks) <= MAX_TICKS, ticks
     assert all(f"{t:g}" == f"{float(f'{t:.3g}'):g}" for t in ticks)  # short labels: 15, 20, 30
+
+
+# -- uncertainty of perplexities (per-window NLLs) ------------------------------------------------
+def test_perplexity_intervals_from_the_stored_windows() -> None:
+    """PPL's interval is the t interval of its windows' mean NLL; Δ's is paired over the same
+    windows as dense; a Δ inside its interval reads 'within noise'; rows without windows
+    (published, or older runs) have none."""
+    rng = np.random.default_rng(0)
+    hard = rng.normal(0, 0.4, 16)  # the windows' own difficulty, shared by every model
+    dense = 2.5 + hard + rng.normal(0, 0.01, 16)
+    clear = 2.6 + hard + rng.normal(0, 0.01, 16)  # +0.1 NLL: about +10.5%
+    noisy = 2.5 + hard + rng.normal(0, 0.05, 16)
+    rows = make_rows(
+        ppl("dense", 0, math.exp(dense.mean()), nlls=dense),
+        ppl("wanda", 0.5, math.exp(clear.mean()), nlls=clear),
+        ppl("magnitude", 0.5, math.exp(noisy.mean()), nlls=noisy),
+        ppl("sparsegpt", 0.5, 13.0, nlls=None),
+        ppl("dense", 0, 12.0, **published()), ppl("wanda", 0.5, 14.0, **published()))
+    table = tables.perplexity_table(rows)
+    frame = table.frame.set_index(["Source", "Method"])
+    own = frame.loc[""]
+    low, high = noise.ppl_interval(list(clear))
+    assert own.loc["Wanda 50%", "PPL 95% interval"] == f"{low:.2f} to {high:.2f}"
+    d_low, d_high = noise.ppl_change_interval(list(clear), list(dense))
+    assert 9 < d_low < d_high < 12
+    assert own.loc["Wanda 50%", "Δ 95% interval"] == f"{d_low:+.2f}% to {d_high:+.2f}%"
+    assert not own.loc["Wanda 50%", "_noise"]
+    assert own.loc["Magnitude 50%", "Δ 95% interval"].endswith("(within noise)")
+    assert own.loc["Magnitude 50%", "_noise"]
+    assert own.loc["Dense (Baseline)", "Δ 95% interval"] == ""  # the baseline itself
+    assert own.loc["SparseGPT 50%", "PPL 95% interval"] == ""  # stored no windows
+    assert (frame.loc["Paper A", "PPL 95% interval"] == "").all()
+    assert any("per-window NLLs" in note for note in table.notes)
+    shown = table.display()
+    assert "PPL 95% interval" in shown.columns and "Δ 95% interval" in shown.columns
+    # a table without any windows shows neither column (nor the note)
+    bare = tables.perplexity_table(make_rows(ppl("dense", 0, 12.0), ppl("wanda", 0.5, 14.0)))
+    assert "PPL 95% interval" not in bare.display().columns and not bare.notes
+
+
+def test_perplexity_chart_draws_the_intervals_as_error_bars() -> None:
+    rng = np.random.default_rng(4)
+    nlls = 2.5 + rng.normal(0, 0.3, 16)
+    rows = make_rows(ppl("dense", 0, math.exp(nlls.mean()), nlls=nlls),
+                     ppl("wanda", 0.5, math.exp(nlls.mean() + 0.1), nlls=nlls + 0.1),
+                     ppl("wanda", 0.5, 14.0, **published()))
+    figure = charts.perplexity_chart(rows[rows["dataset"] == "wikitext2"])
+    own = [t for t in figure.data if t.name.startswith("Wanda") and "own" in t.name]
+    low, high = noise.ppl_interval(list(nlls + 0.1))
+    value = math.exp(nlls.mean() + 0.1)
+    assert own[0].error_y.array[0] == pytest.approx(high - value)
+    assert own[0].error_y.arrayminus[0] == pytest.approx(value - low)
+    assert all(t.error_y.array is None for t in figure.data if "Paper A" in t.name)
+
+
+def test_zero_shot_average_and_retention_intervals(store: Store, drop_store: dict[str, int]
+                                                   ) -> None:
+    """Every stored score has stderr 0.01: Wanda's average over piqa and boolq has se
+    sqrt(2) x 0.01 / 2; retention's interval is the delta method's, not holding 100%."""
+    rows = tables.load_metrics(store, "zero_shot")
+    rows = rows[rows["evaluation"] == "0-shot, limit 40, float32"]
+    frame = tables.zero_shot_table(rows).frame.set_index("Method")
+    wanda = frame.loc["Wanda 50%"]
+    se = math.sqrt(2) * 0.01 / 2
+    mean = (0.82 + 0.45) / 2
+    assert wanda["Accuracy 95% interval"] == (f"{(mean - 1.96 * se) * 100:.2f}% to "
+                                              f"{(mean + 1.96 * se) * 100:.2f}%")
+    dense = (0.80 + 0.60) / 2
+    ratio = mean / dense
+    ratio_se = ratio * math.sqrt((se / mean) ** 2 + (se / dense) ** 2)
+    assert wanda["Retention"] == pytest.approx(ratio)
+    assert wanda["Retention 95% interval"] == (f"{(ratio - 1.96 * ratio_se) * 100:.2f}% to "
+                                               f"{(ratio + 1.96 * ratio_se) * 100:.2f}%")
+    assert "within noise" not in wanda["Retention 95% interval"]
+    assert frame.loc["Dense (Baseline)", "Retention 95% interval"] == ""  # itself: 100% exactly
+
+
+def test_drop_chart_marks_drops_within_noise(store: Store, drop_store: dict[str, int]) -> None:
+    rows = tables.load_metrics(store, "zero_shot")
+    table = tables.drop_table(rows, "smollm2-135m", "50%", evaluation="0-shot, limit 40, float32")
+    heatmap = charts.drop_chart(table).data[0]
+    cells = dict(zip(heatmap.y, heatmap.text, strict=True))
+    tasks = list(heatmap.x)
+    wanda = cells["Wanda 50%"]
+    assert wanda[tasks.index("piqa")] == "+2.00≈"  # -0.77 to +4.77 holds 0
+    assert wanda[tasks.index("boolq")] == "-15.00"  # beyond noise: no mark
+
+
+def test_compare_gives_paired_perplexity_intervals() -> None:
+    from core.present import compare
+
+    rng = np.random.default_rng(6)
+    hard = rng.normal(2.5, 0.4, 16)
+    dense, near = hard + rng.normal(0, 0.02, 16), hard + rng.normal(0, 0.02, 16)
+    rows = make_rows(ppl("dense", 0, math.exp(dense.mean()), nlls=dense),
+                     ppl("wanda", 0.5, math.exp(near.mean()), nlls=near),
+                     ppl("magnitude", 0.5, math.exp(dense.mean() + 0.2), nlls=dense + 0.2))
+    shown = compare.compare_table(rows, [1, 2, 3]).display().set_index("Metric")
+    low, high = noise.ppl_change_interval(list(near), list(dense))
+    near_text = shown.iloc[0][[c for c in shown.columns if c.startswith("Δ #2")][0]]
+    assert f"95% interval {low:+.2f}% to {high:+.2f}%; within noise" in near_text
+    far_text = shown.iloc[0][[c for c in shown.columns if c.startswith("Δ #3")][0]]
+    assert far_text.endswith("; worse)") and "+22.14%" in far_text

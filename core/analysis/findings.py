@@ -17,6 +17,8 @@ sentence is computed and worded from the numbers, so it is right by construction
   value are ties, named together.
 * An accuracy change whose 95% interval (:mod:`core.analysis.noise`, from lm-eval's standard
   errors) holds 0 is "within noise", never better or worse; the sentence gives the interval.
+  So is a perplexity change whose interval, paired over the windows both runs evaluated (from
+  their stored per-window NLLs), holds 0.
   Tasks named together use the widest of their intervals.  Without standard errors (published
   figures) no interval is given.
 * A perplexity that is not a finite number (or whose status is 'diverged') is "diverged", never a
@@ -64,6 +66,8 @@ class Result:
     collapsed: frozenset[str] = frozenset()
     #: The standard error of each task's accuracy (as a fraction), where the source gives one.
     task_se: Mapping[str, float] = field(default_factory=dict)
+    #: Each dataset's per-window mean NLLs, where the run stored them.
+    ppl_nlls: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,14 +181,20 @@ def perplexity_change(result: Result, reference: Result, dataset: str) -> Findin
         return None
     on = f"on {dataset_name(dataset)}"
     change = relative_change(value, ref)
+    low, high = noise.ppl_change_interval(result.ppl_nlls.get(dataset, ()),
+                                          reference.ppl_nlls.get(dataset, ()))
     verdict = verdict_of(change, higher_is_better=False)
+    if verdict != SAME and noise.interval_holds_zero(low, high):
+        verdict = WITHIN_NOISE
     if verdict == SAME:
         text = (f"**{result.label}** has the same perplexity as {reference.label} {on} "
                 f"({fmt(value)} vs {fmt(ref)}; change {fmt(0.0, '%')}).")
     else:
         direction = "lower" if change < 0 else "higher"
+        interval = (f" (95% interval {low:+.{DECIMALS}f}% to {high:+.{DECIMALS}f}%, paired "
+                    "over the same windows)" if finite(low) else "")
         text = (f"**{result.label}** has perplexity {fmt(value)} {on}, {fmt(abs(change), '%')} "
-                f"{direction} than {reference.label} ({fmt(ref)}): {verdict}.")
+                f"{direction} than {reference.label} ({fmt(ref)}){interval}: {verdict}.")
     return Finding("perplexity", text, verdict, change)
 
 

@@ -192,7 +192,7 @@ class Dispatcher:
         """Write the progress (the latest per run), log lines and start reports of the tasks."""
         import ray
 
-        latest: dict[int, tuple[str, int, int]] = {}
+        latest: dict[int, tuple[Any, ...]] = {}
         for run_id, kind, payload in ray.get(self.channel.drain.remote(), timeout=60):
             if run_id not in self.inflight:  # cancelled or finished: nothing more to write
                 continue
@@ -205,9 +205,9 @@ class Dispatcher:
                     self._started(run_id, payload)
             except StoreError as exc:
                 log.warning("run %s: a %s message was lost: %s", run_id, kind, exc)
-        for run_id, (stage, done, total) in latest.items():
+        for run_id, report in latest.items():  # (stage, done, total[, payload])
             with contextlib.suppress(StoreError):
-                self.store.control.set_progress(run_id, stage, done, total)
+                self.store.control.set_progress(run_id, *report)
 
     def _started(self, run_id: int, info: dict[str, Any]) -> None:
         """The task began on a Ray worker: note where (the ``worker`` column), when and the

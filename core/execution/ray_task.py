@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 import ray
@@ -47,20 +46,21 @@ class Reporter:
         """Report for run ``run_id`` to ``channel`` (a ``Channel`` actor handle)."""
         self.run_id = run_id
         self.channel = channel
-        self.last_progress = 0.0
         self.last_ref: Any = None
+        self.progress: Any = self.tracking([])
 
     def send(self, kind: str, payload: Any) -> None:
         """One message; the channel receives a task's messages in the order they were sent."""
         self.last_ref = self.channel.put.remote((self.run_id, kind, payload))
 
-    def progress(self, stage: str, done: int, total: int) -> None:
-        """A progress step (throttled to one every ``PROGRESS_EVERY_S``, and each stage's end)."""
-        now = time.monotonic()
-        if now - self.last_progress < PROGRESS_EVERY_S and done < total:
-            return
-        self.last_progress = now
-        self.send("progress", (stage, done, total))
+    def tracking(self, plan: list[Any]) -> Any:
+        """The run's progress function for a stage plan: every report tracked (overall fraction,
+        timings), at most one sent every ``PROGRESS_EVERY_S`` (a new stage and each stage's
+        end always go)."""
+        from core.runs.progress import Tracker, throttled
+
+        return throttled(Tracker(plan), lambda *report: self.send("progress", report),
+                         PROGRESS_EVERY_S)
 
     def say(self, line: str) -> None:
         """One line of the run's log."""
@@ -100,6 +100,7 @@ def execute_run(run_id: int, spec_values: dict[str, Any], channel: Any) -> Any:
     reporter = Reporter(run_id, channel)
     try:
         spec = on_assigned_device(registry.spec_from_dict(spec_values))
+        reporter.progress = reporter.tracking(registry.stage_plan(spec))
         reporter.send("started", {**where(), "device": spec.device,
                                   "environment": environment.describe(spec.device)})
         return registry.execute(spec, reporter.progress, reporter.say)

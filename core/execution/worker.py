@@ -31,7 +31,8 @@ from pathlib import Path
 from core import config
 from core.execution import jobs
 from core.execution.run import run_and_store
-from core.runs.registry import spec_from_dict
+from core.runs.progress import Tracker, throttled
+from core.runs.registry import spec_from_dict, stage_plan
 from core.store import record
 from core.store.db import Store, StoreError
 
@@ -133,14 +134,9 @@ def execute(db: Path, run_id: int) -> int:
         print(f"no run {run_id}", file=sys.stderr)
         return 2
     spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
-    last = [0.0]
-
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < PROGRESS_EVERY_S and done < total:
-            return
-        last[0] = now
-        store.control.set_progress(run_id, stage, done, total)
+    progress = throttled(Tracker(stage_plan(spec)),
+                         lambda *report: store.control.set_progress(run_id, *report),
+                         PROGRESS_EVERY_S)
 
     def say(line: str) -> None:
         print(line, flush=True)

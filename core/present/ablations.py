@@ -19,8 +19,6 @@ import pandas as pd
 
 from core.present import tables
 from core.present.tables.common import grid_frame
-from core.runs.kinds.prune import PruneSpec
-from core.runs.sweep import expand, get_path
 from core.store import queries
 from core.store.db import Store
 
@@ -288,6 +286,10 @@ def sweep_cells(store: Store, sweep_id: int, dataset: str | None = None) -> pd.D
     sweep = queries.run_spec(store, sweep_id, kind="sweep")
     if sweep is None:
         raise ValueError(f"no sweep {sweep_id}")
+    # The run kind imports the engine (torch, transformers: seconds): only a sweep needs it.
+    from core.runs.kinds.prune import PruneSpec
+    from core.runs.sweep import expand, get_path
+
     definition = json.loads(sweep)
     base = PruneSpec.from_dict(definition["base"])
     grid = definition["grid"]

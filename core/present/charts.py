@@ -10,9 +10,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.analysis import noise
 from core.present import tables as T
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -203,8 +205,21 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
         marker={"symbol": symbol + ("-open" if published else ""), "size": 11 if published else 9,
                 "color": method_color(method), "line": {"width": 2}},
         opacity=PUBLISHED_OPACITY if published else 1.0,
-        hovertext=_ppl_hover(part), hoverinfo="text",
+        hovertext=_ppl_hover(part), hoverinfo="text", error_y=_ppl_error_bars(part),
     ))
+
+
+def _ppl_error_bars(part: pd.DataFrame) -> dict[str, Any] | None:
+    """Error bars of the perplexities' 95% intervals (from the stored windows; none where
+    no row has them)."""
+    if "nlls" not in part:
+        return None
+    low, high = noise.ppl_intervals(part["nlls"].to_numpy(dtype=object))
+    if np.isnan(low).all():
+        return None
+    value = part["value"].to_numpy(dtype=float)
+    return {"type": "data", "symmetric": False, "array": np.nan_to_num(high - value),
+            "arrayminus": np.nan_to_num(value - low), "thickness": 1.2, "width": 3}
 
 
 def _ppl_hover(part: pd.DataFrame) -> list[str]:
@@ -371,7 +386,8 @@ def per_task_chart(long: pd.DataFrame) -> go.Figure:
 
 def drop_chart(table: T.Table) -> go.Figure:
     """Heatmap of the drop from dense in points: rows = methods, columns = tasks and the average;
-    red = worse than dense, blue = better; failed / missing cells are grey and labelled."""
+    red = worse than dense, blue = better; a drop within noise (its 95% interval holds 0) is
+    marked '≈'; failed / missing cells are grey and labelled."""
     frame = table.frame
     if table.empty or frame["Drop (points)"].isna().all():
         return empty_figure("No drop from dense to plot (a dense baseline is needed).")
@@ -392,13 +408,17 @@ def drop_chart(table: T.Table) -> go.Figure:
             drop = rec["Drop (points)"]
             row = shown.loc[(method, task)]
             z_row.append(None if pd.isna(drop) else float(drop))
-            text_row.append(row["Drop (points)"] if not pd.isna(drop) else
-                            (row["Score"] if row["Score"] in (T.FAILED, T.NO_VALUE)
-                             else row["Dense"] if row["Dense"] in (T.FAILED, T.NO_VALUE)
-                             else ""))
+            noisy = bool(rec.get("_noise"))  # its 95% interval holds 0
+            text_row.append((row["Drop (points)"] + ("≈" if noisy else "")) if not pd.isna(drop)
+                            else (row["Score"] if row["Score"] in (T.FAILED, T.NO_VALUE)
+                                  else row["Dense"] if row["Dense"] in (T.FAILED, T.NO_VALUE)
+                                  else ""))
+            interval = rec.get("95% interval (points)") or ""
             hover_row.append(_wrap(
                 f"{method} · {task}: score {row['Score']}, dense {row['Dense']}, "
-                f"drop {row['Drop (points)'] or '—'} points, relative {row['Relative drop'] or '—'}"
+                f"drop {row['Drop (points)'] or '—'} points"
+                + (f" (95% interval {interval})" if interval else "")
+                + f", relative {row['Relative drop'] or '—'}"
                 f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")
                 + (f"<br>spec: {rec['_spec']}" if rec.get("_spec") else "")))
         z.append(z_row)

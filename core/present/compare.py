@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.analysis import findings, noise
@@ -103,11 +104,13 @@ def _shown(value: float, status: Any, fraction: bool, kind: str) -> str:
 
 
 def difference(value: float, reference: float, kind: str, metric: str,
-               se: float = math.nan) -> tuple[float, str]:
+               se: float = math.nan, windows: tuple[Any, Any] = (None, None)
+               ) -> tuple[float, str]:
     """The difference of ``value`` against ``reference`` and its text (with the verdict where a
     direction is defined; for scores with standard errors, ``se`` of the difference as a
-    fraction, its 95% interval and 'within noise' when that holds 0); NaN and '' when either
-    is missing."""
+    fraction, its 95% interval and 'within noise' when that holds 0; for perplexities with
+    ``windows`` (both runs' per-window NLLs), the paired interval); NaN and '' when either is
+    missing."""
     if not findings.finite(value) or not findings.finite(reference):
         return math.nan, ""
     if _is_fraction(kind, metric):
@@ -127,6 +130,12 @@ def difference(value: float, reference: float, kind: str, metric: str,
         text = tables.format_value(change, "delta")
         verdict = (findings.verdict_of(change, higher_is_better=False)
                    if kind in LOWER_IS_BETTER else "")
+        if kind == "perplexity" and all(w is not None for w in windows):
+            low, high = noise.ppl_change_interval(list(windows[0]), list(windows[1]))
+            if findings.finite(low) and findings._r(change):
+                if noise.interval_holds_zero(low, high):
+                    verdict = noise.WITHIN_NOISE
+                verdict = f"95% interval {low:+.2f}% to {high:+.2f}%; {verdict}"
     else:
         change = value - reference
         text = f"{change:+.4g}" if change else "0"
@@ -153,8 +162,10 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
     for rec in rows.to_dict("records"):
         key = (rec["kind"], str(rec["dataset"]), str(rec["metric"]))
         value = float(rec["value"]) if findings.finite(rec["value"]) else math.nan
-        cells.setdefault(key, {})[int(rec["run_id"])] = (value, rec["status"],
-                                                         rec.get("stderr"))
+        nlls = rec.get("nlls")
+        cells.setdefault(key, {})[int(rec["run_id"])] = (
+            value, rec["status"], rec.get("stderr"),
+            nlls if isinstance(nlls, list | tuple | np.ndarray) else None)
     keys = sorted(cells, key=lambda k: _row_key(*k))
     frame: dict[str, list[Any]] = {"Metric": [row_name(*k) for k in keys]}
     formats: dict[str, str] = {}
@@ -163,7 +174,7 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         column = heads[run]
         values, texts = [], []
         for key in keys:
-            value, status, _ = cells[key].get(run, (math.nan, "missing", None))
+            value, status, _, _ = cells[key].get(run, (math.nan, "missing", None, None))
             values.append(value if status != "collapsed" else math.nan)  # shown as a word only
             texts.append(_shown(value, status, _is_fraction(key[0], key[2]), key[0]))
         frame[column], frame[TEXT + column] = values, texts
@@ -173,11 +184,12 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         diff = f"Δ #{run} vs #{ref}"
         changes, notes = [], []
         for key in keys:
-            mine = cells[key].get(run, (math.nan, "missing", None))
-            base = cells[key].get(ref, (math.nan, "missing", None))
+            mine = cells[key].get(run, (math.nan, "missing", None, None))
+            base = cells[key].get(ref, (math.nan, "missing", None, None))
             change, text = difference(mine[0] if mine[1] == "ok" else math.nan,
                                       base[0] if base[1] == "ok" else math.nan, *key[::2],
-                                      se=noise.combined_se(mine[2], base[2]))
+                                      se=noise.combined_se(mine[2], base[2]),
+                                      windows=(mine[3], base[3]))
             changes.append(change)
             notes.append(text)
         frame[diff], frame[TEXT + diff] = changes, notes

@@ -26,6 +26,7 @@ from core.present.labels import (
     sparsity_label,
     zs_evaluation_label,
 )
+from core.present.labels import by_identity as by_identity  # re-exported
 from core.store import queries
 from core.store.db import SETTING_COLUMNS, Store, setting_value
 
@@ -128,29 +129,6 @@ def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
             return value
         return cached  # type: ignore[return-value]
     return decorate
-
-
-def by_identity(function: Callable[[Any], T], maxsize: int = 50_000) -> Callable[[Any], T]:
-    """``function`` of one object remembered by the object's identity: for the spec dicts
-    the prepared rows share (read only), worked out once per run for every later page and
-    visit of this process.  The object is held with its value, so an id is never confused
-    with a later object's; safe across the server's session threads."""
-    kept: collections.OrderedDict[int, tuple[Any, T]] = collections.OrderedDict()
-    lock = threading.Lock()
-
-    @functools.wraps(function)
-    def cached(value: Any) -> T:
-        with lock:
-            hit = kept.get(id(value))
-        if hit is not None and hit[0] is value:
-            return hit[1]
-        result = function(value)
-        with lock:
-            kept[id(value)] = (value, result)
-            while len(kept) > maxsize:
-                kept.popitem(last=False)
-        return result
-    return cached
 
 
 def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:

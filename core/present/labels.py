@@ -3,17 +3,21 @@ dataset labels, sort keys and the settings text of a spec (no Streamlit here).""
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import math
 import re
-from collections.abc import Hashable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from core.analysis.baselines import OWN_GROUP as OWN_GROUP  # one name everywhere (re-exported)
 
+T = TypeVar("T")
 TEXT = "_text:"  # prefix of the hidden column holding a cell's text in place of its number
 DIVERGED = "diverged"
 COLLAPSED = "collapsed"  # a perplexity at or above the vocabulary size (its value kept)
@@ -21,7 +25,9 @@ MISSING = "—"
 NO_VALUE = "no value"
 FAILED = "failed"
 BASELINE = "baseline"
-OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note", "95% interval (points)")
+OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note", "95% interval (points)", "PPL 95% interval",
+                    "Accuracy 95% interval", "Retention 95% interval",
+                    "Δ 95% interval")
 ORIGIN_NAMES = {"published": "Published", "own": "Own run"}
 #: The origin filter's choices and the origins each keeps (None: no filter).
 ORIGIN_FILTERS: dict[str, list[str] | None] = {
@@ -273,10 +279,37 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def by_identity(function: Callable[[Any], T], maxsize: int = 50_000) -> Callable[[Any], T]:
+    """``function`` of one object remembered by the object's identity: for the spec dicts
+    the prepared rows share (read only), worked out once per run for every later page and
+    visit of this process.  The object is held with its value, so an id is never confused
+    with a later object's; safe across the server's session threads."""
+    kept: collections.OrderedDict[int, tuple[Any, T]] = collections.OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(function)
+    def cached(value: Any) -> T:
+        with lock:
+            hit = kept.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        result = function(value)
+        with lock:
+            kept[id(value)] = (value, result)
+            while len(kept) > maxsize:
+                kept.popitem(last=False)
+        return result
+    return cached
+
+
 def settings_of(spec: Mapping[str, Any]) -> dict[str, str]:
     """A run's parameters other than model/method/sparsity, what was measured and where it ran."""
     keys = sorted(k for k in spec if k not in _NOT_SETTINGS)
     return {k: _short(spec[k]) for k in keys if not _blank(spec[k])}
+
+
+#: ``settings_of`` once per prepared spec dict (read only) in this process.
+shared_settings = by_identity(settings_of)
 
 
 def settings(spec: Mapping[str, Any]) -> str:

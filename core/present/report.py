@@ -23,14 +23,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.analysis import findings
 from core.present import export, tables
 from core.present.tables import TEXT, Table
 
-PPL_REPORT_COLUMNS = ["Method", "PPL", "Δ from dense", "Note"]
-ZS_REPORT_COLUMNS = ["Method", "Accuracy", "Retention", "Note"]
+PPL_REPORT_COLUMNS = ["Method", "PPL", "Δ from dense", "Δ 95% interval", "Note"]
+ZS_REPORT_COLUMNS = ["Method", "Accuracy", "Retention", "Retention 95% interval", "Note"]
 PPL_NOTE = "Δ from dense = (PPL − dense PPL) / dense PPL × 100; lower perplexity is better."
 FINDINGS_NOTE = ("Relative perplexity change = (PPL − reference PPL) / reference PPL × 100; "
                  "accuracy change = (accuracy − reference accuracy) × 100 points, over the tasks "
@@ -99,12 +100,14 @@ def subject_label(model: str, group: str) -> str:
     return f"{model} · {'own runs' if group == tables.OWN_GROUP else group}"
 
 
+@tables.frame_cache()
 def _part(rows: pd.DataFrame | None, model: str, group: str) -> pd.DataFrame:
     if rows is None or rows.empty:
         return pd.DataFrame() if rows is None else rows
     return rows[(rows["model"] == model) & (rows["group"] == group)]
 
 
+@tables.frame_cache()
 def _evaluation_filter(zs: pd.DataFrame, evaluation: str | None) -> pd.DataFrame:
     if zs.empty or evaluation is None:
         return zs
@@ -125,7 +128,7 @@ def _labels(frame: pd.DataFrame, specs: Mapping[int, Mapping[str, Any]]) -> pd.D
     differ between the kept rows of one label to it."""
     if frame.empty:
         return frame
-    found = {run: tables.settings_of(specs.get(int(run), {})) for run in set(frame["Run"])}
+    found = {run: tables.shared_settings(specs.get(int(run), {})) for run in set(frame["Run"])}
     text = {run: ", ".join(f"{k}={v}" for k, v in values.items()) for run, values in found.items()}
     keyed = frame.assign(_settings=[text[r] for r in frame["Run"]])
     keyed = keyed.sort_values("Run").drop_duplicates(["Method", "_settings"], keep="last")
@@ -191,10 +194,11 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
 
     ``ppl_frame``: ``tables.perplexity_table(ppl).frame`` when the caller has it already."""
     methods: dict[str, tuple[str, Any, Any]] = {}  # method -> (label, sparsity, pattern)
-    for frame in (ppl, zs):
+    at_level = [f[f["sparsity_label"] == level] if not f.empty else f for f in (ppl, zs)]
+    for frame in at_level:
         if frame.empty:
             continue
-        pruned = frame[~frame["dense"].astype(bool) & (frame["sparsity_label"] == level)]
+        pruned = frame[~frame["dense"].astype(bool)]
         firsts = pruned.drop_duplicates("method")[["method", "sparsity", "pattern"]]
         for rec in firsts.to_dict("records"):
             methods.setdefault(rec["method"], (
@@ -209,74 +213,82 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
     results, dense = [], {}
     for method in sorted(methods, key=tables._method_rank):
         label = methods[method][0]
-        (ppl_values, collapsed), (dense_ppl, dense_collapsed) = _method_ppl(
-            ppl, ppl_frame, method, level)
+        (ppl_values, collapsed, nlls), (dense_ppl, dense_collapsed, dense_nlls) = _method_ppl(
+            at_level[0], ppl_frame, method)
         (tasks, task_se), (dense_tasks, dense_se) = _method_tasks(long, method)
         run = None
-        for frame in (ppl, zs):  # the latest run of the method at this level
+        for frame in at_level:  # the latest run of the method at this level
             if run is None and not frame.empty:
-                mine = frame[(frame["method"] == method) & (frame["sparsity_label"] == level)]
+                mine = frame[frame["method"] == method]
                 run = int(mine["run_id"].max()) if not mine.empty else None
-        if _variants(ppl, zs, method, level) > 1 and run is not None:
+        if _variants(at_level, method) > 1 and run is not None:
             label += f" (run {run})"  # several settings at this sparsity: name the one used
-        results.append(findings.Result(label, ppl_values, tasks, run, collapsed, task_se))
+        results.append(findings.Result(label, ppl_values, tasks, run, collapsed, task_se, nlls))
         if dense_ppl or dense_tasks:
             dense[label] = findings.Result("Dense", dense_ppl, dense_tasks,
-                                           collapsed=dense_collapsed, task_se=dense_se)
+                                           collapsed=dense_collapsed, task_se=dense_se,
+                                           ppl_nlls=dense_nlls)
     labels = [r.label for r in results]
     reference = next((r.label for r in results if r.label.startswith("Magnitude ")), labels[0])
     return results, dense, reference
 
 
-def _variants(ppl: pd.DataFrame, zs: pd.DataFrame, method: str, level: str) -> int:
-    """How many distinct settings ``method`` has among its runs at ``level``."""
+def _variants(frames: Sequence[pd.DataFrame], method: str) -> int:
+    """How many distinct settings ``method`` has among its runs in ``frames`` (one level's)."""
     found = set()
-    for frame in (ppl, zs):
+    for frame in frames:
         if not frame.empty:
-            mine = frame[(frame["method"] == method) & (frame["sparsity_label"] == level)]
-            found |= set(mine["settings"])
+            found |= set(frame.loc[frame["method"] == method, "settings"])
     return len(found)
 
 
-#: Perplexities by dataset and the datasets among them that collapsed (findings.Result's fields).
-_Ppl = tuple[dict[str, float], frozenset[str]]
+#: Perplexities by dataset, the datasets among them that collapsed, and the per-window NLLs
+#: by dataset (findings.Result's ``ppl``, ``collapsed`` and ``ppl_nlls``).
+_Ppl = tuple[dict[str, float], frozenset[str], dict[str, list[float]]]
+_PplParts = tuple[dict[str, float], set[str], dict[str, list[float]]]
 
 
-def _add_ppl(values: dict[str, float], collapsed: set[str], dataset: str,
-             rec: Mapping[str, Any]) -> None:
-    """Put a perplexity-table row's perplexity into ``values`` (NaN when diverged or collapsed,
-    nothing when it has none) and a collapsed one's dataset into ``collapsed``."""
+def _add_ppl(into: _PplParts, dataset: str, rec: Mapping[str, Any]) -> None:
+    """Put a perplexity-table row's perplexity into ``into``'s values (NaN when diverged or
+    collapsed, nothing when it has none), a collapsed one's dataset into its collapsed set and
+    its per-window NLLs (where stored) into its windows."""
     value = _ppl_value(rec)
     if value is not None:
-        values[dataset] = value
+        into[0][dataset] = value
         if rec["_status"] == "collapsed":
-            collapsed.add(dataset)
+            into[1].add(dataset)
+        if isinstance(rec.get("_nlls"), list | tuple | np.ndarray):
+            into[2][dataset] = list(rec["_nlls"])
 
 
-def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str, level: str
-                ) -> tuple[_Ppl, _Ppl]:
-    """The latest run of ``method`` at ``level`` per dataset, and its dense baseline's."""
-    values: dict[str, float] = {}
-    dense: dict[str, float] = {}
-    collapsed: set[str] = set()
-    dense_collapsed: set[str] = set()
-    if ppl.empty or frame.empty:
-        return (values, frozenset()), (dense, frozenset())
-    mine = ppl[(ppl["method"] == method) & (ppl["sparsity_label"] == level)
-               & ~ppl["dense"].astype(bool)]
-    for dataset, part in mine.groupby("dataset", sort=False):
-        run = int(part["run_id"].max())
-        row = frame[(frame["Run"] == run) & (frame["Dataset"] == dataset)]
-        if row.empty:
-            continue
-        rec = row.iloc[-1].to_dict()
-        _add_ppl(values, collapsed, dataset, rec)
-        base = rec["_baseline_run"]
-        if base is not None and not tables._isna(base):
-            brow = frame[(frame["Run"] == int(base)) & (frame["Dataset"] == dataset)]
-            if not brow.empty:
-                _add_ppl(dense, dense_collapsed, dataset, brow.iloc[-1].to_dict())
-    return (values, frozenset(collapsed)), (dense, frozenset(dense_collapsed))
+def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str) -> tuple[_Ppl, _Ppl]:
+    """The latest run of ``method`` (in ``ppl``: one level's rows) per dataset, and its dense
+    baseline's, from the perplexity table's ``frame``."""
+    mine_parts: _PplParts = ({}, set(), {})
+    dense_parts: _PplParts = ({}, set(), {})
+    if not ppl.empty and not frame.empty:
+        rows = _table_rows(frame)
+        pruned = ppl[(ppl["method"] == method) & ~ppl["dense"].astype(bool)]
+        for dataset, part in pruned.groupby("dataset", sort=False):
+            rec = rows.get((int(part["run_id"].max()), dataset))
+            if rec is None:
+                continue
+            _add_ppl(mine_parts, dataset, rec)
+            base = rec["_baseline_run"]
+            if base is not None and not tables._isna(base) and (int(base), dataset) in rows:
+                _add_ppl(dense_parts, dataset, rows[(int(base), dataset)])
+    return _frozen(mine_parts), _frozen(dense_parts)
+
+
+def _frozen(parts: _PplParts) -> _Ppl:
+    return parts[0], frozenset(parts[1]), parts[2]
+
+
+@tables.frame_cache()
+def _table_rows(frame: pd.DataFrame) -> dict[tuple[int, Any], dict[str, Any]]:
+    """The perplexity table's rows by (run, dataset column), the last row of each (read only)."""
+    return {(int(run), dataset): rec for run, dataset, rec in
+            zip(frame["Run"], frame["Dataset"], frame.to_dict("records"), strict=True)}
 
 
 #: Accuracies by task and their standard errors (findings.Result's ``tasks`` and ``task_se``).
@@ -288,29 +300,42 @@ def _method_tasks(long: pd.DataFrame, method: str) -> tuple[_Tasks, _Tasks]:
     those of its dense baseline."""
     if long.empty:
         return ({}, {}), ({}, {})
-    columns = [c for c in ("dataset", "status", "value", "stderr", "baseline_run", "run_id",
-                           "group") if c in long]
-    pruned = long[(long["role"] == "pruned") & (long["method"] == method)][columns]
-    records = pruned.to_dict("records")
+    pruned = long[(long["role"] == "pruned") & (long["method"] == method)]
+    records = _records(pruned)
     tasks = ({r["dataset"]: tables._value(r) for r in records},
              {r["dataset"]: _stderr(r) for r in records})
-    dense_rows = long[long["role"] == "dense"][columns]
+    dense_cells, dense_runs = _dense_cells(long)
     dense: _Tasks = ({}, {})
     for rec in records:
         base = rec["baseline_run"]
-        if tables._isna(base):
-            continue
-        match = dense_rows[(dense_rows["run_id"] == base)
-                           & (dense_rows["dataset"] == rec["dataset"])]
-        if not match.empty:
-            _put_task(dense, match.iloc[-1].to_dict())
-    if not pruned.empty and pruned.iloc[0]["group"] == tables.OWN_GROUP:
-        base = pruned.iloc[0]["baseline_run"]  # the dense run's tasks the pruned run lacks
+        if not tables._isna(base) and (int(base), rec["dataset"]) in dense_cells:
+            _put_task(dense, dense_cells[(int(base), rec["dataset"])])
+    if records and records[0]["group"] == tables.OWN_GROUP:
+        base = records[0]["baseline_run"]  # the dense run's tasks the pruned run lacks
         if not tables._isna(base):
-            for rec in dense_rows[dense_rows["run_id"] == base].to_dict("records"):
+            for rec in dense_runs.get(int(base), []):
                 if rec["dataset"] not in dense[0]:
                     _put_task(dense, rec)
     return tasks, dense
+
+
+_CELL_COLUMNS = ("dataset", "status", "value", "stderr", "baseline_run", "run_id", "group")
+
+
+def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    return rows[[c for c in _CELL_COLUMNS if c in rows]].to_dict("records")
+
+
+@tables.frame_cache()
+def _dense_cells(long: pd.DataFrame) -> tuple[dict[tuple[int, Any], dict[str, Any]],
+                                              dict[int, list[dict[str, Any]]]]:
+    """The dense scores of a per-task frame by (run, task), the last of each, and by run."""
+    cells: dict[tuple[int, Any], dict[str, Any]] = {}
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for rec in _records(long[long["role"] == "dense"]):
+        cells[(int(rec["run_id"]), rec["dataset"])] = rec
+        runs.setdefault(int(rec["run_id"]), []).append(rec)
+    return cells, runs
 
 
 def _stderr(rec: Mapping[str, Any]) -> float:

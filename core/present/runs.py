@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from core import config
 from core.engine.prune.methods import REGISTRY
 from core.present import tables
+from core.runs.progress import Estimate, Timing, estimate, stage_fraction
 from core.store import meta, queries
 from core.store.db import Store
 
@@ -31,40 +33,85 @@ ERROR_CHARS = 140
 
 
 # -- progress ---------------------------------------------------------------------------------
+#: The unit of a stage's steps by its name's first words, when the payload names none (an
+#: older worker's).
+OLD_UNITS = {"pruning": "block", "capturing block inputs": "block", "OWL outlier ratios": "block",
+             "perplexity": "window", "zero-shot": "task", "task": "task"}
+
+
 @dataclass(frozen=True)
 class Progress:
     stage: str
     done: int
     total: int
+    overall: float | None = None  # the run's fraction over its weighted stages, when sent
+    unit: str = ""  # what done / total count ('block', 'window', 'task')
+    estimate: Estimate | None = None  # None: the payload has no timings
 
     @property
     def fraction(self) -> float:
-        return min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else 0.0
+        """The run's fraction done (the stage's, for a payload without the run's)."""
+        if self.overall is not None:
+            return min(max(self.overall, 0.0), 1.0)
+        return stage_fraction(self.done, self.total)
 
     @property
     def text(self) -> str:
-        """'pruning: block 3 of 30', 'perplexity on sample.txt: batch 2 of 8', 'loading model'."""
+        """'pruning: block 3 of 30', 'perplexity on sample.txt: window 2 of 8', 'loading model'."""
         stage = self.stage or "starting"
         if stage.startswith("perplexity "):
             stage = f"perplexity on {short_source(stage[len('perplexity '):])}"
         if self.total <= 1:  # a one-step stage: its name says it all
             return stage
-        unit = "block" if self.stage in ("pruning", "capturing block inputs") else "batch"
-        return f"{stage}: {unit} {self.done} of {self.total}"
+        return f"{stage}: {self.unit or 'step'} {self.done} of {self.total}"
+
+    @property
+    def timing(self) -> str:
+        """'≈ 3 min 20 s left · 0.8 blocks/s', 'estimating…' (no unit of the stage done
+        yet), '' (no timings sent)."""
+        if self.estimate is None:
+            return ""
+        if self.estimate.left_s is None:
+            return "estimating…"
+        rate = rate_text(self.estimate.rate, self.unit)
+        return f"≈ {duration(self.estimate.left_s)} left" + (f" · {rate}" if rate else "")
+
+    @property
+    def label(self) -> str:
+        """The text and the timing, as a progress bar says them."""
+        return " · ".join(t for t in (self.text, self.timing) if t)
 
 
-def parse_progress(value: Any) -> Progress | None:
-    """The worker's progress JSON (or dict) as a ``Progress``; None when absent or unreadable."""
+def rate_text(rate: float | None, unit: str) -> str:
+    """'0.8 blocks/s', '12 windows/s', '1 task per 25 s'; '' without a rate or unit."""
+    if rate is None or rate <= 0 or not unit:
+        return ""
+    if rate < 0.1:
+        return f"1 {unit} per {duration(1 / rate)}"
+    return f"{rate:.1f} {unit}s/s" if rate < 10 else f"{rate:.0f} {unit}s/s"
+
+
+def parse_progress(value: Any, now: float | None = None) -> Progress | None:
+    """The worker's progress JSON (or dict) as a ``Progress``, its time left as at wall time
+    ``now`` (default: now); None when absent or unreadable."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     try:
         data = json.loads(value) if isinstance(value, str) else value
         if not isinstance(data, dict):
             return None
-        return Progress(str(data.get("stage") or ""), int(data.get("done") or 0),
-                        int(data.get("total") or 0))
+        stage, done, total = (str(data.get("stage") or ""), int(data.get("done") or 0),
+                              int(data.get("total") or 0))
+        overall = float(data["fraction"]) if data.get("fraction") is not None else None
     except (ValueError, TypeError):
         return None
+    timing = Timing.from_payload(data)
+    found = estimate(done, total, timing, time.time() if now is None else now) if timing else None
+    unit = str(data.get("unit") or next(
+        (u for name, u in OLD_UNITS.items() if stage == name or stage.startswith(name + " ")),
+        ""))
+    return Progress(stage, done, total, overall if overall is None or math.isfinite(overall)
+                    else None, unit, found)
 
 
 # -- labels -----------------------------------------------------------------------------------
@@ -164,8 +211,8 @@ def runs_table(store: Store, now: datetime | None = None,
                                if s == "running"])
     status = [("cancelling" if s == "running" and live.get(int(i), {}).get("cancel_requested")
                else str(s)) for i, s in zip(frame["id"], frame["status"], strict=True)]
-    progress = [parse_progress(live.get(int(i), {}).get("progress")) if s in ACTIVE else None
-                for i, s in zip(frame["id"], status, strict=True)]
+    progress = [parse_progress(live.get(int(i), {}).get("progress"), now.timestamp())
+                if s in ACTIVE else None for i, s in zip(frame["id"], status, strict=True)]
     return pd.DataFrame({
         "Run": frame["id"].astype(int),
         "Name": [meta.text_or_none(n) or "" for n in frame["name"]],
@@ -175,7 +222,7 @@ def runs_table(store: Store, now: datetime | None = None,
                    zip(frame["method"], frame["pattern"], frame["sparsity"], strict=True)],
         "Tags": [", ".join(meta.tag_tuple(t)) for t in frame["tags"]],
         "Progress": [p.fraction * 100 if p else None for p in progress],
-        "Stage": [p.text if p else ("starting" if s in ACTIVE else "")
+        "Stage": [p.label if p else ("starting" if s in ACTIVE else "")
                   for p, s in zip(progress, status, strict=True)],
         "Queued": [when(t, now) for t in frame["created_at"]],
         "Started": [when(t, now) for t in frame["started_at"]],
@@ -281,9 +328,13 @@ def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
 
 
 def default_run(runs: pd.DataFrame) -> int:
-    """The run the details open on: the active one, else the newest."""
-    active = runs[runs["Status"].isin(ACTIVE)]
-    return int((active if len(active) else runs)["Run"].iloc[0])
+    """The run the details open on: the newest running one, else the newest queued one, else
+    the newest (``runs`` newest first)."""
+    for statuses in (ACTIVE, ("queued",)):
+        chosen = runs[runs["Status"].isin(statuses)]
+        if len(chosen):
+            return int(chosen["Run"].iloc[0])
+    return int(runs["Run"].iloc[0])
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -296,11 +347,11 @@ def run_detail(store: Store, run_id: int, now: datetime | None = None) -> dict[s
     for key in ("spec", "environment"):
         row[key] = tables.parse_spec(row[key]) if not _missing(row[key]) else {}
     live = store.control.live([run_id]).get(run_id, {}) if row["status"] == "running" else {}
+    now = now or datetime.now()
     row["cancel_requested"] = bool(live.get("cancel_requested"))
-    row["progress"] = parse_progress(live.get("progress"))
+    row["progress"] = parse_progress(live.get("progress"), now.timestamp())
     row["error"] = None if _missing(row["error"]) else str(row["error"])
     row["meta"] = meta.from_row(row.pop("name"), row.pop("notes"), row.pop("tags"))
-    now = now or datetime.now()
     row["archived"] = when(row["archived_at"], now)
     row["times"] = {
         "Queued": when(row["created_at"], now),

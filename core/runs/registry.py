@@ -13,6 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from core.runs.progress import Stage
 from core.runs.results import ProgressFn, RunResult, Say, quiet
 from core.runs.specs import messages
 
@@ -25,17 +26,20 @@ class RunKind:
     spec: type  # the spec class; its ``kind`` field equals ``name``
     execute: Callable[[Any, ProgressFn, Say], RunResult]
     title: str = ""  # how forms and pages name the kind ("Prune + evaluate")
+    #: The stages a run of this kind goes through, with their expected costs (None: no plan).
+    stages: Callable[[Any], list[Stage]] | None = None
 
 
 KINDS: dict[str, RunKind] = {}
 
 
 def register_kind(name: str, spec: type, execute: Callable[[Any, ProgressFn, Say], RunResult],
-                  title: str = "") -> RunKind:
+                  title: str = "", stages: Callable[[Any], list[Stage]] | None = None
+                  ) -> RunKind:
     """Make run kind ``name`` available (called once by each kind module)."""
     if name in KINDS and KINDS[name].spec is not spec:
         raise ValueError(f"run kind {name!r} registered twice")
-    KINDS[name] = RunKind(name, spec, execute, title or name)
+    KINDS[name] = RunKind(name, spec, execute, title or name, stages)
     return KINDS[name]
 
 
@@ -87,3 +91,10 @@ def execute(spec: Any, progress: ProgressFn = quiet, say: Say = log.info) -> Run
     if problems:
         raise ValueError("Invalid run spec: " + " ".join(problems))
     return get_kind(spec.kind).execute(spec, progress, say)
+
+
+def stage_plan(spec: Any) -> list[Stage]:
+    """The stages a run of ``spec`` reports, in order, with their expected costs ([] when its
+    kind has no plan: each stage then counts alone)."""
+    kind = get_kind(spec.kind)
+    return kind.stages(spec) if kind.stages else []

@@ -33,3 +33,5 @@ class RunResult:
     trials: list[dict[str, Any]] = field(default_factory=list)  # search trials (kind 'search')
     children: list[ChildRun] = field(default_factory=list)
     spec_updates: dict[str, Any] = field(default_factory=dict)  # spec values resolved by the run
+    #: Each perplexity dataset's per-window mean NLLs: {"dataset": ..., "nlls": [...]}.
+    windows: list[dict[str, Any]] = field(default_factory=list)

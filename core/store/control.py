@@ -131,9 +131,12 @@ class Control:
                         " worker = coalesce(excluded.worker, live.worker)",
                         [run_id, worker, time.time()])
 
-    def set_progress(self, run_id: int, stage: str, done: int, total: int) -> None:
+    def set_progress(self, run_id: int, stage: str, done: int, total: int,
+                     extra: dict[str, Any] | None = None) -> None:
+        """The run's latest progress (``extra``: the tracker's step, fraction and timings,
+        ``core.runs.progress.Tracker.report``)."""
         progress = {"stage": stage, "done": done, "total": total,
-                    "percent": round(100 * done / max(total, 1), 1)}
+                    "percent": round(100 * done / max(total, 1), 1), **(extra or {})}
         self._upsert(run_id, "progress", json.dumps(progress))
 
     def request_cancel(self, run_id: int) -> None:

@@ -147,6 +147,10 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
      "ALTER TABLE runs ADD COLUMN notes VARCHAR",
      "ALTER TABLE runs ADD COLUMN tags VARCHAR[]",
      "ALTER TABLE runs ADD COLUMN archived_at TIMESTAMP"],
+    # 10: each evaluated window's mean NLL per run and perplexity dataset (the perplexity's
+    # uncertainty, ``core.analysis.noise``); runs stored before have none.
+    ["CREATE TABLE window_nlls (run_id BIGINT NOT NULL, dataset VARCHAR NOT NULL, "
+     "nlls DOUBLE[] NOT NULL)"],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -567,9 +571,15 @@ class Store:
                           con: duckdb.DuckDBPyConnection | None = None) -> None:
         self.add_rows(trials=[(run_id, row) for row in rows], con=con)
 
+    def add_window_nlls(self, run_id: int, rows: Iterable[Mapping[str, Any]],
+                        con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Store each dataset's per-window mean NLLs: rows of ``dataset`` and ``nlls``."""
+        self.add_rows(windows=[(run_id, row) for row in rows], con=con)
+
     def add_rows(self, *, metrics: Iterable[tuple[int, Mapping[str, Any]]] = (),
                  layer_stats: Iterable[tuple[int, Mapping[str, Any]]] = (),
                  trials: Iterable[tuple[int, Mapping[str, Any]]] = (),
+                 windows: Iterable[tuple[int, Mapping[str, Any]]] = (),
                  con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Rows of any runs, as ``(run_id, row)`` pairs, written in one transaction (``con``'s
         when given) with one statement per table."""
@@ -578,7 +588,9 @@ class Store:
                    ("layer_stats", ("run_id", *_LAYER_COLUMNS),
                     [[i, *(r.get(c) for c in _LAYER_COLUMNS)] for i, r in layer_stats]),
                    ("search_trials", ("run_id", *_TRIAL_COLUMNS),
-                    [_trial_values(i, r) for i, r in trials]))
+                    [_trial_values(i, r) for i, r in trials]),
+                   ("window_nlls", ("run_id", "dataset", "nlls"),
+                    [[i, r["dataset"], [float(v) for v in r["nlls"]]] for i, r in windows]))
         if con is None:
             if not any(rows for _, _, rows in batches):
                 return

@@ -17,8 +17,10 @@ _RUN_COLUMNS = """r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.mode
 def metric_rows(store: Store, kind: str | None = None,
                 run_ids: Sequence[int] | None = None) -> pd.DataFrame:
     """Metric rows with their run's columns, spec and setting columns (of one ``kind`` and of
-    ``run_ids`` only, when given), by run.  Each run's spec text is read once and shared by its
-    rows (30,000 rows carrying their own copy of 10,000 specs cost a page a third of a second)."""
+    ``run_ids`` only, when given), by run; a perplexity row has its windows' mean NLLs
+    (``nlls``: a float array, None where the run stored none).  Each run's spec text is read
+    once and shared by its rows (30,000 rows each carrying a copy of 10,000 specs cost a page
+    a third of a second)."""
     where, params = [], []
     if kind is not None:
         where, params = ["m.kind = ?"], [kind]
@@ -32,8 +34,10 @@ def metric_rows(store: Store, kind: str | None = None,
             f"""SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model,
                        r.method, r.sparsity, r.pattern, r.status AS run_status, {settings},
                        m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples, m.status,
-                       m.raw, m.note
-                FROM metrics m JOIN runs r ON r.id = m.run_id {condition}
+                       m.raw, m.note, w.nlls
+                FROM metrics m JOIN runs r ON r.id = m.run_id
+                     LEFT JOIN window_nlls w ON m.kind = 'perplexity' AND m.metric = 'ppl'
+                          AND w.run_id = m.run_id AND w.dataset = m.dataset {condition}
                 ORDER BY r.id""", params).fetchnumpy())
         specs = object_frame(con.execute(
             f"""SELECT id, spec FROM runs WHERE id IN (

@@ -42,6 +42,7 @@ def store_result(store: Store, run_id: int, result: RunResult) -> None:
         store.add_metrics(run_id, result.metrics, con=con)
         store.add_layer_stats(run_id, result.layer_stats, con=con)
         store.add_search_trials(run_id, result.trials, con=con)
+        store.add_window_nlls(run_id, result.windows, con=con)
         for child in result.children:
             child.spec.search = run_id
             child_id = create_run(store, child.spec, status="done", con=con)

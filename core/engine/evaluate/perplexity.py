@@ -89,6 +89,8 @@ def perplexity(
         raise ValueError("batch_size must be >= 1")
     chunks = windows(ids, seqlen, max_windows)
     nlls: list[float] = []
+    if progress:
+        progress("perplexity", 0, chunks.shape[0])
     for start in range(0, chunks.shape[0], batch_size):
         batch = chunks[start: start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits

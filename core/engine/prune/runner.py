@@ -236,7 +236,7 @@ class Traversal:
         home = next(model.parameters()).device
         _move_outside_blocks(model, adapter.blocks_path, device)
         if progress:
-            progress("capturing block inputs", 0, len(adapter.blocks(model)))
+            progress("capturing block inputs", 0, 1)
         try:
             return cls(model, adapter, device, capture_inputs(model, adapter, calibration, device),
                        progress)
@@ -253,6 +253,8 @@ class Traversal:
         last = len(blocks) if last is None else last
         inputs = self.inputs if consume or self.inputs is None else BlockInputs(
             list(self.inputs.hidden), self.inputs.args, self.inputs.kwargs)
+        if self.progress:
+            self.progress(stage, 0, last - first)
         for index in range(first, last):
             block = blocks[index]
             home = next(block.parameters()).device

@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.analysis import baselines
+from core.analysis import baselines, noise
 from core.present.frames import (
     _sort_rows,
-    by_identity,
     dedupe_published,
     latest_runs,
     per_value,
@@ -31,7 +30,7 @@ from core.present.labels import (
     metric_label,
     natural_key,
     row_label,
-    settings_of,
+    shared_settings,
     sparsity_key,
 )
 from core.present.tables.common import (
@@ -43,8 +42,14 @@ from core.present.tables.common import (
     grid_frame,
 )
 
-PPL_COLUMNS = ["Model", "Dataset", "Method", "PPL", "Δ from dense", "Origin", "Source", "Run",
-               "Settings", "Note"]
+PPL_INTERVAL = "PPL 95% interval"
+DELTA_INTERVAL = "Δ 95% interval"
+PPL_COLUMNS = ["Model", "Dataset", "Method", "PPL", PPL_INTERVAL, "Δ from dense", DELTA_INTERVAL,
+               "Origin", "Source", "Run", "Settings", "Note"]
+PPL_NOISE_NOTE = (f"{PPL_INTERVAL}: from the stored per-window NLLs (Student's t interval of "
+                  f"their mean, exponentiated). {DELTA_INTERVAL}: paired over the same windows "
+                  "as the dense run; a Δ whose interval holds 0 is within noise. Published "
+                  "figures and runs stored before windows were kept have none.")
 
 
 def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
@@ -65,20 +70,39 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     computed = (status == "ok") & ~dense & ~np.isnan(value) & has & ~np.isnan(base_value)
     delta_text = np.select([status == "diverged", status == "collapsed", dense, computed],
                            [DIVERGED, COLLAPSED, BASELINE, None], default="").astype(object)
+    ppl_ci, delta_ci, within = _intervals(df, np.where(has, take, -1), status == "ok", computed)
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(dtype=object),
         "Dataset": per_value(dataset_name, df["dataset"]),
         "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
-        "PPL": value, TEXT + "PPL": per_value(_cell_text, status),
+        "PPL": value, TEXT + "PPL": per_value(_cell_text, status), PPL_INTERVAL: ppl_ci,
         "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
-        TEXT + "Δ from dense": delta_text,
+        TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: delta_ci, "_noise": within,
+        "_nlls": df["nlls"].to_numpy(dtype=object) if "nlls" in df else None,
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
         "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
         "Note": _ppl_notes(df, value, has, base_value, base_run, base_status),
         "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
         "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
     })
-    return Table(frame, _ppl_formats())
+    notes = [PPL_NOISE_NOTE] if any(ppl_ci) else []
+    return Table(frame, _ppl_formats(), notes)
+
+
+def _intervals(df: pd.DataFrame, bases: np.ndarray, ok: np.ndarray, computed: np.ndarray
+               ) -> tuple[list[str], list[str], np.ndarray]:
+    """Each row's perplexity interval and Δ interval as text, and whether Δ is within noise."""
+    nlls = (df["nlls"].to_numpy(dtype=object) if "nlls" in df
+            else np.full(len(df), None, dtype=object))
+    low, high = noise.ppl_intervals(nlls)
+    ppl = [f"{lo:.2f} to {hi:.2f}" if o and lo == lo else ""
+           for lo, hi, o in zip(low, high, ok, strict=True)]
+    d_low, d_high = noise.ppl_change_intervals(nlls, bases)
+    within = computed & (d_low <= 0) & (d_high >= 0)
+    delta = [(f"{lo:+.2f}% to {hi:+.2f}%" + (f" ({noise.WITHIN_NOISE})" if w else ""))
+             if c and lo == lo else "" for lo, hi, c, w in zip(d_low, d_high, computed, within,
+                                                              strict=True)]
+    return ppl, delta, within
 
 
 def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value: np.ndarray,
@@ -142,7 +166,7 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
     labels = []
     varying: dict[str, list[str]] = {}
     found = {id(spec): spec for spec in df["spec"]}  # rows of a run share a spec
-    found = {key: _shared_settings(spec) for key, spec in found.items()}
+    found = {key: shared_settings(spec) for key, spec in found.items()}
     for method, part in df.groupby("method"):
         runs = [found[id(spec)] for spec in part["spec"]]
         keys = sorted({k for f in runs for k in f})
@@ -152,10 +176,6 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
         extra = ", ".join(f"{k}={values.get(k, '—')}" for k in varying[method])
         labels.append(method_label(method) + (f" ({extra})" if extra else ""))
     return labels
-
-
-#: ``settings_of`` once per prepared spec dict (read only) in this process.
-_shared_settings = by_identity(settings_of)
 
 
 def _grid_columns(df: pd.DataFrame) -> list[str]:

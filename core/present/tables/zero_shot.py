@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.analysis import baselines, noise
@@ -48,7 +49,8 @@ from core.present.tables.common import (
     _values,
 )
 
-ZS_COLUMNS = ["Model", "Method", "Tasks", "Accuracy", "Retention", "Evaluation", "Origin",
+ZS_COLUMNS = ["Model", "Method", "Tasks", "Accuracy", "Accuracy 95% interval", "Retention",
+              "Retention 95% interval", "Evaluation", "Origin",
               "Source", "Run", "Baseline run", "Note"]
 NOT_COUNTED = ("Failed or missing tasks are marked in the per-task tables (the error in the Note "
                "column) and are not counted in averages, retention or drops.")
@@ -119,18 +121,30 @@ class _RunScores:
 
     attempted: dict[int, set[str]]
     values: dict[int, dict[str, float]]
+    errors: dict[int, dict[str, float]]  # the scored tasks' standard errors (NaN: none)
 
     @classmethod
     def of(cls, scores: pd.DataFrame) -> _RunScores:
         attempted: dict[int, set[str]] = {}
         values: dict[int, dict[str, float]] = {}
+        errors: dict[int, dict[str, float]] = {}
         ok = _values(scores)
-        for rid, task, value in zip(scores["run_id"], scores["dataset"], ok, strict=True):
+        se = (scores["stderr"].to_numpy(dtype=float, na_value=np.nan) if "stderr" in scores
+              else np.full(len(scores), np.nan))
+        for rid, task, value, error in zip(scores["run_id"], scores["dataset"], ok, se,
+                                           strict=True):
             attempted.setdefault(rid, set()).add(task)
             scored = values.setdefault(rid, {})
             if value == value:
                 scored[task] = float(value)
-        return cls(attempted, values)
+                errors.setdefault(rid, {})[task] = float(error)
+        return cls(attempted, values, errors)
+
+    def average_se(self, run: int, tasks: Iterable[str]) -> float:
+        """The standard error of ``run``'s average accuracy over ``tasks``."""
+        mine = self.errors.get(run, {})
+        errors = [mine.get(t, math.nan) for t in tasks]  # noise.mean_se, inlined: 10,000 runs
+        return math.sqrt(sum(e * e for e in errors)) / len(errors) if errors else math.nan
 
 
 _NO_BASE_COLUMNS = ["run_id", "model", "group", "dense", "spec"]
@@ -168,7 +182,10 @@ def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
     notes = [_task_note(scores, metric), NOT_COUNTED]
     if (runs_frame["group"] == OWN_GROUP).any():
         notes.append(OWN_ZS_BASELINE)
-    return Table(pd.DataFrame(out), formats, notes)
+    frame = pd.DataFrame(out)
+    if (frame[ACC_INTERVAL] != "").any():
+        notes.append(ZS_NOISE_NOTE)
+    return Table(frame, formats, notes)
 
 
 def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
@@ -183,20 +200,54 @@ def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
         notes.append(f"average over {len(scores)} of {n_tasks} tasks ({detail}; not counted)")
     dense = runs.values.get(base, {}) if base is not None else None
     ret, used = retention(scores, dense) if dense is not None else (math.nan, 0)
+    accuracy = average(scores.values())
+    acc_se = runs.average_se(rec["run_id"], scores)
+    ret_ci = _retention_interval(runs, rec["run_id"], base, ret) if used else ""
     if base is None:
         notes.append(why)
     elif scores and used < max(len(scores), len(dense)):
         notes.append(f"retention over the {used} tasks shared with dense run {base}")
     return {
         "Model": rec["model"], "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
-        "Tasks": len(scores), "Accuracy": average(scores.values()),
+        "Tasks": len(scores), "Accuracy": accuracy,
         TEXT + "Accuracy": None if scores else MISSING,
+        ACC_INTERVAL: _percent_interval(accuracy, acc_se),
         "Retention": ret, TEXT + "Retention": None if not math.isnan(ret) else "",
+        RETENTION_INTERVAL: ret_ci,
         "Evaluation": zs_evaluation_label(rec["spec"]),
         "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
         "Baseline run": base if base is not None else math.nan,
         "Note": _join(*notes), "_method": rec["method"], "_spec": rec["spec"],
     }
+
+
+ACC_INTERVAL = "Accuracy 95% interval"
+RETENTION_INTERVAL = "Retention 95% interval"
+ZS_NOISE_NOTE = (f"{ACC_INTERVAL}: from lm-eval's standard errors of the tasks averaged. "
+                 f"{RETENTION_INTERVAL}: delta method over the tasks shared with dense, both "
+                 "averages taken as independent (cautious); one that holds 100% is within "
+                 "noise. Published figures give no standard errors.")
+
+
+def _percent_interval(value: float, se: float) -> str:
+    low, high = noise.interval(value, se)
+    return f"{low * 100:.2f}% to {high * 100:.2f}%" if low == low else ""
+
+
+def _retention_interval(runs: _RunScores, run: int, base: int | None, ret: float) -> str:
+    """Retention's 95% interval text, marked within noise when it holds 100% (none for a
+    dense run, its own baseline: its retention is 100% exactly)."""
+    if base is None or base == run or ret != ret:
+        return ""
+    common = sorted(runs.values[run].keys() & runs.values.get(base, {}).keys())
+    mine = average(runs.values[run][t] for t in common)
+    dense = average(runs.values[base][t] for t in common)
+    se = noise.ratio_se(mine, runs.average_se(run, common), dense,
+                        runs.average_se(base, common))
+    text = _percent_interval(ret, se)
+    if text and noise.within_noise(ret - 1.0, se):
+        text += f" ({noise.WITHIN_NOISE})"
+    return text
 
 
 def _task_note(scores: pd.DataFrame, metric: str) -> str:

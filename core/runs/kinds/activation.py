@@ -35,8 +35,9 @@ from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import vocab_size, windows
 from core.engine.masks import Selection
-from core.runs import preflight
+from core.runs import costs, preflight
 from core.runs.kinds.prune import perplexity_said, perplexity_status
+from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -230,6 +231,8 @@ def split_perplexity(model: Any, ids: torch.Tensor, seqlen: int, max_windows: in
     chunks = windows(ids, seqlen, max_windows)
     prefix = seqlen // 2
     nll, tokens = 0.0, 0
+    if progress:
+        progress("perplexity", 0, chunks.shape[0])
     for i, window in enumerate(chunks):
         logprob, _ = split_loglikelihood(model, window[:prefix].tolist(),
                                          window[prefix:].tolist())
@@ -328,6 +331,8 @@ def _sparse_tasks(model: Any, tokenizer: Any, spec: ActivationSpec, handle: Core
         say(f"{task}: {row['metric']} {row['value']:.4f}; measured kept fraction "
             + (f"{stats.kept_fraction:.4f}" if stats.acted else "n/a (CoreInfer never "
                "decoded: every answer was scored by the dense pre-fill)"))
+    if spec.tasks:
+        progress(f"task {spec.tasks[-1]}", len(spec.tasks), len(spec.tasks))
     return measured
 
 
@@ -339,6 +344,7 @@ def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
     vocab = vocab_size(model)
     for name in spec.ppl_datasets:
         handle.reset_stats()
+        progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
         ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
         value, n_windows, n_tokens = split_perplexity(
             model, ids, spec.ppl_seqlen, spec.max_windows,
@@ -370,4 +376,18 @@ def _block_rows(configured: dict[int, float], overall: dict[str, Any]) -> list[d
     return rows
 
 
-register_kind("activation", ActivationSpec, execute_activation, title="Activation sparsity")
+def stage_plan(spec: ActivationSpec) -> list[Stage]:
+    """The stages ``execute_activation`` reports, in order, with their measured costs
+    (``core.runs.costs``)."""
+    stages = [Stage("loading model", costs.LOAD_S)]
+    if spec.tasks:
+        stages.append(Stage("task", costs.COREINFER_WARMUP_S + sum(
+            costs.coreinfer_s(t, spec.limit) for t in spec.tasks), "task"))
+    window_k = costs.windows(spec.max_windows) * spec.ppl_seqlen / 1000
+    return stages + [Stage(f"perplexity {name}",
+                           costs.PPL_FIXED_S + costs.SPLIT_PPL_S_PER_KTOKEN * window_k, "window")
+                     for name in spec.ppl_datasets]
+
+
+register_kind("activation", ActivationSpec, execute_activation, title="Activation sparsity",
+              stages=stage_plan)

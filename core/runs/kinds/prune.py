@@ -20,7 +20,8 @@ from core.engine.masks import Selection
 from core.engine.prune import owl
 from core.engine.prune.methods import REGISTRY, Target, get_method
 from core.engine.prune.runner import PruneReport, prune_model
-from core.runs import preflight
+from core.runs import costs, preflight
+from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -283,6 +284,7 @@ def execute(spec: PruneSpec, progress: ProgressFn, say: Say) -> RunResult:
         prune(model, tokenizer, spec, result, progress, say)
     model.to(spec.device)
     if spec.save_dir:
+        progress("saving model", 0, 1)
         models.save_model(model, tokenizer, Path(spec.save_dir))
         say(f"saved to {spec.save_dir}")
     started = time.perf_counter()
@@ -369,6 +371,7 @@ def evaluate_perplexity(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
     for name in spec.ppl_datasets:
         say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, "
             f"{spec.max_windows or 'all'} windows at most)")
+        progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
         ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
         res = perplexity(model, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows,
                          spec.device,
@@ -377,6 +380,8 @@ def evaluate_perplexity(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
         result.metrics.append({
             "kind": "perplexity", "dataset": name, "metric": "ppl", "value": res.value,
             "n_samples": res.tokens, "status": status, "note": note})
+        if res.window_nlls:
+            result.windows.append({"dataset": name, "nlls": list(res.window_nlls)})
         say(f"{name}: {perplexity_said(status, res.value, vocab)} over {res.windows} windows")
 
 
@@ -394,4 +399,29 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
         say(f"zero-shot task {task} failed (other tasks kept): {message}")
 
 
-register_kind("prune", PruneSpec, execute, title="Prune + evaluate")
+def stage_plan(spec: PruneSpec) -> list[Stage]:
+    """The stages ``execute`` reports, in order, with their measured costs (``core.runs.costs``)."""
+    stages = [Stage("loading model", costs.LOAD_S)]
+    if not spec.is_dense:
+        ktokens = spec.samples * spec.seqlen / 1000
+        if spec.needs_calibration():
+            stages += [Stage("calibration data", costs.CALIBRATION_S),
+                       Stage("capturing block inputs", costs.CAPTURE_S_PER_KTOKEN * ktokens)]
+        pruning = costs.prune_s(spec.method, ktokens)
+        if spec.owl is not None:
+            stages.append(Stage("OWL outlier ratios", costs.OWL_S_PER_KTOKEN * ktokens, "block"))
+            pruning += costs.OWL_S_PER_KTOKEN * ktokens * (spec.method == "magnitude")
+        stages.append(Stage("pruning", pruning, "block"))
+    if spec.save_dir:
+        stages.append(Stage("saving model", costs.SAVE_S))
+    window_k = costs.windows(spec.max_windows) * spec.ppl_seqlen / 1000
+    stages += [Stage(f"perplexity {name}", costs.PPL_FIXED_S + costs.PPL_S_PER_KTOKEN * window_k,
+                     "window") for name in spec.ppl_datasets]
+    if spec.zero_shot_tasks:
+        stages.append(Stage("zero-shot", sum(
+            costs.TASK_FIXED_S + costs.TASK_S_PER_EXAMPLE * costs.task_examples(t, spec.zs_limit)
+            for t in spec.zero_shot_tasks), "task"))
+    return stages
+
+
+register_kind("prune", PruneSpec, execute, title="Prune + evaluate", stages=stage_plan)

@@ -23,7 +23,7 @@ from core.engine.activation import (
 )
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
-from core.runs import preflight
+from core.runs import costs, preflight
 from core.runs.kinds.activation import (
     ActivationSpec,
     converted_range,
@@ -31,6 +31,7 @@ from core.runs.kinds.activation import (
     load,
     pick_metric,
 )
+from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ChildRun, ProgressFn, RunResult, Say
 from core.runs.specs import (
@@ -221,17 +222,16 @@ def execute_search(spec: SearchSpec, progress: ProgressFn, say: Say) -> RunResul
     model, tokenizer = load(spec, progress, say)
     n_blocks = len(get_adapter(model).blocks(model))
     start, end = converted_range(spec.block_range, n_blocks)
-    total = 4 + len(spec.sum_weights)
     started = time.perf_counter()
 
-    progress("calibration scores", 0, total)
+    progress("calibration scores", 0, 1)
     prompts = task_prompts(spec.task, spec.n_calibration)
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     scores = collect_scores(model, ids, top_k=spec.top_k)
     say(f"neuron scores from {len(prompts)} prompts of {spec.task} "
         f"({sum(len(i) for i in ids)} tokens), top_k {spec.top_k}")
 
-    progress("CoreInfer on the full set", 1, total)
+    progress("CoreInfer on the full set", 0, 1)
     core = score_config(model, tokenizer, spec, start, end, spec.full_limit, spec.metric,
                         sparsity=spec.coreinfer_sparsity)
     metric = core.row["metric"]
@@ -262,7 +262,7 @@ def execute_search(spec: SearchSpec, progress: ProgressFn, say: Say) -> RunResul
     ]
     if spec.goal_factor is not None:
         result.spec_updates["goal"] = goal
-    progress("done", total, total)
+    progress("AVG on the full set", 1, 1)
     return result
 
 
@@ -282,8 +282,7 @@ def resolve_goal(spec: SearchSpec, core_actual: float | None, say: Say) -> float
 def run_trial(model: Any, tokenizer: Any, spec: SearchSpec, blocks: tuple[int, int], i: int,
               cfg: Any, metric: str, progress: ProgressFn, say: Say) -> dict[str, Any]:
     """Score configuration ``i`` on the search samples: one search-trial row."""
-    progress(f"search configuration {i + 1}/{len(spec.sum_weights)}", 2 + i,
-             4 + len(spec.sum_weights))
+    progress("search configurations", i, len(spec.sum_weights))
     scored = score_config(model, tokenizer, spec, *blocks, spec.n_search, metric,
                           levels=cfg.levels)
     actual = scored.stats.kept_fraction if scored.stats.acted else None
@@ -306,11 +305,11 @@ def final_runs(model: Any, tokenizer: Any, spec: SearchSpec, blocks: tuple[int, 
                trials: list[dict[str, Any]], metric: str, progress: ProgressFn
                ) -> dict[str, Scored]:
     """The best configuration and AVG scored on the full set."""
-    total = 4 + len(trials)
-    progress("best configuration on the full set", 2 + len(trials), total)
+    progress("search configurations", len(trials), len(trials))
+    progress("best configuration on the full set", 0, 1)
     best = score_config(model, tokenizer, spec, *blocks, spec.full_limit, metric,
                         levels=best_trial(trials)["levels"])
-    progress("AVG on the full set", 3 + len(trials), total)
+    progress("AVG on the full set", 0, 1)
     avg = score_config(model, tokenizer, spec, *blocks, spec.full_limit, metric,
                        levels=average_levels([t["levels"] for t in trials]))
     return {"best": best, "AVG": avg}
@@ -342,4 +341,18 @@ def child_runs(spec: SearchSpec, scored: dict[str, Scored], trials: list[dict[st
     return children
 
 
-register_kind("search", SearchSpec, execute_search, title="Parameter search")
+def stage_plan(spec: SearchSpec) -> list[Stage]:
+    """The stages ``execute_search`` reports, in order, with their measured costs
+    (``core.runs.costs``)."""
+    full = costs.coreinfer_s(spec.task, spec.full_limit)
+    scores = costs.COREINFER_WARMUP_S + costs.SCORES_S_PER_PROMPT * spec.n_calibration
+    return [Stage("loading model", costs.LOAD_S), Stage("calibration scores", scores),
+            Stage("CoreInfer on the full set", full),
+            Stage("search configurations",
+                  len(spec.sum_weights) * costs.coreinfer_s(spec.task, spec.n_search),
+                  "configuration"),
+            Stage("best configuration on the full set", full),
+            Stage("AVG on the full set", full)]
+
+
+register_kind("search", SearchSpec, execute_search, title="Parameter search", stages=stage_plan)
