@@ -13,8 +13,9 @@ DEFAULT_TEXT = "wiki-offline"
 
 
 def db_path() -> Path:
-    """The DuckDB results file (``SPARSEBENCH_DB``, default ``results.duckdb`` in the repo)."""
-    return Path(os.environ.get("SPARSEBENCH_DB", REPO_ROOT / "results.duckdb"))
+    """The DuckDB results file (``SPARSEBENCH_DB``, default ``results.duckdb`` in the repo; an
+    empty value counts as unset)."""
+    return Path(os.environ.get("SPARSEBENCH_DB") or REPO_ROOT / "results.duckdb")
 
 
 def cache_dir() -> Path:

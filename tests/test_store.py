@@ -235,3 +235,12 @@ def test_migration_10_keeps_every_row_and_windows_come_back_with_their_rows(
     upgraded.add_window_nlls(2, result.windows)
     rows = queries.metric_rows(upgraded, "perplexity").set_index("run_id")
     assert rows.loc[1, "nlls"] is None and list(rows.loc[2, "nlls"]) == [2.0, 2.4, 2.2]
+
+
+def test_an_empty_results_path_setting_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import config
+
+    monkeypatch.setenv("SPARSEBENCH_DB", "")
+    assert config.db_path() == config.REPO_ROOT / "results.duckdb"
+    monkeypatch.setenv("SPARSEBENCH_DB", "/tmp/x.duckdb")
+    assert config.db_path() == Path("/tmp/x.duckdb")
