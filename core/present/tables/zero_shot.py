@@ -239,11 +239,10 @@ def _retention_interval(runs: _RunScores, run: int, base: int | None, ret: float
     dense run, its own baseline: its retention is 100% exactly)."""
     if base is None or base == run or ret != ret:
         return ""
-    common = sorted(runs.values[run].keys() & runs.values.get(base, {}).keys())
-    mine = average(runs.values[run][t] for t in common)
+    common = runs.values[run].keys() & runs.values.get(base, {}).keys()
     dense = average(runs.values[base][t] for t in common)
-    se = noise.ratio_se(mine, runs.average_se(run, common), dense,
-                        runs.average_se(base, common))
+    se = noise.ratio_se(ret * dense, runs.average_se(run, common), dense,
+                        runs.average_se(base, common))  # ret x dense: the run's average
     text = _percent_interval(ret, se)
     if text and noise.within_noise(ret - 1.0, se):
         text += f" ({noise.WITHIN_NOISE})"
