@@ -802,3 +802,26 @@ def test_a_link_opens_an_archived_run_too(db: Path, workers: list[int], store: S
     assert widget(at.selectbox, "Run").value == runs["done"]
     assert any(c.value.startswith("Archived ") for c in at.caption)
     assert "Restore" in [b.label for b in at.button]
+
+
+def test_runs_list_shows_each_runs_key_results(db: Path, workers: list[int],
+                                               runs: dict[str, int]) -> None:
+    """The list's Perplexity and Zero-shot columns come from the stored metrics, computed in
+    the query: every perplexity dataset (a word where there is no number), the mean accuracy
+    over the tasks scored; a local text file by its name."""
+    store = Store(db)
+    store.add_metrics(runs["done"], [
+        {"kind": "perplexity", "dataset": "wiki-offline", "metric": "ppl", "value": 23.456},
+        {"kind": "perplexity", "dataset": "ptb", "metric": "ppl", "value": None,
+         "status": "diverged"},
+        {"kind": "zero_shot", "dataset": "piqa", "metric": "acc", "value": 0.6},
+        {"kind": "zero_shot", "dataset": "boolq", "metric": "acc", "value": 0.7},
+        {"kind": "zero_shot", "dataset": "rte", "metric": "acc", "value": None,
+         "status": "missing"}])
+    at = open_page("pages/runs.py")
+    by_id = at.dataframe[0].value.set_index("Run")
+    # the fixture's own perplexity on a local file is named by the file
+    assert by_id.loc[runs["done"], "Perplexity"] == (
+        "sample.txt 123.46; ptb diverged; wiki-offline 23.46")
+    assert by_id.loc[runs["done"], "Zero-shot"] == "65.00% (2 tasks)"
+    assert by_id.loc[runs["failed"], "Perplexity"] == "" == by_id.loc[runs["failed"], "Zero-shot"]

@@ -27,8 +27,8 @@ STATUS_ORDER = ("running", "cancelling", "queued", "done", "failed", "cancelled"
 ACTIVE = ("running", "cancelling")
 FINISHED = ("done", "failed", "cancelled")
 #: The run list's columns, as shown (Archived only while archived runs are listed).
-COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Queued",
-           "Started", "Duration", "Error", "Archived"]
+COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Perplexity",
+           "Zero-shot", "Queued", "Started", "Duration", "Error", "Archived"]
 ERROR_CHARS = 140
 
 
@@ -224,6 +224,8 @@ def runs_table(store: Store, now: datetime | None = None,
         "Progress": [p.fraction * 100 if p else None for p in progress],
         "Stage": [p.label if p else ("starting" if s in ACTIVE else "")
                   for p, s in zip(progress, status, strict=True)],
+        "Perplexity": _texts(frame, "perplexity"),
+        "Zero-shot": zero_shot_cells(frame),
         "Queued": [when(t, now) for t in frame["created_at"]],
         "Started": [when(t, now) for t in frame["started_at"]],
         "Duration": [elapsed(a, b, now) for a, b in
@@ -232,6 +234,20 @@ def runs_table(store: Store, now: datetime | None = None,
                   for e, s in zip(frame["error"], status, strict=True)],
         "Archived": [when(t, now) for t in frame["archived_at"]],
     }, columns=COLUMNS)
+
+
+def _texts(frame: pd.DataFrame, column: str) -> list[str]:
+    values = frame[column] if column in frame else [None] * len(frame)
+    return [v if isinstance(v, str) else "" for v in values]
+
+
+def zero_shot_cells(frame: pd.DataFrame) -> list[str]:
+    """'61.25% (7 tasks)': a run's mean accuracy over its tasks scored 'ok' ('' without)."""
+    if "zs_average" not in frame:
+        return [""] * len(frame)
+    return [f"{a * 100:.2f}% ({int(n)} task{'s' if n != 1 else ''})"
+            if isinstance(a, float) and a == a and n else ""
+            for a, n in zip(frame["zs_average"], frame["zs_tasks"].fillna(0), strict=True)]
 
 
 def summary(runs: pd.DataFrame) -> str:

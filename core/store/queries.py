@@ -140,11 +140,26 @@ def own_prune_runs_with_perplexity(store: Store, dataset: str | None) -> pd.Data
 
 
 def own_run_rows(store: Store) -> pd.DataFrame:
-    """The own runs' list rows (archived ones too), newest first."""
+    """The own runs' list rows (archived ones too), newest first, with their key results:
+    ``perplexity`` ('wikitext2 12.34; ptb 20.10', a local text by its file name, a word where
+    a value is diverged, collapsed or missing) and ``zs_average`` / ``zs_tasks`` (mean
+    accuracy over the tasks scored 'ok', and how many)."""
     return store.frame(
-        "SELECT id, status, model, method, pattern, sparsity, created_at, started_at, "
-        "finished_at, error, name, notes, tags, archived_at FROM runs WHERE origin = 'own' "
-        "ORDER BY id DESC")
+        """SELECT r.id, r.status, r.model, r.method, r.pattern, r.sparsity, r.created_at,
+                  r.started_at, r.finished_at, r.error, r.name, r.notes, r.tags, r.archived_at,
+                  k.perplexity, k.zs_average, k.zs_tasks
+           FROM runs r LEFT JOIN (
+               SELECT run_id,
+                      string_agg(parse_filename(dataset) || ' ' || CASE WHEN status = 'ok'
+                                 THEN printf('%.2f', value) ELSE status END, '; '
+                                 ORDER BY dataset) FILTER (
+                          WHERE kind = 'perplexity' AND metric = 'ppl') AS perplexity,
+                      avg(value) FILTER (WHERE kind = 'zero_shot' AND metric = 'acc'
+                                         AND status = 'ok') AS zs_average,
+                      count(*) FILTER (WHERE kind = 'zero_shot' AND metric = 'acc'
+                                       AND status = 'ok') AS zs_tasks
+               FROM metrics GROUP BY run_id) k ON k.run_id = r.id
+           WHERE r.origin = 'own' ORDER BY r.id DESC""")
 
 
 def run_row(store: Store, run_id: int) -> pd.DataFrame:
