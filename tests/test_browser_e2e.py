@@ -156,19 +156,31 @@ def own_runs(db: Path) -> list[tuple[int, str, str]]:
     return [(int(i), m, s) for i, m, s in frame.itertuples(index=False)]
 
 
+@contextlib.contextmanager
+def browser_page(timeout_ms: int, **options: object) -> Iterator[object]:
+    """A page of headless Debian Chromium (``WIDTH`` x 900, ``options`` for ``new_page``),
+    every wait up to ``timeout_ms``; the browser is closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900}, **options)
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
+
+
 # -- the test ---------------------------------------------------------------------------------
 def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     shots: Path = app["shots"]  # type: ignore[assignment]
     db: Path = app["db"]  # type: ignore[assignment]
     taken: list[Path] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with browser_page(30_000, accept_downloads=True) as page:
         try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900},
-                                    accept_downloads=True)
-            page.set_default_timeout(30_000)
             page.goto(str(app["url"]))
             expect(page.get_by_role("heading", name="SparseBench")).to_be_visible()
             expect(page.get_by_test_id("stToolbar")).to_be_attached()
@@ -259,7 +271,6 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
                 taken.append(screenshot(page, shots, "99-failure"))
             raise
         finally:
-            browser.close()
             for path in taken:
                 shutil.copy(path, Path("/tmp") / f"e2e_{path.name}")
 
@@ -277,24 +288,18 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
 def test_a_page_url_opened_first_shows_the_app_menu(app: dict[str, object]) -> None:
     """On a fresh server, opening /zero_shot first must still show app.py's menu and layout
     (Streamlit would otherwise run the page alone in its legacy pages/ mode)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.set_default_timeout(60_000)
-            page.goto(f"{app['url']}/zero_shot")
-            expect(page.get_by_role("heading", name="Zero-shot accuracy")).to_be_visible()
-            settle(page, 60)
-            expect(page.get_by_text("Page not found")).to_have_count(0)
-            sidebar = page.get_by_test_id("stSidebar")
-            expect(sidebar.get_by_role("link", name="Zero-shot")).to_be_visible()
-            expect(sidebar.get_by_role("link", name="Layer statistics")).to_be_visible()
-            expect(sidebar.get_by_text("Results file:")).to_be_visible()  # app.py ran
-            screenshot(page, app["shots"], "direct-url")  # type: ignore[arg-type]
-        finally:
-            browser.close()
+    with browser_page(60_000) as page:
+        page.goto(f"{app['url']}/zero_shot")
+        expect(page.get_by_role("heading", name="Zero-shot accuracy")).to_be_visible()
+        settle(page, 60)
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_role("link", name="Zero-shot")).to_be_visible()
+        expect(sidebar.get_by_role("link", name="Layer statistics")).to_be_visible()
+        expect(sidebar.get_by_text("Results file:")).to_be_visible()  # app.py ran
+        screenshot(page, app["shots"], "direct-url")  # type: ignore[arg-type]
 
 
 def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
@@ -302,7 +307,7 @@ def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
     picking another run writes it into the URL."""
     import re
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from core.store.meta import check
 
@@ -311,23 +316,17 @@ def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
                             sparsity=0.5, spec={"model": str(app["model"]), "seed": seed},
                             status="done", meta=check(name, None, ["e2e"]))
            for seed, name in enumerate(("<b>first</b>", "**second**"))]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(f"{app['url']}/runs?run={ids[0]}")
-            picker = page.get_by_role("combobox", name="Run")
-            expect(picker).to_have_value(f"Run {ids[0]} · <b>first</b> · Wanda 50% · tiny-model")
-            expect(page.get_by_test_id("stText").first).to_have_text("Name: <b>first</b>")
-            expect(page.locator("b", has_text="first")).to_have_count(0)  # not HTML
-            settle(page)
-            choose(page, "Run", f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
-            expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
-            expect(page.get_by_test_id("stText").first).to_have_text("Name: **second**")
-            time.sleep(2.5)  # a refresh (every 2 s) keeps the pick and the URL
-            expect(picker).to_have_value(f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
-            expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
-            screenshot(page, app["shots"], "run-link")  # type: ignore[arg-type]
-        finally:
-            browser.close()
+    with browser_page(30_000) as page:
+        page.goto(f"{app['url']}/runs?run={ids[0]}")
+        picker = page.get_by_role("combobox", name="Run")
+        expect(picker).to_have_value(f"Run {ids[0]} · <b>first</b> · Wanda 50% · tiny-model")
+        expect(page.get_by_test_id("stText").first).to_have_text("Name: <b>first</b>")
+        expect(page.locator("b", has_text="first")).to_have_count(0)  # not HTML
+        settle(page)
+        choose(page, "Run", f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
+        expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
+        expect(page.get_by_test_id("stText").first).to_have_text("Name: **second**")
+        time.sleep(2.5)  # a refresh (every 2 s) keeps the pick and the URL
+        expect(picker).to_have_value(f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
+        expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
+        screenshot(page, app["shots"], "run-link")  # type: ignore[arg-type]

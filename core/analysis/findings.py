@@ -191,8 +191,8 @@ def perplexity_change(result: Result, reference: Result, dataset: str) -> Findin
                 f"({fmt(value)} vs {fmt(ref)}; change {fmt(0.0, '%')}).")
     else:
         direction = "lower" if change < 0 else "higher"
-        interval = (f" (95% interval {low:+.{DECIMALS}f}% to {high:+.{DECIMALS}f}%, paired "
-                    "over the same windows)" if finite(low) else "")
+        interval = (f" (95% interval {noise.percent_bounds_text(low, high)}, paired over the "
+                    "same windows)" if finite(low) else "")
         text = (f"**{result.label}** has perplexity {fmt(value)} {on}, {fmt(abs(change), '%')} "
                 f"{direction} than {reference.label} ({fmt(ref)}){interval}: {verdict}.")
     return Finding("perplexity", text, verdict, change)

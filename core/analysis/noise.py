@@ -39,10 +39,13 @@ def _known(value: float | None) -> bool:
 
 def combined_se(*errors: float | None) -> float:
     """The standard error of a sum or difference of independent values; NaN when one lacks
-    its standard error."""
-    if not errors or not all(_known(e) for e in errors):
-        return math.nan
-    return math.sqrt(sum(float(e) ** 2 for e in errors))
+    its standard error (the zero-shot table calls this for each of 10,000 runs: one pass)."""
+    total = 0.0
+    for error in errors:
+        if error is None or isinstance(error, bool):
+            return math.nan
+        total += float(error) ** 2
+    return math.sqrt(total) if errors and math.isfinite(total) else math.nan
 
 
 def mean_se(errors: Iterable[float | None]) -> float:
@@ -62,8 +65,7 @@ def interval(value: float, se: float) -> tuple[float, float]:
 
 def within_noise(value: float, se: float) -> bool:
     """Whether the 95% interval of a difference holds 0 (False when there is no interval)."""
-    low, high = interval(value, se)
-    return _known(low) and low <= 0.0 <= high
+    return interval_holds_zero(*interval(value, se))
 
 
 def interval_text(value: float, se: float, unit: str = "", decimals: int = 2) -> str:
@@ -72,6 +74,11 @@ def interval_text(value: float, se: float, unit: str = "", decimals: int = 2) ->
     if not _known(low):
         return ""
     return f"{low:+.{decimals}f} to {high:+.{decimals}f}{unit}"
+
+
+def percent_bounds_text(low: float, high: float) -> str:
+    """'+3.10% to +8.02%': an interval of a relative change in %."""
+    return f"{low:+.2f}% to {high:+.2f}%"
 
 
 # -- perplexity: intervals from the per-window NLLs --------------------------------------------
@@ -86,37 +93,23 @@ def t95(df: int) -> float:
     return _T95[df - 1] if 1 <= df <= len(_T95) else Z95
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """The mean of ``values`` and its 95% interval (Student's t over n - 1 degrees of freedom);
-    NaNs with fewer than two finite values."""
-    finite = [float(v) for v in values if _known(v)]
-    if len(finite) < 2 or len(finite) < len(values):
-        return math.nan, math.nan, math.nan
-    n = len(finite)
-    mean = math.fsum(finite) / n
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1))
-    half = t95(n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def ppl_interval(nlls: Sequence[float]) -> tuple[float, float]:
     """The 95% interval of a perplexity ``exp(mean window NLL)`` from its windows' mean NLLs
-    (every window predicts the same number of tokens, so the windows weigh the same)."""
-    _, low, high = mean_interval(nlls)
-    return (math.exp(low), math.exp(high)) if _known(low) else (math.nan, math.nan)
+    (every window predicts the same number of tokens, so the windows weigh the same): Student's
+    t interval of the mean over n - 1 degrees of freedom, exponentiated; NaNs with fewer than
+    two windows or a non-finite one (``ppl_intervals`` of one row)."""
+    low, high = ppl_intervals([list(nlls)])
+    return float(low[0]), float(high[0])
 
 
 def ppl_change_interval(nlls: Sequence[float], base: Sequence[float]) -> tuple[float, float]:
     """The 95% interval of the relative perplexity change (%) of a run against ``base``,
     evaluated on the same windows: from the per-window differences of mean NLL (paired, so
     the windows' own difficulty cancels), ``(exp(mean difference) - 1) x 100`` at both ends.
-    NaNs when the two were not evaluated on the same number of windows."""
-    if len(nlls) != len(base) or len(nlls) < 2:
-        return math.nan, math.nan
-    _, low, high = mean_interval([a - b for a, b in zip(nlls, base, strict=True)])
-    if not _known(low):
-        return math.nan, math.nan
-    return math.expm1(low) * 100.0, math.expm1(high) * 100.0
+    NaNs when the two were not evaluated on the same number of windows
+    (``ppl_change_intervals`` of one pair)."""
+    low, high = ppl_change_intervals([list(nlls), list(base)], [1, -1])
+    return float(low[0]), float(high[0])
 
 
 def interval_holds_zero(low: float, high: float) -> bool:

@@ -135,7 +135,7 @@ def difference(value: float, reference: float, kind: str, metric: str,
             if findings.finite(low) and findings._r(change):
                 if noise.interval_holds_zero(low, high):
                     verdict = noise.WITHIN_NOISE
-                verdict = f"95% interval {low:+.2f}% to {high:+.2f}%; {verdict}"
+                verdict = f"95% interval {noise.percent_bounds_text(low, high)}; {verdict}"
     else:
         change = value - reference
         text = f"{change:+.4g}" if change else "0"

@@ -26,7 +26,6 @@ from core.present.labels import (
     sparsity_label,
     zs_evaluation_label,
 )
-from core.present.labels import by_identity as by_identity  # re-exported
 from core.store import queries
 from core.store.db import SETTING_COLUMNS, Store, setting_value
 

@@ -24,7 +24,6 @@ from core.analysis.retention import (
     retention,
 )
 from core.present.frames import (
-    by_identity,
     choices,
     dedupe_published,
     default_choice,
@@ -67,6 +66,7 @@ from core.present.labels import (
     Table,
     _isna,
     _method_rank,
+    by_identity,
     column_decimals,
     dataset_label,
     dataset_name,

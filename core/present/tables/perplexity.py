@@ -99,7 +99,7 @@ def _intervals(df: pd.DataFrame, bases: np.ndarray, ok: np.ndarray, computed: np
            for lo, hi, o in zip(low, high, ok, strict=True)]
     d_low, d_high = noise.ppl_change_intervals(nlls, bases)
     within = computed & (d_low <= 0) & (d_high >= 0)
-    delta = [(f"{lo:+.2f}% to {hi:+.2f}%" + (f" ({noise.WITHIN_NOISE})" if w else ""))
+    delta = [(noise.percent_bounds_text(lo, hi) + (f" ({noise.WITHIN_NOISE})" if w else ""))
              if c and lo == lo else "" for lo, hi, c, w in zip(d_low, d_high, computed, within,
                                                               strict=True)]
     return ppl, delta, within
