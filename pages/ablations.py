@@ -37,7 +37,7 @@ with st.expander("Cost of each own run (time, memory, device)"):
     if costs.empty:
         st.info("No own runs yet.")
     else:
-        show_table(costs, "run-costs")
+        show_table(costs, "run-costs", own_runs=True)
 
 st.subheader("Hyperparameter grids")
 if not grids:

@@ -7,7 +7,10 @@ import streamlit as st
 
 from core.present import ablations, charts, compare, tables
 from core.store import queries
+from ui import url_state
 from ui.components import memo, show_table, store_or_stop, use_app_menu
+
+PICKED = "compare-runs"  # the runs picker's key
 
 use_app_menu()
 st.title("Compare runs")
@@ -24,13 +27,16 @@ if options.empty:
             "core/store/published/figures.csv is present: published figures are imported at start.")
     st.stop()
 
-labels = list(options["label"])
-chosen = st.multiselect("Runs (the first is the reference)", labels, default=labels[:2],
-                        max_selections=8, placeholder="Pick two or more runs")
-if not chosen:
+labels = dict(zip(options["run_id"].astype(int), options["label"], strict=True))
+url_state.take(PICKED, "runs", choices=list(labels), many=True, cast=int)
+st.session_state[PICKED] = st.session_state.get(PICKED, list(labels)[:2])[:8]
+run_ids = st.multiselect("Runs (the first is the reference)", list(labels), key=PICKED,
+                         format_func=labels.__getitem__, max_selections=8,
+                         placeholder="Pick two or more runs")
+url_state.put(PICKED, "runs", run_ids)  # the address shares it: ?runs=3&runs=7
+if not run_ids:
     st.info("Pick at least one run to see its numbers.")
     st.stop()
-run_ids = [int(options.loc[options["label"] == label, "run_id"].iloc[0]) for label in chosen]
 
 picked = tuple(run_ids)
 with store_or_stop():

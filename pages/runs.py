@@ -8,25 +8,27 @@ import streamlit as st
 
 from core.execution import jobs
 from core.execution.executors import executor_for
+from core.present import run_list, tables
 from core.present import runs as run_views
-from core.present import tables
 from core.store.db import StoreError
+from ui import run_table
 from ui.components import memo, store_or_stop, use_app_menu
 from ui.run_meta import checked, meta_fields
 
 REFRESH_S = 2
 PICK = "run-detail"  # the run picker's key
-PENDING = "run-detail-next"  # a run to pick on the next run (set by Re-run)
-FLASH = "run-detail-flash"  # a message to show once, after an action
+PENDING = run_table.PENDING  # a run to pick on the next run (set by Re-run)
+FLASH = run_table.FLASH  # a message to show once, after an action
 LINKED = "run-detail-linked"  # the ?run= values followed or written in this session
 AUTO = "run-detail-auto"  # the run the details chose themselves (no link, Re-run or click since)
-ARCHIVED = "runs-archived"  # the Show archived toggle
+ARCHIVED = run_table.ARCHIVED  # the Show archived toggle
 
 use_app_menu()
 st.title("Runs")
-st.caption(f"Your own runs, newest first; this page refreshes every {REFRESH_S} s. A background "
-           "worker executes queued runs one at a time per device; the page starts it when "
-           "needed.")
+st.caption(f"Your own runs; this page refreshes every {REFRESH_S} s. A background worker "
+           "executes queued runs one at a time per device; the page starts it when needed. "
+           "Tick runs in the list to compare them; filters and order stay in the page's "
+           "address, to share the view.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
 
@@ -37,7 +39,8 @@ def live() -> None:
         if store.writable:
             executor_for(store).ensure_workers()
         rows = memo(store, "run_rows", live=True)(lambda: run_views.run_rows(store))
-        listed = run_views.with_status(store, rows)
+        results = memo(store, "run_results")(lambda: run_list.key_results(store))
+        listed = run_list.with_results(run_views.with_status(store, rows), results)
     except StoreError as exc:
         st.error(str(exc))
         return
@@ -45,57 +48,19 @@ def live() -> None:
         st.info("No runs yet. Queue one on the Launch page.")
         st.page_link("pages/launch.py", label="Launch a run", icon=":material/rocket_launch:")
         return
-    archived = bool(st.session_state.get(ARCHIVED, False))
+    archived = run_table.archived_shown()
     current = run_views.shown_runs(listed, archived=archived)
     st.markdown(run_views.summary(current))
     active = run_views.runs_table(store, rows=listed[listed["Status"].isin(run_views.ACTIVE)])
     for fraction, text in run_views.progress_bars(active):
         st.progress(fraction, text=text)
-    shown = run_views.runs_table(store, rows=listing(listed, current))
-    hidden = {"Stage"} | (set() if archived else {"Archived"})  # the bars above show the stage
-    st.dataframe(
-        shown, hide_index=True, width="stretch",
-        column_order=[c for c in shown.columns if c not in hidden],
-        column_config={
-            "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
-            "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
-                                                        format="%.0f%%", width="small"),
-            "Error": st.column_config.TextColumn("Error", width="large"),
-        },
-    )
+    shown = run_views.runs_table(store, rows=run_table.listing(listed))
+    ticked = run_table.run_table(shown, archived)
+    run_table.ticked_actions(store, ticked, listed)
     try:
         detail(listed, current, shown)
     except StoreError as exc:
         st.error(str(exc))
-
-
-def listing(runs, current):  # noqa: ANN001, ANN201 (DataFrames)
-    """The search, filters and page choice above the list; the rows of the chosen page of
-    ``current`` (the runs listed: without the archived ones unless shown)."""
-    search, tagged, status = st.columns([3, 2, 2])
-    text = search.text_input("Search", key="runs-search",
-                             placeholder="name, notes, tags, method or model",
-                             help="Runs whose name, notes, tags, method or model hold this "
-                                  "text (ignoring case).")
-    chosen_tags = st.session_state.get("runs-tags", [])
-    tags = tagged.multiselect("Tags", list(dict.fromkeys([*run_views.tag_choices(current),
-                                                          *chosen_tags])),
-                              key="runs-tags", placeholder="Any tags",
-                              help="Runs with every tag chosen.")
-    statuses = status.multiselect("Status", run_views.STATUS_ORDER, key="runs-status",
-                                  placeholder="All statuses")
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
-    left.toggle("Show archived", key=ARCHIVED,
-                help="Archived runs are kept whole but left out of this list.")
-    found = run_views.matching(current, text, tags)
-    pages = run_views.page_of(found, statuses, 1)[1]
-    page = right.number_input("Page", min_value=1, max_value=pages, step=1, key="runs-page",
-                              help=f"{run_views.PAGE_ROWS} runs per page, newest first.")
-    shown, _ = run_views.page_of(found, statuses, int(page))
-    hidden = len(runs) - len(current)
-    st.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} runs shown."
-               + (f" {hidden} archived run(s) hidden." if hidden else ""))
-    return shown
 
 
 def link_to(run_id: int) -> None:

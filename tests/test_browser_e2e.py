@@ -248,7 +248,7 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
             summary = page.get_by_test_id("stMarkdownContainer").filter(has_text="done").first
             expect(summary).to_contain_text("2 done", timeout=15_000)
             expect(page.get_by_role("combobox", name="Run")).to_have_value(
-                f"Run {run_id} · Wanda 50% · tiny-model")
+                f"Run {run_id} · Wanda 50% · calibration sample.txt 2×32, seed 0 · tiny-model")
             expect(page.get_by_role("cell", name="Perplexity on sample.txt")).to_be_visible()
             expect(page.get_by_test_id("stCode").first).to_contain_text("done")
             taken.append(screenshot(page, shots, "04-runs-done"))
@@ -277,7 +277,9 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
     rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
     mine = [r for r in rows if r["Run"] == str(run_id)]
     assert len(mine) == 1, rows
-    assert mine[0]["Method"] == "Wanda 50%" and mine[0]["Origin"] == "Own run"
+    # its label names the calibration that differs from the default (a local file, 2 x 32)
+    assert mine[0]["Method"] == "Wanda 50% · calibration sample.txt 2×32, seed 0"
+    assert mine[0]["Origin"] == "Own run"
     assert float(mine[0]["PPL"]) > 1
     assert mine[0]["Δ from dense"].endswith("%")  # compared with its own dense baseline
     dense = [r for r in rows if r["Method"].startswith("Dense")]

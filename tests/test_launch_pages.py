@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.execution.local import LocalExecutor
 from core.present import runs as run_views
+from core.present import tables
 from core.runs.kinds.prune import PruneSpec
 from core.runs.progress import Stage, Tracker
 from core.store import published
@@ -360,7 +361,7 @@ def test_runs_page_lists_every_state_readably(db: Path, workers: list[int],
     assert by_id.loc[runs["running"], "Status"] == "running"
     assert by_id.loc[runs["running"], "Progress"] == pytest.approx(10.0)
     assert pd.isna(by_id.loc[runs["failed"], "Progress"])  # a finished run shows no bar
-    assert by_id.loc[runs["failed"], "Method"] == "Wanda 2:4"
+    assert by_id.loc[runs["failed"], "Method"] == "Wanda 2:4 · calibration sample.txt 2×32, seed 0"
     assert by_id.loc[runs["failed"], "Error"] == "RuntimeError: boom at block 7"
     assert by_id.loc[runs["done"], "Duration"] == "1 min 05 s"
     assert by_id.loc[runs["done"], "Model"] == "tiny-model"
@@ -394,7 +395,7 @@ def test_runs_page_shows_a_page_of_runs_at_a_time(db: Path, workers: list[int], 
     assert picker.value == running and len(picker.options) == run_views.PAGE_ROWS
     widget(at.number_input, "Page").set_value(3).run()
     assert at.dataframe[0].value["Run"].tolist() == sorted(ids, reverse=True)[98:]
-    assert any("Page 3 of 3: 20 runs shown" in c.value for c in at.caption)
+    assert any("Page 3 of 3: 20 of 120 matching runs shown" in c.value for c in at.caption)
     widget(at.multiselect, "Status").set_value(["failed"]).run()
     assert at.dataframe[0].value["Run"].tolist() == [failed]  # the page is clamped to 1
     assert widget(at.selectbox, "Run").value == running  # the pick survives the filter
@@ -648,8 +649,8 @@ def test_name_notes_and_tags_from_the_launch_form_are_stored_and_listed(
     assert f"Name: {HTML_NAME}" in shown_texts(at)  # st.text: never Markdown or HTML
     assert "# not a heading\n<i>x</i>" in shown_texts(at)
     assert not any(HTML_NAME in m.value or "not bold" in m.value for m in at.markdown)
-    assert f"Run {run_id} · {HTML_NAME} · Wanda 50% · tiny-model" in widget(
-        at.selectbox, "Run").options
+    assert (f"Run {run_id} · {HTML_NAME} · Wanda 50% · calibration sample.txt 2×32, seed 0 · "
+            "tiny-model") in widget(at.selectbox, "Run").options
 
 
 def test_a_bad_tag_on_the_launch_form_queues_nothing(db: Path, workers: list[int],
@@ -806,9 +807,9 @@ def test_a_link_opens_an_archived_run_too(db: Path, workers: list[int], store: S
 
 def test_runs_list_shows_each_runs_key_results(db: Path, workers: list[int],
                                                runs: dict[str, int]) -> None:
-    """The list's Perplexity and Zero-shot columns come from the stored metrics, computed in
-    the query: every perplexity dataset (a word where there is no number), the mean accuracy
-    over the tasks scored; a local text file by its name."""
+    """The list's number columns: a perplexity per dataset (blank where diverged; a local text
+    file by its name) and the mean accuracy over the tasks scored: the numbers of the
+    Perplexity and Zero-shot pages."""
     store = Store(db)
     store.add_metrics(runs["done"], [
         {"kind": "perplexity", "dataset": "wiki-offline", "metric": "ppl", "value": 23.456},
@@ -820,8 +821,12 @@ def test_runs_list_shows_each_runs_key_results(db: Path, workers: list[int],
          "status": "missing"}])
     at = open_page("pages/runs.py")
     by_id = at.dataframe[0].value.set_index("Run")
+    done = by_id.loc[runs["done"]]
     # the fixture's own perplexity on a local file is named by the file
-    assert by_id.loc[runs["done"], "Perplexity"] == (
-        "sample.txt 123.46; ptb diverged; wiki-offline 23.46")
-    assert by_id.loc[runs["done"], "Zero-shot"] == "65.00% (2 tasks)"
-    assert by_id.loc[runs["failed"], "Perplexity"] == "" == by_id.loc[runs["failed"], "Zero-shot"]
+    assert done["PPL sample.txt"] == pytest.approx(123.456)
+    assert done["PPL wiki-offline"] == pytest.approx(23.456) and pd.isna(done["PPL PTB"])
+    zs_page = tables.zero_shot_table(tables.load_metrics(store, "zero_shot")).frame
+    assert done["Zero-shot avg"] == pytest.approx(65.0) == pytest.approx(
+        zs_page.set_index("Run").loc[runs["done"], "Accuracy"] * 100)
+    failed = by_id.loc[runs["failed"]]
+    assert failed[["PPL sample.txt", "Zero-shot avg", "Retention"]].isna().all()

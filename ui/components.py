@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.present import export, tables
 from core.store.db import Store, StoreError
+from ui import url_state
 
 T = TypeVar("T")
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -87,20 +89,28 @@ def store_or_stop() -> Iterator[None]:
 WHOLE_ROWS = 40
 
 
-def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
+def show_table(table: tables.Table, name: str, *, whole: bool = False,
+               own_runs: bool = False) -> None:
     """The table (a page of it when long), its notes, and CSV / Markdown / LaTeX (booktabs)
     downloads of the whole table (its columns; numbers at their source's precision, up to 4
     decimals), written when clicked.
 
     ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
     every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
-    rows matter (averages).  Returns nothing: a page calls it as a bare statement, which
+    rows matter (averages).  Own runs get a link to their details (``with_run_links``;
+    ``own_runs``: every row is one).  Returns nothing: a page calls it as a bare statement, which
     Streamlit's "magic" would otherwise display.
     """
-    shown = table.display(rows=_rows_shown(len(table.frame), name))
-    align = {c: st.column_config.TextColumn(alignment="right") for c in table.numeric_columns}
+    shown = with_run_links(table.display(rows=_rows_shown(len(table.frame), name)), own_runs)
+    config: dict[str, Any] = {c: st.column_config.TextColumn(alignment="right")
+                              for c in table.numeric_columns}
+    if RUN_LINK in shown:
+        config[RUN_LINK] = st.column_config.LinkColumn(
+            RUN_LINK, display_text=r"runs\?run=(\d+)", width="small",
+            help="Opens the run's details on the Runs page (in a new tab); published figures "
+                 "have none.")
     height = "content" if whole and len(shown) <= WHOLE_ROWS else "auto"
-    st.dataframe(shown, hide_index=True, column_config=align, height=height)
+    st.dataframe(shown, hide_index=True, column_config=config, height=height)
     for note in table.notes:
         st.caption(note)
     csv, markdown, latex = _export_data(table)
@@ -113,6 +123,23 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False) -> None:
                             icon=":material/download:")
     buttons.download_button("LaTeX", latex, file_name=f"{name}.tex", mime="text/x-tex",
                             key=f"{name}-tex", on_click="ignore", icon=":material/download:")
+
+
+RUN_LINK = "Run details"  # the column of links to own runs' details
+
+
+def with_run_links(shown: pd.DataFrame, own_runs: bool = False) -> pd.DataFrame:
+    """A shown table with a link to each own run's details (``?run=`` of the Runs page), when
+    it names runs and has own ones (by its Origin column; every row when ``own_runs``)."""
+    if "Run" not in shown or not (own_runs or "Origin" in shown):
+        return shown
+    own = (np.ones(len(shown), dtype=bool) if own_runs
+           else (shown["Origin"] == tables.ORIGIN_NAMES["own"]).to_numpy())
+    if not own.any():
+        return shown
+    links = [f"runs?run={run}" if mine and str(run).isdigit() else None
+             for mine, run in zip(own, shown["Run"], strict=True)]
+    return shown.assign(**{RUN_LINK: links})
 
 
 #: A longer table is shown a page of this many rows at a time (its downloads hold every row).
@@ -146,23 +173,35 @@ def _export_data(table: tables.Table) -> tuple[Callable[[], str], ...]:
 
 
 def sidebar_filters(rows: pd.DataFrame, *, methods: bool = True) -> dict[str, Any]:
-    """Model, method (unless ``methods`` is False), source and origin filters in the sidebar.
+    """Model, method (unless ``methods`` is False), source and origin filters in the sidebar,
+    kept in the URL (``?model=&method=&source=&origin=``) so that a filtered view can be shared.
 
     Returns keyword arguments for ``tables.filter_rows``; an empty selection means all.
     """
     with st.sidebar:
         st.subheader("Filters")
-        models = st.multiselect("Model", tables.choices(rows, "model"), placeholder="All models")
+        models = _url_multiselect("Model", "model", tables.choices(rows, "model"),
+                                  placeholder="All models")
         chosen_methods = None
         if methods:
-            chosen_methods = st.multiselect("Method", tables.choices(rows, "method"),
-                                            format_func=tables.method_label,
-                                            placeholder="All methods")
-        groups = st.multiselect("Source", tables.choices(rows, "group"),
-                                placeholder="All sources")
-        origin = st.radio("Origin", list(tables.ORIGIN_FILTERS), horizontal=True)
+            chosen_methods = _url_multiselect("Method", "method", tables.choices(rows, "method"),
+                                              format_func=tables.method_label,
+                                              placeholder="All methods")
+        groups = _url_multiselect("Source", "source", tables.choices(rows, "group"),
+                                  placeholder="All sources")
+        origins = list(tables.ORIGIN_FILTERS)
+        origin = url_state.bound("filter-origin", "origin", lambda: st.radio(
+            "Origin", origins, horizontal=True, key="filter-origin"),
+            default=origins[0], choices=origins)
     selection = {"models": models or None, "groups": groups or None,
                  "origins": tables.ORIGIN_FILTERS[origin]}
     if methods:
         selection["methods"] = chosen_methods or None
     return selection
+
+
+def _url_multiselect(label: str, param: str, options: list[Any], **kwargs: Any) -> list[Any]:
+    """A multiselect of the sidebar filters bound to ``?param=`` (``url_state.bound``)."""
+    key = f"filter-{param}"
+    return url_state.bound(key, param, lambda: st.multiselect(label, options, key=key, **kwargs),
+                           choices=options, many=True)

@@ -102,8 +102,7 @@ def run_costs(timing: pd.DataFrame, memory: pd.DataFrame) -> tables.Table:
 
     records = pd.DataFrame({
         "Run": values.index.to_numpy(), "Model": first["model"].to_numpy(),
-        "Method": tables.per_value(tables.row_label, first["method"], first["sparsity"],
-                                   first["pattern"]),
+        "Method": tables.run_labels(first),
         "Prune (s)": metric("prune_seconds"), "Eval (s)": metric("eval_seconds"),
         "Peak memory (MB)": metric("peak_mb"),
         "Device": [str(spec.get("device", "")) for spec in first["spec"]],

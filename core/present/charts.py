@@ -143,20 +143,22 @@ MANY_SETTINGS = "\0many settings"  # the settings part of a trace key for the ca
 
 def _trace_groups(rows: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """Rows of one line: model, dataset, group, method and structure (unstructured or one N:M),
-    and settings (one line each, up to ``MAX_SETTING_LINES``; beyond, one key ``MANY_SETTINGS``
-    for all)."""
+    and variant (an own run's label words, else its settings: one line each, up to
+    ``MAX_SETTING_LINES``; beyond, one key ``MANY_SETTINGS`` for all)."""
     if rows.empty:
         return []
-    keyed = rows.assign(_structure=T.per_value(lambda p: p if T.is_nm(p) else "",
-                                               rows["pattern"]))
+    variants = rows["variant"] if "variant" in rows else [None] * len(rows)
+    keyed = rows.assign(
+        _structure=T.per_value(lambda p: p if T.is_nm(p) else "", rows["pattern"]),
+        _line=[f"variant: {v}" if isinstance(v, str) else f"settings: {s}"
+               for v, s in zip(variants, rows["settings"], strict=True)])
     keys = ["model", "dataset", "group", "method", "_structure", "origin"]
     out: list[tuple[tuple, pd.DataFrame]] = []
     for key, part in keyed.groupby(keys, sort=False):
-        if part["settings"].nunique() > MAX_SETTING_LINES:
+        if part["_line"].nunique() > MAX_SETTING_LINES:
             out.append(((*key, MANY_SETTINGS), part))
         else:
-            out += [((*key, setting), lines)
-                    for setting, lines in part.groupby("settings", sort=False)]
+            out += [((*key, line), lines) for line, lines in part.groupby("_line", sort=False)]
     return out
 
 
@@ -184,6 +186,9 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
     part = part.assign(_x=_x_of(part)).sort_values("_x")
     published = origin == "published"
     name = T.method_label(method) + (f" {structure}" if structure else "")
+    variant = str(key[-1]).removeprefix("variant: ") if str(key[-1]).startswith("variant: ") \
+        else ""
+    name += f" · {variant}" if variant else ""
     name += f" · {short_source(group) if published else 'own'}"
     if several:
         name += f" · {model} {T.dataset_label(dataset)}"
@@ -201,7 +206,8 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
         mode="lines+markers+text" if label else "lines+markers",
         text=[""] * (len(part) - 1) + [label],
         textposition="middle right", textfont={"size": 10, "color": method_color(method)},
-        line={"color": method_color(method), "dash": "dot" if published else "solid"},
+        line={"color": method_color(method),
+              "dash": "dot" if published else "dash" if variant else "solid"},
         marker={"symbol": symbol + ("-open" if published else ""), "size": 11 if published else 9,
                 "color": method_color(method), "line": {"width": 2}},
         opacity=PUBLISHED_OPACITY if published else 1.0,
@@ -223,7 +229,7 @@ def _ppl_error_bars(part: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def _ppl_hover(part: pd.DataFrame) -> list[str]:
-    labels = T.per_value(T.row_label, part["method"], part["sparsity"], part["pattern"])
+    labels = T.run_labels(part)
     return [hover_text(run, source, spec, f"{label} on {dataset}: PPL "
                                           f"{T.format_value(value, 'ppl')}")
             for run, source, spec, label, dataset, value in zip(
@@ -268,8 +274,7 @@ def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
         textposition="bottom center", textfont={"size": 10, "color": "#b00020"},
         marker={"symbol": "x", "size": 12, "color": "#b00020"},
         hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
-                              f"{T.row_label(r['method'], r['sparsity'], r['pattern'])}: "
-                              "diverged (no finite perplexity)")
+                              f"{T.record_label(r)}: diverged (no finite perplexity)")
                    for r in diverged.to_dict("records")],
         hoverinfo="text"))
 
@@ -287,8 +292,7 @@ def _add_collapsed(fig: go.Figure, collapsed: pd.DataFrame, top: float) -> None:
         marker={"symbol": "triangle-up-open", "size": 12, "color": "#7a4a00",
                 "line": {"width": 2}},
         hovertext=[hover_text(r["run_id"], r["source_label"], r["spec"],
-                              f"{T.row_label(r['method'], r['sparsity'], r['pattern'])} on "
-                              f"{r['dataset']}: {T.COLLAPSED} (stored PPL "
+                              f"{T.record_label(r)} on {r['dataset']}: {T.COLLAPSED} (stored PPL "
                               f"{_stored(r['value'])}, at or above the vocabulary size)")
                    for r in collapsed.to_dict("records")],
         hoverinfo="text"))

@@ -54,7 +54,9 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     where = [("own run" if mine else str(source).split(" (")[0]
               + (f", {table}" if isinstance(table, str) and table else ""))
              for mine, source, table in zip(own, df["source"], tables_of, strict=True)]
-    methods = tables.per_value(tables.row_label, df["method"], df["sparsity"], df["pattern"])
+    variants = df["variant"] if "variant" in df else [None] * len(df)
+    methods = tables.per_value(tables.run_label, df["method"], df["sparsity"], df["pattern"],
+                               variants)
     ids = df["id"].astype(int).to_numpy()
     frame = pd.DataFrame({
         "run_id": ids, "origin": df["origin"].to_numpy(dtype=object),
@@ -144,7 +146,7 @@ def difference(value: float, reference: float, kind: str, metric: str,
 
 
 def _column(rec: dict[str, Any]) -> str:
-    method = tables.row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    method = tables.run_label(rec["method"], rec["sparsity"], rec["pattern"], rec.get("variant"))
     where = "own" if rec["origin"] == "own" else str(rec["source"]).split(" (")[0]
     return f"#{int(rec['run_id'])} {rec['model']} · {method} · {where}"
 

@@ -21,6 +21,7 @@ from core.present.labels import (
     _method_rank,
     method_label,
     parse_spec,
+    run_label,
     settings,
     sparsity_key,
     sparsity_label,
@@ -63,6 +64,13 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
     for position, name in enumerate(("settings", "table", "evaluation"), start=1):
         labels[name] = [info[key][position] for key in keys]
+    if "run_settings" in df:  # an own run's settings in words, stored with it
+        labels["settings"] = [own if isinstance(own, str) else raw for own, raw in
+                              zip(df["run_settings"], labels["settings"], strict=True)]
+    if "method" in df:
+        variant = df["variant"] if "variant" in df else [None] * len(df)
+        labels["run_label"] = per_value(run_label, df["method"], df["sparsity"], df["pattern"],
+                                    variant)
     # Object columns, not inferred 'str' ones: iterating and filtering Arrow-backed strings
     # costs a page of 30,000 rows a large share of its time.
     for name, values in labels.items():
@@ -81,6 +89,15 @@ def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str, str]:
     runs): the dict is shared, so read only."""
     parsed = parse_spec(spec)
     return parsed, settings(parsed), parsed.get("table") or "", zs_evaluation_label(parsed)
+
+
+def run_labels(rows: pd.DataFrame) -> list[str]:
+    """Each row's run label (``run_label``): the prepared column, or worked out for a frame
+    that was not prepared."""
+    if "run_label" in rows:
+        return list(rows["run_label"])
+    variant = rows["variant"] if "variant" in rows else [None] * len(rows)
+    return per_value(run_label, rows["method"], rows["sparsity"], rows["pattern"], variant)
 
 
 def evaluation_labels(rows: pd.DataFrame) -> pd.Series:

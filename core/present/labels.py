@@ -244,11 +244,32 @@ def sparsity_label(sparsity: Any, pattern: Any, method: Any = None) -> str:
 
 
 def row_label(method: str, sparsity: Any, pattern: Any) -> str:
-    """'Dense (Baseline)', 'Magnitude 30%', 'Wanda 2:4'."""
+    """'Dense (Baseline)', 'Magnitude 30%', 'Wanda 2:4'; an activation run: 'CoreInfer'."""
+    if pattern == "activation":
+        return method_label(method)
     label = sparsity_label(sparsity, pattern, method)
     if label == "Dense":
         return "Dense (Baseline)"
     return f"{method_label(method)} {label}"
+
+
+def record_label(rec: Mapping[str, Any]) -> str:
+    """``run_label`` of a row's method, sparsity, pattern and variant columns."""
+    return run_label(rec["method"], rec["sparsity"], rec["pattern"], rec.get("variant"))
+
+
+def method_variant(method: str, variant: Any = None) -> str:
+    """A method and the run's label words, for tables whose columns give the sparsity:
+    'Wanda · OWL'."""
+    label = method_label(method)
+    return f"{label} · {variant}" if isinstance(variant, str) and variant else label
+
+
+def run_label(method: str, sparsity: Any, pattern: Any, variant: Any = None) -> str:
+    """``row_label`` and the run's label words (``SpecModel.label_words``: what tells it apart
+    from a default run of its method): 'Wanda 50% · OWL · blocks 0–12'."""
+    label = row_label(method, sparsity, pattern)
+    return f"{label} · {variant}" if isinstance(variant, str) and variant else label
 
 
 def _method_rank(method: str) -> int:

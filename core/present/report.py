@@ -392,9 +392,7 @@ def layer_report_runs(stats: pd.DataFrame) -> pd.DataFrame:
     runs = tables.layer_runs(stats)
     if runs.empty:
         return runs
-    runs = runs.assign(_label=[tables.row_label(m, s, p) for m, s, p in
-                               zip(runs["method"], runs["sparsity"], runs["pattern"],
-                                   strict=True)])
+    runs = runs.assign(_label=tables.run_labels(runs))
     runs = runs.sort_values("run_id").drop_duplicates("_label", keep="last")
     runs = runs.assign(_key=[tables.sparsity_key(s, p, m) + (tables._method_rank(m),) for s, p, m
                              in zip(runs["sparsity"], runs["pattern"], runs["method"],
@@ -519,7 +517,7 @@ def _add_layer_statistics(out: _Writer, stats: pd.DataFrame) -> None:
         charts = []
         for run in runs.to_dict("records"):
             run_id = int(run["run_id"])
-            label = tables.row_label(run["method"], run["sparsity"], run["pattern"])
+            label = tables.record_label(run)
             out.add(Block("heading", 3, f"{label} (run {run_id})"))
             out.table(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}")
             found = layer_findings_for(stats, run_id)
@@ -593,7 +591,7 @@ def layer_chart(stats: pd.DataFrame, run_id: int) -> Any:
     if blocks.empty or run_stats.empty:
         return None
     rec = run_stats.iloc[0]
-    label = tables.row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    label = tables.record_label(rec)
     return charts.block_targets_chart(
         blocks, block_values(run_stats, "owl_target"),
         tables.sparsity_fraction(rec["sparsity"], rec["pattern"]),

@@ -27,8 +27,11 @@ STATUS_ORDER = ("running", "cancelling", "queued", "done", "failed", "cancelled"
 ACTIVE = ("running", "cancelling")
 FINISHED = ("done", "failed", "cancelled")
 #: The run list's columns, as shown (Archived only while archived runs are listed).
-COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Perplexity",
-           "Zero-shot", "Queued", "Started", "Duration", "Error", "Archived"]
+#: The key results' number columns (``run_list.key_results``), after Stage: a perplexity
+#: per dataset, the mean zero-shot accuracy and its retention against dense (in %).
+PPL_PREFIX, ZERO_SHOT, RETENTION = "PPL ", "Zero-shot avg", "Retention"
+COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Queued",
+           "Started", "Duration", "Error", "Archived"]
 ERROR_CHARS = 140
 
 
@@ -123,13 +126,14 @@ def short_source(source: str) -> str:
     return text
 
 
-def method_text(method: str, pattern: Any, sparsity: Any) -> str:
-    """'Wanda 50%', 'Magnitude 2:4', 'Dense', 'CoreInfer (activation sparsity)'."""
-    if method == "dense" or pattern == "dense":
-        return "Dense"
-    if pattern == "activation" and _missing(sparsity):
+def method_text(method: str, pattern: Any, sparsity: Any, variant: Any = None) -> str:
+    """'Wanda 50%', 'Wanda 50% · OWL', 'Magnitude 2:4', 'Dense', 'CoreInfer (activation
+    sparsity)': with the run's label words (``variant``) when it has any."""
+    if pattern == "activation" and _missing(sparsity) and not variant:
         return f"{tables.method_label(method)} (activation sparsity)"
-    return tables.row_label(method, sparsity, pattern)
+    if method == "dense" or pattern == "dense":
+        return "Dense" + (f" · {variant}" if isinstance(variant, str) and variant else "")
+    return tables.run_label(method, sparsity, pattern, variant)
 
 
 def _missing(value: Any) -> bool:
@@ -213,19 +217,18 @@ def runs_table(store: Store, now: datetime | None = None,
                else str(s)) for i, s in zip(frame["id"], frame["status"], strict=True)]
     progress = [parse_progress(live.get(int(i), {}).get("progress"), now.timestamp())
                 if s in ACTIVE else None for i, s in zip(frame["id"], status, strict=True)]
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "Run": frame["id"].astype(int),
         "Name": [meta.text_or_none(n) or "" for n in frame["name"]],
         "Status": status,
         "Model": [short_source(m) for m in frame["model"]],
-        "Method": [method_text(m, p, s) for m, p, s in
-                   zip(frame["method"], frame["pattern"], frame["sparsity"], strict=True)],
+        "Method": [method_text(m, p, s, v) for m, p, s, v in
+                   zip(frame["method"], frame["pattern"], frame["sparsity"], _column(frame,
+                       "variant"), strict=True)],
         "Tags": [", ".join(meta.tag_tuple(t)) for t in frame["tags"]],
         "Progress": [p.fraction * 100 if p else None for p in progress],
         "Stage": [p.label if p else ("starting" if s in ACTIVE else "")
                   for p, s in zip(progress, status, strict=True)],
-        "Perplexity": _texts(frame, "perplexity"),
-        "Zero-shot": zero_shot_cells(frame),
         "Queued": [when(t, now) for t in frame["created_at"]],
         "Started": [when(t, now) for t in frame["started_at"]],
         "Duration": [elapsed(a, b, now) for a, b in
@@ -234,20 +237,26 @@ def runs_table(store: Store, now: datetime | None = None,
                   for e, s in zip(frame["error"], status, strict=True)],
         "Archived": [when(t, now) for t in frame["archived_at"]],
     }, columns=COLUMNS)
+    return _with_numbers(table, frame)
 
 
-def _texts(frame: pd.DataFrame, column: str) -> list[str]:
-    values = frame[column] if column in frame else [None] * len(frame)
-    return [v if isinstance(v, str) else "" for v in values]
+def _column(frame: pd.DataFrame, name: str) -> list[Any]:
+    return frame[name].tolist() if name in frame else [None] * len(frame)
 
 
-def zero_shot_cells(frame: pd.DataFrame) -> list[str]:
-    """'61.25% (7 tasks)': a run's mean accuracy over its tasks scored 'ok' ('' without)."""
-    if "zs_average" not in frame:
-        return [""] * len(frame)
-    return [f"{a * 100:.2f}% ({int(n)} task{'s' if n != 1 else ''})"
-            if isinstance(a, float) and a == a and n else ""
-            for a, n in zip(frame["zs_average"], frame["zs_tasks"].fillna(0), strict=True)]
+def _with_numbers(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The list with ``frame``'s key-result number columns (``run_list.key_results``) after
+    Stage, percentages for the zero-shot ones."""
+    numbers = [c for c in frame.columns if c.startswith(PPL_PREFIX)
+               or c in (ZERO_SHOT, RETENTION)]
+    if not numbers:
+        return table
+    at = table.columns.get_loc("Stage") + 1
+    for offset, name in enumerate(numbers):
+        values = frame[name].to_numpy(dtype=float)
+        table.insert(at + offset, name,
+                     values if name.startswith(PPL_PREFIX) else values * 100)
+    return table
 
 
 def summary(runs: pd.DataFrame) -> str:

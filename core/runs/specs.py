@@ -60,6 +60,8 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
     #: Fields that are set by the system (a search's child runs, sweeps), not by a form.
     SYSTEM_FIELDS: ClassVar[tuple[str, ...]] = ("kind",)
+    #: Fields whose non-default value tells a run apart in its label (``label_words``).
+    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
@@ -87,6 +89,32 @@ class SpecModel(BaseModel):
         """What the run is, in a few words, for messages ('parameter search on ... with tiny')."""
         return f"{self.kind} run on {model}"
 
+    def label_words(self) -> list[str]:
+        """What tells this run apart from a default run of its method, in short words
+        ('OWL M 5 λ 0.08', 'blocks 0–12', 'exact selection'): the fields in ``LABEL_FIELDS``
+        whose value is not their default; kinds add their own (a method's parameters)."""
+        return [word for name in self.LABEL_FIELDS if (word := self.field_word(name))]
+
+    def setting_words(self) -> list[str]:
+        """The settings that shaped this run's model, defaults included, in short words
+        (the tables' Settings column); kinds override."""
+        return [word for name in self.LABEL_FIELDS
+                if (word := self.field_word(name, always=True))]
+
+    def field_word(self, name: str, always: bool = False) -> str:
+        """One field in short words ('' when unset, or when at its default unless ``always``):
+        its ``short`` template (``{value}``), else its label and value."""
+        info = type(self).model_fields[name]
+        value = getattr(self, name)
+        if value is None or value == "" or value == []:
+            return ""
+        if not always and value == info.get_default(call_default_factory=True):
+            return ""
+        template = extra_of(info).get("short")
+        if template:
+            return str(template).format(value=value)
+        return f"{(info.title or name).lower()} {short_value(value)}"
+
     def cross_problems(self) -> list[str]:
         """Problems between fields (both valid on their own); kinds override."""
         return []
@@ -98,6 +126,20 @@ class SpecModel(BaseModel):
     def problems(self) -> list[str]:
         """Every problem of a built spec (an empty list: it can be queued)."""
         return self.cross_problems() + self.machine_problems()
+
+
+def short_value(value: Any) -> str:
+    """A value in a label: 4.0 -> '4', [0, 12] -> '0–12', {'M': 5} -> 'M 5'."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "–".join(short_value(v) for v in value) if len(value) == 2 else \
+            ", ".join(short_value(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k} {short_value(v)}" for k, v in value.items())
+    return str(value)
 
 
 # -- pydantic errors -> human-worded problems ----------------------------------------------------

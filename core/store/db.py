@@ -151,6 +151,12 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection], None]]] = [
     # uncertainty, ``core.analysis.noise``); runs stored before have none.
     ["CREATE TABLE window_nlls (run_id BIGINT NOT NULL, dataset VARCHAR NOT NULL, "
      "nlls DOUBLE[] NOT NULL)"],
+    # 11: an own run's label words (what tells it apart from a default run of its method) and
+    # its settings in words, from its spec class (``SpecModel.label_words``), so that no page
+    # parses specs to label a row; filled from the stored specs.
+    ["ALTER TABLE runs ADD COLUMN variant VARCHAR",
+     "ALTER TABLE runs ADD COLUMN settings VARCHAR",
+     lambda con: fill_label_columns(con)],
 ]
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
@@ -202,6 +208,33 @@ def fill_setting_columns(con: duckdb.DuckDBPyConnection) -> None:
                     "FROM _settings s WHERE runs.id = s.id")
     finally:
         con.unregister("_settings")
+
+
+def label_texts(spec: Any) -> tuple[str, str]:
+    """A spec object's (variant, settings) texts, each a ' · '-joined list of short words."""
+    return " · ".join(spec.label_words()), " · ".join(spec.setting_words())
+
+
+def fill_label_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Migration 11: every own run's ``variant`` and ``settings`` from its rebuilt spec (a
+    spec its kind can no longer read keeps NULL: pages fall back to its raw settings)."""
+    from core.runs.registry import spec_from_dict  # the kinds' spec classes (engine imports)
+
+    filled = []
+    for rid, text in con.execute("SELECT id, spec FROM runs WHERE origin = 'own' "
+                                 "AND kind <> 'sweep'").fetchall():
+        try:
+            filled.append((rid, *label_texts(spec_from_dict(json.loads(text)))))
+        except (ValueError, TypeError, KeyError):
+            continue
+    if not filled:
+        return
+    con.register("_labels", pd.DataFrame(filled, columns=["id", "variant", "settings"]))
+    try:
+        con.execute("UPDATE runs SET variant = l.variant, settings = l.settings "
+                    "FROM _labels l WHERE runs.id = l.id")
+    finally:
+        con.unregister("_labels")
 
 
 def earlier_rules(spec: dict[str, Any]) -> dict[str, Any]:
@@ -448,13 +481,14 @@ class Store:
         status: str = "queued",
         identity: Mapping[str, Any] | None = None,
         meta: RunMeta | None = None,
+        labels: tuple[str, str] | None = None,
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
         """Insert a run and return its id (inside ``con``'s transaction when given).
 
         ``identity`` (default: the spec) is hashed to find identical runs later; ``meta``
         (checked by ``core.store.meta.check``) is the run's name, notes and tags, never part
-        of the hash.
+        of the hash; ``labels`` its (variant, settings) texts (``label_texts``).
         """
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}; allowed: {RUN_STATUSES}")
@@ -464,10 +498,10 @@ class Store:
         active = digest if origin == "own" and status in ACTIVE_STATUSES else None
         args = [origin, source, kind, model, method, sparsity, pattern,
                 json.dumps(spec, sort_keys=True, default=str), digest, status, active,
-                *setting_values(spec), *(meta or RunMeta()).row()]
+                *setting_values(spec), *(meta or RunMeta()).row(), *(labels or (None, None))]
         columns = ("origin, source, kind, model, method, sparsity, pattern, spec, spec_hash, "
                    f"status, active_hash, {', '.join(SETTING_COLUMNS.values())}, "
-                   "name, notes, tags")
+                   "name, notes, tags, variant, settings")
         sql = (f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' for _ in args)}) "
                "RETURNING id")
         if con is not None:

@@ -11,7 +11,8 @@ import pandas as pd
 from core.store.db import SETTING_COLUMNS, Store
 
 _RUN_COLUMNS = """r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                  r.sparsity, r.pattern, r.spec, r.status AS run_status"""
+                  r.sparsity, r.pattern, r.spec, r.status AS run_status, r.variant,
+                  r.settings AS run_settings"""
 
 
 def metric_rows(store: Store, kind: str | None = None,
@@ -33,6 +34,7 @@ def metric_rows(store: Store, kind: str | None = None,
         rows = object_frame(con.execute(
             f"""SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model,
                        r.method, r.sparsity, r.pattern, r.status AS run_status, {settings},
+                       r.variant, r.settings AS run_settings,
                        m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples, m.status,
                        m.raw, m.note, w.nlls
                 FROM metrics m JOIN runs r ON r.id = m.run_id
@@ -140,26 +142,21 @@ def own_prune_runs_with_perplexity(store: Store, dataset: str | None) -> pd.Data
 
 
 def own_run_rows(store: Store) -> pd.DataFrame:
-    """The own runs' list rows (archived ones too), newest first, with their key results:
-    ``perplexity`` ('wikitext2 12.34; ptb 20.10', a local text by its file name, a word where
-    a value is diverged, collapsed or missing) and ``zs_average`` / ``zs_tasks`` (mean
-    accuracy over the tasks scored 'ok', and how many)."""
+    """The own runs' list rows (archived ones too), newest first; their key results are
+    ``own_perplexities`` and the zero-shot table's (``core.present.run_list``)."""
     return store.frame(
-        """SELECT r.id, r.status, r.model, r.method, r.pattern, r.sparsity, r.created_at,
-                  r.started_at, r.finished_at, r.error, r.name, r.notes, r.tags, r.archived_at,
-                  k.perplexity, k.zs_average, k.zs_tasks
-           FROM runs r LEFT JOIN (
-               SELECT run_id,
-                      string_agg(parse_filename(dataset) || ' ' || CASE WHEN status = 'ok'
-                                 THEN printf('%.2f', value) ELSE status END, '; '
-                                 ORDER BY dataset) FILTER (
-                          WHERE kind = 'perplexity' AND metric = 'ppl') AS perplexity,
-                      avg(value) FILTER (WHERE kind = 'zero_shot' AND metric = 'acc'
-                                         AND status = 'ok') AS zs_average,
-                      count(*) FILTER (WHERE kind = 'zero_shot' AND metric = 'acc'
-                                       AND status = 'ok') AS zs_tasks
-               FROM metrics GROUP BY run_id) k ON k.run_id = r.id
-           WHERE r.origin = 'own' ORDER BY r.id DESC""")
+        """SELECT id, status, model, method, pattern, sparsity, variant, created_at, started_at,
+                  finished_at, error, name, notes, tags, archived_at
+           FROM runs WHERE origin = 'own' ORDER BY id DESC""")
+
+
+def own_perplexities(store: Store) -> pd.DataFrame:
+    """Each own run's perplexity per dataset (run_id, dataset, value; NaN where it is not a
+    number: diverged, collapsed or missing), for the run list's sortable columns."""
+    return store.frame(
+        """SELECT m.run_id, m.dataset, CASE WHEN m.status = 'ok' THEN m.value END AS value
+           FROM metrics m JOIN runs r ON r.id = m.run_id
+           WHERE r.origin = 'own' AND m.kind = 'perplexity' AND m.metric = 'ppl'""")
 
 
 def run_row(store: Store, run_id: int) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import Any
 
 from core.runs.registry import spec_from_dict
 from core.runs.results import ChildRun, RunResult
-from core.store.db import Store, StoreError
+from core.store.db import Store, StoreError, label_texts
 from core.store.meta import RunMeta
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def create_run(store: Store, spec: Any, status: str = "queued", con: Any = None,
     sparsity, pattern = spec.sparsity_columns()
     return store.create_run(kind=spec.kind, model=spec.model, method=spec.method,
                             sparsity=sparsity, pattern=pattern, spec=spec.to_dict(),
-                            identity=spec.identity(), status=status, meta=meta, con=con)
+                            identity=spec.identity(), status=status, meta=meta,
+                            labels=label_texts(spec), con=con)
 
 
 def store_result(store: Store, run_id: int, result: RunResult) -> None:

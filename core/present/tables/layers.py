@@ -7,13 +7,14 @@ import math
 
 import pandas as pd
 
+from core.present.frames import run_labels
 from core.present.labels import (
     NO_VALUE,
     TEXT,
     Table,
     _isna,
     format_value,
-    row_label,
+    record_label,
     sparsity_fraction,
 )
 
@@ -36,11 +37,10 @@ def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
         runs["blocks"] = [int(counts.get(r, 0)) for r in runs["run_id"]]
     runs["blocks"] = runs["blocks"].astype(int)
     runs["label"] = [
-        f"{m} · {row_label(me, s, p)} · "
+        f"{m} · {label} · "
         + (f"own run {r}" if o == "own" else f"{g.split(' (')[0]} (run {r})")
-        for m, me, s, p, o, g, r in zip(runs["model"], runs["method"], runs["sparsity"],
-                                        runs["pattern"], runs["origin"], runs["group"],
-                                        runs["run_id"], strict=True)]
+        for m, label, o, g, r in zip(runs["model"], run_labels(runs), runs["origin"],
+                                     runs["group"], runs["run_id"], strict=True)]
     runs["_key"] = [(o != "own", -r if o == "own" else r)
                     for o, r in zip(runs["origin"], runs["run_id"], strict=True)]
     return runs.sort_values("_key")[cols].reset_index(drop=True)
@@ -80,7 +80,7 @@ def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
     frame = pd.DataFrame(out)
     frame[TEXT + "Δ from target (points)"] = [
         None if not _isna(v) else "" for v in frame["Δ from target (points)"]]
-    method = row_label(rec["method"], rec["sparsity"], rec["pattern"])
+    method = record_label(rec)
     notes = [f"Run {run_id}: {rec['model']}, {method}; target {target * 100:g}% of each block's "
              "prunable weights. Measured after pruning: the share of zero weights in the "
              "block's linear layers."]

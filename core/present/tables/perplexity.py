@@ -15,21 +15,22 @@ from core.present.frames import (
     dedupe_published,
     latest_runs,
     per_value,
+    run_labels,
 )
 from core.present.labels import (
     BASELINE,
     COLLAPSED,
     DIVERGED,
+    MISSING,
     TEXT,
     Table,
     _dataset_key,
     _method_rank,
     dataset_label,
     dataset_name,
-    method_label,
+    method_variant,
     metric_label,
     natural_key,
-    row_label,
     shared_settings,
     sparsity_key,
 )
@@ -74,7 +75,7 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(dtype=object),
         "Dataset": per_value(dataset_name, df["dataset"]),
-        "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
+        "Method": run_labels(df),
         "PPL": value, TEXT + "PPL": per_value(_cell_text, status), PPL_INTERVAL: ppl_ci,
         "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
         TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: delta_ci, "_noise": within,
@@ -162,20 +163,27 @@ def sparsity_grid(rows: pd.DataFrame, model: str, group: str, table: str | None 
 
 
 def grid_row_labels(df: pd.DataFrame) -> list[str]:
-    """Method label, plus the settings that differ between runs of that method (ablations)."""
-    labels = []
-    varying: dict[str, list[str]] = {}
-    found = {id(spec): spec for spec in df["spec"]}  # rows of a run share a spec
+    """Method label and an own run's label words ('Wanda · OWL'); rows without label words
+    (published figures) add the settings that differ between rows of their method (seed
+    004's ablations: 'Wanda (alpha=0.1)')."""
+    variants = (df["variant"] if "variant" in df else pd.Series([None] * len(df),
+                                                                index=df.index))
+    worded = variants.map(lambda v: isinstance(v, str))
+    labels = pd.Series(per_value(method_variant, df["method"], variants), index=df.index,
+                       dtype=object)
+    plain = df[~worded.astype(bool)]
+    found = {id(spec): spec for spec in plain["spec"]}  # rows of a run share a spec
     found = {key: shared_settings(spec) for key, spec in found.items()}
-    for method, part in df.groupby("method"):
+    for _method, part in plain.groupby("method"):
         runs = [found[id(spec)] for spec in part["spec"]]
         keys = sorted({k for f in runs for k in f})
-        varying[method] = [k for k in keys if len({f.get(k) for f in runs}) > 1]
-    for method, spec in zip(df["method"], df["spec"], strict=True):
-        values = found[id(spec)]
-        extra = ", ".join(f"{k}={values.get(k, '—')}" for k in varying[method])
-        labels.append(method_label(method) + (f" ({extra})" if extra else ""))
-    return labels
+        varying = [k for k in keys if len({f.get(k) for f in runs}) > 1]
+        if not varying:
+            continue
+        labels[part.index] = [
+            label + f" ({', '.join(f'{k}={found[id(spec)].get(k, MISSING)}' for k in varying)})"
+            for label, spec in zip(labels[part.index], part["spec"], strict=True)]
+    return list(labels)
 
 
 def _grid_columns(df: pd.DataFrame) -> list[str]:
@@ -201,7 +209,7 @@ def timing_table(rows: pd.DataFrame, metric: str = "prune_seconds") -> Table:
     df = _sort_rows(dedupe_published(df), ["model"])
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(),
-        "Method": per_value(row_label, df["method"], df["sparsity"], df["pattern"]),
+        "Method": run_labels(df),
         "Time (s)": _values(df),
         TEXT + "Time (s)": per_value(_cell_text, df["status"]),
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),

@@ -34,9 +34,9 @@ from core.present.labels import (
     TEXT,
     Table,
     _isna,
-    method_label,
+    method_variant,
     metric_label,
-    row_label,
+    record_label,
     spec_summary,
     task_key,
     zs_evaluation_label,
@@ -207,7 +207,7 @@ def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
     elif scores and used < max(len(scores), len(dense)):
         notes.append(f"retention over the {used} tasks shared with dense run {base}")
     return {
-        "Model": rec["model"], "Method": row_label(rec["method"], rec["sparsity"], rec["pattern"]),
+        "Model": rec["model"], "Method": record_label(rec),
         "Tasks": len(scores), "Accuracy": accuracy,
         TEXT + "Accuracy": None if scores else MISSING,
         ACC_INTERVAL: _percent_interval(accuracy, acc_se),
@@ -309,7 +309,8 @@ def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFram
                   ) -> list[pd.DataFrame]:
     """The latest pruned run of each method with its dense baseline run, chosen from the
     per-task ``scores`` of the model."""
-    latest = pruned.groupby("method")["run_id"].max()
+    latest = pruned.assign(_variant=pruned["variant"].fillna("") if "variant" in pruned
+                           else "").groupby(["method", "_variant"])["run_id"].max()
     chosen = pruned[pruned["run_id"].isin(latest)]
     firsts = chosen.drop_duplicates("run_id")
     found, why = _zs_baselines(scores, pd.concat([firsts, dense]))
@@ -341,7 +342,7 @@ def _published_per_task(pruned: pd.DataFrame, dense: pd.DataFrame) -> list[pd.Da
 
 
 def _column_label(rec: Mapping[str, Any], several_groups: bool, several_dense: bool) -> str:
-    label = method_label(rec["method"])
+    label = method_variant(rec["method"], rec.get("variant"))
     if rec["role"] == "dense" and rec["group"] == OWN_GROUP and several_dense:
         label += f" (run {rec['run_id']})"
     return label + (f" ({rec['group']})" if several_groups else "")
@@ -486,8 +487,8 @@ def _drop_record(task: str, column: str, first: Mapping[str, Any], rec: Mapping[
 
 def column_method(first: Mapping[str, Any], column: str) -> str:
     """'Wanda 50%', plus the group when the column label names one."""
-    label = row_label(first["method"], first["sparsity"], first["pattern"])
-    suffix = column[len(method_label(first["method"])):]
+    label = record_label(first)
+    suffix = column[len(method_variant(first["method"], first.get("variant"))):]
     return label + suffix
 
 

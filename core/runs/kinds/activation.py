@@ -79,12 +79,14 @@ class ActivationSpec(SpecModel):
     token_sparsity: float = fraction(0.2, "Token sparsity",
                                      help="Share of each token's positive activations it votes "
                                           "for (CoreInfer's default 0.2).")
-    levels: list[float] | None = labelled(None, "Levels")
+    levels: list[float] | None = labelled(None, "Levels", short="per-block levels")
     selection: Selection = labelled(
         "reference", "Selection rule",
         help="How neurons chosen by equally many tokens are ranked: reference = CoreInfer's "
-             "code (torch.argsort, not stable); exact = the lower index first.")
-    block_range: list[int] | None = labelled(None, "Block range")
+             "code (torch.argsort, not stable); exact = the lower index first.",
+        short="{value} selection")
+    block_range: list[int] | None = labelled(None, "Block range",
+                                             short="blocks {value[0]}–{value[1]}")
     tasks: list[str] = labelled(list, "Tasks")  # lm-eval task names
     num_fewshot: int = whole(0, 0, 64, "Few-shot examples")
     limit: int | None = whole(None, 1, 10**7, "Examples per task",
@@ -96,7 +98,7 @@ class ActivationSpec(SpecModel):
     max_windows: int | None = whole(16, *LIMITS["max_windows"], "Max windows",
                                     form_label="Max windows (0 = all)")
     batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
-    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype", short="{value}")
     device: str = labelled("cpu", "Device")
     trust_remote_code: bool = labelled(False, "Trust remote code")
     config: str = ""  # set by a search: CoreInfer / best / AVG ('' = not part of a search)
@@ -107,6 +109,14 @@ class ActivationSpec(SpecModel):
     data_protocol: int = data.PROTOCOL
 
     SYSTEM_FIELDS = ("kind", "config", "goal", "trial", "search", "data_protocol")
+    LABEL_FIELDS = ("token_sparsity", "levels", "block_range", "selection", "dtype")
+
+    def label_words(self) -> list[str]:
+        """The kept fraction (its own column in weight-pruning labels), then the fields that
+        differ from their defaults, and the search configuration it was chosen as."""
+        words = [f"kept {self.sparsity:g}"] if self.levels is None else []
+        words += super().label_words()
+        return words + ([f"{self.config} config"] if self.config else [])
 
     @field_validator("method")
     @classmethod

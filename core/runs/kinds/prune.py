@@ -32,6 +32,7 @@ from core.runs.specs import (
     device_problems,
     labelled,
     model_problems,
+    short_value,
     source_problems,
     task_problems,
     whole,
@@ -59,21 +60,25 @@ class PruneSpec(SpecModel):
                                 "(N pruned in every M consecutive inputs).")
     method_params: dict[str, Any] = labelled(dict, "Method parameters")
     calibration: str = labelled(config.DEFAULT_TEXT, "Calibration source",
-                                help="wiki-offline, wikitext2, ptb, c4 or a .txt path")
+                                help="wiki-offline, wikitext2, ptb, c4 or a .txt path",
+                                short="calibration {value}")
     samples: int = whole(32, *LIMITS["samples"], "Calibration samples", form_label="Samples",
-                         help="Calibration sequences (the papers use 128).")
+                         help="Calibration sequences (the papers use 128).",
+                         short="{value} samples")
     seqlen: int = whole(512, *LIMITS["seqlen"], "Calibration seqlen",
-                        form_label="Tokens per sample", help="Tokens in each calibration sequence.")
-    seed: int = whole(0, 0, 2**31 - 1, "Seed", help="Seed of the calibration windows.")
+                        form_label="Tokens per sample", help="Tokens in each calibration sequence.",
+                        short="{value}-token samples")
+    seed: int = whole(0, 0, 2**31 - 1, "Seed", help="Seed of the calibration windows.",
+                      short="seed {value}")
     selection: Selection = labelled(
         "reference", "Selection rule",
         help="reference: the rule of the method's own code (one threshold that also prunes "
              "tied scores; N:M groups by torch.topk), so masks equal the published code's. "
              "exact: exactly the target count per matrix (ties by index), for equal sparsity "
-             "across methods.")
+             "across methods.", short="{value} selection")
     block_range: list[int] | None = labelled(
         None, "Block range", help="[start, end): blocks outside stay dense.", cli="--blocks",
-        cli_nargs=2, cli_metavar=["START", "END"])
+        cli_nargs=2, cli_metavar=["START", "END"], short="blocks {value[0]}–{value[1]}")
     owl: dict[str, float] | None = labelled(  # {"M": 5, "lambda": 0.08}
         None, "OWL", help="OWL layer-wise sparsity (magnitude, wanda, sparsegpt), e.g. --owl 5 "
                           "0.08", cli="--owl", cli_nargs=2, cli_metavar=["M", "lambda"])
@@ -96,7 +101,7 @@ class PruneSpec(SpecModel):
                                  form_label="Examples per task (0 = all)")
     batch_size: int = whole(4, *LIMITS["batch_size"], "Batch size",
                             help="Windows / examples per forward pass.")
-    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype", short="{value}")
     device: str = labelled("cpu", "Device", help="cpu, cuda, cuda:1 or mps")
     trust_remote_code: bool = labelled(
         False, "Trust remote code", help="Runs Python code shipped with the model. Off unless "
@@ -108,6 +113,7 @@ class PruneSpec(SpecModel):
     data_protocol: int = data.PROTOCOL
 
     SYSTEM_FIELDS = ("kind", "sweep", "data_protocol")
+    LABEL_FIELDS = ("block_range", "selection")
 
     # -- field checks ------------------------------------------------------------------------
     @field_validator("method")
@@ -236,6 +242,54 @@ class PruneSpec(SpecModel):
                          zero_shot_tasks=list(self.zero_shot_tasks), num_fewshot=self.num_fewshot,
                          zs_limit=self.zs_limit, batch_size=self.batch_size, dtype=self.dtype,
                          device=self.device, trust_remote_code=self.trust_remote_code)
+
+    def label_words(self) -> list[str]:
+        """Non-default method parameters, OWL, block range, selection rule, calibration (when
+        the method uses it) and dtype: 'variant · OWL · blocks 0–12 · 128 samples'."""
+        if self.is_dense:
+            return [word for word in [self.field_word("dtype")] if word]
+        words = self._param_words() + self._owl_words() + super().label_words()
+        if self.needs_calibration() and any(self.field_word(name) for name in
+                                            (*CALIBRATION_FIELDS, "seed")):
+            words.append(self._calibration_words())
+        return words + [word for word in [self.field_word("dtype")] if word]
+
+    def _calibration_words(self) -> str:
+        """'calibration sample.txt 128×512, seed 3' (a text file by its name)."""
+        source = Path(self.calibration).name if self.calibration.endswith(".txt") \
+            else self.calibration
+        return f"calibration {source} {self.samples}×{self.seqlen}, seed {self.seed}"
+
+    def setting_words(self) -> list[str]:
+        """Calibration (for a method that uses it), selection and dtype, defaults included."""
+        if self.is_dense:
+            return [self.dtype]
+        words = []
+        if self.needs_calibration():
+            words.append(self._calibration_words())
+        return words + [f"{self.selection} selection", self.dtype]
+
+    def _param_words(self) -> list[str]:
+        """The method's parameters that differ from its defaults ('variant', 'alpha 0.1')."""
+        defaults = REGISTRY[self.method].defaults if self.method in REGISTRY else {}
+        words = []
+        for name, value in sorted(self.method_params.items()):
+            if name in defaults and value == defaults[name]:
+                continue
+            if isinstance(value, bool):
+                words.append(name if value else f"no {name}")
+            else:
+                words.append(f"{name} {short_value(value)}")
+        return words
+
+    def _owl_words(self) -> list[str]:
+        """'OWL' with its M and λ where they are not OWL's defaults."""
+        if self.owl is None:
+            return []
+        m, lam = self.owl.get("M", owl.DEFAULT_M), self.owl.get("lambda", owl.DEFAULT_LAMBDA)
+        if (m, lam) == (owl.DEFAULT_M, owl.DEFAULT_LAMBDA):
+            return ["OWL"]
+        return [f"OWL M {short_value(float(m))} λ {short_value(float(lam))}"]
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result (not where it runs or is saved)."""
