@@ -332,3 +332,88 @@ def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
         expect(picker).to_have_value(f"Run {ids[1]} · **second** · Wanda 50% · tiny-model")
         expect(page).to_have_url(re.compile(rf"/runs\?run={ids[1]}$"))
         screenshot(page, app["shots"], "run-link")  # type: ignore[arg-type]
+
+
+def _stored_runs(app: dict[str, object], perplexities: list[float]) -> list[int]:
+    """Done Wanda runs (sparsity 0.3, 0.4, ...) with these WikiText-2 perplexities."""
+    store = Store(app["db"]).init()  # type: ignore[arg-type]
+    ids = []
+    for n, value in enumerate(perplexities):
+        run_id = store.create_run(kind="prune", model=str(app["model"]), method="wanda",
+                                  sparsity=0.3 + n / 10, status="done",
+                                  spec={"model": str(app["model"]), "seed": n})
+        store.add_metrics(run_id, [{"kind": "perplexity", "dataset": "wikitext2",
+                                    "metric": "ppl", "value": value, "status": "ok"}])
+        ids.append(run_id)
+    return ids
+
+
+def tick_rows(page, rows: list[int]) -> None:  # noqa: ANN001
+    """Tick rows of the page's first dataframe (its row-marker column; rows from 0)."""
+    canvas = page.get_by_test_id("stDataFrameResizable").first
+    canvas.scroll_into_view_if_needed()
+    for row in rows:
+        canvas.click(position={"x": 16, "y": ROW_HEIGHT * (row + 1) + ROW_HEIGHT // 2})
+        settle(page)
+
+
+ROW_HEIGHT = 35  # a dataframe row (and its header), in pixels
+
+
+def test_sort_tick_and_compare_runs_from_the_list(app: dict[str, object]) -> None:
+    """Sorting by a perplexity column orders the whole list and lands in the URL; ticking two
+    rows and pressing Compare opens them side by side, named in the Compare page's URL."""
+    import re
+
+    from playwright.sync_api import expect
+
+    ids = _stored_runs(app, [14.0, 11.0, 19.0, 12.5])
+    by_ppl = [ids[1], ids[3], ids[0], ids[2]]
+    with browser_page(30_000) as page:
+        page.goto(f"{app['url']}/runs")
+        settle(page)
+        choose(page, "Sort by", "PPL WT2 (lowest first)")
+        expect(page).to_have_url(re.compile(r"/runs\?sort=PPL\+WT2"))
+        tick_rows(page, [0, 1])
+        ticked = page.get_by_test_id("stMarkdownContainer").filter(has_text="Ticked:")
+        expect(ticked).to_have_text(f"Ticked: run {by_ppl[0]}, run {by_ppl[1]}")
+        screenshot(page, app["shots"], "runs-ticked")  # type: ignore[arg-type]
+        page.get_by_test_id("stMain").get_by_role("link", name="Compare").click()
+        expect(page).to_have_url(re.compile(
+            rf"/compare\?runs={by_ppl[0]}&runs={by_ppl[1]}$"))
+        expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
+        settle(page)
+        screenshot(page, app["shots"], "compare-from-list")  # type: ignore[arg-type]
+        picked = page.get_by_test_id("stMultiSelect")
+        expect(picked).to_contain_text(f"#{by_ppl[0]} · tiny-model · Wanda 40% · own run")
+        expect(picked).to_contain_text(f"#{by_ppl[1]} · tiny-model · Wanda 60% · own run")
+
+        page.goto(f"{app['url']}/runs?sort=PPL+WT2&method=wanda")  # a shared view
+        settle(page)
+        expect(page.get_by_role("combobox", name="Sort by")).to_have_value(
+            "PPL WT2 (lowest first)")
+        expect(page.get_by_text("Page 1 of 1: 4 of 4 matching runs shown.")).to_be_visible()
+
+
+def test_a_tables_run_link_opens_the_runs_details(app: dict[str, object]) -> None:
+    """The Perplexity table's "Run details" cell of an own run opens /runs?run=<id>."""
+    import re
+
+    from playwright.sync_api import expect
+
+    ids = _stored_runs(app, [14.0, 11.0])
+    with browser_page(30_000) as page:
+        page.goto(f"{app['url']}/perplexity")
+        expect(page.get_by_role("button", name="CSV").first).to_be_visible(timeout=60_000)
+        settle(page)
+        screenshot(page, app["shots"], "perplexity-links")  # type: ignore[arg-type]
+        table = page.get_by_test_id("stDataFrameResizable").first
+        link = {"x": 24, "y": ROW_HEIGHT + ROW_HEIGHT // 2}  # own runs come first
+        table.hover(position=link)
+        time.sleep(0.5)
+        with page.context.expect_page() as opened:
+            table.click(position=link)
+        details = opened.value
+        expect(details).to_have_url(re.compile(rf"/runs\?run={ids[0]}$"))
+        expect(details.get_by_role("combobox", name="Run")).to_have_value(
+            re.compile(rf"^Run {ids[0]} · Wanda 30%"))

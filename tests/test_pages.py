@@ -352,7 +352,7 @@ def test_perplexity_page_shows_a_collapsed_run(store: Store) -> None:
     chart = at.get("plotly_chart")[0].proto.spec
     assert "collapsed (PPL" in chart and "Magnitude: collapsed" in chart
     assert run_views.run_results(store, collapsed).values.tolist() == [
-        ["Perplexity on wikitext2", "collapsed (PPL 6,960,449 ≥ vocabulary size)"]]
+        ["Perplexity on WikiText-2", "collapsed (PPL 6,960,449 ≥ vocabulary size)"]]
 
 
 def test_layer_statistics_page_shows_own_blocks(store: Store) -> None:

@@ -804,6 +804,19 @@ def test_log_axes_get_readable_ticks_for_any_range(low: float, high: float) -> N
     assert all(f"{t:g}" == f"{float(f'{t:.3g}'):g}" for t in ticks)  # short labels: 15, 20, 30
 
 
+@pytest.mark.parametrize("values", [(11.0, 14.0), (5.11, 5.2), (18.0, 900.0), (12.0,)])
+def test_a_log_perplexity_axis_shows_at_least_three_ticks(values: tuple[float, ...]) -> None:
+    """The axis range reaches the outer ticks (two close own runs once showed none at all)."""
+    from core.present.charts import MIN_TICKS
+
+    rows = make_rows(*(ppl("wanda", 0.3 + n / 10, v) for n, v in enumerate(values)))
+    axis = charts.perplexity_chart(rows).layout.yaxis
+    low, high = (10 ** end for end in axis.range)
+    shown = [t for t in axis.tickvals if low <= t <= high]
+    assert len(shown) >= MIN_TICKS, (axis.range, axis.tickvals)
+    assert low <= min(values) and max(values) <= high
+
+
 # -- uncertainty of perplexities (per-window NLLs) ------------------------------------------------
 def test_perplexity_intervals_from_the_stored_windows() -> None:
     """PPL's interval is the t interval of its windows' mean NLL; Δ's is paired over the same

@@ -20,6 +20,7 @@ from core.engine.evaluate import zeroshot
 from core.execution import jobs
 from core.execution.executors import executor_for
 from core.present import runs as run_views
+from core.present import tables
 from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.search import SearchSpec
 from core.runs.specs import check
@@ -100,7 +101,7 @@ def _queue(store: Store, cls: type, cells: list[dict[str, Any]], problems: list[
         st.error(str(exc))
         return
     for spec, submission in zip(specs, submissions, strict=True):
-        what = spec.summary(run_views.short_source(spec.model))
+        what = spec.summary(tables.short_name(spec.model))
         if submission.reused:
             st.info(f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) "
                     "is already stored or pending, and its results are reused. Tick 'Run again "

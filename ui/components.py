@@ -102,11 +102,14 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False,
     Streamlit's "magic" would otherwise display.
     """
     shown = with_run_links(table.display(rows=_rows_shown(len(table.frame), name)), own_runs)
+    if "Model" in shown:  # a local model folder by its name (the downloads keep the path)
+        shown = shown.assign(Model=[tables.short_name(m) if isinstance(m, str) else m
+                                    for m in shown["Model"]])
     config: dict[str, Any] = {c: st.column_config.TextColumn(alignment="right")
                               for c in table.numeric_columns}
     if RUN_LINK in shown:
         config[RUN_LINK] = st.column_config.LinkColumn(
-            RUN_LINK, display_text=r"runs\?run=(\d+)", width="small",
+            RUN_LINK, display_text="open ↗", width="small",
             help="Opens the run's details on the Runs page (in a new tab); published figures "
                  "have none.")
     height = "content" if whole and len(shown) <= WHOLE_ROWS else "auto"
@@ -125,7 +128,7 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False,
                             key=f"{name}-tex", on_click="ignore", icon=":material/download:")
 
 
-RUN_LINK = "Run details"  # the column of links to own runs' details
+RUN_LINK = "Details"  # the first column: links to own runs' details
 
 
 def with_run_links(shown: pd.DataFrame, own_runs: bool = False) -> pd.DataFrame:
@@ -137,9 +140,9 @@ def with_run_links(shown: pd.DataFrame, own_runs: bool = False) -> pd.DataFrame:
            else (shown["Origin"] == tables.ORIGIN_NAMES["own"]).to_numpy())
     if not own.any():
         return shown
-    links = [f"runs?run={run}" if mine and str(run).isdigit() else None
+    links = [f"runs?run={run}" if mine and str(run).isdigit() else ""
              for mine, run in zip(own, shown["Run"], strict=True)]
-    return shown.assign(**{RUN_LINK: links})
+    return pd.concat([pd.DataFrame({RUN_LINK: links}, index=shown.index), shown], axis=1)
 
 
 #: A longer table is shown a page of this many rows at a time (its downloads hold every row).

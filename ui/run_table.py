@@ -30,18 +30,17 @@ def listing(runs: pd.DataFrame) -> pd.DataFrame:
     of ``with_status`` and ``run_list.with_results``, archived ones left out unless shown)."""
     archived = _toggle()
     current = run_views.shown_runs(runs, archived=archived)
-    found, order_column = _filters(current)
+    found, order_column, page_column = _filters(current)
     ordered = run_list.sorted_runs(found, _order(found, order_column))
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
     pages = max(1, -(-len(ordered) // run_views.PAGE_ROWS))
-    page = url_state.bound(PAGE, "page", lambda: right.number_input(
+    page = url_state.bound(PAGE, "page", lambda: page_column.number_input(
         "Page", min_value=1, max_value=pages, step=1, key=PAGE,
         help=f"{run_views.PAGE_ROWS} runs per page, in the order chosen."),
         default=1, choices=range(1, pages + 1), cast=int)
     shown, _ = run_views.page_of(ordered, None, int(page))
     hidden = len(runs) - len(current)
-    left.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} of {len(ordered)} "
-                 "matching runs shown." + (f" {hidden} archived run(s) hidden." if hidden else ""))
+    st.caption(f"Page {min(int(page), pages)} of {pages}: {len(shown)} of {len(ordered)} "
+               "matching runs shown." + (f" {hidden} archived run(s) hidden." if hidden else ""))
     return shown
 
 
@@ -59,9 +58,9 @@ def _toggle() -> bool:
     return bool(value)
 
 
-def _filters(runs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+def _filters(runs: pd.DataFrame) -> tuple[pd.DataFrame, Any, Any]:
     """Search, tags, status, method and model filters (each kept in the URL): the runs they
-    keep, and the column left for the order picker."""
+    keep, and the columns left for the order and page pickers."""
     search, tagged, status = st.columns([3, 2, 2])
     text = url_state.bound("runs-search", "q", lambda: search.text_input(
         "Search", key="runs-search", on_change=_first_page,
@@ -74,14 +73,14 @@ def _filters(runs: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
                  help="Runs with every tag chosen.")
     statuses = _many(status, "Status", "runs-status", "status", list(run_views.STATUS_ORDER),
                      placeholder="All statuses")
-    method, model, order = st.columns([2, 2, 3])
+    method, model, order, page = st.columns([2, 2, 3, 1])
     methods = _many(method, "Method", "runs-method", "method", run_list.method_choices(runs),
                     format_func=tables.method_label, placeholder="All methods")
     models = _many(model, "Model", "runs-model", "model", run_list.model_choices(runs),
                    placeholder="All models")
     found = run_views.matching(runs, text, tags)
     found = found[found["Status"].isin(statuses)] if statuses else found
-    return run_list.filtered(found, methods, models), order
+    return run_list.filtered(found, methods, models), order, page
 
 
 def _many(column: Any, label: str, key: str, param: str, options: list[Any],
@@ -157,9 +156,9 @@ def ticked_actions(store: Store, ticked: list[int], runs: pd.DataFrame) -> None:
     finished = [i for i in ticked if status.get(i) in run_views.FINISHED]
     bar = st.container(horizontal=True, vertical_alignment="center")
     bar.markdown(f"**Ticked:** {', '.join(f'run {i}' for i in ticked)}")
-    if bar.button("Compare", key="ticked-compare", icon=":material/compare:",
-                  help="Open them side by side on the Compare page (up to 8)."):
-        st.switch_page("pages/compare.py", query_params={"runs": [str(i) for i in ticked[:8]]})
+    bar.page_link("pages/compare.py", label="Compare", icon=":material/compare:",
+                  query_params={"runs": [str(i) for i in ticked[:8]]},
+                  help="Open them side by side on the Compare page (up to 8).")
     if bar.button("Re-run", key="ticked-rerun", icon=":material/replay:",
                   disabled=not finished or not store.writable,
                   help="Queue a fresh copy of each finished run ticked."):

@@ -103,10 +103,7 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
     _add_diverged(fig, ppl[ppl["status"] == "diverged"], top)
     _add_collapsed(fig, ppl[ppl["status"] == "collapsed"], top)
     fig.update_layout(**_LAYOUT, title=title or "Perplexity vs sparsity (lower is better)")
-    values = [*ok["value"], top] if not ok.empty else [1.0, top]
-    ticks = log_ticks(min(values), max(values))
-    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
-                     ticktext=[f"{t:g}" for t in ticks])
+    readable_log_y(fig, "Perplexity (log scale)")
     fig.update_xaxes(title="Sparsity (% of weights pruned)", ticksuffix="%",
                      range=[-2, right * 1.15])
     return fig
@@ -116,6 +113,35 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
 LOG_MANTISSAS = ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
 MIN_TICKS = 3
 MAX_TICKS = 12
+
+
+def readable_log_y(fig: go.Figure, title: str) -> None:
+    """A log y axis over every point drawn (error bars included) with ``log_ticks`` labels,
+    its range widened to the outer ticks so that at least ``MIN_TICKS`` of them show."""
+    values = [v for trace in fig.data for v in _y_extent(trace)]
+    values = [v for v in values if math.isfinite(v) and v > 0] or [1.0, 10.0]
+    low, high = min(values), max(values)
+    ticks = log_ticks(low, high)
+    bottom, top = min(low, ticks[0]), max(high, ticks[-1])
+    fig.update_yaxes(type="log", title=title, tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
+                     range=[math.log10(bottom) - 0.02, math.log10(top) + 0.02])
+
+
+def _y_extent(trace: Any) -> list[float]:
+    """A trace's y values and the ends of its error bars."""
+    ys = [float(y) for y in (trace.y if trace.y is not None else ()) if _number(y)]
+    error = getattr(trace, "error_y", None)
+    if error is None or error.array is None or not ys:
+        return ys
+    plus = [float(e) if _number(e) else 0.0 for e in error.array]
+    minus = ([float(e) if _number(e) else 0.0 for e in error.arrayminus]
+             if error.arrayminus is not None else plus)
+    return [*ys, *(y + p for y, p in zip(ys, plus, strict=False)),
+            *(y - m for y, m in zip(ys, minus, strict=False))]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and math.isfinite(value)
 
 
 def log_ticks(low: float, high: float) -> list[float]:
@@ -739,12 +765,9 @@ def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.F
             marker={"symbol": "x", "size": 11, "color": "#b00020"},
             hovertext=[_sweep_hover(r, params) for r in bad.to_dict("records")],
             hoverinfo="text"))
-    values = [*ok["ppl"], top] if not ok.empty else [1.0, top]
-    ticks = log_ticks(min(values), max(values))
     fig.update_layout(**_LAYOUT, title=title)
     fig.update_xaxes(title=param)
-    fig.update_yaxes(type="log", title="Perplexity (log scale)", tickvals=ticks,
-                     ticktext=[f"{t:g}" for t in ticks])
+    readable_log_y(fig, "Perplexity (log scale)")
     return fig
 
 

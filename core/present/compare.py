@@ -61,7 +61,8 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame({
         "run_id": ids, "origin": df["origin"].to_numpy(dtype=object),
         "label": [f"#{i} · {model} · {method} · {w}" for i, model, method, w in
-                  zip(ids, df["model"], methods, where, strict=True)]}, columns=cols)
+                  zip(ids, map(tables.short_name, df["model"]), methods, where,
+                      strict=True)]}, columns=cols)
     frame["_key"] = [(not mine, -r if mine else r) for mine, r in zip(own, ids, strict=True)]
     return frame.sort_values("_key").drop(columns="_key").reset_index(drop=True)
 
@@ -148,7 +149,7 @@ def difference(value: float, reference: float, kind: str, metric: str,
 def _column(rec: dict[str, Any]) -> str:
     method = tables.run_label(rec["method"], rec["sparsity"], rec["pattern"], rec.get("variant"))
     where = "own" if rec["origin"] == "own" else str(rec["source"]).split(" (")[0]
-    return f"#{int(rec['run_id'])} {rec['model']} · {method} · {where}"
+    return f"#{int(rec['run_id'])} {tables.short_name(rec['model'])} · {method} · {where}"
 
 
 def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:

@@ -37,6 +37,7 @@ METHOD_NAMES = {
     "sparsellm": "SparseLLM", "coreinfer": "CoreInfer", "sparsity-levels": "Sparsity levels",
 }
 DATASET_SHORT = {"wikitext2": "WT2", "ptb": "PTB", "c4": "C4"}
+DATASET_TITLES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 DATASET_ORDER = ("wikitext2", "ptb", "c4")
 TASK_ORDER = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "boolq", "rte", "winogrande",
               "openbookqa")
@@ -209,6 +210,19 @@ def metric_label(metric: str) -> str:
 def dataset_label(dataset: str) -> str:
     """Short dataset name used in column headers: wikitext2 -> WT2; a local file -> its name."""
     return DATASET_SHORT.get(str(dataset), dataset_name(dataset))
+
+
+def dataset_title(dataset: str) -> str:
+    """A dataset as a sentence names it: wikitext2 -> WikiText-2; a local file -> its name."""
+    return DATASET_TITLES.get(str(dataset), short_name(dataset))
+
+
+def short_name(source: str) -> str:
+    """A text source or model as people say it: a path becomes its file or folder name."""
+    text = str(source)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return text.rstrip("/").rsplit("/", 1)[-1] or text
+    return text
 
 
 def dataset_name(dataset: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.present import tables
-from core.present.runs import PPL_PREFIX, RETENTION, ZERO_SHOT, short_source
+from core.present.runs import PPL_PREFIX, RETENTION, ZERO_SHOT
 from core.store import queries
 from core.store.db import Store
 
@@ -87,8 +87,8 @@ def method_choices(runs: pd.DataFrame) -> list[str]:
 
 
 def model_choices(runs: pd.DataFrame) -> list[str]:
-    """The models of ``runs`` as the list shows them (``short_source``)."""
-    return sorted({short_source(m) for m in runs["model"]}, key=str.casefold)
+    """The models of ``runs`` as the list shows them (``tables.short_name``)."""
+    return sorted({tables.short_name(m) for m in runs["model"]}, key=str.casefold)
 
 
 def filtered(runs: pd.DataFrame, methods: list[str] | None = None,
@@ -99,7 +99,7 @@ def filtered(runs: pd.DataFrame, methods: list[str] | None = None,
     if methods:
         keep &= runs["method"].astype(str).isin(methods)
     if models:
-        shown = {m: short_source(m) for m in set(runs["model"])}
+        shown = {m: tables.short_name(m) for m in set(runs["model"])}
         keep &= runs["model"].map(shown).isin(models)
     return runs[keep]
 

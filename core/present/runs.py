@@ -63,7 +63,7 @@ class Progress:
         """'pruning: block 3 of 30', 'perplexity on sample.txt: window 2 of 8', 'loading model'."""
         stage = self.stage or "starting"
         if stage.startswith("perplexity "):
-            stage = f"perplexity on {short_source(stage[len('perplexity '):])}"
+            stage = f"perplexity on {tables.dataset_title(stage[len('perplexity '):])}"
         if self.total <= 1:  # a one-step stage: its name says it all
             return stage
         return f"{stage}: {self.unit or 'step'} {self.done} of {self.total}"
@@ -118,14 +118,6 @@ def parse_progress(value: Any, now: float | None = None) -> Progress | None:
 
 
 # -- labels -----------------------------------------------------------------------------------
-def short_source(source: str) -> str:
-    """A text source or model as people say it: a path becomes its file or folder name."""
-    text = str(source)
-    if text.startswith(("/", ".", "~")) or text.count("/") > 1:
-        return Path(text).name or text
-    return text
-
-
 def method_text(method: str, pattern: Any, sparsity: Any, variant: Any = None) -> str:
     """'Wanda 50%', 'Wanda 50% · OWL', 'Magnitude 2:4', 'Dense', 'CoreInfer (activation
     sparsity)': with the run's label words (``variant``) when it has any."""
@@ -221,7 +213,7 @@ def runs_table(store: Store, now: datetime | None = None,
         "Run": frame["id"].astype(int),
         "Name": [meta.text_or_none(n) or "" for n in frame["name"]],
         "Status": status,
-        "Model": [short_source(m) for m in frame["model"]],
+        "Model": [tables.short_name(m) for m in frame["model"]],
         "Method": [method_text(m, p, s, v) for m, p, s, v in
                    zip(frame["method"], frame["pattern"], frame["sparsity"], _column(frame,
                        "variant"), strict=True)],
@@ -308,7 +300,7 @@ def matching(runs: pd.DataFrame, text: str = "", tags: list[str] | None = None
             continue
         words = [meta.text_or_none(row.name) or "", meta.text_or_none(row.notes) or "",
                  *row_tags, str(row.method), method_text(row.method, row.pattern, row.sparsity),
-                 str(row.model), short_source(row.model)]
+                 str(row.model), tables.short_name(row.model)]
         keep.append(not needle or any(needle in w.casefold() for w in words))
     return runs[keep]
 
@@ -494,7 +486,8 @@ def run_results(store: Store, run_id: int) -> pd.DataFrame:
     rows = []
     for r in frame.itertuples(index=False):
         if r.kind == "perplexity":
-            what, value = f"Perplexity on {short_source(r.dataset)}", _ppl_text(r.status, r.value)
+            what = f"Perplexity on {tables.dataset_title(r.dataset)}"
+            value = _ppl_text(r.status, r.value)
             if not _missing(r.n_samples):
                 value += f"  ({int(r.n_samples):,} tokens)"
         elif r.kind == "sparsity":
@@ -613,7 +606,7 @@ def submission_message(store: Store, submission: Any) -> str:
                                           submission.baseline_id or submission.run_id])
     rows = {int(r.id): r for r in statuses.itertuples(index=False)}
     run = rows[submission.run_id]
-    what = f"{method_text(run.method, run.pattern, run.sparsity)} on {short_source(run.model)}"
+    what = f"{method_text(run.method, run.pattern, run.sparsity)} on {tables.short_name(run.model)}"
     if submission.reused:
         text = (f"Nothing new was queued: an identical run (run {submission.run_id}, {what}) is "
                 f"already {run.status}, and its results are reused. Tick 'Run again even if an "
