@@ -44,7 +44,7 @@ else:
 
 if not own_runs.empty:
     st.subheader("Own CoreInfer and sparsity-levels runs")
-    show_table(own_runs, "activation-runs")
+    show_table(own_runs, "activation-runs", own_runs=True)
 
 st.subheader("Search configurations")
 searches = tables.search_runs(trials)

@@ -140,12 +140,13 @@ def actions(run_id: int, info: dict) -> str | None:
             store.archive([run_id])
         except ValueError as exc:  # e.g. queued again meanwhile
             return str(exc)
-        done(f"Run {run_id} was archived: the list leaves it out unless 'Show archived' is on. "
-             "Restore brings it back.")
+        done(f"Run {run_id} was archived: the result pages leave it out, and so does the list "
+             "unless 'Show archived' is on. Restore brings it back.")
     if archived and row.button("Restore", key=f"restore-{run_id}", icon=":material/unarchive:",
-                               disabled=not store.writable, help="Back to the list."):
+                               disabled=not store.writable,
+                               help="Back to the list and the result pages."):
         store.restore([run_id])
-        done(f"Run {run_id} was restored to the list.")
+        done(f"Run {run_id} was restored to the list and the result pages.")
     return None
 
 
@@ -165,8 +166,8 @@ def labels(run_id: int, info: dict) -> None:
     if meta.notes:
         box.text(meta.notes)
     if info["archived"]:
-        box.caption(f"Archived {info['archived']}: the list leaves it out unless 'Show "
-                    "archived' is on.")
+        box.caption(f"Archived {info['archived']}: the result pages leave it out, and so does "
+                    "the list unless 'Show archived' is on.")
     with st.expander("Edit name, notes and tags"), st.form(f"meta-{run_id}", border=False):
         typed = meta_fields(f"edit-{run_id}", meta)
         if not st.form_submit_button("Save", icon=":material/save:",

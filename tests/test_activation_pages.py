@@ -230,6 +230,7 @@ def test_activation_page_lists_own_runs_outside_a_search(db: Path, model_dir: st
     assert len(at.dataframe) == 1  # no search, so no CoreInfer comparison row either
     table = at.dataframe[0].value
     assert table["Run"].tolist() == [str(run_id)]
+    assert table["Details"].tolist() == [f"runs?run={run_id}"]  # a link to the run's details
     assert table["Method"].tolist() == ["CoreInfer"]
     assert table["Actual sparsity"].tolist() == ["0.281"]  # measured, not the 0.3 parameter
     assert table["Parameters"].iloc[0].startswith("kept fraction 0.3 · token sparsity 0.2")

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core.analysis import noise
 from core.execution import jobs
 from core.execution.run import run_and_store
+from core.present import activation as activation_views
 from core.present import tables
 from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.search import SearchSpec
@@ -197,6 +199,17 @@ def test_activation_perplexity_worse_than_uniform_guessing_is_collapsed(tmp_path
     assert rows["value"].iloc[0] < 259 < rows["value"].iloc[1]  # the collapsed value is kept
     assert rows["note"].iloc[1].startswith("perplexity ") and "(259): worse than uniform " \
         "guessing; 2 windows of 32" in rows["note"].iloc[1]
+    # the fitted run's windows reproduce its perplexity and give it an interval in the table
+    windows = store.frame("SELECT run_id, nlls FROM window_nlls ORDER BY run_id")
+    nlls = list(windows["nlls"].iloc[0])
+    assert len(nlls) == 2 and math.exp(sum(nlls) / 2) == pytest.approx(rows["value"].iloc[0])
+    table = activation_views.activation_runs_table(tables.load_metrics(store, "task"),
+                                                   tables.load_metrics(store, "activation"))
+    shown = table.display().set_index("Run")
+    low, high = noise.ppl_interval(nlls)
+    assert low < rows["value"].iloc[0] < high
+    assert shown.loc[str(windows["run_id"].iloc[0]), "95% interval"] == \
+        f"{low:.2f} to {high:.2f}"
 
 
 def test_failed_search_leaves_nothing_half_written(model_dir: str, tmp_path: Path) -> None:

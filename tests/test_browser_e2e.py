@@ -393,6 +393,17 @@ def test_sort_tick_and_compare_runs_from_the_list(app: dict[str, object]) -> Non
         expect(page.get_by_role("combobox", name="Sort by")).to_have_value(
             "PPL WT2 (lowest first)")
         expect(page.get_by_text("Page 1 of 1: 4 of 4 matching runs shown.")).to_be_visible()
+        tick_rows(page, [0])  # archive the best: it leaves the list (and the result pages)
+        page.get_by_role("button", name="Archive", exact=True).first.click()
+        settle(page)
+        expect(page.get_by_text(
+            "Page 1 of 1: 3 of 3 matching runs shown. 1 archived run(s) hidden.")).to_be_visible()
+        assert Store(app["db"]).frame(  # type: ignore[arg-type]
+            "SELECT id FROM runs WHERE archived_at IS NOT NULL")["id"].tolist() == [by_ppl[0]]
+        expect(page.get_by_text(  # the rows changed: nothing stays ticked
+            "Tick runs in the list to compare them, run them again or archive them.",
+            exact=True)).to_be_visible()
+        screenshot(page, app["shots"], "runs-archived")  # type: ignore[arg-type]
 
 
 def test_a_tables_run_link_opens_the_runs_details(app: dict[str, object]) -> None:

@@ -169,3 +169,21 @@ def test_sort_choices_follow_the_number_columns() -> None:
     assert run_list.sorted_runs(runs, "PPL WT2")["Run"].tolist() == [1, 3, 2]
     assert run_list.sorted_runs(runs, run_list.ZERO_SHOT)["Run"].tolist() == [2, 3, 1]
     assert run_list.sort_text("Retention") == "Retention (highest first)"
+
+
+def test_archived_runs_leave_the_result_pages_until_restored(
+        db: Path, workers: list[int], store: Store, many: dict[int, float | None]  # noqa: F811
+) -> None:
+    gone = max(many)
+    before = store.results_version()
+    store.archive([gone])
+    assert store.results_version() != before  # the pages' caches see the change
+    at = _opened({"origin": "Own runs"}, str(ROOT / "pages/perplexity.py"))
+    runs = set(at.dataframe[0].value["Run"].astype(int))
+    assert gone not in runs and len(runs) == len(many) - 1
+    listed = _opened({"archived": "True"})  # the Runs list shows it, with its numbers
+    row = listed.dataframe[0].value.set_index("Run").loc[gone]
+    assert row["PPL WT2"] == many[gone] and bool(row["Archived"])
+    store.restore([gone])
+    at = _opened({"origin": "Own runs"}, str(ROOT / "pages/perplexity.py"))
+    assert gone in set(at.dataframe[0].value["Run"].astype(int))

@@ -625,8 +625,11 @@ def test_failed_tasks_are_shown_and_not_averaged(store: Store, drop_store: dict[
     per_task = tables.per_task_table(rows, "smollm2-135m", "50%",
                                      evaluation="0-shot, limit 40, float32")
     shown = per_task.display().set_index("Task")
-    assert list(shown.columns) == ["Dense", "Magnitude", "Wanda", "Note"]
+    assert list(shown.columns) == ["Dense", "Dense SE", "Magnitude", "Magnitude SE", "Wanda",
+                                   "Wanda SE", "Note"]  # each score's lm-eval stderr beside it
     assert shown.loc["piqa", "Dense"] == "80.00%"  # not the 1-shot dense run's 99%
+    assert (shown.loc["piqa", "Dense SE"], shown.loc["arc_easy", "Wanda SE"]) == ("1.00%", "")
+    assert any("standard error" in n for n in per_task.notes)
     assert shown.loc["arc_easy", "Wanda"] == "failed"
     assert shown.loc["arc_easy", "Magnitude"] == "30.00%"
     assert shown.loc["arc_easy", "Note"] == "Dense, Wanda: task failed: ConnectionError: offline"
@@ -690,6 +693,10 @@ def test_drop_chart_is_a_heatmap_of_the_points(store: Store, drop_store: dict[st
     wanda_bars = next(t for t in bars.data if t.name == "Wanda")
     assert dict(zip(wanda_bars.x, wanda_bars.text, strict=True)) == {
         "piqa": "", "boolq": "", "arc_easy": "failed", "rte": "no value"}
+    # every stored score has stderr 0.01: a 95% error bar of ±1.96 points, none on failed ones
+    errors = dict(zip(wanda_bars.x, wanda_bars.error_y.array, strict=True))
+    assert errors["piqa"] == pytest.approx(1.959964) and math.isnan(errors["arc_easy"])
+    assert wanda_bars.error_y.visible and "± 1.96 (95%)" in wanda_bars.hovertext[0]
 
 
 # -- layer statistics (seed 002) ------------------------------------------------------------------

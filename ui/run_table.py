@@ -4,6 +4,7 @@ run them again, archive them)."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import pandas as pd
@@ -16,7 +17,7 @@ from core.present import runs as run_views
 from core.store.db import Store
 from ui import url_state
 
-TABLE = "runs-table"  # the list's key (its ticked rows)
+TABLE = "runs-table"  # the list's key, with a digest of the rows it shows
 TICKED = "runs-ticked"  # the run ids ticked, as the list showed them when ticked
 SHOWN = "runs-shown"  # the run ids of the list's rows, in order, as last drawn
 ARCHIVED = "runs-archived"  # the Show archived toggle
@@ -53,7 +54,8 @@ def archived_shown() -> bool:
 
 def _toggle() -> bool:
     value = st.toggle("Show archived", key=ARCHIVED, on_change=_first_page,
-                      help="Archived runs are kept whole but left out of this list.")
+                      help="Archived runs are kept whole but left out of this list and of the "
+                           "result pages.")
     url_state.put(ARCHIVED, "archived", value, False)
     return bool(value)
 
@@ -104,20 +106,25 @@ def _order(runs: pd.DataFrame, column: Any) -> str:
 
 
 def run_table(shown: pd.DataFrame, archived: bool) -> list[int]:
-    """The list (rows of ``runs_table``), rows tickable; the run ids ticked."""
+    """The list (rows of ``runs_table``), rows tickable; the run ids ticked.
+
+    The browser keeps ticks by row position, so a list whose rows changed (a filter, another
+    order, a run queued or archived) is a new table with nothing ticked."""
     hidden = {"Stage"} | (set() if archived else {"Archived"})  # the bars above show the stage
-    st.session_state[SHOWN] = shown["Run"].astype(int).tolist()
-    st.dataframe(shown, hide_index=True, width="stretch", key=TABLE, on_select=_ticked,
-                 selection_mode="multi-row",
+    ids = shown["Run"].astype(int).tolist()
+    if st.session_state.get(SHOWN) != ids:
+        st.session_state[SHOWN], st.session_state[TICKED] = ids, []
+    key = f"{TABLE}-{zlib.crc32(str(ids).encode()):08x}"
+    st.dataframe(shown, hide_index=True, width="stretch", key=key,
+                 on_select=lambda: _ticked(key), selection_mode="multi-row",
                  column_order=[c for c in shown.columns if c not in hidden],
                  column_config=_column_config(shown))
-    shown_ids = set(st.session_state[SHOWN])
-    return [i for i in st.session_state.get(TICKED, []) if i in shown_ids]
+    return [i for i in st.session_state.get(TICKED, []) if i in set(ids)]
 
 
-def _ticked() -> None:
-    """Keep the ticked rows as run ids (rows move when a run is queued above them)."""
-    rows = st.session_state[TABLE].selection.rows
+def _ticked(key: str) -> None:
+    """Keep the ticked rows of the table ``key`` as run ids."""
+    rows = st.session_state[key].selection.rows
     shown = st.session_state.get(SHOWN, [])
     st.session_state[TICKED] = [shown[r] for r in rows if r < len(shown)]
 
@@ -165,8 +172,8 @@ def ticked_actions(store: Store, ticked: list[int], runs: pd.DataFrame) -> None:
         _rerun(store, finished)
     if bar.button("Archive", key="ticked-archive", icon=":material/archive:",
                   disabled=not finished or not store.writable,
-                  help="Leave the finished runs ticked out of the list (Restore in a run's "
-                       "details brings one back)."):
+                  help="Leave the finished runs ticked out of the list and the result pages "
+                       "(Restore in a run's details brings one back)."):
         _archive(store, finished)
 
 
@@ -202,5 +209,5 @@ def _archive(store: Store, run_ids: list[int]) -> None:
         st.error(str(exc))
         return
     st.session_state[TICKED] = []
-    _done(f"Archived {len(done)} run(s): the list leaves them out unless 'Show archived' is on; "
-          "Restore in a run's details brings one back.")
+    _done(f"Archived {len(done)} run(s): the result pages leave them out, and so does the list "
+          "unless 'Show archived' is on; Restore in a run's details brings one back.")

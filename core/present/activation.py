@@ -14,11 +14,30 @@ from typing import Any
 
 import pandas as pd
 
+from core.analysis import noise
 from core.present import tables
 from core.store import queries
 from core.store.db import Store
 
 CONFIG_NAMES = {"coreinfer": "CoreInfer", "best": "Best", "avg": "AVG"}
+
+
+INTERVAL = "95% interval"
+
+
+def _interval_text(rec: dict[str, Any]) -> str:
+    """A score's 95% interval: a split perplexity's from its windows (Student's t of their mean
+    NLL, exponentiated), a task score's from lm-eval's stderr; blank without either."""
+    if rec.get("status") != "ok":
+        return ""
+    if rec["kind"] == "activation":
+        nlls = rec.get("nlls")
+        low, high = noise.ppl_interval(list(nlls)) if nlls is not None else (math.nan,) * 2
+        return f"{low:.2f} to {high:.2f}" if math.isfinite(low) else ""
+    low, high = noise.interval(tables._value(rec), rec.get("stderr"))
+    if not math.isfinite(low):
+        return ""
+    return f"{tables.format_value(low, 'score')} to {tables.format_value(high, 'score')}"
 
 
 def search_finals(finals: pd.DataFrame, run_id: int, origin: str) -> pd.DataFrame:
@@ -77,7 +96,7 @@ def activation_runs_table(task_rows: pd.DataFrame, activation_rows: pd.DataFrame
     """Own CoreInfer / sparsity-levels runs that are not part of a search: one row per run and
     task (or perplexity dataset), with the kept fraction measured on that evaluation."""
     cols = ["Run", "Model", "Method", "Parameters", "Evaluation", "Metric", "Score",
-            "Actual sparsity", "Note"]
+            INTERVAL, "Actual sparsity", "Note"]
     formats = {"Run": "int", "Score": "score", "Actual sparsity": "sparsity"}
     parts = [df for df in (task_rows, activation_rows) if not df.empty]
     if not parts:
@@ -105,6 +124,7 @@ def activation_runs_table(task_rows: pd.DataFrame, activation_rows: pd.DataFrame
                        else tables.metric_label(rec["metric"])),
             "Score": tables._value(rec),
             tables.TEXT + "Score": tables._cell_text(rec["status"], tables.NO_VALUE),
+            INTERVAL: _interval_text(rec),
             "Actual sparsity": value,
             tables.TEXT + "Actual sparsity": "not measured" if math.isnan(value) else None,
             "Note": note,
@@ -115,4 +135,6 @@ def activation_runs_table(task_rows: pd.DataFrame, activation_rows: pd.DataFrame
                         ["Actual sparsity: the share of FFN neurons CoreInfer computed, measured "
                          "by hooks during the sparse (decode) forwards of that evaluation, "
                          "averaged over the converted blocks; the parameters are settings, "
-                         "not measurements."])
+                         "not measurements.",
+                         f"{INTERVAL}: of a perplexity, from its windows' NLLs; of a task "
+                         "score, ±1.96 × lm-eval's standard error."])

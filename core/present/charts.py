@@ -377,8 +377,9 @@ def _bar_label(rec: Mapping[str, Any]) -> str:
 
 
 def per_task_chart(long: pd.DataFrame) -> go.Figure:
-    """Accuracy per task, one bar group per task and one bar per method (and group); a failed or
-    missing score is an empty bar labelled 'failed' / 'no value' (its note on hover)."""
+    """Accuracy per task, one bar group per task and one bar per method (and group), with the
+    95% interval of each score from lm-eval's stderr as error bars; a failed or missing score is
+    an empty bar labelled 'failed' / 'no value' (its note on hover)."""
     if long.empty:
         return empty_figure("No per-task scores for this selection.")
     fig = go.Figure()
@@ -392,9 +393,12 @@ def per_task_chart(long: pd.DataFrame) -> go.Figure:
                      "note": f"run {first['run_id']} did not evaluate {t}"}
                     for t in tasks if t not in set(part["dataset"])]
         ok = [r["status"] == "ok" and not pd.isna(r["value"]) for r in records]
+        half = [_half_width(r) if good else math.nan for r, good in zip(records, ok, strict=True)]
         fig.add_trace(go.Bar(
             x=[r["dataset"] for r in records],
             y=[r["value"] * 100 if good else 0 for r, good in zip(records, ok, strict=True)],
+            error_y={"type": "data", "array": half, "color": "#555", "thickness": 1,
+                     "visible": any(math.isfinite(h) for h in half)},
             name=str(column),
             text=["" if good else T.zs_cell_text(r["status"], r["note"]) or T.NO_VALUE
                   for r, good in zip(records, ok, strict=True)],
@@ -406,12 +410,22 @@ def per_task_chart(long: pd.DataFrame) -> go.Figure:
                                   f"{r['dataset']}: "
                                   + (f"{r['value'] * 100:.2f}%" if good else
                                      (r["note"] if isinstance(r["note"], str) and r["note"]
-                                      else T.NO_VALUE)))
-                       for r, good in zip(records, ok, strict=True)], hoverinfo="text"))
+                                      else T.NO_VALUE))
+                                  + (f" ± {h:.2f} (95%)" if math.isfinite(h) else ""))
+                       for r, good, h in zip(records, ok, half, strict=True)],
+            hoverinfo="text"))
     fig.update_layout(**_LAYOUT, title="Zero-shot accuracy per task", barmode="group")
     fig.update_xaxes(categoryorder="array", categoryarray=tasks)
     fig.update_yaxes(title="Accuracy", ticksuffix="%", rangemode="tozero")
     return fig
+
+
+def _half_width(rec: Mapping[str, Any]) -> float:
+    """Half the 95% interval of a score, in points, from lm-eval's stderr (NaN without one)."""
+    se = rec.get("stderr")
+    if not isinstance(se, int | float) or not math.isfinite(se):
+        return math.nan
+    return noise.Z95 * float(se) * 100
 
 
 def drop_chart(table: T.Table) -> go.Figure:

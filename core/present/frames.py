@@ -178,9 +178,10 @@ def session_store(state: MutableMapping[str, Any]) -> Store:
     return store
 
 
-def load_metrics(store: Store, kind: str) -> pd.DataFrame:
-    """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...)."""
-    return prepare(queries.metric_rows(store, kind))
+def load_metrics(store: Store, kind: str, archived: bool = False) -> pd.DataFrame:
+    """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...),
+    of archived runs too when ``archived``."""
+    return prepare(queries.metric_rows(store, kind, archived=archived))
 
 
 def load_search_trials(store: Store) -> pd.DataFrame:

@@ -25,8 +25,8 @@ MISSING = "—"
 NO_VALUE = "no value"
 FAILED = "failed"
 BASELINE = "baseline"
-OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note", "95% interval (points)", "PPL 95% interval",
-                    "Accuracy 95% interval", "Retention 95% interval",
+OPTIONAL_COLUMNS = ("Settings", "Evaluation", "Note", "95% interval", "95% interval (points)",
+                    "PPL 95% interval", "Accuracy 95% interval", "Retention 95% interval",
                     "Δ 95% interval")
 ORIGIN_NAMES = {"published": "Published", "own": "Own run"}
 #: The origin filter's choices and the origins each keeps (None: no filter).

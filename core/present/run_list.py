@@ -38,7 +38,7 @@ def key_results(store: Store) -> pd.DataFrame:
 
 def _zero_shot(store: Store) -> pd.DataFrame:
     """The Zero-shot page's Accuracy and Retention of each own run (index: run id)."""
-    rows = tables.load_metrics(store, "zero_shot")
+    rows = tables.load_metrics(store, "zero_shot", archived=True)  # the list can show them
     own = rows[rows["origin"] == "own"] if not rows.empty else rows
     if own.empty:
         return pd.DataFrame(columns=[ZERO_SHOT, RETENTION])

@@ -521,7 +521,7 @@ class Store:
         with self.transaction() as con:
             con.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values, run_id])
 
-    # -- what people call a run, and archiving (never results: ``results_version`` stays) --
+    # -- what people call a run (never results: ``results_version`` stays), and archiving --
     def set_meta(self, run_id: int, meta: RunMeta) -> None:
         """Set an own run's name, notes and tags to ``meta`` (checked by
         ``core.store.meta.check``; None / () clears a field).  A published run is refused."""
@@ -546,9 +546,10 @@ class Store:
         return changed, kept
 
     def archive(self, run_ids: Iterable[int]) -> list[int]:
-        """Archive own finished runs (hidden from the Runs list, kept whole); returns those
-        newly archived.  All or nothing: a published run, an active (queued or running) one
-        or an unknown id refuses the lot with a ``ValueError`` saying why."""
+        """Archive own finished runs (hidden from the Runs list and the result pages, kept
+        whole); returns those newly archived.  All or nothing: a published run, an active
+        (queued or running) one or an unknown id refuses the lot with a ``ValueError`` saying
+        why."""
         ids = [int(i) for i in run_ids]
         with self.transaction() as con:
             rows = own_runs(con, ids, "be archived")
@@ -559,9 +560,12 @@ class Store:
                                  "running and cannot be archived: cancel "
                                  f"{'it' if one else 'them'} first, then archive "
                                  f"{'it' if one else 'them'}.")
-            return [int(r[0]) for r in con.execute(
+            done = [int(r[0]) for r in con.execute(
                 "UPDATE runs SET archived_at = ? WHERE list_contains(?, id) AND archived_at IS "
                 "NULL RETURNING id", [datetime.now(), ids]).fetchall()]
+            if done:  # the result pages leave archived runs out
+                bump_results(con)
+            return done
 
     def restore(self, run_ids: Iterable[int]) -> list[int]:
         """Bring archived own runs back to the Runs list; returns those restored (a run that
@@ -569,9 +573,12 @@ class Store:
         ids = [int(i) for i in run_ids]
         with self.transaction() as con:
             own_runs(con, ids, "be restored")
-            return [int(r[0]) for r in con.execute(
+            done = [int(r[0]) for r in con.execute(
                 "UPDATE runs SET archived_at = NULL WHERE list_contains(?, id) AND archived_at "
                 "IS NOT NULL RETURNING id", [ids]).fetchall()]
+            if done:
+                bump_results(con)
+            return done
 
     def move(self, run_id: int, status: str, con: duckdb.DuckDBPyConnection | None = None,
              **fields: Any) -> bool:

@@ -15,19 +15,27 @@ _RUN_COLUMNS = """r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.mode
                   r.settings AS run_settings"""
 
 
-def metric_rows(store: Store, kind: str | None = None,
-                run_ids: Sequence[int] | None = None) -> pd.DataFrame:
+#: The ids of archived runs (a subquery).
+ARCHIVED = "SELECT id FROM runs WHERE archived_at IS NOT NULL"
+
+
+def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | None = None,
+                archived: bool = False) -> pd.DataFrame:
     """Metric rows with their run's columns, spec and setting columns (of one ``kind`` and of
-    ``run_ids`` only, when given), by run; a perplexity row has its windows' mean NLLs
+    ``run_ids`` only, when given), by run; a perplexity row (also an activation run's split
+    perplexity) has its windows' mean NLLs
     (``nlls``: a float array, None where the run stored none).  Each run's spec text is read
     once and shared by its rows (30,000 rows each carrying a copy of 10,000 specs cost a page
-    a third of a second)."""
+    a third of a second).  Archived runs are left out unless ``archived`` or named in
+    ``run_ids``."""
     where, params = [], []
     if kind is not None:
         where, params = ["m.kind = ?"], [kind]
     if run_ids is not None:
         where.append("list_contains(?, m.run_id)")
         params.append([int(i) for i in run_ids])
+    elif not archived:
+        where.append(f"m.run_id NOT IN ({ARCHIVED})")
     condition = f"WHERE {' AND '.join(where)}" if where else ""
     settings = ", ".join(f"r.{c}" for c in SETTING_COLUMNS.values())
     with store.connect() as con:
@@ -38,7 +46,8 @@ def metric_rows(store: Store, kind: str | None = None,
                        m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples, m.status,
                        m.raw, m.note, w.nlls
                 FROM metrics m JOIN runs r ON r.id = m.run_id
-                     LEFT JOIN window_nlls w ON m.kind = 'perplexity' AND m.metric = 'ppl'
+                     LEFT JOIN window_nlls w ON m.kind IN ('perplexity', 'activation')
+                          AND m.metric = 'ppl'
                           AND w.run_id = m.run_id AND w.dataset = m.dataset {condition}
                 ORDER BY r.id""", params).fetchnumpy())
         specs = object_frame(con.execute(
@@ -88,21 +97,23 @@ def layer_stat_rows(store: Store, run_ids: Sequence[int] | None = None) -> pd.Da
 
 
 def layer_stat_runs(store: Store) -> pd.DataFrame:
-    """One row per run that has layer statistics: its run's columns and ``blocks``, the number
-    of blocks with a measured block sparsity (from the summaries stored with the rows)."""
+    """One row per run that has layer statistics (archived runs left out): its run's columns
+    and ``blocks``, the number of blocks with a measured block sparsity (from the summaries
+    stored with the rows)."""
     return store.frame(
         f"""SELECT {_RUN_COLUMNS}, s.blocks
-            FROM layer_summaries s JOIN runs r ON r.id = s.run_id ORDER BY r.id""")
+            FROM layer_summaries s JOIN runs r ON r.id = s.run_id
+            WHERE r.archived_at IS NULL ORDER BY r.id""")
 
 
 def search_trial_rows(store: Store) -> pd.DataFrame:
-    """Search trials with their run's model, source and spec."""
+    """Search trials with their run's model, source and spec (archived runs left out)."""
     return store.frame(
         """SELECT r.id AS run_id, r.origin, r.source, r.model, r.spec, r.status AS run_status,
                   t.trial, t.label, t.params, t.levels, t.actual_sparsity, t.metric, t.value,
                   t.raw, t.note
            FROM search_trials t JOIN runs r ON r.id = t.run_id
-           ORDER BY r.id, t.trial""")
+           WHERE r.archived_at IS NULL ORDER BY r.id, t.trial""")
 
 
 def search_level_rows(store: Store, search_id: int) -> pd.DataFrame:

@@ -359,12 +359,17 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
     tasks = sorted(set(long["dataset"]), key=task_key)
     frame = pd.DataFrame({"Task": tasks})
     notes: dict[str, dict[str, list[str]]] = {t: {} for t in tasks}  # task -> note -> columns
+    formats = {}
     for col in columns:
         cells = long[long["column"] == col].drop_duplicates("dataset", keep="last")
         cells = cells.set_index("dataset")
         frame[col] = [_value(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
         frame[TEXT + col] = [zs_cell_text(cells.loc[t, "status"], cells.loc[t, "note"])
                              if t in cells.index else NO_VALUE for t in tasks]
+        formats[col] = "pct"
+        errors = [_stderr(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
+        if not all(math.isnan(e) for e in errors):  # lm-eval's standard error, beside it
+            frame[col + SE_SUFFIX], formats[col + SE_SUFFIX] = errors, "pct"
         for t in tasks:
             if t in cells.index:
                 note = _row_note(cells.loc[t])
@@ -372,9 +377,23 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
                     notes[t].setdefault(note, []).append(col)
     frame["Note"] = [_join(*(f"{', '.join(cols)}: {note}" for note, cols in notes[t].items()))
                      for t in tasks]
-    return Table(frame, dict.fromkeys(columns, "pct"),
-                 [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
-                  NOT_COUNTED])
+    table_notes = [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
+                   NOT_COUNTED]
+    if any(c.endswith(SE_SUFFIX) for c in frame.columns):
+        table_notes.append(f"{SE_SUFFIX.strip()}: lm-eval's standard error of the score (a 95% "
+                     "interval is about ±1.96 SE; the drop table gives each drop's interval).")
+    return Table(frame, formats, table_notes)
+
+
+#: Suffix of a per-task column holding the standard error of the scores of the column before it.
+SE_SUFFIX = " SE"
+
+
+def _stderr(rec: Mapping[str, Any]) -> float:
+    """The standard error of an 'ok' score (NaN when it has none)."""
+    se = rec.get("stderr")
+    ok = rec.get("status", "ok") == "ok" and isinstance(se, int | float) and math.isfinite(se)
+    return float(se) if ok else math.nan
 
 
 def _row_note(rec: Mapping[str, Any]) -> str:

@@ -234,13 +234,14 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
 
 @torch.no_grad()
 def split_perplexity(model: Any, ids: torch.Tensor, seqlen: int, max_windows: int | None,
-                     progress: ProgressFn | None = None) -> tuple[float | None, int, int]:
+                     progress: ProgressFn | None = None
+                     ) -> tuple[float | None, int, int, list[float]]:
     """CoreInfer perplexity: per window, the first half is pre-filled (dense, selects the core
     neurons) and the second half scored as cached forwards (sparse).  Returns (ppl, windows,
-    scored tokens); ppl is None when the loss is not finite."""
+    scored tokens, each window's mean NLL); ppl is None when the loss is not finite."""
     chunks = windows(ids, seqlen, max_windows)
     prefix = seqlen // 2
-    nll, tokens = 0.0, 0
+    nll, tokens, per_window = 0.0, 0, []
     if progress:
         progress("perplexity", 0, chunks.shape[0])
     for i, window in enumerate(chunks):
@@ -248,11 +249,12 @@ def split_perplexity(model: Any, ids: torch.Tensor, seqlen: int, max_windows: in
                                          window[prefix:].tolist())
         nll -= logprob
         tokens += seqlen - prefix
+        per_window.append(-logprob / (seqlen - prefix))
         if progress:
             progress("perplexity", i + 1, chunks.shape[0])
     mean = nll / max(tokens, 1)
     value = math.exp(mean) if math.isfinite(mean) and mean < 700 else None
-    return value, int(chunks.shape[0]), tokens
+    return value, int(chunks.shape[0]), tokens, per_window
 
 
 def combine_stats(parts: Sequence[CoreInferStats]) -> dict[str, Any]:
@@ -356,9 +358,11 @@ def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
         handle.reset_stats()
         progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
         ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
-        value, n_windows, n_tokens = split_perplexity(
+        value, n_windows, n_tokens, nlls = split_perplexity(
             model, ids, spec.ppl_seqlen, spec.max_windows,
             lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
+        if value is not None:  # the windows give the perplexity its interval
+            result.windows.append({"dataset": name, "nlls": nlls})
         stats = handle.stats()
         measured.append(stats)
         status, why = perplexity_status(value, vocab)
