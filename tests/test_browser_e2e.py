@@ -428,3 +428,29 @@ def test_a_tables_run_link_opens_the_runs_details(app: dict[str, object]) -> Non
         expect(details).to_have_url(re.compile(rf"/runs\?run={ids[0]}$"))
         expect(details.get_by_role("combobox", name="Run")).to_have_value(
             re.compile(rf"^Run {ids[0]} · Wanda 30%"))
+
+
+def test_a_running_run_shows_its_time_left(app: dict[str, object]) -> None:
+    """A run 6 blocks of 30 into pruning (as its worker reports it, heartbeat fresh) shows the
+    estimated time left and its rate, in the list's bar and in its details."""
+    import re
+    from datetime import datetime
+
+    from playwright.sync_api import expect
+
+    from tests.test_launch_pages import live_payload
+
+    store = Store(app["db"]).init()  # type: ignore[arg-type]
+    run_id = store.create_run(kind="prune", model=str(app["model"]), method="wanda",
+                              sparsity=0.5, spec={"model": str(app["model"])}, status="running")
+    store.update_run(run_id, started_at=datetime.now())
+    store.control.beat(run_id, "e2e-worker")
+    payload = live_payload(6)
+    store.control.set_progress(run_id, "pruning", 6, 30, {k: v for k, v in payload.items()
+                                                          if k not in ("stage", "done", "total")})
+    estimate = re.compile(r"pruning: block 6 of 30 · ≈ (1 min \d\d s|\d\d? s) left · "
+                          r"0\.5 blocks/s")
+    with browser_page(30_000) as page:
+        page.goto(f"{app['url']}/runs")
+        expect(page.get_by_text(estimate)).to_have_count(2)  # the list's bar and the details'
+        screenshot(page, app["shots"], "runs-estimate")  # type: ignore[arg-type]
