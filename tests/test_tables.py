@@ -641,6 +641,26 @@ def test_failed_tasks_are_shown_and_not_averaged(store: Store, drop_store: dict[
     assert "arc_easy failed" in wanda["Note"] and "not counted" in wanda["Note"]
 
 
+def test_per_task_views_show_the_newest_own_variants_only(store: Store) -> None:
+    """14 Wanda variants (calibration seeds): the per-task table and drop table show the 12
+    newest, and say how many more there are."""
+    from core.present.tables.zero_shot import MAX_OWN_COLUMNS
+
+    own_run(store, "dense", zs_rows({"piqa": 0.8}), zero_shot_tasks=["piqa"])
+    ids = [own_run(store, "wanda", zs_rows({"piqa": 0.7}), zero_shot_tasks=["piqa"], seed=seed)
+           for seed in range(MAX_OWN_COLUMNS + 2)]
+    rows = tables.load_metrics(store, "zero_shot")
+    per_task = tables.per_task_table(rows, "smollm2-135m", "50%")
+    methods = [c for c in per_task.columns if c.startswith("Wanda") and not c.endswith(" SE")]
+    assert len(methods) == MAX_OWN_COLUMNS
+    assert all(f"seed {seed}" in " ".join(methods) for seed in range(2, MAX_OWN_COLUMNS + 2))
+    assert "seed 0," not in " ".join(methods)  # the two oldest are left out, and said so
+    assert any("12 newest methods and variants are shown, 2 more" in n for n in per_task.notes)
+    drop = tables.drop_table(rows, "smollm2-135m", "50%")
+    assert set(drop.frame["Run"].dropna().astype(int)) == set(ids[2:])
+    assert any("2 more are not" in n for n in drop.notes)
+
+
 def test_per_task_view_keeps_evaluation_settings_apart(store: Store,
                                                         drop_store: dict[str, int]) -> None:
     rows = tables.load_metrics(store, "zero_shot")

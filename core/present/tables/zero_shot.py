@@ -291,10 +291,12 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     if pruned.empty:
         return df.iloc[0:0].assign(**{c: [] for c in LONG_EXTRA})
     parts: list[pd.DataFrame] = []
+    hidden = 0  # own methods and variants left out (over MAX_OWN_COLUMNS)
     for group, gpruned in pruned.groupby("group", sort=False):
         gdense = df[df["dense"].astype(bool) & (df["group"] == group)]
         if group == OWN_GROUP:
             parts += _own_per_task(gpruned, gdense, df)
+            hidden = max(0, own_variant_count(gpruned) - MAX_OWN_COLUMNS)
         else:
             parts += _published_per_task(gpruned, gdense)
     long = _sort_rows(pd.concat(parts, ignore_index=True), [])
@@ -302,16 +304,40 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     own_dense = long[(long["role"] == "dense") & (long["group"] == OWN_GROUP)]
     several_dense = own_dense["run_id"].nunique() > 1
     long["column"] = [_column_label(r, several, several_dense) for r in long.to_dict("records")]
-    return long.reset_index(drop=True)
+    long = long.reset_index(drop=True)
+    long.attrs[HIDDEN] = hidden
+    return long
+
+
+#: The per-task views show the latest run of each method and variant, up to this many (the
+#: newest); the page's filters narrow the choice.
+MAX_OWN_COLUMNS = 12
+
+
+HIDDEN = "own variants hidden"  # per_task_long's attrs key: how many were left out
+
+
+def own_variant_count(own: pd.DataFrame) -> int:
+    """How many methods and variants the own per-task scores ``own`` hold."""
+    return len(own.assign(_v=own["variant"].fillna("") if "variant" in own else "")
+               .drop_duplicates(["method", "_v"]))
+
+
+def hidden_note(long: pd.DataFrame) -> list[str]:
+    """A note when ``per_task_long`` left own methods or variants out."""
+    hidden = long.attrs.get(HIDDEN, 0)
+    return [f"Own runs: the {MAX_OWN_COLUMNS} newest methods and variants are shown, {hidden} "
+            "more are not; narrow the choice with the sidebar's filters."] if hidden else []
 
 
 def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFrame
                   ) -> list[pd.DataFrame]:
-    """The latest pruned run of each method with its dense baseline run, chosen from the
-    per-task ``scores`` of the model."""
+    """The latest pruned run of each method and variant (the ``MAX_OWN_COLUMNS`` newest) with
+    its dense baseline run, chosen from the per-task ``scores`` of the model."""
     latest = pruned.assign(_variant=pruned["variant"].fillna("") if "variant" in pruned
                            else "").groupby(["method", "_variant"])["run_id"].max()
-    chosen = pruned[pruned["run_id"].isin(latest)]
+    newest = latest.sort_values(ascending=False).iloc[:MAX_OWN_COLUMNS]
+    chosen = pruned[pruned["run_id"].isin(newest)]
     firsts = chosen.drop_duplicates("run_id")
     found, why = _zs_baselines(scores, pd.concat([firsts, dense]))
     parts, bases = [], {}
@@ -378,7 +404,7 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
     frame["Note"] = [_join(*(f"{', '.join(cols)}: {note}" for note, cols in notes[t].items()))
                      for t in tasks]
     table_notes = [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
-                   NOT_COUNTED]
+                   NOT_COUNTED, *hidden_note(long)]
     if any(c.endswith(SE_SUFFIX) for c in frame.columns):
         table_notes.append(f"{SE_SUFFIX.strip()}: lm-eval's standard error of the score (a 95% "
                      "interval is about ±1.96 SE; the drop table gives each drop's interval).")
@@ -457,7 +483,8 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
              "percentage points; relative drop = (pruned − dense) / dense × 100; negative = "
              "worse than dense.",
              "Average rows: over the tasks both the run and its dense baseline scored; their "
-             "relative drop equals retention − 100%.", DROP_NOISE_NOTE, NOT_COUNTED]
+             "relative drop equals retention − 100%.", DROP_NOISE_NOTE, NOT_COUNTED,
+             *hidden_note(long)]
     if (pruned["group"] == OWN_GROUP).any():
         notes.append(OWN_ZS_BASELINE)
     return Table(frame, formats, notes)
