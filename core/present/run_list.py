@@ -18,7 +18,7 @@ NEWEST, OLDEST = "Newest first", "Oldest first"
 
 
 def key_results(store: Store) -> pd.DataFrame:
-    """Per own run (index: run id) its perplexity per dataset ('PPL wikitext2': a number,
+    """Per own run (index: run id) its perplexity per dataset ('PPL WT2': a number,
     NaN where diverged or missing; a collapsed run's stored value), mean zero-shot accuracy
     over its scored tasks and retention against dense (as fractions), the very numbers of
     the Perplexity and Zero-shot pages."""
@@ -61,7 +61,7 @@ def sort_choices(runs: pd.DataFrame) -> list[str]:
 
 
 def sort_text(choice: str) -> str:
-    """How an order reads in its picker: 'PPL wikitext2 (lowest first)'."""
+    """How an order reads in its picker: 'PPL WT2 (lowest first)'."""
     if choice.startswith(PPL_PREFIX):
         return f"{choice} (lowest first)"
     if choice in (ZERO_SHOT, RETENTION):
