@@ -54,7 +54,7 @@ def live() -> None:
     active = run_views.runs_table(store, rows=listed[listed["Status"].isin(run_views.ACTIVE)])
     for fraction, text in run_views.progress_bars(active):
         st.progress(fraction, text=text)
-    shown = run_views.runs_table(store, rows=run_table.listing(listed))
+    shown = run_views.runs_table(store, rows=run_table.listing(listed, current))
     ticked = run_table.run_table(shown, archived)
     run_table.ticked_actions(store, ticked, listed)
     try:

@@ -26,11 +26,11 @@ FLASH = "run-detail-flash"  # a message the details show once, after an action
 PENDING = "run-detail-next"  # a run for the details to pick on the next run
 
 
-def listing(runs: pd.DataFrame) -> pd.DataFrame:
-    """The filters, order and page choice above the list; the rows of the page chosen (runs
-    of ``with_status`` and ``run_list.with_results``, archived ones left out unless shown)."""
-    archived = _toggle()
-    current = run_views.shown_runs(runs, archived=archived)
+def listing(runs: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """The Show archived toggle, filters, order and page choice above the list; the rows of
+    the page chosen from ``current`` (``runs``, rows of ``with_status`` and
+    ``run_list.with_results``, as ``archived_shown`` leaves them)."""
+    _toggle()
     found, order_column, page_column = _filters(current)
     ordered = run_list.sorted_runs(found, _order(found, order_column))
     pages = max(1, -(-len(ordered) // run_views.PAGE_ROWS))
@@ -52,12 +52,11 @@ def archived_shown() -> bool:
     return bool(st.session_state.get(ARCHIVED, False))
 
 
-def _toggle() -> bool:
+def _toggle() -> None:
     value = st.toggle("Show archived", key=ARCHIVED, on_change=_first_page,
                       help="Archived runs are kept whole but left out of this list and of the "
                            "result pages.")
     url_state.put(ARCHIVED, "archived", value, False)
-    return bool(value)
 
 
 def _filters(runs: pd.DataFrame) -> tuple[pd.DataFrame, Any, Any]:

@@ -422,10 +422,7 @@ def per_task_chart(long: pd.DataFrame) -> go.Figure:
 
 def _half_width(rec: Mapping[str, Any]) -> float:
     """Half the 95% interval of a score, in points, from lm-eval's stderr (NaN without one)."""
-    se = rec.get("stderr")
-    if not isinstance(se, int | float) or not math.isfinite(se):
-        return math.nan
-    return noise.Z95 * float(se) * 100
+    return noise.Z95 * T.score_stderr(rec) * 100
 
 
 def drop_chart(table: T.Table) -> go.Figure:

@@ -272,18 +272,21 @@ def record_label(rec: Mapping[str, Any]) -> str:
     return run_label(rec["method"], rec["sparsity"], rec["pattern"], rec.get("variant"))
 
 
+def with_variant(label: str, variant: Any = None) -> str:
+    """``label`` followed by a run's label words, when it has any: 'Wanda 50% · OWL'."""
+    return f"{label} · {variant}" if isinstance(variant, str) and variant else label
+
+
 def method_variant(method: str, variant: Any = None) -> str:
     """A method and the run's label words, for tables whose columns give the sparsity:
     'Wanda · OWL'."""
-    label = method_label(method)
-    return f"{label} · {variant}" if isinstance(variant, str) and variant else label
+    return with_variant(method_label(method), variant)
 
 
 def run_label(method: str, sparsity: Any, pattern: Any, variant: Any = None) -> str:
     """``row_label`` and the run's label words (``SpecModel.label_words``: what tells it apart
     from a default run of its method): 'Wanda 50% · OWL · blocks 0–12'."""
-    label = row_label(method, sparsity, pattern)
-    return f"{label} · {variant}" if isinstance(variant, str) and variant else label
+    return with_variant(row_label(method, sparsity, pattern), variant)
 
 
 def _method_rank(method: str) -> int:

@@ -303,7 +303,7 @@ def _method_tasks(long: pd.DataFrame, method: str) -> tuple[_Tasks, _Tasks]:
     pruned = long[(long["role"] == "pruned") & (long["method"] == method)]
     records = _records(pruned)
     tasks = ({r["dataset"]: tables._value(r) for r in records},
-             {r["dataset"]: _stderr(r) for r in records})
+             {r["dataset"]: tables.score_stderr(r) for r in records})
     dense_cells, dense_runs = _dense_cells(long)
     dense: _Tasks = ({}, {})
     for rec in records:
@@ -338,16 +338,9 @@ def _dense_cells(long: pd.DataFrame) -> tuple[dict[tuple[int, Any], dict[str, An
     return cells, runs
 
 
-def _stderr(rec: Mapping[str, Any]) -> float:
-    """A score's standard error (NaN when it has none or is no 'ok' number)."""
-    value = rec.get("stderr")
-    ok = rec.get("status") == "ok" and findings.finite(value)
-    return float(value) if ok else math.nan
-
-
 def _put_task(into: _Tasks, rec: Mapping[str, Any]) -> None:
     into[0][rec["dataset"]] = tables._value(rec)
-    into[1][rec["dataset"]] = _stderr(rec)
+    into[1][rec["dataset"]] = tables.score_stderr(rec)
 
 
 def level_findings(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.present import tables
-from core.present.runs import PPL_PREFIX, RETENTION, ZERO_SHOT
+from core.present.runs import PPL_PREFIX, RETENTION, ZERO_SHOT, is_number_column
 from core.store import queries
 from core.store.db import Store
 
@@ -56,7 +56,7 @@ def with_results(runs: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 def sort_choices(runs: pd.DataFrame) -> list[str]:
     """The orders the list offers: newest / oldest first, then each number column of
     ``runs`` (of ``with_results``)."""
-    numbers = [c for c in runs.columns if c.startswith(PPL_PREFIX) or c in (ZERO_SHOT, RETENTION)]
+    numbers = [c for c in runs.columns if is_number_column(c)]
     return [NEWEST, OLDEST, *numbers]
 
 

@@ -124,7 +124,7 @@ def method_text(method: str, pattern: Any, sparsity: Any, variant: Any = None) -
     if pattern == "activation" and _missing(sparsity) and not variant:
         return f"{tables.method_label(method)} (activation sparsity)"
     if method == "dense" or pattern == "dense":
-        return "Dense" + (f" · {variant}" if isinstance(variant, str) and variant else "")
+        return tables.with_variant("Dense", variant)
     return tables.run_label(method, sparsity, pattern, variant)
 
 
@@ -236,11 +236,15 @@ def _column(frame: pd.DataFrame, name: str) -> list[Any]:
     return frame[name].tolist() if name in frame else [None] * len(frame)
 
 
+def is_number_column(name: Any) -> bool:
+    """Whether ``name`` is one of the key results' number columns."""
+    return str(name).startswith(PPL_PREFIX) or name in (ZERO_SHOT, RETENTION)
+
+
 def _with_numbers(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """The list with ``frame``'s key-result number columns (``run_list.key_results``) after
     Stage, percentages for the zero-shot ones."""
-    numbers = [c for c in frame.columns if c.startswith(PPL_PREFIX)
-               or c in (ZERO_SHOT, RETENTION)]
+    numbers = [c for c in frame.columns if is_number_column(c)]
     if not numbers:
         return table
     at = table.columns.get_loc("Stage") + 1

@@ -92,6 +92,7 @@ from core.present.labels import (
     sparsity_label,
     spec_summary,
     task_key,
+    with_variant,
 )
 from core.present.tables.activation import (
     final_rows,
@@ -133,6 +134,7 @@ from core.present.tables.zero_shot import (
     is_failed,
     per_task_long,
     per_task_table,
+    score_stderr,
     zero_shot_scores,
     zero_shot_table,
     zs_cell_text,
@@ -172,6 +174,7 @@ __all__ = [
     "dataset_name",
     "dataset_title",
     "short_name",
+    "with_variant",
     "is_nm",
     "sparsity_fraction",
     "sparsity_label",
@@ -227,6 +230,7 @@ __all__ = [
     "OWN_ZS_BASELINE",
     "zero_shot_scores",
     "is_failed",
+    "score_stderr",
     "zs_cell_text",
     "zs_evaluation_label",
     "zs_evaluations",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.analysis import baselines, noise
+from core.analysis import baselines, findings, noise
 from core.analysis.retention import (
     average,
     relative_change,
@@ -319,8 +319,12 @@ HIDDEN = "own variants hidden"  # per_task_long's attrs key: how many were left 
 
 def own_variant_count(own: pd.DataFrame) -> int:
     """How many methods and variants the own per-task scores ``own`` hold."""
-    return len(own.assign(_v=own["variant"].fillna("") if "variant" in own else "")
-               .drop_duplicates(["method", "_v"]))
+    return len(_with_variant_key(own).drop_duplicates(["method", "_variant"]))
+
+
+def _with_variant_key(scores: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` with ``_variant``: the run's label words ('' without), to group by."""
+    return scores.assign(_variant=scores["variant"].fillna("") if "variant" in scores else "")
 
 
 def hidden_note(long: pd.DataFrame) -> list[str]:
@@ -334,8 +338,7 @@ def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFram
                   ) -> list[pd.DataFrame]:
     """The latest pruned run of each method and variant (the ``MAX_OWN_COLUMNS`` newest) with
     its dense baseline run, chosen from the per-task ``scores`` of the model."""
-    latest = pruned.assign(_variant=pruned["variant"].fillna("") if "variant" in pruned
-                           else "").groupby(["method", "_variant"])["run_id"].max()
+    latest = _with_variant_key(pruned).groupby(["method", "_variant"])["run_id"].max()
     newest = latest.sort_values(ascending=False).iloc[:MAX_OWN_COLUMNS]
     chosen = pruned[pruned["run_id"].isin(newest)]
     firsts = chosen.drop_duplicates("run_id")
@@ -393,7 +396,7 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
         frame[TEXT + col] = [zs_cell_text(cells.loc[t, "status"], cells.loc[t, "note"])
                              if t in cells.index else NO_VALUE for t in tasks]
         formats[col] = "pct"
-        errors = [_stderr(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
+        errors = [score_stderr(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
         if not all(math.isnan(e) for e in errors):  # lm-eval's standard error, beside it
             frame[col + SE_SUFFIX], formats[col + SE_SUFFIX] = errors, "pct"
         for t in tasks:
@@ -415,10 +418,10 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
 SE_SUFFIX = " SE"
 
 
-def _stderr(rec: Mapping[str, Any]) -> float:
-    """The standard error of an 'ok' score (NaN when it has none)."""
+def score_stderr(rec: Mapping[str, Any]) -> float:
+    """A score's standard error (NaN when it has none or is no 'ok' number)."""
     se = rec.get("stderr")
-    ok = rec.get("status", "ok") == "ok" and isinstance(se, int | float) and math.isfinite(se)
+    ok = rec.get("status", "ok") == "ok" and findings.finite(se)
     return float(se) if ok else math.nan
 
 
