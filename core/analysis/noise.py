@@ -176,3 +176,28 @@ def ratio_se(a: float, se_a: float, b: float, se_b: float) -> float:
     if not all(_known(v) for v in (a, se_a, b, se_b)) or not a or not b:
         return math.nan
     return abs(a / b) * math.sqrt((se_a / a) ** 2 + (se_b / b) ** 2)
+
+
+# -- whole columns at once (a table of 10,000 runs) ---------------------------------------------
+def intervals(values: np.ndarray, ses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``interval`` of each pair of ``values`` and ``ses`` (NaNs where either is unknown)."""
+    values, ses = np.asarray(values, dtype=float), np.asarray(ses, dtype=float)
+    known = np.isfinite(values) & np.isfinite(ses)
+    return (np.where(known, values - Z95 * ses, np.nan),
+            np.where(known, values + Z95 * ses, np.nan))
+
+
+def holds_zero(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``interval_holds_zero`` of each pair of bounds."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(low) & np.isfinite(high) & (low <= 0.0) & (high >= 0.0)
+
+
+def ratio_ses(a: np.ndarray, se_a: np.ndarray, b: np.ndarray, se_b: np.ndarray) -> np.ndarray:
+    """``ratio_se`` of each row of the four columns."""
+    a, se_a, b, se_b = (np.asarray(x, dtype=float) for x in (a, se_a, b, se_b))
+    known = (np.isfinite(a) & np.isfinite(se_a) & np.isfinite(b) & np.isfinite(se_b)
+             & (a != 0) & (b != 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known, np.abs(a / b) * np.sqrt((se_a / a) ** 2 + (se_b / b) ** 2),
+                        np.nan)

@@ -53,9 +53,10 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
         specs = object_frame(con.execute(
             f"""SELECT id, spec FROM runs WHERE id IN (
                     SELECT DISTINCT m.run_id FROM metrics m {condition})""", params).fetchnumpy())
-    by_run = pd.Series(specs["spec"].to_numpy(dtype=object), index=specs["id"].to_numpy())
-    rows.insert(rows.columns.get_loc("run_status"), "spec",
-                by_run.reindex(rows["run_id"].to_numpy()).to_numpy(dtype=object))
+    by_run = pd.Series(specs["spec"].to_numpy(dtype=object), index=specs["id"].to_numpy(),
+                       dtype=object)
+    rows.insert(rows.columns.get_loc("run_status"), "spec", pd.Series(
+        by_run.reindex(rows["run_id"].to_numpy()).to_numpy(dtype=object), dtype=object))
     return rows
 
 
@@ -66,9 +67,11 @@ def object_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for name, values in arrays.items():
         if not isinstance(values, np.ma.MaskedArray):
-            columns[name] = values
-        elif values.dtype == object:
-            columns[name] = np.where(values.mask, None, values.data)
+            columns[name] = (pd.Series(values, dtype=object, copy=False)
+                             if values.dtype == object else values)
+        elif values.dtype == object:  # a Series of dtype object: pandas would infer 'str'
+            columns[name] = pd.Series(np.where(values.mask, None, values.data), dtype=object,
+                                      copy=False)
         elif values.dtype.kind == "f":
             columns[name] = values.filled(np.nan)
         elif values.dtype.kind in "iu":

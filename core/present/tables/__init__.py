@@ -93,6 +93,7 @@ from core.present.labels import (
     spec_summary,
     task_key,
     with_variant,
+    zs_evaluation_label,
 )
 from core.present.tables.activation import (
     final_rows,
@@ -138,7 +139,6 @@ from core.present.tables.zero_shot import (
     zero_shot_scores,
     zero_shot_table,
     zs_cell_text,
-    zs_evaluation_label,
     zs_evaluations,
 )
 

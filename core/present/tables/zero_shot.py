@@ -15,7 +15,6 @@ from core.analysis import baselines, findings, noise
 from core.analysis.retention import (
     average,
     relative_change,
-    retention,
 )
 from core.present.frames import (
     _sort_rows,
@@ -23,6 +22,7 @@ from core.present.frames import (
     evaluation_labels,
     frame_cache,
     latest_runs,
+    run_labels,
 )
 from core.present.labels import (
     DIVERGED,
@@ -39,7 +39,6 @@ from core.present.labels import (
     record_label,
     spec_summary,
     task_key,
-    zs_evaluation_label,
 )
 from core.present.tables.common import (
     ZS_SETTING_KEYS,
@@ -117,33 +116,77 @@ def zs_evaluations(rows: pd.DataFrame, model: str | None = None) -> list[str]:
 
 @dataclass
 class _RunScores:
-    """The tasks each zero-shot run attempted and its 'ok' scores."""
+    """Per run of a zero-shot table (positions of ``runs``, one row per run): the tasks it
+    attempted and scored, its average accuracy and that average's standard error, all from
+    the per-task ``scores`` in one pass (no Python loop over rows)."""
 
-    attempted: dict[int, set[str]]
-    values: dict[int, dict[str, float]]
-    errors: dict[int, dict[str, float]]  # the scored tasks' standard errors (NaN: none)
+    attempted: np.ndarray  # tasks attempted
+    scored: np.ndarray  # tasks with an 'ok' score
+    accuracy: np.ndarray  # mean of the 'ok' scores (NaN: none)
+    accuracy_se: np.ndarray  # its standard error (NaN: a score without one, or none)
+    #: The 'ok' scores: run position, task, value, standard error (in the scores' order).
+    ok: pd.DataFrame
 
     @classmethod
-    def of(cls, scores: pd.DataFrame) -> _RunScores:
-        attempted: dict[int, set[str]] = {}
-        values: dict[int, dict[str, float]] = {}
-        errors: dict[int, dict[str, float]] = {}
-        ok = _values(scores)
+    def of(cls, scores: pd.DataFrame, runs: pd.DataFrame) -> _RunScores:
+        position = pd.Index(runs["run_id"]).get_indexer(scores["run_id"])
+        n = len(runs)
+        value = _values(scores)
         se = (scores["stderr"].to_numpy(dtype=float, na_value=np.nan) if "stderr" in scores
               else np.full(len(scores), np.nan))
-        for rid, task, value, error in zip(scores["run_id"], scores["dataset"], ok, se,
-                                           strict=True):
-            attempted.setdefault(rid, set()).add(task)
-            scored = values.setdefault(rid, {})
-            if value == value:
-                scored[task] = float(value)
-                errors.setdefault(rid, {})[task] = float(error)
-        return cls(attempted, values, errors)
+        keep = ~np.isnan(value)
+        ok = pd.DataFrame({"pos": position[keep],
+                           "task": scores["dataset"].to_numpy(dtype=object)[keep],
+                           "value": value[keep], "se": se[keep]})
+        scored = np.bincount(ok["pos"], minlength=n)
+        accuracy = _mean(ok["pos"], ok["value"], scored, n)
+        return cls(np.bincount(position, minlength=n), scored, accuracy,
+                   _mean_se(ok["pos"], ok["se"], scored, n), ok)
 
-    def average_se(self, run: int, tasks: Iterable[str]) -> float:
-        """The standard error of ``run``'s average accuracy over ``tasks``."""
-        mine = self.errors.get(run, {})
-        return noise.mean_se(mine.get(t, math.nan) for t in tasks)
+
+def _mean(groups: pd.Series, values: pd.Series, counts: np.ndarray, n: int) -> np.ndarray:
+    """Each group's mean of ``values`` (summed in row order, as ``average`` does); NaN for an
+    empty group."""
+    total = np.bincount(groups, weights=values, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+
+def _mean_se(groups: pd.Series, errors: pd.Series, counts: np.ndarray, n: int) -> np.ndarray:
+    """Each group's ``noise.mean_se``: sqrt(sum se^2) / count, NaN when one is not finite."""
+    se = errors.to_numpy(dtype=float)
+    bad = np.bincount(groups, weights=~np.isfinite(se), minlength=n) > 0
+    total = np.bincount(groups, weights=np.where(np.isfinite(se), se * se, 0.0), minlength=n)
+    return np.where(~bad & (counts > 0), np.sqrt(total) / np.maximum(counts, 1), np.nan)
+
+
+@dataclass
+class _Retention:
+    """Per run: retention against its dense baseline over the tasks both scored, how many
+    tasks that used, and the two averages' standard errors over those tasks."""
+
+    value: np.ndarray
+    used: np.ndarray
+    dense: np.ndarray  # the baseline's average over the shared tasks
+    se: np.ndarray  # the run's average's standard error over them
+    dense_se: np.ndarray
+
+    @classmethod
+    def of(cls, runs: _RunScores, base_pos: np.ndarray) -> _Retention:
+        """``base_pos``: each run's baseline position (-1: none)."""
+        n = len(base_pos)
+        mine = runs.ok.assign(base=base_pos[runs.ok["pos"].to_numpy()])
+        mine = mine[mine["base"] >= 0]
+        pairs = mine.merge(runs.ok.rename(columns={"pos": "base", "value": "dense_value",
+                                                   "se": "dense_se"}), on=["base", "task"])
+        pairs = pairs.sort_values(["pos", "task"], kind="stable")  # ``retention``'s order
+        used = np.bincount(pairs["pos"], minlength=n)
+        run_avg = _mean(pairs["pos"], pairs["value"], used, n)
+        dense = _mean(pairs["pos"], pairs["dense_value"], used, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where((used > 0) & (dense != 0), run_avg / dense, np.nan)
+        return cls(value, used, dense, _mean_se(pairs["pos"], pairs["se"], used, n),
+                   _mean_se(pairs["pos"], pairs["dense_se"], used, n))
 
 
 _NO_BASE_COLUMNS = ["run_id", "model", "group", "dense", "spec"]
@@ -166,58 +209,72 @@ def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
                "Baseline run": "int"}
     if scores.empty:
         return Table(pd.DataFrame(columns=ZS_COLUMNS), formats)
-    runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"])
-    runs = _RunScores.of(scores)
-    failed_rows = scores[[is_failed(st, n) for st, n in
-                          zip(scores["status"], scores["note"], strict=True)]]
-    failed = failed_rows.groupby("run_id")["dataset"].agg(lambda t: sorted(t, key=task_key)
-                                                         ).to_dict()
+    runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"]).reset_index(drop=True)
+    runs = _RunScores.of(scores, runs_frame)
     chosen, why = _zs_baselines(scores, runs_frame)
-    columns = [*_NO_BASE_COLUMNS, "method", "sparsity", "pattern", "origin_label",
-               "source_label"]
-    out = [_zs_record(rec, runs, failed.get(rec["run_id"], []), chosen.get(rec["run_id"]),
-                      "" if rec["run_id"] in chosen else why.zero_shot(rec))
-           for rec in runs_frame[columns].to_dict("records")]
+    run_ids = runs_frame["run_id"].to_numpy()
+    base_pos = pd.Index(run_ids).get_indexer(  # -1 where there is none
+        [chosen.get(int(r), math.nan) for r in run_ids])
+    base_run = np.where(base_pos >= 0, run_ids[base_pos], np.nan)
+    kept = _Retention.of(runs, base_pos)
+    frame = pd.DataFrame({
+        "Model": runs_frame["model"].to_numpy(dtype=object),
+        "Method": run_labels(runs_frame), "Tasks": runs.scored, "Accuracy": runs.accuracy,
+        TEXT + "Accuracy": np.where(runs.scored > 0, None, MISSING).astype(object),
+        ACC_INTERVAL: _percent_intervals(runs.accuracy, runs.accuracy_se)[0],
+        "Retention": kept.value,
+        TEXT + "Retention": np.where(np.isnan(kept.value), "", None).astype(object),
+        RETENTION_INTERVAL: _retention_intervals(kept, run_ids, base_run),
+        "Evaluation": list(evaluation_labels(runs_frame)),
+        "Origin": runs_frame["origin_label"].to_numpy(dtype=object),
+        "Source": runs_frame["source_label"].to_numpy(dtype=object), "Run": run_ids,
+        "Baseline run": base_run,
+        "Note": _zs_notes(scores, runs_frame, runs, kept, base_run, base_pos, why),
+        "_method": runs_frame["method"].to_numpy(dtype=object),
+        "_spec": runs_frame["spec"].to_numpy(dtype=object)})
     notes = [_task_note(scores, metric), NOT_COUNTED]
     if (runs_frame["group"] == OWN_GROUP).any():
         notes.append(OWN_ZS_BASELINE)
-    frame = pd.DataFrame(out)
     if (frame[ACC_INTERVAL] != "").any():
         notes.append(ZS_NOISE_NOTE)
     return Table(frame, formats, notes)
 
 
-def _zs_record(rec: Mapping[str, Any], runs: _RunScores, failed: list[str],
-               base: int | None, why: str) -> dict[str, Any]:
-    scores = runs.values[rec["run_id"]]
-    n_tasks = len(runs.attempted[rec["run_id"]])
-    notes = []
-    if len(scores) < n_tasks:
-        detail = f"{', '.join(failed)} failed" if failed else "others have no value"
-        if failed and len(failed) < n_tasks - len(scores):
-            detail += ", others have no value"
-        notes.append(f"average over {len(scores)} of {n_tasks} tasks ({detail}; not counted)")
-    dense = runs.values.get(base, {}) if base is not None else None
-    ret, used = retention(scores, dense) if dense is not None else (math.nan, 0)
-    accuracy = average(scores.values())
-    acc_se = runs.average_se(rec["run_id"], scores)
-    ret_ci = _retention_interval(runs, rec["run_id"], base, ret) if used else ""
-    if base is None:
-        notes.append(why)
-    elif scores and used < max(len(scores), len(dense)):
-        notes.append(f"retention over the {used} tasks shared with dense run {base}")
-    return {
-        "Model": rec["model"], "Method": record_label(rec),
-        "Tasks": len(scores), "Accuracy": accuracy,
-        TEXT + "Accuracy": None if scores else MISSING,
-        ACC_INTERVAL: _percent_interval(accuracy, acc_se),
-        "Retention": ret, TEXT + "Retention": None if not math.isnan(ret) else "",
-        RETENTION_INTERVAL: ret_ci,
-        "Evaluation": zs_evaluation_label(rec["spec"]),
-        "Origin": rec["origin_label"], "Source": rec["source_label"], "Run": rec["run_id"],
-        "Baseline run": base if base is not None else math.nan,
-        "Note": _join(*notes), "_method": rec["method"], "_spec": rec["spec"],
-    }
+def _zs_notes(scores: pd.DataFrame, runs_frame: pd.DataFrame, runs: _RunScores,
+              kept: _Retention, base_run: np.ndarray, base_pos: np.ndarray,
+              why: _NoBaseline) -> list[str]:
+    """Each run's note: tasks not counted, why it has no baseline, or the tasks retention
+    used when fewer than either run scored."""
+    failed = _failed_tasks(scores)
+    records = runs_frame[_NO_BASE_COLUMNS]
+    out = []
+    for i, (run, attempted, scored) in enumerate(zip(
+            runs_frame["run_id"].tolist(), runs.attempted.tolist(), runs.scored.tolist(),
+            strict=True)):
+        notes = []
+        if scored < attempted:
+            notes.append(_not_counted(scored, attempted, failed.get(run, [])))
+        if base_pos[i] < 0:
+            notes.append(why.zero_shot(records.iloc[i].to_dict()))
+        elif scored and kept.used[i] < max(scored, runs.scored[base_pos[i]]):
+            notes.append(f"retention over the {kept.used[i]} tasks shared with dense run "
+                         f"{int(base_run[i])}")
+        out.append(_join(*notes))
+    return out
+
+
+def _failed_tasks(scores: pd.DataFrame) -> dict[int, list[str]]:
+    """The tasks each run failed (lm-eval raised), in task order."""
+    failed = scores[[is_failed(st, n) for st, n in
+                     zip(scores["status"], scores["note"], strict=True)]]
+    return failed.groupby("run_id")["dataset"].agg(lambda t: sorted(t, key=task_key)).to_dict()
+
+
+def _not_counted(scored: int, attempted: int, failed: list[str]) -> str:
+    detail = f"{', '.join(failed)} failed" if failed else "others have no value"
+    if failed and len(failed) < attempted - scored:
+        detail += ", others have no value"
+    return f"average over {scored} of {attempted} tasks ({detail}; not counted)"
 
 
 ACC_INTERVAL = "Accuracy 95% interval"
@@ -228,24 +285,24 @@ ZS_NOISE_NOTE = (f"{ACC_INTERVAL}: from lm-eval's standard errors of the tasks a
                  "noise. Published figures give no standard errors.")
 
 
-def _percent_interval(value: float, se: float) -> str:
-    low, high = noise.interval(value, se)
-    return f"{low * 100:.2f}% to {high * 100:.2f}%" if low == low else ""
+def _percent_intervals(values: np.ndarray, ses: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Each value's 95% interval as '63.10% to 65.20%' ('' without one) and whether it holds
+    100% (``values`` are fractions; for a retention, within noise)."""
+    low, high = noise.intervals(values, ses)
+    texts = [f"{lo * 100:.2f}% to {hi * 100:.2f}%" if lo == lo else ""
+             for lo, hi in zip(low.tolist(), high.tolist(), strict=True)]
+    return texts, noise.holds_zero(low - 1.0, high - 1.0)
 
 
-def _retention_interval(runs: _RunScores, run: int, base: int | None, ret: float) -> str:
-    """Retention's 95% interval text, marked within noise when it holds 100% (none for a
-    dense run, its own baseline: its retention is 100% exactly)."""
-    if base is None or base == run or ret != ret:
-        return ""
-    common = runs.values[run].keys() & runs.values.get(base, {}).keys()
-    dense = average(runs.values[base][t] for t in common)
-    se = noise.ratio_se(ret * dense, runs.average_se(run, common), dense,
-                        runs.average_se(base, common))  # ret x dense: the run's average
-    text = _percent_interval(ret, se)
-    if text and noise.within_noise(ret - 1.0, se):
-        text += f" ({noise.WITHIN_NOISE})"
-    return text
+def _retention_intervals(kept: _Retention, run_ids: np.ndarray, base_run: np.ndarray
+                         ) -> list[str]:
+    """Each run's retention 95% interval text, marked within noise when it holds 100% (none
+    for a dense run, its own baseline: its retention is 100% exactly)."""
+    shown = (kept.used > 0) & ~np.isnan(base_run) & (base_run != run_ids) & ~np.isnan(kept.value)
+    se = noise.ratio_ses(kept.value * kept.dense, kept.se, kept.dense, kept.dense_se)
+    texts, within = _percent_intervals(np.where(shown, kept.value, np.nan), se)
+    return [f"{t} ({noise.WITHIN_NOISE})" if t and w else t
+            for t, w in zip(texts, within.tolist(), strict=True)]
 
 
 def _task_note(scores: pd.DataFrame, metric: str) -> str:
