@@ -117,9 +117,13 @@ def interval_holds_zero(low: float, high: float) -> bool:
     return _known(low) and _known(high) and low <= 0.0 <= high
 
 
-def _stacked(arrays: Sequence[Any]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+#: Positions and stacked values of the finite per-window arrays, by window count.
+Stacked = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def stack_windows(arrays: Sequence[Any]) -> Stacked:
     """Positions and stacked values of the finite per-window arrays, by window count (>= 2;
-    anything else, None or NaN, has no windows)."""
+    anything else, None or NaN, has no windows): once per table, for both of its intervals."""
     by_n: dict[int, list[int]] = {}
     for i, values in enumerate(arrays):
         if isinstance(values, list | tuple | np.ndarray) and len(values) >= 2:
@@ -140,22 +144,24 @@ def _t_bounds(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean - half, mean + half
 
 
-def ppl_intervals(nlls: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def ppl_intervals(nlls: Sequence[Any], stacked: Stacked | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """``ppl_interval`` of each row's window NLLs (None: no windows), worked out per window
-    count on stacked arrays: a table of 30,000 rows takes milliseconds."""
+    count on stacked arrays (``stack_windows(nlls)``, when the caller has it): a table of
+    30,000 rows takes milliseconds."""
     low, high = np.full(len(nlls), np.nan), np.full(len(nlls), np.nan)
-    for positions, matrix in _stacked(nlls).values():
+    for positions, matrix in (stacked or stack_windows(nlls)).values():
         lo, hi = _t_bounds(matrix)
         low[positions], high[positions] = np.exp(lo), np.exp(hi)
     return low, high
 
 
-def ppl_change_intervals(nlls: Sequence[Any], bases: Sequence[int]
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def ppl_change_intervals(nlls: Sequence[Any], bases: Sequence[int],
+                         stacked: Stacked | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``ppl_change_interval`` of each row against the row at ``bases[i]`` (-1: none), both
     rows' windows paired; NaN where either has no windows or their counts differ."""
     low, high = np.full(len(nlls), np.nan), np.full(len(nlls), np.nan)
-    stacked = _stacked(nlls)
+    stacked = stacked if stacked is not None else stack_windows(nlls)
     count = np.full(len(nlls), -1)  # each row's window count (-1: none) and its stacked row
     slot = np.zeros(len(nlls), dtype=int)
     for n, (positions, _) in stacked.items():

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from core.present.labels import (
@@ -268,7 +269,7 @@ def dedupe_published(rows: pd.DataFrame) -> pd.DataFrame:
             "metric", "value", "status"]
     published = rows[rows["origin"] == "published"]
     dupes = published[published[keys].astype(str).duplicated(keep="first")]
-    return rows.drop(index=dupes.index)
+    return rows.drop(index=dupes.index) if not dupes.empty else rows
 
 
 def latest_runs(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -277,24 +278,34 @@ def latest_runs(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 def _sort_rows(rows: pd.DataFrame, first: Sequence[str]) -> pd.DataFrame:
+    """``rows`` by group (own runs first), the ``first`` columns, sparsity, method and run:
+    each key ranked once per distinct value, then one stable ``np.lexsort``."""
     if rows.empty:
         return rows
-    keyed = rows.assign(
-        _group_key=per_value(lambda g: (g != OWN_GROUP, g.lower()), rows["group"]),
-        _sparsity_key=per_value(sparsity_key, rows["sparsity"], rows["pattern"], rows["method"]),
-        _method_key=per_value(_method_rank, rows["method"]),
-    )
-    order = ["_group_key", *first, "_sparsity_key", "_method_key", "run_id"]
-    return keyed.sort_values(order, key=_sortable).drop(
-        columns=["_group_key", "_sparsity_key", "_method_key"])
+    keys = [per_value(lambda g: (g != OWN_GROUP, g.lower()), rows["group"]),
+            *(per_value(_sort_key(c), rows[c]) for c in first),
+            per_value(sparsity_key, rows["sparsity"], rows["pattern"], rows["method"]),
+            per_value(_method_rank, rows["method"])]
+    ranks = [_ranks(k) for k in keys] + [rows["run_id"].to_numpy()]
+    return rows.iloc[np.lexsort(ranks[::-1])]
 
 
-def _sortable(column: pd.Series) -> pd.Series:
-    if column.name == "dataset":
-        return column.map(_dataset_key)
-    if column.name == "model":
-        return column.str.lower()
-    return column
+def _sort_key(column: str) -> Callable[[Any], Any]:
+    if column == "dataset":
+        return _dataset_key
+    if column == "model":
+        return lambda m: m.lower()
+    return lambda v: v
+
+
+def _missing_last(key: Any) -> tuple:
+    return (1, "") if key is None or (isinstance(key, float) and key != key) else (0, key)
+
+
+def _ranks(keys: list[Any]) -> np.ndarray:
+    """Each key's rank among the distinct keys (equal keys, equal ranks; missing ones last)."""
+    order = {k: i for i, k in enumerate(sorted(set(keys), key=_missing_last))}
+    return np.fromiter((order[k] for k in keys), dtype=np.int64, count=len(keys))
 
 
 def load_layer_stats(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:

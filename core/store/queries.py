@@ -19,15 +19,21 @@ _RUN_COLUMNS = """r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.mode
 ARCHIVED = "SELECT id FROM runs WHERE archived_at IS NOT NULL"
 
 
+#: The run columns each metric row carries (read once per run, then repeated for its rows).
+_METRIC_RUN_COLUMNS = ("origin", "source", "run_kind", "model", "method", "sparsity", "pattern",
+                       "spec", "run_status", *SETTING_COLUMNS.values(), "variant",
+                       "run_settings")
+
+
 def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | None = None,
                 archived: bool = False) -> pd.DataFrame:
     """Metric rows with their run's columns, spec and setting columns (of one ``kind`` and of
     ``run_ids`` only, when given), by run; a perplexity row (also an activation run's split
     perplexity) has its windows' mean NLLs
-    (``nlls``: a float array, None where the run stored none).  Each run's spec text is read
-    once and shared by its rows (30,000 rows each carrying a copy of 10,000 specs cost a page
-    a third of a second).  Archived runs are left out unless ``archived`` or named in
-    ``run_ids``."""
+    (``nlls``: a float array, None where the run stored none).  Each run's columns are read
+    once and shared by its rows (45,000 rows each carrying a copy of their run's 18 texts cost
+    a page a tenth of a second, their spec texts a third).  Archived runs are left out unless
+    ``archived`` or named in ``run_ids``."""
     where, params = [], []
     if kind is not None:
         where, params = ["m.kind = ?"], [kind]
@@ -37,27 +43,39 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
     elif not archived:
         where.append(f"m.run_id NOT IN ({ARCHIVED})")
     condition = f"WHERE {' AND '.join(where)}" if where else ""
-    settings = ", ".join(f"r.{c}" for c in SETTING_COLUMNS.values())
+    nlls = ("w.nlls" if kind in (None, "perplexity", "activation")
+            else "NULL::DOUBLE[] AS nlls")  # only perplexities have windows
+    join = ("""LEFT JOIN window_nlls w ON m.kind IN ('perplexity', 'activation')
+               AND m.metric = 'ppl' AND w.run_id = m.run_id AND w.dataset = m.dataset"""
+            if nlls == "w.nlls" else "")
     with store.connect() as con:
         rows = object_frame(con.execute(
-            f"""SELECT r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.model,
-                       r.method, r.sparsity, r.pattern, r.status AS run_status, {settings},
-                       r.variant, r.settings AS run_settings,
-                       m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples, m.status,
-                       m.raw, m.note, w.nlls
-                FROM metrics m JOIN runs r ON r.id = m.run_id
-                     LEFT JOIN window_nlls w ON m.kind IN ('perplexity', 'activation')
-                          AND m.metric = 'ppl'
-                          AND w.run_id = m.run_id AND w.dataset = m.dataset {condition}
-                ORDER BY r.id""", params).fetchnumpy())
-        specs = object_frame(con.execute(
-            f"""SELECT id, spec FROM runs WHERE id IN (
-                    SELECT DISTINCT m.run_id FROM metrics m {condition})""", params).fetchnumpy())
-    by_run = pd.Series(specs["spec"].to_numpy(dtype=object), index=specs["id"].to_numpy(),
-                       dtype=object)
-    rows.insert(rows.columns.get_loc("run_status"), "spec", pd.Series(
-        by_run.reindex(rows["run_id"].to_numpy()).to_numpy(dtype=object), dtype=object))
-    return rows
+            f"""SELECT m.run_id, m.kind, m.dataset, m.metric, m.value, m.stderr, m.n_samples,
+                       m.status, m.raw, m.note, {nlls}
+                FROM metrics m {join} {condition}
+                ORDER BY m.run_id, m.rowid""", params).fetchnumpy())
+        runs = object_frame(con.execute(
+            f"""SELECT r.id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
+                       r.sparsity, r.pattern, r.spec, r.status AS run_status,
+                       {", ".join(f"r.{c}" for c in SETTING_COLUMNS.values())}, r.variant,
+                       r.settings AS run_settings
+                FROM runs r WHERE r.id IN (SELECT DISTINCT m.run_id FROM metrics m
+                                           {condition})""", params).fetchnumpy())
+    return _with_run_columns(rows, runs)
+
+
+def _with_run_columns(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (metric rows) with their run's ``_METRIC_RUN_COLUMNS`` after ``run_id``."""
+    at = pd.Index(runs["id"].to_numpy()).get_indexer(rows["run_id"].to_numpy())
+    columns: dict[str, Any] = {"run_id": rows["run_id"]}
+    for name in _METRIC_RUN_COLUMNS:
+        values = runs[name]
+        taken = values.to_numpy()[at] if not isinstance(values.dtype, pd.api.extensions.
+                                                          ExtensionDtype) else values.take(at)
+        columns[name] = pd.Series(taken, dtype=values.dtype, copy=False)
+    for name in rows.columns[1:]:
+        columns[name] = rows[name]
+    return pd.DataFrame(columns)
 
 
 def object_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:

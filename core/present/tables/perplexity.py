@@ -95,21 +95,23 @@ def _intervals(df: pd.DataFrame, bases: np.ndarray, ok: np.ndarray, computed: np
     """Each row's perplexity interval and Δ interval as text, and whether Δ is within noise."""
     nlls = (df["nlls"].to_numpy(dtype=object) if "nlls" in df
             else np.full(len(df), None, dtype=object))
-    low, high = noise.ppl_intervals(nlls)
+    stacked = noise.stack_windows(nlls)
+    low, high = noise.ppl_intervals(nlls, stacked)
     ppl = [f"{lo:.2f} to {hi:.2f}" if o and lo == lo else ""
-           for lo, hi, o in zip(low, high, ok, strict=True)]
-    d_low, d_high = noise.ppl_change_intervals(nlls, bases)
+           for lo, hi, o in zip(low.tolist(), high.tolist(), ok.tolist(), strict=True)]
+    d_low, d_high = noise.ppl_change_intervals(nlls, bases, stacked)
     within = computed & (d_low <= 0) & (d_high >= 0)
     delta = [(noise.percent_bounds_text(lo, hi) + (f" ({noise.WITHIN_NOISE})" if w else ""))
-             if c and lo == lo else "" for lo, hi, c, w in zip(d_low, d_high, computed, within,
-                                                              strict=True)]
+             if c and lo == lo else "" for lo, hi, c, w in zip(
+                 d_low.tolist(), d_high.tolist(), computed.tolist(), within.tolist(),
+                 strict=True)]
     return ppl, delta, within
 
 
 def _ppl_notes(df: pd.DataFrame, value: np.ndarray, has: np.ndarray, base_value: np.ndarray,
                base_run: np.ndarray, base_status: np.ndarray) -> list[str]:
     """Each row's note, with why Δ is blank where it has a number but no usable baseline."""
-    notes = [_join(n) for n in df["note"]]
+    notes = [n if isinstance(n, str) else "" for n in df["note"].to_numpy(dtype=object)]
     asks = (~df["dense"].to_numpy(dtype=bool) & ~np.isnan(value)
             & ~(has & ~np.isnan(base_value)))
     if asks.any():
