@@ -15,12 +15,8 @@ st.caption("A report for one model from its runs: your own runs, or one publishe
            "formula; a finding whose data is missing is left out.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
-    ppl = memo(store, "metrics", "perplexity")(lambda: tables.load_metrics(store, "perplexity"))
-    zs = memo(store, "metrics", "zero_shot")(lambda: tables.load_metrics(store, "zero_shot"))
-    # One row per run with layer statistics; their rows are read for the chosen model only.
-    layer_runs = memo(store, "layer_runs")(lambda: tables.load_layer_runs(store))
-
-subjects = memo(store, "report.subjects")(lambda: report.subjects(ppl, zs, layer_runs))
+    subjects = memo(store, "report.subjects")(
+        lambda: report.stored_subjects(store))
 if not subjects:
     st.info("No results to report yet. Launch a pruning run, or check that "
             "core/store/published/figures.csv is present: published figures are imported at start.")
@@ -34,6 +30,13 @@ left, right = st.columns(2)
 choice = left.selectbox("Model and source", labels,
                         help="Your own runs first, then each published source.")
 model, group = subjects[labels.index(choice)]
+with store_or_stop():  # the chosen model's rows only (the charts overlay its other sources)
+    ppl = memo(store, "metrics", "perplexity", model)(
+        lambda: tables.load_metrics(store, "perplexity", model=model))
+    zs = memo(store, "metrics", "zero_shot", model)(
+        lambda: tables.load_metrics(store, "zero_shot", model=model))
+    # One row per run with layer statistics; their rows are read for the shown runs only.
+    layer_runs = memo(store, "layer_runs", model)(lambda: tables.load_layer_runs(store, model))
 # The layer rows of the runs the report shows only (the latest run of each method and sparsity).
 shown_runs = memo(store, "report.layer_runs", model, group)(lambda: report.layer_report_runs(
     layer_runs[(layer_runs["model"] == model) & (layer_runs["group"] == group)]))

@@ -550,3 +550,37 @@ def test_report_findings_and_tables_carry_the_intervals(store: Store) -> None:
     magnitude = next(line for line in text.splitlines()
                      if line.startswith("- **Magnitude 50%** has perplexity") and "Dense" in line)
     assert magnitude.endswith(": worse.")
+
+
+def _variant_run(store: Store, method: str, seed: int, value: float, **fields: object) -> int:
+    spec = PruneSpec(method=method, sparsity="0" if method == "dense" else "0.5",
+                     zero_shot_tasks=TASKS, seed=seed, **fields)
+    run_id = create_run(store, spec, status="done")
+    store.add_metrics(run_id, [ppl(value), *(zs(t, 0.6) for t in TASKS)])
+    return run_id
+
+
+def test_report_of_many_runs_shows_the_newest_variants_and_their_baselines(store: Store
+                                                                           ) -> None:
+    """14 Wanda variants (calibration seeds), a repeat of the newest, and two dense runs
+    (one with other windows, never a baseline): the report shows the latest run of the 12
+    newest variants, the one dense run they are compared with, and says what it left out;
+    the Perplexity page's table still lists every run."""
+    _variant_run(store, "dense", 0, 20.0)
+    _variant_run(store, "dense", 0, 19.0, max_windows=2)  # other windows: no baseline here
+    for seed in range(14):
+        _variant_run(store, "wanda", seed, 30.0 + seed)
+    _variant_run(store, "wanda", 13, 50.0)  # the newest variant again: its latest run
+    rows = [tables.load_metrics(store, k) for k in ("perplexity", "zero_shot")]
+    built = report.build(*rows, pd.DataFrame(), MODEL, tables.OWN_GROUP)
+    shown = [b for b in built.blocks if b.name == "report-perplexity-wikitext2"][0].table.frame
+    wanda = shown[shown["Method"].str.startswith("Wanda")]
+    assert len(wanda) == report.MAX_VARIANTS
+    assert not any("seed 0," in m or "seed 1," in m for m in wanda["Method"])
+    assert shown.loc[shown["Method"].str.contains("seed 13"), "PPL"].tolist() == [50.0]
+    assert shown.loc[shown["Method"].str.startswith("Dense"), "PPL"].tolist() == [20.0]
+    intro = built.blocks[1].text
+    assert "latest run of the 12 newest methods and variants" in intro
+    assert "3 other own runs are not" in intro  # seeds 0 and 1, and the older seed-13 run
+    every = tables.perplexity_table(rows[0][rows[0]["origin"] == "own"]).frame
+    assert len(every[every["Method"].str.startswith("Wanda")]) == 15

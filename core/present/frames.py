@@ -179,10 +179,11 @@ def session_store(state: MutableMapping[str, Any]) -> Store:
     return store
 
 
-def load_metrics(store: Store, kind: str, archived: bool = False) -> pd.DataFrame:
+def load_metrics(store: Store, kind: str, archived: bool = False, model: str | None = None
+                 ) -> pd.DataFrame:
     """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...),
-    of archived runs too when ``archived``."""
-    return prepare(queries.metric_rows(store, kind, archived=archived))
+    of archived runs too when ``archived``, of ``model``'s runs only when given."""
+    return prepare(queries.metric_rows(store, kind, archived=archived, model=model))
 
 
 def load_search_trials(store: Store) -> pd.DataFrame:
@@ -314,7 +315,7 @@ def load_layer_stats(store: Store, run_ids: list[int] | None = None) -> pd.DataF
     return prepare(queries.layer_stat_rows(store, run_ids))
 
 
-def load_layer_runs(store: Store) -> pd.DataFrame:
+def load_layer_runs(store: Store, model: str | None = None) -> pd.DataFrame:
     """One row per finished run with layer statistics (``blocks``: how many blocks have a
     measured sparsity), for ``layer_runs`` and the filters without reading every layer row."""
-    return prepare(queries.layer_stat_runs(store))
+    return prepare(queries.layer_stat_runs(store, model))

@@ -26,9 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.analysis import findings
+from core.analysis import baselines, findings
 from core.present import export, tables
 from core.present.tables import TEXT, Table
+from core.present.tables.zero_shot import MAX_OWN_COLUMNS
+from core.store import queries
+from core.store.db import Store
 
 PPL_REPORT_COLUMNS = ["Method", "PPL", "Δ from dense", "Δ 95% interval", "Note"]
 ZS_REPORT_COLUMNS = ["Method", "Accuracy", "Retention", "Retention 95% interval", "Note"]
@@ -93,6 +96,21 @@ def subjects(*frames: pd.DataFrame) -> list[tuple[str, str]]:
         if frame is not None and not frame.empty:
             pairs |= set(zip(frame["model"].astype(str), frame["group"].astype(str),
                              strict=True))
+    return _subject_order(pairs)
+
+
+def stored_subjects(store: Store) -> list[tuple[str, str]]:
+    """``subjects`` of the stored results (``queries.result_subjects``): the same pairs,
+    without reading every metric row."""
+    found = queries.result_subjects(store)
+    pairs = {(str(model), source if origin == "published" and isinstance(source, str) and source
+              else tables.OWN_GROUP)
+             for model, origin, source in zip(found["model"], found["origin"], found["source"],
+                                              strict=True)}
+    return _subject_order(pairs)
+
+
+def _subject_order(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (p[1] != tables.OWN_GROUP, p[1].lower(), p[0].lower()))
 
 
@@ -114,6 +132,105 @@ def _evaluation_filter(zs: pd.DataFrame, evaluation: str | None) -> pd.DataFrame
     return zs[(zs["group"] != tables.OWN_GROUP) | (tables.evaluation_labels(zs) == evaluation)]
 
 
+#: Own runs: per sparsity, the report shows the latest run of the newest this many methods and
+#: variants (as the per-task views do); the Perplexity, Zero-shot and Runs pages list every run.
+MAX_VARIANTS = MAX_OWN_COLUMNS
+
+
+def reported_runs(*frames: pd.DataFrame) -> tuple[frozenset[int], int]:
+    """The own pruned runs of ``frames`` a report shows -- per sparsity, of the
+    ``MAX_VARIANTS`` methods and variants (label words) whose latest run is newest, the latest
+    run in each frame -- and how many other own pruned runs it leaves out."""
+    found = [_latest_variants(f) for f in frames if f is not None and not f.empty]
+    if not any(len(f) for f in found):
+        return frozenset(), 0
+    latest = pd.concat([f for f in found if len(f)]).groupby(level=[0, 1, 2]).max()
+    latest = latest.sort_values(ascending=False, kind="stable")
+    keys = latest.groupby(level=0, sort=False).head(MAX_VARIANTS).index
+    kept = frozenset(int(r) for f in found for r in f[f.index.isin(keys)])
+    every = set().union(*(_own_pruned(f) for f in frames if f is not None and not f.empty))
+    return kept, len(every - kept)
+
+
+@tables.frame_cache()
+def _latest_variants(rows: pd.DataFrame) -> pd.Series:
+    """The latest own pruned run of ``rows`` by (sparsity label, method, label words)."""
+    own = rows[(rows["group"] == tables.OWN_GROUP) & ~rows["dense"].astype(bool)]
+    own = own.assign(variant=own["variant"].fillna(""))
+    return own.groupby(["sparsity_label", "method", "variant"])["run_id"].max()
+
+
+@tables.frame_cache()
+def _own_pruned(rows: pd.DataFrame) -> set[int]:
+    own = rows[(rows["group"] == tables.OWN_GROUP) & ~rows["dense"].astype(bool)]
+    return set(own["run_id"].astype(int))
+
+
+@tables.frame_cache()
+def _reported(rows: pd.DataFrame, runs: frozenset[int]) -> pd.DataFrame:
+    """``rows`` with only the own runs ``runs`` (published rows all kept)."""
+    if rows.empty:
+        return rows
+    keep = (rows["group"] != tables.OWN_GROUP) | rows["run_id"].isin(runs)
+    return rows if keep.all() else rows[keep]
+
+
+def _report_rows(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, group: str,
+                 evaluation: str | None, metric: str = "acc"
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The perplexity and zero-shot rows a report of ``model`` from ``group`` shows -- own
+    runs: the ``reported_runs`` and the dense runs they are compared with (chosen among every
+    dense run: the best of all is the best of those kept; every dense run when none is) --
+    and how many own pruned runs it leaves out."""
+    ppl = _part(ppl, model, group)
+    ppl = _ppl_only(ppl) if not ppl.empty else ppl
+    zs = _evaluation_filter(_part(zs, model, group), evaluation)
+    runs, hidden = reported_runs(ppl, zs)
+    bases = _ppl_bases(ppl, runs) | _zs_bases(zs, runs, metric)
+    if not bases:
+        return _reported_or_dense(ppl, runs), _reported_or_dense(zs, runs), hidden
+    return _reported(ppl, runs | bases), _reported(zs, runs | bases), hidden
+
+
+def _reported_or_dense(rows: pd.DataFrame, runs: frozenset[int]) -> pd.DataFrame:
+    """``rows`` with the own runs ``runs`` and every dense run."""
+    if rows.empty:
+        return rows
+    return _reported(rows, runs | _dense_runs(rows))
+
+
+@tables.frame_cache()
+def _dense_runs(rows: pd.DataFrame) -> frozenset[int]:
+    return frozenset(int(r) for r in rows.loc[rows["dense"].astype(bool), "run_id"])
+
+
+@tables.frame_cache()
+def _ppl_bases(ppl: pd.DataFrame, runs: frozenset[int]) -> frozenset[int]:
+    """The dense runs the perplexity rows of ``runs`` are compared with."""
+    if ppl.empty or not runs:
+        return frozenset()
+    own = ppl[ppl["group"] == tables.OWN_GROUP].reset_index(drop=True)
+    pos = baselines.perplexity_baselines(own).to_numpy()
+    mine = own["run_id"].isin(runs).to_numpy() & ~np.isnan(pos)
+    return frozenset(int(r) for r in own["run_id"].to_numpy()[pos[mine].astype(int)])
+
+
+@tables.frame_cache()
+def _zs_bases(zs: pd.DataFrame, runs: frozenset[int], metric: str) -> frozenset[int]:
+    """The dense runs the zero-shot rows of ``runs`` are compared with."""
+    if zs.empty or not runs:
+        return frozenset()
+    scores = tables.zero_shot_scores(zs, metric)
+    own = scores[scores["group"] == tables.OWN_GROUP]
+    chosen = baselines.zero_shot_baselines(own, own.drop_duplicates("run_id"))
+    return frozenset(b for r, b in chosen.items() if r in runs)
+
+
+@tables.frame_cache()
+def _ppl_only(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["metric"] == "ppl"]
+
+
 def default_evaluation(zs: pd.DataFrame, model: str, group: str) -> str | None:
     """The zero-shot setting own runs are reported with: the most used one (None: published)."""
     if group != tables.OWN_GROUP:
@@ -133,11 +250,10 @@ def _labels(frame: pd.DataFrame, specs: Mapping[int, Mapping[str, Any]]) -> pd.D
     keyed = frame.assign(_settings=[text[r] for r in frame["Run"]])
     keyed = keyed.sort_values("Run").drop_duplicates(["Method", "_settings"], keep="last")
     keyed = keyed.sort_index()
-    varying: dict[str, list[str]] = {}
-    for method, runs in keyed.groupby("Method", sort=False)["Run"]:
-        sets = [found[r] for r in runs]
-        keys = sorted({k for f in sets for k in f})
-        varying[method] = [k for k in keys if len({f.get(k) for f in sets}) > 1]
+    by_method: dict[str, list[dict[str, str]]] = {}
+    for method, run in zip(keyed["Method"], keyed["Run"], strict=True):
+        by_method.setdefault(method, []).append(found[run])
+    varying = {method: _varying(sets) for method, sets in by_method.items()}
     labels = []
     for method, run in zip(keyed["Method"], keyed["Run"], strict=True):
         extra = ", ".join(f"{k}={found[run].get(k, '—')}" for k in varying[method])
@@ -145,13 +261,35 @@ def _labels(frame: pd.DataFrame, specs: Mapping[int, Mapping[str, Any]]) -> pd.D
     return keyed.assign(Method=labels).drop(columns="_settings")
 
 
+def _varying(sets: list[dict[str, str]]) -> list[str]:
+    """The settings that differ between the runs of one label (none for a single run)."""
+    if len(sets) < 2:
+        return []
+    keys = sorted({k for f in sets for k in f})
+    return [k for k in keys if len({f.get(k) for f in sets}) > 1]
+
+
 def _select(table: Table, columns: Sequence[str], specs: Mapping[int, Mapping[str, Any]],
-            notes: Sequence[str] = ()) -> Table:
-    frame = _labels(table.frame, specs)
+            notes: Sequence[str] = (), baseline: str = "Baseline run") -> Table:
+    frame = _labels(_baselines_only(table.frame, specs, baseline), specs)
     keep = [c for c in columns if c in frame]
     keep += [TEXT + c for c in keep if TEXT + c in frame]
     return Table(frame[keep].reset_index(drop=True),
                  {c: f for c, f in table.formats.items() if c in keep}, list(notes))
+
+
+def _baselines_only(frame: pd.DataFrame, specs: Mapping[int, Mapping[str, Any]],
+                    baseline: str) -> pd.DataFrame:
+    """``frame`` without the dense rows no pruned row is compared with (the report's rows
+    are its methods; every dense run with other settings would be a row of its own)."""
+    if frame.empty:
+        return frame
+    dense = np.array([specs.get(int(r), {}).get("method") == "dense" or m == "Dense (Baseline)"
+                      for r, m in zip(frame["Run"], frame["Method"], strict=True)])
+    used = set(frame.loc[~dense, baseline].dropna().astype(int))
+    if not used:
+        return frame
+    return frame[~dense | frame["Run"].isin(used).to_numpy()]
 
 
 def _specs(*frames: pd.DataFrame) -> dict[int, dict[str, Any]]:
@@ -163,16 +301,36 @@ def _specs(*frames: pd.DataFrame) -> dict[int, dict[str, Any]]:
 
 
 def perplexity_section_table(ppl: pd.DataFrame, dataset: str) -> Table:
-    """Seed 000's perplexity table for one dataset: Method | PPL | Δ from dense (| Note)."""
-    rows = ppl[ppl["dataset"] == dataset] if not ppl.empty else ppl
-    full = tables.perplexity_table(rows)
-    return _select(full, PPL_REPORT_COLUMNS, _specs(rows), [PPL_NOTE])
+    """Seed 000's perplexity table for one dataset: Method | PPL | Δ from dense (| Note):
+    the rows of that dataset of the table of all of them (each row is compared with a dense
+    run of its own dataset, so it reads the same)."""
+    full = _perplexity_table(ppl)
+    part = full.frame[full.frame["_dataset"] == dataset] if not full.empty else full.frame
+    return _select(Table(part, full.formats), PPL_REPORT_COLUMNS, _report_specs(ppl),
+                   [PPL_NOTE], baseline="_baseline_run")
 
 
-def zero_shot_section_table(zs: pd.DataFrame, metric: str = "acc") -> Table:
-    """Seed 000's zero-shot table: Method | Accuracy | Retention (| Note)."""
-    full = tables.zero_shot_table(zs, metric)
-    return _select(full, ZS_REPORT_COLUMNS, _specs(zs), full.notes)
+@tables.frame_cache()
+def _perplexity_table(ppl: pd.DataFrame) -> Table:
+    return tables.perplexity_table(ppl)
+
+
+@tables.frame_cache()
+def _report_specs(rows: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    return _specs(rows)
+
+
+def zero_shot_section_table(zs: pd.DataFrame, metric: str = "acc", full: bool = False
+                            ) -> Table:
+    """Seed 000's zero-shot table: Method | Accuracy | Retention (| Note); ``full``: the
+    zero-shot table it is selected from (the retention chart's)."""
+    table = _zero_shot_table(zs, metric)
+    return table if full else _select(table, ZS_REPORT_COLUMNS, _report_specs(zs), table.notes)
+
+
+@tables.frame_cache()
+def _zero_shot_table(zs: pd.DataFrame, metric: str) -> Table:
+    return tables.zero_shot_table(zs, metric)
 
 
 # -- findings from the stored rows ----------------------------------------------------------------
@@ -428,13 +586,11 @@ def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame, model: str, 
           metric: str = "acc", evaluation: str | None = None) -> Report:
     """The report of ``model`` from ``group`` (prepared frames of ``tables.load_metrics`` for
     'perplexity' and 'zero_shot' and of ``tables.load_layer_stats``)."""
-    ppl = _part(ppl, model, group)
-    ppl = ppl[ppl["metric"] == "ppl"] if not ppl.empty else ppl
-    zs = _evaluation_filter(_part(zs, model, group), evaluation)
+    ppl, zs, hidden = _report_rows(ppl, zs, model, group, evaluation, metric)
     stats = _part(stats, model, group)
     report = Report(model, group)
     out = _Writer(report)
-    _add_intro(out, model, group, evaluation)
+    _add_intro(out, model, group, evaluation, hidden)
     _add_perplexity(out, ppl)
     _add_zero_shot(out, zs, metric)
     levels = _levels(ppl, zs)
@@ -444,13 +600,20 @@ def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame, model: str, 
     return report
 
 
-def _add_intro(out: _Writer, model: str, group: str, evaluation: str | None) -> None:
-    """The title and the line naming the source (and the zero-shot setting, if chosen)."""
+def _add_intro(out: _Writer, model: str, group: str, evaluation: str | None,
+               hidden: int = 0) -> None:
+    """The title and the line naming the source (and the zero-shot setting, if chosen, and
+    what the report leaves out)."""
     out.add(Block("heading", 1, f"Report: {model}"))
     source = "own runs" if group == tables.OWN_GROUP else group
     intro = f"*Source: {source}. {INTRO}"
     if evaluation:
         intro += f" Zero-shot evaluation of own runs: {evaluation}."
+    if hidden:
+        intro += (f" Per sparsity, the latest run of the {MAX_VARIANTS} newest methods and "
+                  f"variants of own runs is reported, with the dense runs they are compared "
+                  f"with; {hidden} other own runs are not (the Perplexity, Zero-shot and Runs "
+                  "pages list every run).")
     out.add(Block("text", text=intro + "*"))
 
 
@@ -475,7 +638,7 @@ def _add_zero_shot(out: _Writer, zs: pd.DataFrame, metric: str) -> None:
 def _add_key_findings(out: _Writer, ppl: pd.DataFrame, zs: pd.DataFrame, model: str,
                       levels: list[str], metric: str, evaluation: str | None) -> None:
     """The key findings, one list per sparsity level that has any."""
-    ppl_frame = tables.perplexity_table(ppl).frame if not ppl.empty else pd.DataFrame()
+    ppl_frame = _perplexity_table(ppl).frame if not ppl.empty else pd.DataFrame()
     per_level = [(lv, level_findings(ppl, zs, model, lv, metric, evaluation, ppl_frame))
                  for lv in levels]
     if any(found for _, found in per_level):
@@ -528,8 +691,8 @@ def slug(text: str) -> str:
 def drop_heatmap_table(zs: pd.DataFrame, model: str, group: str, metric: str = "acc",
                        evaluation: str | None = None) -> Table:
     """The per-task drop tables of every sparsity of ``model`` in ``group`` as one table (the
-    per-task heatmap's data: rows method and sparsity, columns tasks)."""
-    zs = _evaluation_filter(_part(zs, model, group), evaluation)
+    per-task heatmap's data: rows method and sparsity, columns tasks), from the zero-shot
+    rows of a report (``_report_rows``)."""
     parts = [tables.drop_table(zs, model, lv, metric, evaluation=evaluation)
              for lv in _levels(zs)] if not zs.empty else []
     parts = [p for p in parts if not p.empty]
@@ -551,20 +714,20 @@ def chart_figures(chart: str, ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.Dat
     from core.present import charts
 
     kind, _, arg = chart.partition(":")
+    reported_ppl, part, _ = _report_rows(ppl, zs, model, group, evaluation, metric)
     if kind == "perplexity":
         rows = ppl[(ppl["model"] == model) & (ppl["dataset"] == arg)
                    & (ppl["metric"] == "ppl")] if not ppl.empty else ppl
-        if group == tables.OWN_GROUP or rows.empty:
-            shown = rows
+        if group == tables.OWN_GROUP or rows.empty:  # the reported runs, other sources beside
+            shown = rows[(rows["group"] != group) | rows["run_id"].isin(reported_ppl["run_id"])]
         else:  # a published report: its own lines, plus the other published sources
             shown = rows[rows["origin"] == "published"]
         return [charts.perplexity_chart(
             shown, f"{model} · {tables.dataset_label(arg)}: perplexity vs sparsity (published "
                    "figures of this model overlaid)")]
-    part = _evaluation_filter(_part(zs, model, group), evaluation)
     if kind == "zero_shot":
-        return [charts.retention_chart(tables.zero_shot_table(part, metric)),
-                charts.drop_chart(drop_heatmap_table(zs, model, group, metric, evaluation))]
+        return [charts.retention_chart(zero_shot_section_table(part, metric, full=True)),
+                charts.drop_chart(drop_heatmap_table(part, model, group, metric, evaluation))]
     if kind == "per_task":
         return [charts.per_task_chart(tables.per_task_long(part, model, arg, metric,
                                                            evaluation=evaluation))]

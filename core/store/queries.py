@@ -26,11 +26,11 @@ _METRIC_RUN_COLUMNS = ("origin", "source", "run_kind", "model", "method", "spars
 
 
 def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | None = None,
-                archived: bool = False) -> pd.DataFrame:
-    """Metric rows with their run's columns, spec and setting columns (of one ``kind`` and of
-    ``run_ids`` only, when given), by run; a perplexity row (also an activation run's split
-    perplexity) has its windows' mean NLLs
-    (``nlls``: a float array, None where the run stored none).  Each run's columns are read
+                archived: bool = False, model: str | None = None) -> pd.DataFrame:
+    """Metric rows with their run's columns, spec and setting columns (of one ``kind``, of
+    ``run_ids`` and of runs of ``model`` only, when given), by run; a perplexity row (also
+    an activation run's split perplexity) has its windows' mean NLLs (``nlls``: a float
+    array, None where the run stored none).  Each run's columns are read
     once and shared by its rows (45,000 rows each carrying a copy of their run's 18 texts cost
     a page a tenth of a second, their spec texts a third).  Archived runs are left out unless
     ``archived`` or named in ``run_ids``."""
@@ -42,6 +42,9 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
         params.append([int(i) for i in run_ids])
     elif not archived:
         where.append(f"m.run_id NOT IN ({ARCHIVED})")
+    if model is not None:
+        where.append("m.run_id IN (SELECT id FROM runs WHERE model = ?)")
+        params.append(model)
     condition = f"WHERE {' AND '.join(where)}" if where else ""
     nlls = ("w.nlls" if kind in (None, "perplexity", "activation")
             else "NULL::DOUBLE[] AS nlls")  # only perplexities have windows
@@ -117,14 +120,25 @@ def layer_stat_rows(store: Store, run_ids: Sequence[int] | None = None) -> pd.Da
             ORDER BY r.id, l.block, l.layer""", params)
 
 
-def layer_stat_runs(store: Store) -> pd.DataFrame:
-    """One row per run that has layer statistics (archived runs left out): its run's columns
-    and ``blocks``, the number of blocks with a measured block sparsity (from the summaries
-    stored with the rows)."""
+def layer_stat_runs(store: Store, model: str | None = None) -> pd.DataFrame:
+    """One row per run that has layer statistics (archived runs left out; of ``model`` only,
+    when given): its run's columns and ``blocks``, the number of blocks with a measured block
+    sparsity (from the summaries stored with the rows)."""
     return store.frame(
         f"""SELECT {_RUN_COLUMNS}, s.blocks
             FROM layer_summaries s JOIN runs r ON r.id = s.run_id
-            WHERE r.archived_at IS NULL ORDER BY r.id""")
+            WHERE r.archived_at IS NULL AND (? IS NULL OR r.model = ?) ORDER BY r.id""",
+        [model, model])
+
+
+def result_subjects(store: Store) -> pd.DataFrame:
+    """The distinct model, origin and source of the finished runs (archived ones left out)
+    that have a perplexity, a zero-shot score or layer statistics: what a report can be of."""
+    return store.frame(
+        """SELECT DISTINCT model, origin, source FROM runs
+           WHERE archived_at IS NULL AND (status IS NULL OR status = 'done')
+             AND (id IN (SELECT run_id FROM metrics WHERE kind IN ('perplexity', 'zero_shot'))
+                  OR id IN (SELECT run_id FROM layer_summaries))""")
 
 
 def search_trial_rows(store: Store) -> pd.DataFrame:

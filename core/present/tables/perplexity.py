@@ -75,6 +75,7 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     frame = pd.DataFrame({
         "Model": df["model"].to_numpy(dtype=object),
         "Dataset": per_value(dataset_name, df["dataset"]),
+        "_dataset": df["dataset"].to_numpy(dtype=object),
         "Method": run_labels(df),
         "PPL": value, TEXT + "PPL": per_value(_cell_text, status), PPL_INTERVAL: ppl_ci,
         "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),

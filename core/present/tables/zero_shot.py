@@ -337,13 +337,8 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     scores = zero_shot_scores(rows, metric)
     if scores.empty:
         return scores.assign(**{c: [] for c in LONG_EXTRA})
-    df = scores[scores["model"] == model]
-    if groups is not None:
-        df = df[df["group"].isin(list(groups))]
-    if evaluation is not None:
-        df = df[(df["group"] != OWN_GROUP)
-                | pd.Series(evaluation_labels(df).to_numpy() == evaluation,
-                            index=df.index, dtype=bool)]
+    df = _model_scores(scores, model, tuple(groups) if groups is not None else None,
+                       evaluation)
     pruned = df[~df["dense"].astype(bool) & (df["sparsity_label"] == sparsity)]
     if pruned.empty:
         return df.iloc[0:0].assign(**{c: [] for c in LONG_EXTRA})
@@ -364,6 +359,30 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     long = long.reset_index(drop=True)
     long.attrs[HIDDEN] = hidden
     return long
+
+
+@frame_cache()
+def _model_scores(scores: pd.DataFrame, model: str, groups: tuple[str, ...] | None,
+                  evaluation: str | None) -> pd.DataFrame:
+    """The per-task scores of ``model`` (in ``groups``; own runs of the zero-shot settings
+    ``evaluation`` only, when given), one frame for every sparsity of a report."""
+    df = scores[scores["model"] == model]
+    if groups is not None:
+        df = df[df["group"].isin(list(groups))]
+    if evaluation is not None:
+        df = df[(df["group"] != OWN_GROUP)
+                | pd.Series(evaluation_labels(df).to_numpy() == evaluation,
+                            index=df.index, dtype=bool)]
+    return df
+
+
+@frame_cache()
+def _own_baselines(scores: pd.DataFrame) -> tuple[dict[int, int], _NoBaseline]:
+    """``_zs_baselines`` of every own run of one model's per-task ``scores``: a run's
+    baseline depends on its own settings and tasks and on the dense runs only, so one query
+    serves every sparsity."""
+    own = scores[scores["group"] == OWN_GROUP].drop_duplicates("run_id")
+    return _zs_baselines(scores, own)
 
 
 #: The per-task views show the latest run of each method and variant, up to this many (the
@@ -398,8 +417,7 @@ def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFram
     latest = _with_variant_key(pruned).groupby(["method", "_variant"])["run_id"].max()
     newest = latest.sort_values(ascending=False).iloc[:MAX_OWN_COLUMNS]
     chosen = pruned[pruned["run_id"].isin(newest)]
-    firsts = chosen.drop_duplicates("run_id")
-    found, why = _zs_baselines(scores, pd.concat([firsts, dense]))
+    found, why = _own_baselines(scores)
     parts, bases = [], {}
     for rid, part in chosen.groupby("run_id", sort=False):
         base = found.get(rid)
@@ -443,32 +461,33 @@ def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = 
         return Table(pd.DataFrame(columns=["Task"]))
     columns = list(dict.fromkeys(long["column"]))
     tasks = sorted(set(long["dataset"]), key=task_key)
-    frame = pd.DataFrame({"Task": tasks})
+    cell_columns = ["column", "dataset", "status", "value", "stderr", "note", "origin"]
+    cells = {(r["column"], r["dataset"]): r for r in  # the last row of each column and task
+             long[[c for c in cell_columns if c in long]].to_dict("records")}
+    frame: dict[str, list[Any]] = {"Task": tasks}
     notes: dict[str, dict[str, list[str]]] = {t: {} for t in tasks}  # task -> note -> columns
     formats = {}
     for col in columns:
-        cells = long[long["column"] == col].drop_duplicates("dataset", keep="last")
-        cells = cells.set_index("dataset")
-        frame[col] = [_value(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
-        frame[TEXT + col] = [zs_cell_text(cells.loc[t, "status"], cells.loc[t, "note"])
-                             if t in cells.index else NO_VALUE for t in tasks]
+        found = [cells.get((col, t)) for t in tasks]
+        frame[col] = [_value(c) if c is not None else math.nan for c in found]
+        frame[TEXT + col] = [zs_cell_text(c["status"], c["note"]) if c is not None
+                             else NO_VALUE for c in found]
         formats[col] = "pct"
-        errors = [score_stderr(cells.loc[t]) if t in cells.index else math.nan for t in tasks]
+        errors = [score_stderr(c) if c is not None else math.nan for c in found]
         if not all(math.isnan(e) for e in errors):  # lm-eval's standard error, beside it
             frame[col + SE_SUFFIX], formats[col + SE_SUFFIX] = errors, "pct"
-        for t in tasks:
-            if t in cells.index:
-                note = _row_note(cells.loc[t])
-                if note:
-                    notes[t].setdefault(note, []).append(col)
+        for t, c in zip(tasks, found, strict=True):
+            note = _row_note(c) if c is not None else ""
+            if note:
+                notes[t].setdefault(note, []).append(col)
     frame["Note"] = [_join(*(f"{', '.join(cols)}: {note}" for note, cols in notes[t].items()))
                      for t in tasks]
     table_notes = [f"{model}, {sparsity} sparsity, {metric_label(metric)} per task.",
                    NOT_COUNTED, *hidden_note(long)]
-    if any(c.endswith(SE_SUFFIX) for c in frame.columns):
+    if any(c.endswith(SE_SUFFIX) for c in frame):
         table_notes.append(f"{SE_SUFFIX.strip()}: lm-eval's standard error of the score (a 95% "
                      "interval is about ±1.96 SE; the drop table gives each drop's interval).")
-    return Table(frame, formats, table_notes)
+    return Table(pd.DataFrame(frame), formats, table_notes)
 
 
 #: Suffix of a per-task column holding the standard error of the scores of the column before it.
