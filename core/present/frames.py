@@ -38,10 +38,11 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of ``Store.metrics`` with the spec parsed and the labels every table uses added.
 
     Only finished runs are kept ('done'); 'group' is the source of a published row and
-    ``OWN_GROUP`` for an own run: numbers are only compared within one group.  Each label is
-    worked out once per distinct value (a run's rows share one parsed spec dict: read only).
+    ``OWN_GROUP`` for an own run: numbers are only compared within one group.  The labels are
+    worked out once per distinct run columns (a run's rows share one parsed spec dict: read
+    only), then repeated for the rows.
     """
-    df = frame.copy()
+    df = frame.copy(deep=False)
     if "run_status" in df:
         df = df[df["run_status"].isna() | (df["run_status"] == "done")]
     df = df.reset_index(drop=True).astype({c: object for c in df.columns
@@ -49,38 +50,59 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     raw = df["spec"] if "spec" in df else pd.Series([None] * len(df), index=df.index)
     keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
             for s in raw]
-    info = {key: _spec_info(key) for key in dict.fromkeys(keys)}
-    df["spec"] = pd.Series([info[key][0] for key in keys], index=df.index, dtype=object)
-    origin = df.get("origin", pd.Series(["own"] * len(df), index=df.index))
-    source = df.get("source", pd.Series([None] * len(df), index=df.index))
-    labels = {
-        "group": per_value(lambda o, s: s if o == "published" and isinstance(s, str) and s
-                           else OWN_GROUP, origin, source),
-        "origin_label": per_value(lambda o: ORIGIN_NAMES.get(o, str(o)), origin),
-        "source_label": per_value(lambda s: s if isinstance(s, str) and s else "", source)}
-    if "method" in df:
-        labels["method_label"] = per_value(method_label, df["method"])
-        labels["sparsity_label"] = per_value(sparsity_label, df["sparsity"], df["pattern"],
-                                             df["method"])
-        df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
-    for position, name in enumerate(("settings", "table", "evaluation"), start=1):
-        labels[name] = [info[key][position] for key in keys]
-    if "run_settings" in df:  # an own run's settings in words, stored with it
-        labels["settings"] = [own if isinstance(own, str) else raw for own, raw in
-                              zip(df["run_settings"], labels["settings"], strict=True)]
-    if "method" in df:
-        variant = df["variant"] if "variant" in df else [None] * len(df)
-        labels["run_label"] = per_value(run_label, df["method"], df["sparsity"], df["pattern"],
-                                    variant)
-    # Object columns, not inferred 'str' ones: iterating and filtering Arrow-backed strings
-    # costs a page of 30,000 rows a large share of its time.
+    inputs = [keys, *(df[c].tolist() if c in df else [None] * len(df) for c in _LABEL_INPUTS)]
+    if "origin" not in df:  # frames not read from the store: own rows
+        inputs[1] = ["own"] * len(df)
+    seen: dict[tuple, int] = {}
+    codes = np.fromiter((seen.setdefault(c, len(seen)) for c in zip(*inputs, strict=True)),
+                        dtype=np.int64, count=len(df))
+    labels = _run_labels(list(seen), "method" in df, "run_settings" in df)
     for name, values in labels.items():
-        df[name] = pd.Series(values, index=df.index, dtype=object)
+        df[name] = pd.Series(_object_array(values)[codes], index=df.index, dtype=object)
+    if "method" in df:
+        df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
+    info = {key: _spec_info(key) for key in dict.fromkeys(keys)}
     for key, column in SETTING_COLUMNS.items():  # frames not read from the store
         if column not in df:
             values = {k: setting_value(found[0].get(key)) for k, found in info.items()}
             df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
     return df
+
+
+#: The run columns the labels are worked out from (with the spec), in ``_run_labels``' order.
+_LABEL_INPUTS = ("origin", "source", "method", "sparsity", "pattern", "variant", "run_settings")
+
+
+def _run_labels(runs: list[tuple], has_method: bool, has_settings: bool
+                ) -> dict[str, list[Any]]:
+    """The labels of each distinct (spec, ``_LABEL_INPUTS``...) of ``prepare``."""
+    out: dict[str, list[Any]] = {name: [] for name in (
+        "spec", "group", "origin_label", "source_label", "settings", "table", "evaluation")}
+    if has_method:
+        out.update(method_label=[], sparsity_label=[], run_label=[])
+    for key, origin, source, method, sparsity, pattern, variant, own in runs:
+        parsed, settings_text, table, evaluation = _spec_info(key)
+        published = origin == "published" and isinstance(source, str) and source
+        out["spec"].append(parsed)
+        out["group"].append(source if published else OWN_GROUP)
+        out["origin_label"].append(ORIGIN_NAMES.get(origin, str(origin)))
+        out["source_label"].append(source if isinstance(source, str) and source else "")
+        out["settings"].append(own if has_settings and isinstance(own, str) else settings_text)
+        out["table"].append(table)
+        out["evaluation"].append(evaluation)
+        if has_method:
+            out["method_label"].append(method_label(method))
+            out["sparsity_label"].append(sparsity_label(sparsity, pattern, method))
+            out["run_label"].append(run_label(method, sparsity, pattern, variant))
+    return out
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    """``values`` as a 1-d object array (dicts and tuples in it stay whole values)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 @functools.lru_cache(maxsize=100_000)

@@ -8,8 +8,11 @@ the table builders of :mod:`core.tables`; every sentence from :mod:`core.finding
 Selection rules (stated in the report itself):
 
 * Rows are one group: own runs, or one published source (never mixed).
-* When a method has several runs at one sparsity that differ in their settings, each is a row,
-  labelled with the settings that differ; identical repeats show the latest run only.
+* Own runs: per sparsity, the latest run of each method and variant (its label words), of the
+  ``MAX_VARIANTS`` newest, with the dense runs they are compared with (chosen among every
+  dense run); the intro says how many runs that leaves out.
+* When rows of one label differ in their settings, each is a row, labelled with the settings
+  that differ; identical repeats show the latest run only.
 * Own runs are restricted to one zero-shot evaluation setting (few-shot count, example limit,
   dtype), the most used one unless another is asked for.
 * Key findings use the latest run of each method at a sparsity, compared with the dense baseline
