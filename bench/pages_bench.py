@@ -1,6 +1,7 @@
 """Benchmark: each dashboard page's render time and memory at 200 and 10,000 stored runs.
 
     python bench/pages_bench.py [--runs 200,10000] [--pages perplexity,zero_shot,...] [--keep DIR]
+                                [--repeat 3]
 
 Builds a results file per size through the store's own API (``create_run`` + ``add_rows``, the
 published figures imported as at start-up): several models, the five weight methods at
@@ -12,8 +13,11 @@ with ``streamlit.testing.v1.AppTest`` in a fresh process (so that peak memory is
 printed are wall and CPU seconds of the first render (which also pays this server process's
 one-time imports of the page's modules, torch for some, and its parsing of every stored spec),
 of a render after new results (Streamlit's caches emptied, as a new results version does; the
-per-spec parse cache of the process kept: stored specs never change), of a refresh with nothing
-changed, and the process's peak RSS.  ``--keep DIR`` keeps (and reuses) the files.
+process's caches of what it worked out from stored specs and run columns kept: they never
+change; the median of ``--repeat`` renders), of a refresh with nothing changed, and the
+process's peak RSS.  The Report shows one section at a time: 'report' is its first section,
+'report:Zero-shot' (and so on) another; each section is measured by default.  ``--keep DIR``
+keeps (and reuses) the files.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAGES = ("overview", "perplexity", "zero_shot", "activation_sparsity", "layers", "report",
-         "compare", "ablations", "runs")
+         "report:Zero-shot", "report:Key findings", "report:Per-task",
+         "report:Layer statistics", "compare", "ablations", "runs")
 MODELS = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-360M", "meta-llama/Llama-2-7b-hf",
           "Qwen/Qwen2.5-0.5B")
 METHODS = ("magnitude", "wanda", "sparsegpt", "sparsellm")
@@ -46,7 +51,8 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 BLOCKS = 30
 WINDOWS = 40  # perplexity windows per dataset
 
-# The page measurement, run in a fresh process: one AppTest render, then a second one.
+# The page measurement, run in a fresh process: the first render, ``repeat`` renders after new
+# results (the median is printed), then a refresh.  ``tab``: a Report section to open first.
 MEASURE = """
 import json, os, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -62,9 +68,14 @@ def forget():
     st.cache_data.clear()
 at = AppTest.from_file({app!r}, default_timeout=900).run()
 at.switch_page({page!r})
+if {tab!r}:
+    at.session_state["section"] = {tab!r}
 first = render(at)
-forget()
-cold = render(at)
+colds = []
+for _ in range({repeat}):
+    forget()
+    colds.append(render(at))
+cold = sorted(colds, key=lambda c: c[1])[len(colds) // 2]
 second = render(at)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"first": first, "cold": cold, "second": second, "peak_mb": peak}}))
@@ -135,8 +146,12 @@ def build(path: Path, runs: int) -> None:
                            windows=batch_windows, con=con)
 
 
-def measure(path: Path, page: str) -> dict:
-    code = MEASURE.format(root=str(ROOT), app=str(ROOT / "app.py"), page=f"pages/{page}.py")
+def measure(path: Path, page: str, repeat: int = 3) -> dict:
+    """One page's figures (``page``: a page file's name, or 'report:<section>' for a Report
+    section) in a fresh process."""
+    name, _, tab = page.partition(":")
+    code = MEASURE.format(root=str(ROOT), app=str(ROOT / "app.py"), page=f"pages/{name}.py",
+                          tab=tab, repeat=repeat)
     env = {**__import__("os").environ, "SPARSEBENCH_DB": str(path)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
@@ -151,10 +166,12 @@ def main() -> int:
     parser.add_argument("--runs", default="200,10000")
     parser.add_argument("--pages", default=",".join(PAGES))
     parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="renders after new results per page; their median is printed")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pages-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"{'runs':>6} | {'page':<20} | {'first wall/CPU s':>17} | {'new results wall/CPU':>20} |"
+    print(f"{'runs':>6} | {'page':<24} | {'first wall/CPU s':>17} | {'new results wall/CPU':>20} |"
           f" {'refresh wall/CPU s':>18} | {'peak MB':>7}")
     for runs in (int(n) for n in args.runs.split(",")):
         path = folder / f"bench-{runs}.duckdb"
@@ -164,12 +181,12 @@ def main() -> int:
             print(f"built {path} ({runs} runs) in {time.perf_counter() - started:.0f} s",
                   flush=True)
         for page in args.pages.split(","):
-            row = measure(path, page)
+            row = measure(path, page, args.repeat)
             if "error" in row:
-                print(f"{runs:>6} | {page:<20} | failed: {row['error']}", flush=True)
+                print(f"{runs:>6} | {page:<24} | failed: {row['error']}", flush=True)
                 continue
             (w1, c1), (w0, c0), (w2, c2) = row["first"], row["cold"], row["second"]
-            print(f"{runs:>6} | {page:<20} | {w1:>7.2f} / {c1:>7.2f} | {w0:>9.2f} / {c0:>8.2f} |"
+            print(f"{runs:>6} | {page:<24} | {w1:>7.2f} / {c1:>7.2f} | {w0:>9.2f} / {c0:>8.2f} |"
                   f" {w2:>8.2f} / {c2:>7.2f} | {row['peak_mb']:>7.0f}", flush=True)
     return 0
 

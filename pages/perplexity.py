@@ -57,7 +57,7 @@ group_tables = tables.choices(model_rows[model_rows["group"] == group], "table")
 table_name = right.selectbox("Published table", [*group_tables, "All tables"],
                              disabled=not group_tables, key="grid-table")
 show_table(memo(store, "ppl.grid", key, model, group, table_name)(
-    lambda: tables.sparsity_grid(rows, model, group,
+    lambda: tables.sparsity_grid(model_rows, model, group,
                                  None if table_name == "All tables" else table_name)),
     "perplexity-grid")
 

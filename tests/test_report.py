@@ -442,12 +442,24 @@ def test_new_pages_on_the_published_figures(store: Store, page: str) -> None:
     assert labels.count("LaTeX") == len(at.dataframe)
 
 
+def open_section(at: AppTest, section: str) -> AppTest:
+    """Switch the Report page to one of its section tabs (as a click on it does)."""
+    at.session_state["section"] = section
+    return at.run()
+
+
 def test_report_page_walks_every_published_subject(store: Store) -> None:
     at = run_page("pages/report.py")
     for option in at.selectbox[0].options:
         at.selectbox[0].set_value(option).run()
         clean(at)
-        assert at.dataframe, option
+        sections = [tab.label for tab in at.tabs]
+        assert sections and set(sections) <= set(report.SECTIONS), option
+        for section in sections:  # every tab shown has something to show
+            open_section(at, section)
+            clean(at)
+            assert at.dataframe or any(m.value.startswith("- ") for m in at.markdown), (
+                option, section)
 
 
 def test_report_page_download_is_the_built_report(store: Store, runs: dict[str, int],
@@ -470,7 +482,30 @@ def test_report_page_download_is_the_built_report(store: Store, runs: dict[str, 
     button = at.download_button[0]
     assert button.label.startswith("Download the report")
     assert deferred[button.proto.deferred_file_id]() == golden(store, runs)
-    assert len(at.dataframe) == 5 and len(at.get("plotly_chart")) >= 4
+    sections = [tab.label for tab in at.tabs]
+    assert sections == list(report.SECTIONS)
+    shown = {}
+    for section in sections:  # one section at a time: each tab draws its own tables only
+        open_section(at, section)
+        clean(at)
+        shown[section] = (len(at.dataframe), len(at.get("plotly_chart")))
+    assert sum(frames for frames, _ in shown.values()) == 5
+    assert sum(charts for _, charts in shown.values()) >= 4
+    assert shown["Perplexity"] == (1, 1) and shown["Zero-shot"] == (1, 2)
+    assert shown["Key findings"][0] == 0
+
+
+def test_report_page_section_links_open_that_section(store: Store, runs: dict[str, int]
+                                                     ) -> None:
+    """``?section=`` opens one section (a shareable link); the others are not drawn."""
+    at = AppTest.from_file(str(ROOT / "pages/report.py"), default_timeout=120)
+    at.query_params["section"] = "Per-task"
+    at.run()
+    clean(at)
+    headers = [h.value for h in at.subheader]
+    assert "Per-Task Zero-Shot Breakdown" in headers
+    assert not any(h.startswith("Perplexity Results") for h in headers)
+    assert at.get("plotly_chart")  # the per-task chart of the first sparsity
 
 
 @pytest.mark.parametrize("page", ["pages/report.py", "pages/compare.py"])

@@ -146,7 +146,7 @@ def with_run_links(shown: pd.DataFrame, own_runs: bool = False) -> pd.DataFrame:
 
 
 #: A longer table is shown a page of this many rows at a time (its downloads hold every row).
-PAGE_ROWS = 1000
+PAGE_ROWS = 250
 
 
 def _rows_shown(rows: int, name: str) -> slice | None:

@@ -102,7 +102,8 @@ def zero_shot_baselines(scores: pd.DataFrame, runs: pd.DataFrame) -> dict[int, i
     run_frame = runs[["run_id", "model", "group", "dense", *SETTING_COLUMNS.values()]]
     run_frame = _settings_as_text(run_frame.drop_duplicates("run_id")).assign(
         dense=lambda f: f["dense"].astype(bool))
-    task_frame = scores[["run_id", "dataset", "status", "value"]]
+    task_frame = scores[["run_id", "dataset", "status", "value"]].astype(
+        {"dataset": "category", "status": "category"})  # DuckDB reads Python strings slowly
     settings = ", ".join(_col(k) for k in ZS_SETTINGS)
     sql = f"""
         WITH tasks AS (

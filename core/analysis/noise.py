@@ -124,15 +124,16 @@ Stacked = dict[int, tuple[np.ndarray, np.ndarray]]
 def stack_windows(arrays: Sequence[Any]) -> Stacked:
     """Positions and stacked values of the finite per-window arrays, by window count (>= 2;
     anything else, None or NaN, has no windows): once per table, for both of its intervals."""
-    by_n: dict[int, list[int]] = {}
-    for i, values in enumerate(arrays):
-        if isinstance(values, list | tuple | np.ndarray) and len(values) >= 2:
-            by_n.setdefault(len(values), []).append(i)
+    kinds = (list, tuple, np.ndarray)  # isinstance of a tuple: 3x faster than of a union
+    lengths = np.fromiter((len(v) if isinstance(v, kinds) else 0 for v in arrays),
+                          dtype=np.int64, count=len(arrays))
+    values = np.fromiter(arrays, dtype=object, count=len(arrays))  # each array one element
     out = {}
-    for n, positions in by_n.items():
-        matrix = np.array([arrays[i] for i in positions], dtype=float)
+    for n in np.unique(lengths[lengths >= 2]).tolist():
+        positions = np.flatnonzero(lengths == n)
+        matrix = np.array(values[positions].tolist(), dtype=float)
         keep = np.isfinite(matrix).all(axis=1)
-        out[n] = (np.asarray(positions)[keep], matrix[keep])
+        out[n] = (positions[keep], matrix[keep])
     return out
 
 

@@ -40,10 +40,13 @@ def short_source(source: str) -> str:
     return source.split(" (")[0] if source else "own run"
 
 
-def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str, *extra: str) -> str:
-    """Hover lines: run id, source and a summary of the spec, plus any extra lines."""
+def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str | None,
+               *extra: str) -> str:
+    """Hover lines: run id, source and a summary of the spec (None: none), plus any extra
+    lines."""
     lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra]
-    return "<br>".join([*(_wrap(line) for line in lines if line), _spec_line(spec)])
+    spec_line = [] if spec is None else [_spec_line(spec)]
+    return "<br>".join([*(_wrap(line) for line in lines if line), *spec_line])
 
 
 def _spec_line(spec: Mapping[str, Any] | str) -> str:
@@ -59,6 +62,8 @@ def _shared_spec_line(spec: Mapping[str, Any]) -> str:
 
 
 def _wrap(text: str, width: int = 70) -> str:
+    if len(text) <= width:  # most hover lines: nothing to wrap
+        return text
     words, out, line = text.split(" "), [], ""
     for word in words:
         if line and len(line) + len(word) + 1 > width:
@@ -68,6 +73,12 @@ def _wrap(text: str, width: int = 70) -> str:
             line = f"{line} {word}" if line else word
     out.append(line)
     return "<br>".join(out)
+
+
+def _trace(kind: str, **props: Any) -> dict[str, Any]:
+    """A trace as a dict for ``Figure.add_trace``, which validates it once (a ``go.Scatter``
+    is validated when built and again when added)."""
+    return {"type": kind, **props}
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -128,14 +139,17 @@ def readable_log_y(fig: go.Figure, title: str) -> None:
 
 
 def _y_extent(trace: Any) -> list[float]:
-    """A trace's y values and the ends of its error bars."""
-    ys = [float(y) for y in (trace.y if trace.y is not None else ()) if _number(y)]
-    error = getattr(trace, "error_y", None)
-    if error is None or error.array is None or not ys:
+    """A trace's y values and the ends of its error bars (read from its JSON: plotly's
+    property objects cost a millisecond a trace)."""
+    props = trace.to_plotly_json()
+    ys = [float(y) for y in (props.get("y") if props.get("y") is not None else ())
+          if _number(y)]
+    error = props.get("error_y") or {}
+    if error.get("array") is None or not ys:
         return ys
-    plus = [float(e) if _number(e) else 0.0 for e in error.array]
-    minus = ([float(e) if _number(e) else 0.0 for e in error.arrayminus]
-             if error.arrayminus is not None else plus)
+    plus = [float(e) if _number(e) else 0.0 for e in error["array"]]
+    minus = ([float(e) if _number(e) else 0.0 for e in error["arrayminus"]]
+             if error.get("arrayminus") is not None else plus)
     return [*ys, *(y + p for y, p in zip(ys, plus, strict=False)),
             *(y - m for y, m in zip(ys, minus, strict=False))]
 
@@ -198,11 +212,11 @@ def _add_other_runs(fig: go.Figure, part: pd.DataFrame, line: Any) -> None:
     """Runs of a line's method that its line does not go through, as faint markers."""
     if part.empty or line is None:
         return
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter",
         x=_x_of(part), y=part["value"], mode="markers", name=f"{line.name}: other runs",
         legendgroup=line.legendgroup, showlegend=False, opacity=0.35,
         marker={"symbol": line.marker.symbol, "size": 7, "color": line.marker.color},
-        hovertext=_ppl_hover(part), hoverinfo="text"))
+        hovertext=_ppl_hover(part, with_spec=False), hoverinfo="text"))
 
 
 def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool) -> None:
@@ -226,7 +240,7 @@ def _add_ppl_trace(fig: go.Figure, part: pd.DataFrame, key: tuple, several: bool
         name += " (latest run at each sparsity)"
     # Runs that differ only in settings (an ablation) share one legend entry.
     shown = {t.legendgroup for t in fig.data}
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter",
         x=part["_x"], y=part["value"], name=name, legendgroup=name,
         showlegend=name not in shown,
         mode="lines+markers+text" if label else "lines+markers",
@@ -254,12 +268,16 @@ def _ppl_error_bars(part: pd.DataFrame) -> dict[str, Any] | None:
             "arrayminus": np.nan_to_num(value - low), "thickness": 1.2, "width": 3}
 
 
-def _ppl_hover(part: pd.DataFrame) -> list[str]:
+def _ppl_hover(part: pd.DataFrame, with_spec: bool = True) -> list[str]:
+    """Each point's hover; ``with_spec=False`` (the faint markers of a method's many other
+    runs, thousands at 10,000 runs): without the spec summary, which the label words and the
+    run's details give (a megabyte of chart otherwise)."""
     labels = T.run_labels(part)
+    specs = part["spec"] if with_spec else [None] * len(part)
     return [hover_text(run, source, spec, f"{label} on {dataset}: PPL "
                                           f"{T.format_value(value, 'ppl')}")
             for run, source, spec, label, dataset, value in zip(
-                part["run_id"], part["source_label"], part["spec"], labels, part["dataset"],
+                part["run_id"], part["source_label"], specs, labels, part["dataset"],
                 part["value"], strict=True)]
 
 
@@ -276,7 +294,7 @@ def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right:
             label += f" · {rec['model']} {T.dataset_label(rec['dataset'])}"
         hover = hover_text(rec["run_id"], rec["source_label"], rec["spec"],
                            f"Dense on {rec['dataset']}: PPL {rec['value']:.2f}")
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=[0, right], y=[rec["value"]] * 2, name=label,
             mode="lines+markers+text" if len(levels) == 1 else "lines+markers",
             text=["", label], textposition="bottom left", textfont={"size": 10},
@@ -293,7 +311,7 @@ COLLAPSED_NAME = "collapsed (PPL ≥ vocabulary size)"
 def _add_diverged(fig: go.Figure, diverged: pd.DataFrame, top: float) -> None:
     if diverged.empty:
         return
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter",
         x=_x_of(diverged), y=[top] * len(diverged), mode="markers+text",
         name="diverged (no finite PPL)",
         text=[f"{T.method_label(m)}: diverged" for m in diverged["method"]],
@@ -310,7 +328,7 @@ def _add_collapsed(fig: go.Figure, collapsed: pd.DataFrame, top: float) -> None:
     chart (their stored value only in the hover text: it is no point on the axis)."""
     if collapsed.empty:
         return
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter",
         x=_x_of(collapsed), y=[top] * len(collapsed), mode="markers+text",
         name=COLLAPSED_NAME,
         text=[f"{T.method_label(m)}: {T.COLLAPSED}" for m in collapsed["method"]],
@@ -348,7 +366,7 @@ def retention_chart(table: T.Table) -> go.Figure:
     fig = go.Figure()
     for origin, part in frame.groupby("Origin", sort=False):
         published = origin == T.ORIGIN_NAMES["published"]
-        fig.add_trace(go.Bar(
+        fig.add_trace(_trace("bar",
             y=[_bar_label(r) for r in part.to_dict("records")], x=part["Retention"] * 100,
             orientation="h", name="Published (hatched)" if published else "Own runs",
             marker={"color": [method_color(m, i) for i, m in enumerate(part["_method"])],
@@ -394,7 +412,7 @@ def per_task_chart(long: pd.DataFrame) -> go.Figure:
                     for t in tasks if t not in set(part["dataset"])]
         ok = [r["status"] == "ok" and not pd.isna(r["value"]) for r in records]
         half = [_half_width(r) if good else math.nan for r, good in zip(records, ok, strict=True)]
-        fig.add_trace(go.Bar(
+        fig.add_trace(_trace("bar",
             x=[r["dataset"] for r in records],
             y=[r["value"] * 100 if good else 0 for r, good in zip(records, ok, strict=True)],
             error_y={"type": "data", "array": half, "color": "#555", "thickness": 1,
@@ -551,7 +569,7 @@ def _add_finals(fig: go.Figure, finals: pd.DataFrame, goal: float | None) -> Non
     if others.empty:
         return
     x = [a if not pd.isna(a) else goal for a in others["Actual sparsity"]]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter",
         x=x, y=others["Score"], mode="markers+text", name="best / AVG (full dataset)",
         text=others["Config"], textposition="middle right",
         marker={"symbol": "star", "size": 15, "color": "#17becf",
@@ -572,7 +590,7 @@ def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
                   frame.get("_search", pd.Series([None] * len(frame))), strict=True)]
     fig = go.Figure()
     for column, color in (("AVG %", "#17becf"), ("Best %", "#1f77b4")):
-        fig.add_trace(go.Bar(y=labels, x=frame[column], name=column.replace(" %", ""),
+        fig.add_trace(_trace("bar", y=labels, x=frame[column], name=column.replace(" %", ""),
                              orientation="h", marker_color=color,
                              text=[T.format_value(v, "percent") for v in frame[column]],
                              textposition="outside", cliponaxis=False))
@@ -580,7 +598,7 @@ def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
                for label, text in zip(labels, summary.text(name), strict=True)
                if text == T.NO_VALUE]
     if missing:
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             y=[m[0] for m in missing], x=[2] * len(missing), mode="text", showlegend=False,
             text=[f"{name}: no value" for _, name in missing], textposition="middle right",
             textfont={"color": "#b00020"}, hoverinfo="skip"))
@@ -615,7 +633,7 @@ def compute_time_chart(long: pd.DataFrame, title: str = "Pruning time") -> go.Fi
                                  zip(long["model"], long["sparsity"], strict=True)))
     for index, (method, part) in enumerate(long.groupby("method", sort=False)):
         base = part["spec"].iloc[0].get("method", "") if len(part) else ""
-        fig.add_trace(go.Bar(
+        fig.add_trace(_trace("bar",
             x=[f"{m} · {s}" for m, s in zip(part["model"], part["sparsity"], strict=True)],
             y=part["seconds"], name=method, marker_color=method_color(base, index),
             text=[f"{v:.1f}" for v in part["seconds"]], textposition="outside",
@@ -684,7 +702,7 @@ def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -
         color = (METHOD_COLORS["coreinfer"] if str(config) == "CoreInfer"
                  else PALETTE[i % len(PALETTE)])
         run = int(part["run_id"].iloc[0])
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=part["block"], y=part["configured"], mode="lines+markers",
             name=f"{config}: configured", line={"color": color},
             hovertext=[f"run {run}<br>{config}, block {b}: configured {v:.3f}"
@@ -692,7 +710,7 @@ def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -
             hoverinfo="text"))
         measured = part[part["measured"].notna()]
         if not measured.empty:
-            fig.add_trace(go.Scatter(
+            fig.add_trace(_trace("scatter",
                 x=measured["block"], y=measured["measured"], mode="lines+markers",
                 name=f"{config}: measured", line={"color": color, "dash": "dot"},
                 marker={"symbol": "circle-open"},
@@ -728,7 +746,7 @@ def block_targets_chart(table: T.Table, owl_targets: Mapping[int, float] | None 
                                 frame["Most pruned linear"], strict=True)]
     if owl:
         blocks = sorted(owl)
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=blocks, y=[owl[b] * 100 for b in blocks], mode="lines+markers",
             name="OWL target", line={"color": "#ff7f0e", "width": 2},
             marker={"symbol": "diamond", "size": 8, "color": "#ff7f0e"},
@@ -762,14 +780,14 @@ def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.F
     bad = cells.drop(index=ok.index)
     fig = go.Figure()
     if not ok.empty:
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=ok[param], y=ok["ppl"], mode="markers", name="cell",
             marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
             hovertext=[_sweep_hover(r, params) for r in ok.to_dict("records")],
             hoverinfo="text"))
     top = float(ok["ppl"].max()) * 2 if not ok.empty else 10.0
     if not bad.empty:
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter",
             x=bad[param], y=[top] * len(bad), mode="markers+text", name="no usable PPL",
             text=[str(s) for s in bad["status"]], textposition="bottom center",
             textfont={"size": 10, "color": "#b00020"},

@@ -47,26 +47,37 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
         df = df[df["run_status"].isna() | (df["run_status"] == "done")]
     df = df.reset_index(drop=True).astype({c: object for c in df.columns
                                            if isinstance(df[c].dtype, pd.StringDtype)})
-    raw = df["spec"] if "spec" in df else pd.Series([None] * len(df), index=df.index)
+    codes, firsts = _run_rows(df, bool(frame.attrs.get(queries.PER_RUN)))
+    raw = (df["spec"].to_numpy(dtype=object)[firsts].tolist() if "spec" in df
+           else [None] * len(firsts))
     keys = [s if isinstance(s, str) or s is None else json.dumps(s, sort_keys=True, default=str)
             for s in raw]
-    inputs = [keys, *(df[c].tolist() if c in df else [None] * len(df) for c in _LABEL_INPUTS)]
+    inputs = [keys, *(df[c].to_numpy(dtype=object)[firsts].tolist() if c in df
+                      else [None] * len(firsts) for c in _LABEL_INPUTS)]
     if "origin" not in df:  # frames not read from the store: own rows
-        inputs[1] = ["own"] * len(df)
+        inputs[1] = ["own"] * len(firsts)
     seen: dict[tuple, int] = {}
-    codes = np.fromiter((seen.setdefault(c, len(seen)) for c in zip(*inputs, strict=True)),
-                        dtype=np.int64, count=len(df))
+    distinct = np.fromiter((seen.setdefault(c, len(seen)) for c in zip(*inputs, strict=True)),
+                           dtype=np.int64, count=len(firsts))[codes]
     labels = _run_labels(list(seen), "method" in df, "run_settings" in df)
     for name, values in labels.items():
-        df[name] = pd.Series(_object_array(values)[codes], index=df.index, dtype=object)
+        df[name] = pd.Series(_object_array(values)[distinct], index=df.index, dtype=object)
     if "method" in df:
         df["dense"] = ((df["pattern"] == "dense") | (df["method"] == "dense")).astype(bool)
-    info = {key: _spec_info(key) for key in dict.fromkeys(keys)}
     for key, column in SETTING_COLUMNS.items():  # frames not read from the store
         if column not in df:
-            values = {k: setting_value(found[0].get(key)) for k, found in info.items()}
-            df[column] = pd.Series([values[k] for k in keys], index=df.index, dtype=object)
+            values = _object_array([setting_value(_spec_info(k)[0].get(key)) for k in keys])
+            df[column] = pd.Series(values[codes], index=df.index, dtype=object)
     return df
+
+
+def _run_rows(df: pd.DataFrame, per_run: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's run (a code) and the first row of each: by ``run_id`` for rows whose run
+    columns are their run's (``queries.PER_RUN``: read from the store), else one run per row."""
+    if not per_run or "run_id" not in df:
+        return np.arange(len(df)), np.arange(len(df))
+    codes, _ = pd.factorize(df["run_id"].to_numpy())
+    return codes, np.unique(codes, return_index=True)[1]
 
 
 #: The run columns the labels are worked out from (with the spec), in ``_run_labels``' order.
@@ -76,25 +87,33 @@ _LABEL_INPUTS = ("origin", "source", "method", "sparsity", "pattern", "variant",
 def _run_labels(runs: list[tuple], has_method: bool, has_settings: bool
                 ) -> dict[str, list[Any]]:
     """The labels of each distinct (spec, ``_LABEL_INPUTS``...) of ``prepare``."""
-    out: dict[str, list[Any]] = {name: [] for name in (
-        "spec", "group", "origin_label", "source_label", "settings", "table", "evaluation")}
-    if has_method:
-        out.update(method_label=[], sparsity_label=[], run_label=[])
-    for key, origin, source, method, sparsity, pattern, variant, own in runs:
-        parsed, settings_text, table, evaluation = _spec_info(key)
-        published = origin == "published" and isinstance(source, str) and source
-        out["spec"].append(parsed)
-        out["group"].append(source if published else OWN_GROUP)
-        out["origin_label"].append(ORIGIN_NAMES.get(origin, str(origin)))
-        out["source_label"].append(source if isinstance(source, str) and source else "")
-        out["settings"].append(own if has_settings and isinstance(own, str) else settings_text)
-        out["table"].append(table)
-        out["evaluation"].append(evaluation)
-        if has_method:
-            out["method_label"].append(method_label(method))
-            out["sparsity_label"].append(sparsity_label(sparsity, pattern, method))
-            out["run_label"].append(run_label(method, sparsity, pattern, variant))
-    return out
+    names = ["spec", "group", "origin_label", "source_label", "settings", "table",
+             "evaluation", *(["method_label", "sparsity_label", "run_label"] if has_method
+                             else [])]
+    rows = [_run_info(run, has_method, has_settings) for run in runs]
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+@functools.lru_cache(maxsize=200_000)
+def _run_info(run: tuple, has_method: bool, has_settings: bool) -> tuple:
+    """The labels of one distinct run (spec text and ``_LABEL_INPUTS``), once per process: a
+    stored run's columns never change (the spec dict is shared, so read only)."""
+    key, origin, source, method, sparsity, pattern, variant, own = run
+    parsed, settings_text, table, evaluation = _spec_info(key)
+    published = origin == "published" and isinstance(source, str) and source
+    info = (parsed, source if published else OWN_GROUP, ORIGIN_NAMES.get(origin, str(origin)),
+            source if isinstance(source, str) and source else "",
+            own if has_settings and isinstance(own, str) else settings_text, table, evaluation)
+    if not has_method:
+        return info
+    return (*info, method_label(method), sparsity_label(sparsity, pattern, method),
+            run_label(method, sparsity, pattern, variant))
+
+
+def texts(values: list[str | None]) -> np.ndarray:
+    """A list of texts as an object array: a frame column of it stays plain Python strings
+    (pandas converts a list of strings to Arrow, and the tables convert back)."""
+    return np.array(values, dtype=object)
 
 
 def _object_array(values: list[Any]) -> np.ndarray:
@@ -136,12 +155,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
-    """Remember a function of a frame (its first argument) and hashable other arguments for the
-    same frame object: a report asks for the same per-task rows several times.  The result is
-    shared (read only); the frame is held, so an id is never confused with a later frame's.
-    Safe across the server's session threads (the bookkeeping is locked, not the work)."""
+    """Remember a function of a frame (its first argument), other frames and hashable other
+    arguments for the same frame objects: a report asks for the same per-task rows several
+    times.  The result is shared (read only); the frames are held, so an id is never confused
+    with a later frame's.  Safe across the server's session threads (the bookkeeping is
+    locked, not the work)."""
     def decorate(function: F) -> F:
-        kept: collections.OrderedDict[tuple, tuple[pd.DataFrame, Any]] = (
+        kept: collections.OrderedDict[tuple, tuple[list[pd.DataFrame], Any]] = (
             collections.OrderedDict())
         lock = threading.Lock()
         signature = inspect.signature(function)
@@ -150,19 +170,21 @@ def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
         def cached(frame: pd.DataFrame, *args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(frame, *args, **kwargs)
             bound.apply_defaults()
-            key = (id(frame), *list(bound.arguments.values())[1:])
+            values = list(bound.arguments.values())
+            frames = [v for v in values if isinstance(v, pd.DataFrame)]
+            key = tuple(("frame", id(v)) if isinstance(v, pd.DataFrame) else v for v in values)
             try:
                 hash(key)
             except TypeError:  # an argument that cannot be hashed (a list): not remembered
                 return function(frame, *args, **kwargs)
             with lock:
                 hit = kept.get(key)
-                if hit is not None and hit[0] is frame:
+                if hit is not None and all(a is b for a, b in zip(hit[0], frames, strict=True)):
                     kept.move_to_end(key)
                     return hit[1]
             value = function(frame, *args, **kwargs)
             with lock:
-                kept[key] = (frame, value)
+                kept[key] = (frames, value)
                 while len(kept) > maxsize:
                     kept.popitem(last=False)
             return value
@@ -172,14 +194,13 @@ def frame_cache(maxsize: int = 16) -> Callable[[F], F]:
 
 def per_value(compute: Callable[..., T], *columns: Iterable[Any]) -> list[T]:
     """``compute(*values)`` for each row of ``columns``, worked out once per distinct values."""
-    done: dict[tuple, T] = {}
-    out = []
-    lists = [c.tolist() if isinstance(c, pd.Series | pd.Index) else c for c in columns]
-    for values in zip(*lists, strict=True):
-        if values not in done:
-            done[values] = compute(*values)
-        out.append(done[values])
-    return out
+    lists = [c.tolist() if isinstance(c, pd.Series | pd.Index) else list(c) for c in columns]
+    if len(lists) == 1:  # no tuples to build
+        single = {v: compute(v) for v in dict.fromkeys(lists[0])}
+        return [single[v] for v in lists[0]]
+    keys = list(zip(*lists, strict=True))
+    done = {k: compute(*k) for k in dict.fromkeys(keys)}
+    return [done[k] for k in keys]
 
 
 def session_store(state: MutableMapping[str, Any]) -> Store:
@@ -328,7 +349,7 @@ def _missing_last(key: Any) -> tuple:
 def _ranks(keys: list[Any]) -> np.ndarray:
     """Each key's rank among the distinct keys (equal keys, equal ranks; missing ones last)."""
     order = {k: i for i, k in enumerate(sorted(set(keys), key=_missing_last))}
-    return np.fromiter((order[k] for k in keys), dtype=np.int64, count=len(keys))
+    return np.array([order[k] for k in keys], dtype=np.int64)
 
 
 def load_layer_stats(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:

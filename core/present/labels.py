@@ -9,7 +9,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -117,12 +117,17 @@ class Table:
         return kind
 
     def _blank(self, column: str, kind: str) -> bool:
-        """Whether every cell of a column shows blank (checked once per distinct cell)."""
-        cells = zip(self.frame[column].to_numpy(dtype=object),
-                    self.text(column).to_numpy(dtype=object), strict=True)
-        distinct = {(v if isinstance(v, Hashable) else repr(v), t): (v, t) for v, t in cells}
+        """Whether every cell of a column shows blank (each distinct cell checked once)."""
+        cells: Iterable[tuple[Any, Any]] = zip(
+            self.frame[column].to_numpy(dtype=object).tolist(),
+            self.text(column).to_numpy(dtype=object).tolist(), strict=True)
+        try:
+            cells = dict.fromkeys(cells)
+        except TypeError:  # a cell that cannot be hashed (a list): every cell is checked
+            cells = zip(self.frame[column].to_numpy(dtype=object).tolist(),
+                        self.text(column).to_numpy(dtype=object).tolist(), strict=True)
         return not any((t if isinstance(t, str) else format_value(v, kind)).strip()
-                       for v, t in distinct.values())
+                       for v, t in cells)
 
 
 def _positions(rows: slice | None, length: int) -> slice:

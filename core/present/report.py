@@ -61,6 +61,7 @@ class Block:
     chart: str = ""  # what the page may draw here: 'perplexity:<dataset>', 'zero_shot', ...
     #: A 'charts' block: (label, chart) pairs the page offers one at a time (``text`` asks).
     choices: list[tuple[str, str]] = field(default_factory=list)
+    section: str = ""  # which of ``SECTIONS`` the block belongs to ('' for the intro)
 
 
 @dataclass
@@ -72,6 +73,10 @@ class Report:
     @property
     def empty(self) -> bool:
         return not any(b.kind in ("table", "bullets") for b in self.blocks)
+
+    def section(self, name: str) -> list[Block]:
+        """The blocks of one of ``SECTIONS`` ('' for the title and intro)."""
+        return [b for b in self.blocks if b.section == name]
 
     def markdown(self) -> str:
         """The whole report as Markdown (tables as pipe tables, notes in italics)."""
@@ -178,6 +183,7 @@ def _reported(rows: pd.DataFrame, runs: frozenset[int]) -> pd.DataFrame:
     return rows if keep.all() else rows[keep]
 
 
+@tables.frame_cache()
 def _report_rows(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, group: str,
                  evaluation: str | None, metric: str = "acc"
                  ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -372,17 +378,15 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
     long = (tables.per_task_long(zs, model, level, metric, evaluation=evaluation)
             if not zs.empty else pd.DataFrame())
     results, dense = [], {}
+    latest_ppl = _latest_ppl_runs(at_level[0])
+    runs, settings = _method_runs(at_level)
     for method in sorted(methods, key=tables._method_rank):
         label = methods[method][0]
         (ppl_values, collapsed, nlls), (dense_ppl, dense_collapsed, dense_nlls) = _method_ppl(
-            at_level[0], ppl_frame, method)
+            latest_ppl.get(method, []), ppl_frame)
         (tasks, task_se), (dense_tasks, dense_se) = _method_tasks(long, method)
-        run = None
-        for frame in at_level:  # the latest run of the method at this level
-            if run is None and not frame.empty:
-                mine = frame[frame["method"] == method]
-                run = int(mine["run_id"].max()) if not mine.empty else None
-        if _variants(at_level, method) > 1 and run is not None:
+        run = runs.get(method)
+        if len(settings.get(method, ())) > 1 and run is not None:
             label += f" (run {run})"  # several settings at this sparsity: name the one used
         results.append(findings.Result(label, ppl_values, tasks, run, collapsed, task_se, nlls))
         if dense_ppl or dense_tasks:
@@ -394,13 +398,20 @@ def level_results(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
     return results, dense, reference
 
 
-def _variants(frames: Sequence[pd.DataFrame], method: str) -> int:
-    """How many distinct settings ``method`` has among its runs in ``frames`` (one level's)."""
-    found = set()
+def _method_runs(frames: Sequence[pd.DataFrame]) -> tuple[dict[str, int], dict[str, set]]:
+    """Per method of ``frames`` (one level's): its latest run in the first frame that has it,
+    and the distinct settings of its runs in all of them."""
+    runs: dict[str, int] = {}
+    settings: dict[str, set] = {}
     for frame in frames:
-        if not frame.empty:
-            found |= set(frame.loc[frame["method"] == method, "settings"])
-    return len(found)
+        if frame.empty:
+            continue
+        for method, run in frame.groupby("method", sort=False)["run_id"].max().items():
+            runs.setdefault(method, int(run))
+        for method, setting in zip(frame["method"].tolist(), frame["settings"].tolist(),
+                                   strict=True):
+            settings.setdefault(method, set()).add(setting)
+    return runs, settings
 
 
 #: Perplexities by dataset, the datasets among them that collapsed, and the per-window NLLs
@@ -422,16 +433,28 @@ def _add_ppl(into: _PplParts, dataset: str, rec: Mapping[str, Any]) -> None:
             into[2][dataset] = list(rec["_nlls"])
 
 
-def _method_ppl(ppl: pd.DataFrame, frame: pd.DataFrame, method: str) -> tuple[_Ppl, _Ppl]:
-    """The latest run of ``method`` (in ``ppl``: one level's rows) per dataset, and its dense
-    baseline's, from the perplexity table's ``frame``."""
+def _latest_ppl_runs(ppl: pd.DataFrame) -> dict[str, list[tuple[str, int]]]:
+    """Per method of one level's perplexity rows, its latest pruned run per dataset (datasets
+    in the order the rows first name them)."""
+    if ppl.empty:
+        return {}
+    pruned = ppl[~ppl["dense"].astype(bool)]
+    latest: dict[str, list[tuple[str, int]]] = {}
+    for (method, dataset), run in pruned.groupby(["method", "dataset"], sort=False)[
+            "run_id"].max().items():
+        latest.setdefault(method, []).append((dataset, int(run)))
+    return latest
+
+
+def _method_ppl(latest: Sequence[tuple[str, int]], frame: pd.DataFrame) -> tuple[_Ppl, _Ppl]:
+    """A method's perplexities from its ``latest`` (dataset, run) pairs of one level, and its
+    dense baseline's, from the perplexity table's ``frame``."""
     mine_parts: _PplParts = ({}, set(), {})
     dense_parts: _PplParts = ({}, set(), {})
-    if not ppl.empty and not frame.empty:
+    if latest and not frame.empty:
         rows = _table_rows(frame)
-        pruned = ppl[(ppl["method"] == method) & ~ppl["dense"].astype(bool)]
-        for dataset, part in pruned.groupby("dataset", sort=False):
-            rec = rows.get((int(part["run_id"].max()), dataset))
+        for dataset, run in latest:
+            rec = rows.get((run, dataset))
             if rec is None:
                 continue
             _add_ppl(mine_parts, dataset, rec)
@@ -461,8 +484,7 @@ def _method_tasks(long: pd.DataFrame, method: str) -> tuple[_Tasks, _Tasks]:
     those of its dense baseline."""
     if long.empty:
         return ({}, {}), ({}, {})
-    pruned = long[(long["role"] == "pruned") & (long["method"] == method)]
-    records = _records(pruned)
+    records = _pruned_records(long).get(method, [])
     tasks = ({r["dataset"]: tables._value(r) for r in records},
              {r["dataset"]: tables.score_stderr(r) for r in records})
     dense_cells, dense_runs = _dense_cells(long)
@@ -485,6 +507,16 @@ _CELL_COLUMNS = ("dataset", "status", "value", "stderr", "baseline_run", "run_id
 
 def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return rows[[c for c in _CELL_COLUMNS if c in rows]].to_dict("records")
+
+
+@tables.frame_cache()
+def _pruned_records(long: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """The pruned rows of a per-task frame by method (read only)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    pruned = long[long["role"] == "pruned"]
+    for method, rec in zip(pruned["method"].tolist(), _records(pruned), strict=True):
+        found.setdefault(method, []).append(rec)
+    return found
 
 
 @tables.frame_cache()
@@ -518,7 +550,7 @@ def level_findings(ppl: pd.DataFrame, zs: pd.DataFrame, model: str, level: str,
 def layer_findings_for(stats: pd.DataFrame, run_id: int) -> list[findings.Finding]:
     """Findings for one run's layer statistics: from per-block values when stored, else from the
     stored summary."""
-    df = stats[stats["run_id"] == run_id] if not stats.empty else stats
+    df = tables.run_stats(stats, run_id)
     if df.empty:
         return []
     rec = df.iloc[0]
@@ -535,9 +567,12 @@ def layer_findings_for(stats: pd.DataFrame, run_id: int) -> list[findings.Findin
 
 def block_values(stats: pd.DataFrame, stat: str) -> dict[int, float]:
     """Per-block values of one statistic ('sparsity', 'owl_target') of one run's rows."""
-    part = stats[(stats["layer"] == "block") & (stats["stat"] == stat)] if not stats.empty \
-        else stats
-    return {int(b): float(v) for b, v in zip(part["block"], part["value"], strict=True)
+    if stats.empty:
+        return {}
+    mine = (stats["layer"].to_numpy() == "block") & (stats["stat"].to_numpy() == stat)
+    return {int(b): float(v) for b, v in zip(stats["block"].to_numpy()[mine].tolist(),
+                                              stats["value"].to_numpy()[mine].tolist(),
+                                              strict=True)
             if not tables._isna(b) and not tables._isna(v)}
 
 
@@ -585,22 +620,48 @@ class _Writer:
         self.add(Block("table", table=table, lines=notes, name=name, chart=chart))
 
 
-def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame, model: str, group: str,
-          metric: str = "acc", evaluation: str | None = None) -> Report:
+#: The report's sections, in order (the page shows one at a time; the download has all).
+SECTIONS = ("Perplexity", "Zero-shot", "Key findings", "Per-task", "Layer statistics")
+
+
+def build(ppl: pd.DataFrame, zs: pd.DataFrame, stats: pd.DataFrame | None, model: str,
+          group: str, metric: str = "acc", evaluation: str | None = None,
+          sections: Sequence[str] | None = None) -> Report:
     """The report of ``model`` from ``group`` (prepared frames of ``tables.load_metrics`` for
-    'perplexity' and 'zero_shot' and of ``tables.load_layer_stats``)."""
+    'perplexity' and 'zero_shot' and of ``tables.load_layer_stats``): its title and intro,
+    then every one of ``SECTIONS`` that has results, or only ``sections`` when given."""
     ppl, zs, hidden = _report_rows(ppl, zs, model, group, evaluation, metric)
-    stats = _part(stats, model, group)
     report = Report(model, group)
     out = _Writer(report)
     _add_intro(out, model, group, evaluation, hidden)
-    _add_perplexity(out, ppl)
-    _add_zero_shot(out, zs, metric)
     levels = _levels(ppl, zs)
-    _add_key_findings(out, ppl, zs, model, levels, metric, evaluation)
-    _add_per_task(out, zs, model, levels, metric, evaluation)
-    _add_layer_statistics(out, stats)
+    adders = {
+        "Perplexity": lambda: _add_perplexity(out, ppl),
+        "Zero-shot": lambda: _add_zero_shot(out, zs, metric),
+        "Key findings": lambda: _add_key_findings(out, ppl, zs, model, levels, metric,
+                                                  evaluation),
+        "Per-task": lambda: _add_per_task(out, zs, model, levels, metric, evaluation),
+        "Layer statistics": lambda: _add_layer_statistics(out, _part(stats, model, group)),
+    }
+    for name in SECTIONS:
+        if sections is None or name in sections:
+            start = len(report.blocks)
+            adders[name]()
+            for block in report.blocks[start:]:
+                block.section = name
     return report
+
+
+def available_sections(ppl: pd.DataFrame, zs: pd.DataFrame, layer_runs: pd.DataFrame,
+                       model: str, group: str, metric: str = "acc",
+                       evaluation: str | None = None) -> list[str]:
+    """The ``SECTIONS`` a report of ``model`` from ``group`` has rows for (``layer_runs``: the
+    rows of ``tables.load_layer_runs``), without building them."""
+    ppl, zs, _ = _report_rows(ppl, zs, model, group, evaluation, metric)
+    found = {"Perplexity": bool(_datasets(ppl)), "Zero-shot": not zs.empty,
+             "Key findings": bool(_levels(ppl, zs)), "Per-task": not zs.empty,
+             "Layer statistics": not _part(layer_runs, model, group).empty}
+    return [name for name in SECTIONS if found[name]]
 
 
 def _add_intro(out: _Writer, model: str, group: str, evaluation: str | None,
@@ -621,13 +682,20 @@ def _add_intro(out: _Writer, model: str, group: str, evaluation: str | None,
 
 
 def _add_perplexity(out: _Writer, ppl: pd.DataFrame) -> None:
-    """One perplexity section per dataset that has a non-empty table."""
+    """One perplexity section per dataset that has a non-empty table, then their charts (one
+    at a time)."""
+    charts = []
     for dataset in _datasets(ppl):
         table = perplexity_section_table(ppl, dataset)
         if table.empty:
             continue
-        out.add(Block("heading", 2, f"Perplexity Results ({findings.dataset_name(dataset)})"))
-        out.table(table, f"report-perplexity-{dataset}", f"perplexity:{dataset}")
+        name = findings.dataset_name(dataset)
+        out.add(Block("heading", 2, f"Perplexity Results ({name})"))
+        out.table(table, f"report-perplexity-{dataset}")
+        charts.append((name, f"perplexity:{dataset}"))
+    if charts:
+        out.add(Block("charts", text="Perplexity chart of the dataset", name="report-ppl-chart",
+                      choices=charts))
 
 
 def _add_zero_shot(out: _Writer, zs: pd.DataFrame, metric: str) -> None:
@@ -745,7 +813,7 @@ def layer_chart(stats: pd.DataFrame, run_id: int) -> Any:
     values); hover names the run and its spec."""
     from core.present import charts
 
-    run_stats = stats[stats["run_id"] == run_id] if not stats.empty else stats
+    run_stats = tables.run_stats(stats, run_id)
     blocks = tables.block_sparsity_table(stats, run_id)
     if blocks.empty or run_stats.empty:
         return None

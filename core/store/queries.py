@@ -15,6 +15,10 @@ _RUN_COLUMNS = """r.id AS run_id, r.origin, r.source, r.kind AS run_kind, r.mode
                   r.settings AS run_settings"""
 
 
+#: A frame attribute: every row carries its run's columns as read from the runs table (so
+#: rows of one run id have the same run columns, which ``prepare`` works with once per run).
+PER_RUN = "sparsebench_per_run"
+
 #: The ids of archived runs (a subquery).
 ARCHIVED = "SELECT id FROM runs WHERE archived_at IS NOT NULL"
 
@@ -67,18 +71,22 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
     return _with_run_columns(rows, runs)
 
 
-def _with_run_columns(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (metric rows) with their run's ``_METRIC_RUN_COLUMNS`` after ``run_id``."""
+def _with_run_columns(rows: pd.DataFrame, runs: pd.DataFrame,
+                      names: Sequence[str] = _METRIC_RUN_COLUMNS) -> pd.DataFrame:
+    """``rows`` (metric or layer rows, each of a run in ``runs``) with their run's columns
+    ``names`` after ``run_id``."""
     at = pd.Index(runs["id"].to_numpy()).get_indexer(rows["run_id"].to_numpy())
     columns: dict[str, Any] = {"run_id": rows["run_id"]}
-    for name in _METRIC_RUN_COLUMNS:
+    for name in names:
         values = runs[name]
         taken = values.to_numpy()[at] if not isinstance(values.dtype, pd.api.extensions.
                                                           ExtensionDtype) else values.take(at)
         columns[name] = pd.Series(taken, dtype=values.dtype, copy=False)
     for name in rows.columns[1:]:
         columns[name] = rows[name]
-    return pd.DataFrame(columns)
+    frame = pd.DataFrame(columns)
+    frame.attrs[PER_RUN] = True
+    return frame
 
 
 def object_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -105,30 +113,45 @@ def object_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+#: The run columns each layer row carries (read once per run, as for metric rows).
+_LAYER_RUN_COLUMNS = ("origin", "source", "run_kind", "model", "method", "sparsity", "pattern",
+                      "spec", "run_status", "variant", "run_settings")
+
+
 def layer_stat_rows(store: Store, run_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """Layer statistics rows with their run's columns (of ``run_ids`` only, when given)."""
+    """Layer statistics rows with their run's columns (of ``run_ids`` only, when given); each
+    run's columns are read once and shared by its rows."""
     where, params = "", []
     if run_ids is not None:
         if not run_ids:
             where = "WHERE false"
         else:
-            where = f"WHERE l.run_id IN ({', '.join('?' for _ in run_ids)})"
-            params = [int(i) for i in run_ids]
-    return store.frame(
-        f"""SELECT {_RUN_COLUMNS}, l.block, l.layer, l.stat, l.value, l.raw, l.note
-            FROM layer_stats l JOIN runs r ON r.id = l.run_id {where}
-            ORDER BY r.id, l.block, l.layer""", params)
+            where = "WHERE list_contains(?, l.run_id)"
+            params = [[int(i) for i in run_ids]]
+    with store.connect() as con:
+        rows = object_frame(con.execute(
+            f"""SELECT l.run_id, l.block, l.layer, l.stat, l.value, l.raw, l.note
+                FROM layer_stats l JOIN runs r ON r.id = l.run_id {where}
+                ORDER BY l.run_id, l.block, l.layer""", params).fetchnumpy())
+        runs = object_frame(con.execute(
+            f"""SELECT r.id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
+                       r.sparsity, r.pattern, r.spec, r.status AS run_status, r.variant,
+                       r.settings AS run_settings
+                FROM runs r WHERE r.id IN (SELECT DISTINCT l.run_id FROM layer_stats l
+                                           {where})""", params).fetchnumpy())
+    return _with_run_columns(rows, runs, _LAYER_RUN_COLUMNS)
 
 
 def layer_stat_runs(store: Store, model: str | None = None) -> pd.DataFrame:
     """One row per run that has layer statistics (archived runs left out; of ``model`` only,
     when given): its run's columns and ``blocks``, the number of blocks with a measured block
     sparsity (from the summaries stored with the rows)."""
-    return store.frame(
-        f"""SELECT {_RUN_COLUMNS}, s.blocks
-            FROM layer_summaries s JOIN runs r ON r.id = s.run_id
-            WHERE r.archived_at IS NULL AND (? IS NULL OR r.model = ?) ORDER BY r.id""",
-        [model, model])
+    with store.connect() as con:
+        return object_frame(con.execute(
+            f"""SELECT {_RUN_COLUMNS}, s.blocks
+                FROM layer_summaries s JOIN runs r ON r.id = s.run_id
+                WHERE r.archived_at IS NULL AND (? IS NULL OR r.model = ?) ORDER BY r.id""",
+            [model, model]).fetchnumpy())
 
 
 def result_subjects(store: Store) -> pd.DataFrame:

@@ -115,6 +115,7 @@ from core.present.tables.layers import (
     block_sparsity_table,
     layer_runs,
     layer_summary_table,
+    run_stats,
 )
 from core.present.tables.perplexity import (
     PPL_COLUMNS,
@@ -251,4 +252,5 @@ __all__ = [
     "layer_runs",
     "block_sparsity_table",
     "layer_summary_table",
+    "run_stats",
 ]

@@ -120,10 +120,10 @@ def grid_frame(cells: pd.DataFrame, rows: list[str], columns: list[str], absent:
             index=rows, columns=columns)
 
     numbers, texts, here = grid("_value"), grid("_text"), grid("_here")
-    frame = pd.DataFrame({"Method": rows})
+    data: dict[str, Any] = {"Method": rows}
     for col in columns:
-        frame[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
-        frame[TEXT + col] = [t if h else absent for t, h in
-                             zip(texts[col].to_numpy(dtype=object), here[col].notna(),
-                                 strict=True)]
-    return frame, dict.fromkeys(columns, "ppl")
+        data[col] = numbers[col].to_numpy(dtype=float, na_value=np.nan)
+        data[TEXT + col] = [t if h else absent for t, h in
+                            zip(texts[col].to_numpy(dtype=object), here[col].notna(),
+                                strict=True)]
+    return pd.DataFrame(data), dict.fromkeys(columns, "ppl")

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from core.present.frames import run_labels
+from core.present.frames import frame_cache, run_labels
 from core.present.labels import (
     NO_VALUE,
     TEXT,
@@ -46,8 +46,17 @@ def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
     return runs.sort_values("_key")[cols].reset_index(drop=True)
 
 
-def _run_stats(stats: pd.DataFrame, run_id: int) -> pd.DataFrame:
-    return stats[stats["run_id"] == run_id] if not stats.empty else stats
+def run_stats(stats: pd.DataFrame, run_id: int) -> pd.DataFrame:
+    """The layer-statistics rows of one run (read only)."""
+    if stats.empty:
+        return stats
+    return _by_run(stats).get(int(run_id), stats.iloc[0:0])
+
+
+@frame_cache()
+def _by_run(stats: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The rows of each run, split once for every table and chart of the runs on screen."""
+    return {int(run): part for run, part in stats.groupby("run_id", sort=False)}
 
 
 def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
@@ -57,7 +66,7 @@ def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
             "Most pruned linear"]
     formats = {"Block": "int", "Sparsity": "pct", "Δ from target (points)": "points",
                "Linears": "int"}
-    df = _run_stats(stats, run_id)
+    df = run_stats(stats, run_id)
     blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity")] if not df.empty else df
     if blocks.empty:
         return Table(pd.DataFrame(columns=cols), formats,
@@ -108,10 +117,12 @@ def layer_summary_table(stats: pd.DataFrame, run_id: int) -> Table:
     summary is computed from them (and says so)."""
     cols = ["Statistic", "Sparsity", "Block", "Note"]
     formats = {"Sparsity": "pct", "Block": "int"}
-    df = _run_stats(stats, run_id)
+    df = run_stats(stats, run_id)
     if df.empty:
         return Table(pd.DataFrame(columns=cols), formats)
-    stored = {r["stat"]: r for r in df[df["layer"] == "model"].to_dict("records")}
+    model_rows = df.loc[df["layer"] == "model", [c for c in ("stat", "value", "block", "note")
+                                                  if c in df]]
+    stored = {r["stat"]: r for r in model_rows.to_dict("records")}
     blocks = df[(df["layer"] == "block") & (df["stat"] == "sparsity") & df["value"].notna()]
     computed = _block_summary(blocks)
     out = []

@@ -16,6 +16,7 @@ from core.present.frames import (
     latest_runs,
     per_value,
     run_labels,
+    texts,
 )
 from core.present.labels import (
     BASELINE,
@@ -72,18 +73,19 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     delta_text = np.select([status == "diverged", status == "collapsed", dense, computed],
                            [DIVERGED, COLLAPSED, BASELINE, None], default="").astype(object)
     ppl_ci, delta_ci, within = _intervals(df, np.where(has, take, -1), status == "ok", computed)
-    frame = pd.DataFrame({
+    frame = pd.DataFrame({  # text as object columns (pandas would convert lists to Arrow)
         "Model": df["model"].to_numpy(dtype=object),
-        "Dataset": per_value(dataset_name, df["dataset"]),
+        "Dataset": texts(per_value(dataset_name, df["dataset"])),
         "_dataset": df["dataset"].to_numpy(dtype=object),
-        "Method": run_labels(df),
-        "PPL": value, TEXT + "PPL": per_value(_cell_text, status), PPL_INTERVAL: ppl_ci,
+        "Method": texts(run_labels(df)),
+        "PPL": value, TEXT + "PPL": texts(per_value(_cell_text, status)),
+        PPL_INTERVAL: texts(ppl_ci),
         "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
-        TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: delta_ci, "_noise": within,
+        TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: texts(delta_ci), "_noise": within,
         "_nlls": df["nlls"].to_numpy(dtype=object) if "nlls" in df else None,
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
         "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
-        "Note": _ppl_notes(df, value, has, base_value, base_run, base_status),
+        "Note": texts(_ppl_notes(df, value, has, base_value, base_run, base_status)),
         "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
         "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
     })
@@ -190,15 +192,16 @@ def grid_row_labels(df: pd.DataFrame) -> list[str]:
 
 
 def _grid_columns(df: pd.DataFrame) -> list[str]:
-    keyed = {c: (sparsity_key(s, p, m), _dataset_key(d)) for c, s, p, m, d in
-             zip(df["_col"], df["sparsity"], df["pattern"], df["method"], df["dataset"],
-                 strict=True)}
+    keys = per_value(lambda s, p, m, d: (sparsity_key(s, p, m), _dataset_key(d)),
+                     df["sparsity"], df["pattern"], df["method"], df["dataset"])
+    keyed = dict(zip(df["_col"], keys, strict=True))  # the last row of each column decides
     return sorted(keyed, key=keyed.__getitem__)
 
 
 def _grid_rows(df: pd.DataFrame) -> list[str]:
-    keyed = {r: (not d, _method_rank(m), natural_key(r)) for r, m, d in
-             zip(df["_row"], df["method"], df["dense"], strict=True)}
+    keys = per_value(lambda r, m, d: (not d, _method_rank(m), natural_key(r)),
+                     df["_row"], df["method"], df["dense"])
+    keyed = dict(zip(df["_row"], keys, strict=True))
     return sorted(keyed, key=keyed.__getitem__)
 
 

@@ -22,6 +22,7 @@ from core.present.frames import (
     evaluation_labels,
     frame_cache,
     latest_runs,
+    per_value,
     run_labels,
 )
 from core.present.labels import (
@@ -75,13 +76,21 @@ def zero_shot_scores(rows: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
 
 
 def _drop_repeated_runs(scores: pd.DataFrame) -> pd.DataFrame:
-    """Drop published runs whose every score repeats an earlier run of the same source."""
-    kept = dedupe_published(scores)
-    counts = scores.groupby("run_id").size()
+    """Drop published runs whose every score repeats an earlier run of the same source (own
+    runs are all kept, and not looked at)."""
+    published = (scores["origin"] == "published").to_numpy(dtype=bool)
+    if not published.any():
+        return scores
+    part = scores[published]
+    kept = dedupe_published(part)
+    if len(kept) == len(part):
+        return scores
+    counts = part.groupby("run_id").size()
     left = kept.groupby("run_id").size().reindex(counts.index, fill_value=0)
     partial = left[(left > 0) & (left < counts)].index
-    return pd.concat([kept, scores[scores["run_id"].isin(partial)].drop(index=kept.index,
-                                                                          errors="ignore")]
+    return pd.concat([scores[~published], kept,
+                      part[part["run_id"].isin(partial)].drop(index=kept.index,
+                                                              errors="ignore")]
                      ).sort_values(["run_id"], kind="stable")
 
 
@@ -265,8 +274,9 @@ def _zs_notes(scores: pd.DataFrame, runs_frame: pd.DataFrame, runs: _RunScores,
 
 def _failed_tasks(scores: pd.DataFrame) -> dict[int, list[str]]:
     """The tasks each run failed (lm-eval raised), in task order."""
-    failed = scores[[is_failed(st, n) for st, n in
-                     zip(scores["status"], scores["note"], strict=True)]]
+    missing = np.flatnonzero((scores["status"] == "missing").to_numpy(dtype=bool))
+    notes = scores["note"].to_numpy(dtype=object)[missing].tolist()
+    failed = scores.iloc[missing[[is_failed("missing", n) for n in notes]]]
     return failed.groupby("run_id")["dataset"].agg(lambda t: sorted(t, key=task_key)).to_dict()
 
 
@@ -307,9 +317,8 @@ def _retention_intervals(kept: _Retention, run_ids: np.ndarray, base_run: np.nda
 
 def _task_note(scores: pd.DataFrame, metric: str) -> str:
     tasks = sorted(set(scores["dataset"]), key=task_key)
-    scored = sorted({t for t, v, st in zip(scores["dataset"], scores["value"], scores["status"],
-                                           strict=True) if st == "ok" and not _isna(v)},
-                    key=task_key)
+    ok = (scores["status"] == "ok").to_numpy(dtype=bool) & scores["value"].notna().to_numpy()
+    scored = sorted(set(scores["dataset"].to_numpy(dtype=object)[ok].tolist()), key=task_key)
     note = (f"Average across {len(scored)} tasks: {', '.join(scored)} ({metric_label(metric)}; "
             "computed from the per-task scores).")
     unscored = [t for t in tasks if t not in scored]
@@ -355,7 +364,12 @@ def per_task_long(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "
     several = long["group"].nunique() > 1
     own_dense = long[(long["role"] == "dense") & (long["group"] == OWN_GROUP)]
     several_dense = own_dense["run_id"].nunique() > 1
-    long["column"] = [_column_label(r, several, several_dense) for r in long.to_dict("records")]
+    variants = long["variant"] if "variant" in long else [None] * len(long)
+    long["column"] = per_value(
+        lambda method, variant, role, group, run: _column_label(
+            method, variant, role == "dense" and group == OWN_GROUP and several_dense,
+            run, group if several else None),
+        long["method"], variants, long["role"], long["group"], long["run_id"])
     long = long.reset_index(drop=True)
     long.attrs[HIDDEN] = hidden
     return long
@@ -418,17 +432,25 @@ def _own_per_task(pruned: pd.DataFrame, dense: pd.DataFrame, scores: pd.DataFram
     newest = latest.sort_values(ascending=False).iloc[:MAX_OWN_COLUMNS]
     chosen = pruned[pruned["run_id"].isin(newest)]
     found, why = _own_baselines(scores)
-    parts, bases = [], {}
-    for rid, part in chosen.groupby("run_id", sort=False):
-        base = found.get(rid)
-        parts.append(part.assign(role="pruned",
-                                 baseline_run=base if base is not None else math.nan,
-                                 baseline_note="" if base is not None else
-                                 why.zero_shot(part.iloc[0].to_dict())))
-        if base is not None:
-            bases[base] = True
-    parts += [dense[dense["run_id"] == b].assign(role="dense", baseline_run=b, baseline_note="")
-              for b in bases]
+    codes, runs = pd.factorize(chosen["run_id"])  # rows grouped by run, runs in first-seen order
+    chosen = chosen.iloc[np.argsort(codes, kind="stable")]
+    base_of = {int(r): found.get(int(r)) for r in runs}
+    firsts = chosen.drop_duplicates("run_id")
+    why_not = {int(rec["run_id"]): why.zero_shot(rec) for rec in
+               firsts[[base_of[int(r)] is None for r in firsts["run_id"]]].to_dict("records")}
+    row_bases = [base_of[r] for r in chosen["run_id"].tolist()]
+    parts = [chosen.assign(
+        role="pruned",
+        baseline_run=np.array([math.nan if b is None else b for b in row_bases],
+                              dtype=float if None in row_bases else np.int64),
+        baseline_note=[why_not.get(r, "") for r in chosen["run_id"].tolist()])]
+    bases = list(dict.fromkeys(b for b in base_of.values() if b is not None))
+    if bases:
+        rank = {b: i for i, b in enumerate(bases)}
+        used = dense[dense["run_id"].isin(bases)]
+        used = used.iloc[np.argsort([rank[r] for r in used["run_id"].tolist()], kind="stable")]
+        parts.append(used.assign(role="dense", baseline_run=used["run_id"].to_numpy(),
+                                 baseline_note=""))
     return parts
 
 
@@ -445,11 +467,14 @@ def _published_per_task(pruned: pd.DataFrame, dense: pd.DataFrame) -> list[pd.Da
             base.assign(role="dense", baseline_run=base["run_id"], baseline_note="")]
 
 
-def _column_label(rec: Mapping[str, Any], several_groups: bool, several_dense: bool) -> str:
-    label = method_variant(rec["method"], rec.get("variant"))
-    if rec["role"] == "dense" and rec["group"] == OWN_GROUP and several_dense:
-        label += f" (run {rec['run_id']})"
-    return label + (f" ({rec['group']})" if several_groups else "")
+def _column_label(method: str, variant: str | None, name_run: bool, run: int,
+                  group: str | None) -> str:
+    """A per-task column's label: the method and variant, the run where several own dense
+    runs are columns, the group where several groups are."""
+    label = method_variant(method, variant)
+    if name_run:
+        label += f" (run {run})"
+    return label + (f" ({group})" if group is not None else "")
 
 
 def per_task_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc",
@@ -532,13 +557,16 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
     long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
     if long.empty:
         return Table(pd.DataFrame(columns=DROP_COLUMNS), formats)
-    dense = long[long["role"] == "dense"]
-    dense_cells = {(r["run_id"], r["dataset"]): r for r in dense.to_dict("records")}
-    pruned = long[long["role"] == "pruned"]
+    records = long.to_dict("records")
+    dense_cells = {(r["run_id"], r["dataset"]): r for r in records if r["role"] == "dense"}
+    columns: dict[str, list[dict[str, Any]]] = {}  # pruned rows by column, first seen first
+    for rec in records:
+        if rec["role"] == "pruned":
+            columns.setdefault(rec["column"], []).append(rec)
     out = []
-    for column, part in pruned.groupby("column", sort=False):
-        first = part.iloc[0].to_dict()
-        by_task = {r["dataset"]: r for r in part.to_dict("records")}
+    for column, part in columns.items():
+        first = part[0]
+        by_task = {r["dataset"]: r for r in part}
         bases = {t: r["baseline_run"] for t, r in by_task.items()}
         if first["group"] == OWN_GROUP and not _isna(first["baseline_run"]):
             base_tasks = {t for (rid, t) in dense_cells if rid == first["baseline_run"]}
@@ -564,7 +592,7 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
              "Average rows: over the tasks both the run and its dense baseline scored; their "
              "relative drop equals retention − 100%.", DROP_NOISE_NOTE, NOT_COUNTED,
              *hidden_note(long)]
-    if (pruned["group"] == OWN_GROUP).any():
+    if any(r["group"] == OWN_GROUP for part in columns.values() for r in part):
         notes.append(OWN_ZS_BASELINE)
     return Table(frame, formats, notes)
 
