@@ -22,7 +22,8 @@ TASKS = ["piqa", "boolq", "rte", "arc_easy", "hellaswag"]
 
 
 def assert_same_frames(new: pd.DataFrame, old: pd.DataFrame) -> None:
-    """Same columns, rows and cells: numbers equal to rounding (NaN where NaN), the rest exact."""
+    """Same columns, rows and cells: numbers equal to rounding (NaN where NaN), the rest exact
+    (an empty cell, None or NaN, equal to an empty one)."""
     assert list(new.columns) == list(old.columns)
     assert len(new) == len(old)
     for column in old.columns:
@@ -30,8 +31,13 @@ def assert_same_frames(new: pd.DataFrame, old: pd.DataFrame) -> None:
         if pd.api.types.is_numeric_dtype(b) and not pd.api.types.is_bool_dtype(b):
             np.testing.assert_allclose(a.to_numpy(dtype=float), b.to_numpy(dtype=float),
                                        rtol=1e-12, atol=0, equal_nan=True, err_msg=column)
-        else:
-            assert a.tolist() == b.tolist(), column
+        else:  # an empty cell is None or NaN (text columns are objects, or Arrow strings)
+            assert [_missing(x) for x in a] == [_missing(x) for x in b], column
+
+
+def _missing(cell: object) -> object:
+    """None for an empty cell (None or NaN), else the cell."""
+    return None if cell is None or (isinstance(cell, float) and cell != cell) else cell
 
 
 def assert_matches_reference(rows: pd.DataFrame, metric: str = "acc") -> None:

@@ -110,10 +110,14 @@ def _run_info(run: tuple, has_method: bool, has_settings: bool) -> tuple:
             run_label(method, sparsity, pattern, variant))
 
 
-def texts(values: list[str | None]) -> np.ndarray:
-    """A list of texts as an object array: a frame column of it stays plain Python strings
-    (pandas converts a list of strings to Arrow, and the tables convert back)."""
-    return np.array(values, dtype=object)
+def object_columns(columns: dict[str, Any]) -> pd.DataFrame:
+    """A table frame whose text columns stay plain Python objects: pandas 3 would convert each
+    list or object array of strings to Arrow (30,000 rows: milliseconds a column), which the
+    tables then read back cell by cell."""
+    return pd.DataFrame({name: pd.Series(values, dtype=object, copy=False)
+                         if isinstance(values, list) or (isinstance(values, np.ndarray)
+                                                         and values.dtype == object)
+                         else values for name, values in columns.items()})
 
 
 def _object_array(values: list[Any]) -> np.ndarray:

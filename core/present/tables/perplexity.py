@@ -14,9 +14,9 @@ from core.present.frames import (
     _sort_rows,
     dedupe_published,
     latest_runs,
+    object_columns,
     per_value,
     run_labels,
-    texts,
 )
 from core.present.labels import (
     BASELINE,
@@ -73,19 +73,19 @@ def perplexity_table(rows: pd.DataFrame, metric: str = "ppl") -> Table:
     delta_text = np.select([status == "diverged", status == "collapsed", dense, computed],
                            [DIVERGED, COLLAPSED, BASELINE, None], default="").astype(object)
     ppl_ci, delta_ci, within = _intervals(df, np.where(has, take, -1), status == "ok", computed)
-    frame = pd.DataFrame({  # text as object columns (pandas would convert lists to Arrow)
+    frame = object_columns({
         "Model": df["model"].to_numpy(dtype=object),
-        "Dataset": texts(per_value(dataset_name, df["dataset"])),
+        "Dataset": per_value(dataset_name, df["dataset"]),
         "_dataset": df["dataset"].to_numpy(dtype=object),
-        "Method": texts(run_labels(df)),
-        "PPL": value, TEXT + "PPL": texts(per_value(_cell_text, status)),
-        PPL_INTERVAL: texts(ppl_ci),
+        "Method": run_labels(df),
+        "PPL": value, TEXT + "PPL": per_value(_cell_text, status),
+        PPL_INTERVAL: ppl_ci,
         "Δ from dense": np.where(computed, (value - base_value) / base_value * 100.0, np.nan),
-        TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: texts(delta_ci), "_noise": within,
+        TEXT + "Δ from dense": delta_text, DELTA_INTERVAL: delta_ci, "_noise": within,
         "_nlls": df["nlls"].to_numpy(dtype=object) if "nlls" in df else None,
         "Origin": df["origin_label"].to_numpy(), "Source": df["source_label"].to_numpy(),
         "Run": df["run_id"].to_numpy(), "Settings": df["settings"].to_numpy(),
-        "Note": texts(_ppl_notes(df, value, has, base_value, base_run, base_status)),
+        "Note": _ppl_notes(df, value, has, base_value, base_run, base_status),
         "_status": status, "_baseline_run": base_run, "_method": df["method"].to_numpy(),
         "_spec": df["spec"].to_numpy(),  # hover text: charts.hover_text formats it
     })

@@ -22,6 +22,7 @@ from core.present.frames import (
     evaluation_labels,
     frame_cache,
     latest_runs,
+    object_columns,
     per_value,
     run_labels,
 )
@@ -88,6 +89,8 @@ def _drop_repeated_runs(scores: pd.DataFrame) -> pd.DataFrame:
     counts = part.groupby("run_id").size()
     left = kept.groupby("run_id").size().reindex(counts.index, fill_value=0)
     partial = left[(left > 0) & (left < counts)].index
+    if partial.empty:  # whole runs repeated: drop them, the rest stays as it is
+        return scores.drop(index=part.index.difference(kept.index))
     return pd.concat([scores[~published], kept,
                       part[part["run_id"].isin(partial)].drop(index=kept.index,
                                                               errors="ignore")]
@@ -226,7 +229,7 @@ def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
         [chosen.get(int(r), math.nan) for r in run_ids])
     base_run = np.where(base_pos >= 0, run_ids[base_pos], np.nan)
     kept = _Retention.of(runs, base_pos)
-    frame = pd.DataFrame({
+    frame = object_columns({
         "Model": runs_frame["model"].to_numpy(dtype=object),
         "Method": run_labels(runs_frame), "Tasks": runs.scored, "Accuracy": runs.accuracy,
         TEXT + "Accuracy": np.where(runs.scored > 0, None, MISSING).astype(object),
