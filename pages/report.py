@@ -79,11 +79,12 @@ if evaluation is not None:
 # read when the Layer statistics section or the download asks for them.
 shown_runs = memo(store, "report.layer_runs", model, group)(lambda: report.layer_report_runs(
     layer_runs[(layer_runs["model"] == model) & (layer_runs["group"] == group)]))
+shown_ids = [int(i) for i in shown_runs["run_id"]]
 
 
 def whole_markdown() -> str:
     """The whole report, written when the download is clicked (on a thread of its own)."""
-    stats = tables.load_layer_stats(store, [int(i) for i in shown_runs["run_id"]])
+    stats = tables.load_layer_stats(store, shown_ids)
     return report.build(ppl, zs, stats, model, group, metric, evaluation).markdown()
 
 
@@ -109,12 +110,12 @@ for tab, section in zip(st.tabs(sections, key="section", on_change="rerun",
         stats = None
         if section == "Layer statistics":
             with store_or_stop():
-                stats = memo(store, "layer_stats", model, group)(lambda: tables.load_layer_stats(
-                    store, [int(i) for i in shown_runs["run_id"]]))
+                stats = memo(store, "layer_stats", model, group)(
+                    lambda: tables.load_layer_stats(store, shown_ids))
         built = memo(store, "report.build", *key, section)(
             lambda section=section, stats=stats: report.build(ppl, zs, stats, *key,
                                                               sections=[section]))
         blocks = built.section(section)
-        if not any(b.kind in ("table", "bullets") for b in blocks):
+        if not report.has_results(blocks):
             st.info(f"No {section.lower()} to report for {choice}.")
         show_blocks(blocks, key, stats)

@@ -4,6 +4,7 @@ dataset labels, sort keys and the settings text of a spec (no Streamlit here).""
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import math
@@ -118,14 +119,11 @@ class Table:
 
     def _blank(self, column: str, kind: str) -> bool:
         """Whether every cell of a column shows blank (each distinct cell checked once)."""
-        cells: Iterable[tuple[Any, Any]] = zip(
+        cells: Iterable[tuple[Any, Any]] = list(zip(
             self.frame[column].to_numpy(dtype=object).tolist(),
-            self.text(column).to_numpy(dtype=object).tolist(), strict=True)
-        try:
+            self.text(column).to_numpy(dtype=object).tolist(), strict=True))
+        with contextlib.suppress(TypeError):  # a cell that cannot be hashed: check them all
             cells = dict.fromkeys(cells)
-        except TypeError:  # a cell that cannot be hashed (a list): every cell is checked
-            cells = zip(self.frame[column].to_numpy(dtype=object).tolist(),
-                        self.text(column).to_numpy(dtype=object).tolist(), strict=True)
         return not any((t if isinstance(t, str) else format_value(v, kind)).strip()
                        for v, t in cells)
 

@@ -72,7 +72,7 @@ class Report:
 
     @property
     def empty(self) -> bool:
-        return not any(b.kind in ("table", "bullets") for b in self.blocks)
+        return not has_results(self.blocks)
 
     def section(self, name: str) -> list[Block]:
         """The blocks of one of ``SECTIONS`` ('' for the title and intro)."""
@@ -93,6 +93,11 @@ class Report:
                 notes = "\n\n".join(f"*{n}*" for n in block.lines)
                 parts.append(table + ("\n\n" + notes if notes else ""))
         return "\n\n".join(parts) + "\n"
+
+
+def has_results(blocks: Sequence[Block]) -> bool:
+    """Whether ``blocks`` hold a table or a finding (not only headings and text)."""
+    return any(b.kind in ("table", "bullets") for b in blocks)
 
 
 # -- what can be reported -------------------------------------------------------------------------

@@ -62,10 +62,8 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
                 FROM metrics m {join} {condition}
                 ORDER BY m.run_id, m.rowid""", params).fetchnumpy())
         runs = object_frame(con.execute(
-            f"""SELECT r.id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                       r.sparsity, r.pattern, r.spec, r.status AS run_status,
-                       {", ".join(f"r.{c}" for c in SETTING_COLUMNS.values())}, r.variant,
-                       r.settings AS run_settings
+            f"""SELECT {_RUN_COLUMNS},
+                       {", ".join(f"r.{c}" for c in SETTING_COLUMNS.values())}
                 FROM runs r WHERE r.id IN (SELECT DISTINCT m.run_id FROM metrics m
                                            {condition})""", params).fetchnumpy())
     return _with_run_columns(rows, runs)
@@ -74,8 +72,8 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
 def _with_run_columns(rows: pd.DataFrame, runs: pd.DataFrame,
                       names: Sequence[str] = _METRIC_RUN_COLUMNS) -> pd.DataFrame:
     """``rows`` (metric or layer rows, each of a run in ``runs``) with their run's columns
-    ``names`` after ``run_id``."""
-    at = pd.Index(runs["id"].to_numpy()).get_indexer(rows["run_id"].to_numpy())
+    ``names`` after ``run_id`` (``runs``: ``_RUN_COLUMNS`` and more, one row per run)."""
+    at = pd.Index(runs["run_id"].to_numpy()).get_indexer(rows["run_id"].to_numpy())
     columns: dict[str, Any] = {"run_id": rows["run_id"]}
     for name in names:
         values = runs[name]
@@ -134,9 +132,7 @@ def layer_stat_rows(store: Store, run_ids: Sequence[int] | None = None) -> pd.Da
                 FROM layer_stats l JOIN runs r ON r.id = l.run_id {where}
                 ORDER BY l.run_id, l.block, l.layer""", params).fetchnumpy())
         runs = object_frame(con.execute(
-            f"""SELECT r.id, r.origin, r.source, r.kind AS run_kind, r.model, r.method,
-                       r.sparsity, r.pattern, r.spec, r.status AS run_status, r.variant,
-                       r.settings AS run_settings
+            f"""SELECT {_RUN_COLUMNS}
                 FROM runs r WHERE r.id IN (SELECT DISTINCT l.run_id FROM layer_stats l
                                            {where})""", params).fetchnumpy())
     return _with_run_columns(rows, runs, _LAYER_RUN_COLUMNS)
