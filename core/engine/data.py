@@ -19,12 +19,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from core import config
 from core.engine import environment
+
+if TYPE_CHECKING:  # torch and transformers load on first use: the dashboard's specs read this
+    import torch  # module for its source names only
+    from transformers import PreTrainedTokenizerBase
 
 SPLITS = ("calibration", "evaluation")
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -164,6 +166,8 @@ def load_text(source: str, split: str) -> str:
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     """Token ids of the whole text as a 1-D LongTensor, with the tokenizer's default special
     tokens (``tokenizer(text)``, as the reference code)."""
+    import torch
+
     ids = tokenizer(text, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
@@ -204,7 +208,7 @@ def calibration_ids(
         raise DataError(f"{source} has only {ids.numel()} calibration tokens; seqlen {seqlen} "
                         "needs more.")
     starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(n_samples)]
-    return torch.stack([ids[s: s + seqlen] for s in starts])
+    return _stack([ids[s: s + seqlen] for s in starts])
 
 
 def _c4_windows(tokenizer: PreTrainedTokenizerBase, n: int, seqlen: int,
@@ -227,4 +231,10 @@ def _c4_windows(tokenizer: PreTrainedTokenizerBase, n: int, seqlen: int,
             windows.append(ids[start: start + seqlen])
     if len(windows) < n:
         raise DataError(f"C4 gave only {len(windows)} documents longer than {seqlen} tokens.")
+    return _stack(windows)
+
+
+def _stack(windows: list[torch.Tensor]) -> torch.Tensor:
+    import torch
+
     return torch.stack(windows)

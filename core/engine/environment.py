@@ -10,8 +10,6 @@ import resource
 import sys
 from importlib import metadata
 
-import torch
-
 PACKAGES = ("torch", "transformers", "datasets", "lm_eval", "duckdb")
 
 
@@ -23,6 +21,8 @@ def _version(package: str) -> str | None:
 
 
 def describe(device: str = "cpu") -> dict[str, object]:
+    import torch  # here, not at the top: the data module (and the dashboard) import this one
+
     info: dict[str, object] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -37,6 +37,8 @@ def describe(device: str = "cpu") -> dict[str, object]:
 
 def peak_memory_mb(device: str = "cpu") -> float:
     """Peak memory of this process so far: GPU allocations on CUDA, resident set size otherwise."""
+    import torch
+
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
