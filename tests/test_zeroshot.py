@@ -97,3 +97,19 @@ def test_pipeline_stores_zero_shot_with_stderr_and_version(tiny, tmp_path: Path)
     assert all(zeroshot.lm_eval_version() in e for e in env)
     acc = rows[rows["metric"] == "acc"].set_index("method")["value"]
     assert math.isfinite(acc["dense"]) and math.isfinite(acc["magnitude"])
+
+
+def test_prepared_tasks_follow_the_checkout_they_came_from(tmp_path: Path, monkeypatch) -> None:
+    """Two checkouts with the same task files share one cache but each reads its own data."""
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
+    prepared = []
+    for name in ("checkout-a", "checkout-b"):
+        source = tmp_path / name
+        source.mkdir()
+        for path in zeroshot.TASKS_SOURCE.iterdir():
+            (source / path.name).write_bytes(path.read_bytes())
+        prepared.append(zeroshot.local_task_dir(source))
+    assert prepared[0] != prepared[1]
+    for name, folder in zip(("checkout-a", "checkout-b"), prepared, strict=True):
+        text = (folder / "sb_everyday.yaml").read_text()
+        assert str(tmp_path / name / "sb_everyday.jsonl") in text

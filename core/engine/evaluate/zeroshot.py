@@ -46,7 +46,8 @@ class ZeroShotResult:
 
 
 def _fingerprint(folder: Path) -> str:
-    digest = hashlib.sha256()
+    """Of the folder's place and contents: the prepared YAMLs name the data by absolute path."""
+    digest = hashlib.sha256(str(folder.resolve()).encode())
     for path in sorted(folder.iterdir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
