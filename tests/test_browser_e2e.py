@@ -159,16 +159,21 @@ def own_runs(db: Path) -> list[tuple[int, str, str]]:
 @contextlib.contextmanager
 def browser_page(timeout_ms: int, **options: object) -> Iterator[object]:
     """A page of headless Debian Chromium (``WIDTH`` x 900, ``options`` for ``new_page``),
-    every wait up to ``timeout_ms``; the browser is closed afterwards."""
-    from playwright.sync_api import sync_playwright
+    every wait (actions and ``expect``) up to ``timeout_ms``; the browser is closed afterwards.
+
+    A fresh server's first render of a page pays its imports (torch for the Runs page), which
+    takes longer than ``expect``'s own 5 s on a busy 2-core CI machine."""
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        expect.set_options(timeout=timeout_ms)
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": 900}, **options)
             page.set_default_timeout(timeout_ms)
             yield page
         finally:
+            expect.set_options(timeout=5_000)
             browser.close()
 
 
