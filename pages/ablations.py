@@ -15,8 +15,9 @@ with store_or_stop():
     store = tables.session_store(st.session_state)
     timing = memo(store, "metrics", "timing")(lambda: tables.load_metrics(store, "timing"))
     memory = memo(store, "metrics", "memory")(lambda: tables.load_metrics(store, "memory"))
-    perplexity = memo(store, "metrics", "perplexity")(
-        lambda: tables.load_metrics(store, "perplexity"))
+    # Published grids come from the published perplexities; own sweeps from their own runs.
+    perplexity = memo(store, "metrics", "perplexity", "published")(
+        lambda: tables.load_metrics(store, "perplexity", origin="published"))
     grids = memo(store, "abl.list", live=True)(lambda: ablations.ablation_list(store, perplexity))
 
 st.subheader("Pruning time")

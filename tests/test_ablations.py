@@ -46,7 +46,8 @@ def test_compute_time_grid_holds_seed_table_3(published_store: Store) -> None:
 
 
 def test_published_table_4_grid_and_best_cell(published_store: Store) -> None:
-    ppl = tables.load_metrics(published_store, "perplexity")
+    ppl = tables.load_metrics(published_store, "perplexity", origin="published")
+    assert set(ppl["origin"]) == {"published"}
     grids = [g for g in ablations.ablation_list(published_store, ppl) if g.table == "004 Table 4"]
     assert len(grids) == 1
     cells, params = ablations.ablation_cells(published_store, ppl, grids[0])
@@ -101,8 +102,11 @@ def test_own_sweep_grid_says_why_a_cell_is_empty(tmp_path: Path) -> None:
     grid = {"method_params.dampening": [0.01, 0.1], "sparsity": [0.3, 0.5]}
     store, submission = finished_sweep(  # cell 3 stays queued
         tmp_path, grid, [(12.5, "ok"), (11.0, "ok"), (math.inf, "diverged")])
-    ppl = tables.load_metrics(store, "perplexity")
+    everything = tables.load_metrics(store, "perplexity")
+    ppl = tables.load_metrics(store, "perplexity", origin="published")  # as the page reads
+    assert set(everything["origin"]) == {"own"} and ppl.empty  # no published figures here
     own = [g for g in ablations.ablation_list(store, ppl) if g.origin == "own"]
+    assert own == [g for g in ablations.ablation_list(store, everything) if g.origin == "own"]
     assert [g.sweep_id for g in own] == [submission.sweep_id]
     cells, params = ablations.ablation_cells(store, ppl, own[0])
     assert params == list(grid)

@@ -96,3 +96,15 @@ def test_table_intervals_equal_the_per_row_formula() -> None:
         assert (low[i], high[i]) == pytest.approx(
             noise.ppl_change_interval(list(rows[i]), dense))
     assert low[1] > 0 and low[5] < 0 < high[5]
+
+
+def test_stacked_windows_by_count_and_finite_rows_only() -> None:
+    rows = [np.array([1.0, 2.0, 3.0]), None, [4.0, 5.0, 6.0], np.array([1.0, np.nan, 2.0]),
+            np.ma.masked_array([7.0, 8.0, 9.0], mask=[False, True, False]), [1.0, 2.0],
+            np.array([5.0]), math.nan]
+    stacked = noise.stack_windows(rows)
+    assert sorted(stacked) == [2, 3]
+    positions, matrix = stacked[3]
+    assert positions.tolist() == [0, 2]  # a NaN window (or a NULL one) leaves its row out
+    assert matrix.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert stacked[2][0].tolist() == [5] and stacked[2][1].tolist() == [[1.0, 2.0]]

@@ -404,6 +404,38 @@ def test_pages_import_the_shared_ui_module_as_streamlit_runs_them(store: Store,
     assert done.stdout.strip().endswith("ok")
 
 
+def test_result_and_run_pages_never_import_torch(store: Store, tmp_path: Path) -> None:
+    """Every page but Launch (whose forms check models) renders without importing torch or
+    transformers: a fresh server's first visit pays for what it shows, not for the engine.
+    Fails when a page's imports reach the engine (the Runs page did, through the run queue)."""
+    for method in ("dense", "magnitude"):
+        own_run(store, method, [{"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
+                                 "value": 20.0 if method == "dense" else 30.0}])
+    pages = [p.name for p in sorted((ROOT / "pages").glob("*.py")) if p.name != "launch.py"]
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"root = {str(ROOT)!r}\n"
+        "at = AppTest.from_file(root + '/app.py', default_timeout=120).run()\n"
+        f"for page in {pages!r}:\n"
+        "    at.switch_page(f'pages/{page}').run()\n"
+        "    assert not at.exception, (page, [e.value for e in at.exception])\n"
+        "    loaded = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "    assert not loaded, (page, loaded)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_calibration_free_methods_are_those_of_the_registry() -> None:
+    from core.engine.prune.methods import REGISTRY
+
+    free = {name for name, method in REGISTRY.items() if not method.needs_calibration}
+    assert tables.CALIBRATION_FREE == free
+
+
 # -- page caches keyed on the store's version ----------------------------------------------------
 def test_store_version_changes_on_writes_only(store: Store) -> None:
     before = store.version()

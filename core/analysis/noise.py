@@ -131,7 +131,9 @@ def stack_windows(arrays: Sequence[Any]) -> Stacked:
     out = {}
     for n in np.unique(lengths[lengths >= 2]).tolist():
         positions = np.flatnonzero(lengths == n)
-        matrix = np.array(values[positions].tolist(), dtype=float)
+        rows = [np.ma.filled(v, np.nan) if isinstance(v, np.ma.MaskedArray) else v
+                for v in values[positions].tolist()]  # a NULL window (none are written): NaN
+        matrix = np.concatenate(rows).astype(float, copy=False).reshape(len(rows), n)
         keep = np.isfinite(matrix).all(axis=1)
         out[n] = (positions[keep], matrix[keep])
     return out

@@ -8,16 +8,17 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from core.runs import sweep
-from core.runs.kinds.prune import PruneSpec
 from core.runs.registry import spec_from_dict
 from core.store.db import Store, spec_hash
 from core.store.meta import RunMeta, from_row
 from core.store.record import create_run, flush_held
+
+if TYPE_CHECKING:  # the prune kind imports torch: the Runs page, which lists runs, never needs it
+    from core.runs.kinds.prune import PruneSpec
 
 #: A running run whose heartbeat is older than this is declared failed.
 HEARTBEAT_TIMEOUT_S = 30.0
@@ -204,6 +205,8 @@ def submit_sweep(store: Store, base: PruneSpec, grid: dict[str, list[Any]],
                  fresh: bool = False, meta: RunMeta | None = None) -> SweepSubmission:
     """Store the sweep and queue (or reuse) one run per cell; ``meta`` names the sweep and
     its cells (a reused cell gets it only where it has none, as in ``submit``)."""
+    from core.runs import sweep  # imports the prune kind, hence torch: only when sweeping
+
     problems = sweep.validate_grid(base, grid)
     cells = [] if problems else sweep.expand(base, grid)
     for spec in cells:

@@ -6,8 +6,10 @@ dotted lines and a text label naming their source.  Hover text shows run id, sou
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,20 @@ METHOD_COLORS = {"dense": "#444444", "magnitude": "#d62728", "wanda": "#1f77b4",
                  "sparsity-levels": "#17becf"}
 PUBLISHED_OPACITY = 0.85
 NM_SYMBOLS = {"2:4": "square", "4:8": "diamond", "1:4": "triangle-down", "3:4": "triangle-up"}
-_LAYOUT = {"template": "plotly_white", "height": 480,
+
+
+def _white_template() -> go.layout.Template:
+    """Plotly's 'plotly_white' template with the trace defaults of the trace types drawn here
+    only: the named template carries defaults for all 24 types, and validating it made each
+    figure import and check every one of them (0.1 s for a server's first chart, 8 ms for
+    each later one).  The look is the same."""
+    text = (resources.files("plotly") / "package_data" / "templates" / "plotly_white.json")
+    template = json.loads(text.read_text(encoding="utf-8"))
+    return go.layout.Template({"layout": template["layout"], "data": {
+        k: template["data"][k] for k in ("scatter", "bar", "heatmap", "parcoords")}})
+
+
+_LAYOUT = {"template": _white_template(), "height": 480,
            "margin": {"l": 60, "r": 30, "t": 60, "b": 60},
            "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
            "hoverlabel": {"align": "left"}}

@@ -99,11 +99,12 @@ def _run_info(run: tuple, has_method: bool, has_settings: bool) -> tuple:
     """The labels of one distinct run (spec text and ``_LABEL_INPUTS``), once per process: a
     stored run's columns never change (the spec dict is shared, so read only)."""
     key, origin, source, method, sparsity, pattern, variant, own = run
-    parsed, settings_text, table, evaluation = _spec_info(key)
+    parsed, table, evaluation = _spec_info(key)
     published = origin == "published" and isinstance(source, str) and source
+    stored = has_settings and isinstance(own, str)  # an own run's, written when it was stored
     info = (parsed, source if published else OWN_GROUP, ORIGIN_NAMES.get(origin, str(origin)),
             source if isinstance(source, str) and source else "",
-            own if has_settings and isinstance(own, str) else settings_text, table, evaluation)
+            own if stored else _settings_text(key), table, evaluation)
     if not has_method:
         return info
     return (*info, method_label(method), sparsity_label(sparsity, pattern, method),
@@ -129,12 +130,20 @@ def _object_array(values: list[Any]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=100_000)
-def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str, str]:
-    """A spec's parsed dict, settings text, published table and zero-shot evaluation label,
-    once per spec text in this process (every load of a page and every page reads the same
-    runs): the dict is shared, so read only."""
+def _spec_info(spec: str | None) -> tuple[dict[str, Any], str, str]:
+    """A spec's parsed dict, published table and zero-shot evaluation label, once per spec
+    text in this process (every load of a page and every page reads the same runs): the dict
+    is shared, so read only."""
     parsed = parse_spec(spec)
-    return parsed, settings(parsed), parsed.get("table") or "", zs_evaluation_label(parsed)
+    return parsed, parsed.get("table") or "", zs_evaluation_label(parsed)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _settings_text(spec: str | None) -> str:
+    """The settings text of a run stored without one (published figures, frames not read
+    from the store), once per spec text: own runs store theirs, so a first render at 10,000
+    runs formats none of them."""
+    return settings(_spec_info(spec)[0])
 
 
 def run_labels(rows: pd.DataFrame) -> list[str]:
@@ -226,11 +235,13 @@ def session_store(state: MutableMapping[str, Any]) -> Store:
     return store
 
 
-def load_metrics(store: Store, kind: str, archived: bool = False, model: str | None = None
-                 ) -> pd.DataFrame:
+def load_metrics(store: Store, kind: str, archived: bool = False, model: str | None = None,
+                 origin: str | None = None) -> pd.DataFrame:
     """Prepared metric rows of one kind ('perplexity', 'zero_shot', 'task', 'activation' ...),
-    of archived runs too when ``archived``, of ``model``'s runs only when given."""
-    return prepare(queries.metric_rows(store, kind, archived=archived, model=model))
+    of archived runs too when ``archived``, of ``model``'s runs and of ``origin``'s ('own',
+    'published') only when given."""
+    return prepare(queries.metric_rows(store, kind, archived=archived, model=model,
+                                       origin=origin))
 
 
 def load_search_trials(store: Store) -> pd.DataFrame:

@@ -37,6 +37,9 @@ METHOD_NAMES = {
     "dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
     "sparsellm": "SparseLLM", "coreinfer": "CoreInfer", "sparsity-levels": "Sparsity levels",
 }
+#: The pruning methods that read no calibration data (their ``needs_calibration`` is False; a
+#: test keeps this equal to the method registry, which the pages do not import: it loads torch).
+CALIBRATION_FREE = frozenset({"magnitude"})
 DATASET_SHORT = {"wikitext2": "WT2", "ptb": "PTB", "c4": "C4"}
 DATASET_TITLES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 DATASET_ORDER = ("wikitext2", "ptb", "c4")

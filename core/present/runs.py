@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from core import config
-from core.engine.prune.methods import REGISTRY
 from core.present import tables
+from core.present.labels import CALIBRATION_FREE
 from core.runs.progress import Estimate, Timing, estimate, stage_fraction
 from core.store import meta, queries
 from core.store.db import Store
@@ -421,7 +421,7 @@ def spec_rows(spec: dict[str, Any]) -> pd.DataFrame:
     hidden: tuple[str, ...] = ("kind",)
     if method == "dense":
         hidden += DENSE_ONLY_HIDDEN
-    elif method in REGISTRY and not REGISTRY[method].needs_calibration:
+    elif method in CALIBRATION_FREE:
         hidden += CALIBRATION_KEYS
     if not spec.get("zero_shot_tasks"):
         hidden += ZERO_SHOT_KEYS

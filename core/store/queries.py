@@ -30,14 +30,16 @@ _METRIC_RUN_COLUMNS = ("origin", "source", "run_kind", "model", "method", "spars
 
 
 def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | None = None,
-                archived: bool = False, model: str | None = None) -> pd.DataFrame:
+                archived: bool = False, model: str | None = None, origin: str | None = None
+                ) -> pd.DataFrame:
     """Metric rows with their run's columns, spec and setting columns (of one ``kind``, of
     ``run_ids`` and of runs of ``model`` only, when given), by run; a perplexity row (also
     an activation run's split perplexity) has its windows' mean NLLs (``nlls``: a float
     array, None where the run stored none).  Each run's columns are read
     once and shared by its rows (45,000 rows each carrying a copy of their run's 18 texts cost
     a page a tenth of a second, their spec texts a third).  Archived runs are left out unless
-    ``archived`` or named in ``run_ids``."""
+    ``archived`` or named in ``run_ids``; ``origin`` ('own', 'published') keeps that origin's
+    runs only."""
     where, params = [], []
     if kind is not None:
         where, params = ["m.kind = ?"], [kind]
@@ -46,9 +48,10 @@ def metric_rows(store: Store, kind: str | None = None, run_ids: Sequence[int] | 
         params.append([int(i) for i in run_ids])
     elif not archived:
         where.append(f"m.run_id NOT IN ({ARCHIVED})")
-    if model is not None:
-        where.append("m.run_id IN (SELECT id FROM runs WHERE model = ?)")
-        params.append(model)
+    for column, value in (("model", model), ("origin", origin)):
+        if value is not None:
+            where.append(f"m.run_id IN (SELECT id FROM runs WHERE {column} = ?)")
+            params.append(value)
     condition = f"WHERE {' AND '.join(where)}" if where else ""
     nlls = ("w.nlls" if kind in (None, "perplexity", "activation")
             else "NULL::DOUBLE[] AS nlls")  # only perplexities have windows
