@@ -433,7 +433,7 @@ def test_calibration_free_methods_are_those_of_the_registry() -> None:
     from core.engine.prune.methods import REGISTRY
 
     free = {name for name, method in REGISTRY.items() if not method.needs_calibration}
-    assert tables.CALIBRATION_FREE == free
+    assert free == tables.CALIBRATION_FREE
 
 
 # -- page caches keyed on the store's version ----------------------------------------------------
