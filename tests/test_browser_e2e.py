@@ -161,7 +161,7 @@ def browser_page(timeout_ms: int, **options: object) -> Iterator[object]:
     """A page of headless Debian Chromium (``WIDTH`` x 900, ``options`` for ``new_page``),
     every wait (actions and ``expect``) up to ``timeout_ms``; the browser is closed afterwards.
 
-    A fresh server's first render of a page pays its imports (torch for the Runs page), which
+    A fresh server's first render of a page pays its imports, which
     takes longer than ``expect``'s own 5 s on a busy 2-core CI machine."""
     from playwright.sync_api import expect, sync_playwright
 

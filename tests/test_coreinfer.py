@@ -136,6 +136,19 @@ def test_selection_equals_direct_computation(seed: int, selection: str) -> None:
                            neuron_counts(acts, token_sparsity))
 
 
+@pytest.mark.parametrize("selection", ["reference", "exact"])
+@pytest.mark.parametrize("seed", range(3))
+def test_cpu_selection_equals_the_device_one_at_model_width(seed: int, selection: str) -> None:
+    """The CPU path (numpy counts, torch ranking only) keeps the same neurons as the torch
+    path devices run, where coarse activations tie in every token and counts tie at the cut."""
+    gen = torch.Generator().manual_seed(seed)
+    acts = (torch.randn(64, 1536, generator=gen) * 2).round() / 2
+    for token_sparsity, keep in ((0.2, 614), (0.05, 300), (0.5, 1400)):
+        device_way = coreinfer._core_neurons_torch(acts, token_sparsity, keep,
+                                                   selection == "reference")
+        assert torch.equal(core_neurons(acts, token_sparsity, keep, selection), device_way)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_counts_on_coarse_activations_with_ties_at_every_limit(seed: int) -> None:
     """Activations on a coarse grid tie at the limit in most tokens: each token's top ``limit``

@@ -116,12 +116,18 @@ def _counts_numpy(values: np.ndarray, token_sparsity: float) -> np.ndarray:
     if limit == 0 or limit >= d_ffn:
         return np.full(d_ffn, tokens if limit else 0, dtype=np.int64)
     position = d_ffn - limit
-    chosen = values >= np.partition(values, position, axis=1)[:, position:position + 1]
-    ties = np.flatnonzero(np.count_nonzero(chosen, axis=1) > limit)
+    parted = np.partition(values, position, axis=1)
+    kth = parted[:, position:position + 1]
+    chosen = values >= kth
+    # A token has more than ``limit`` values at or above its cut exactly when a value the
+    # partition left below the cut equals it (one max instead of counting every row).
+    ties = np.flatnonzero(parted[:, :position].max(axis=1) >= kth[:, 0])
     if len(ties):
         top = np.argsort(-values[ties], axis=1, kind="stable")[:, :limit]
         chosen[ties] = False
         chosen[ties[:, None], top] = True
+    if tokens < np.iinfo(np.uint16).max:  # summing bytes into 16 bits: 4x faster than 64
+        return chosen.view(np.uint8).sum(axis=0, dtype=np.uint16).astype(np.int64)
     return np.count_nonzero(chosen, axis=0).astype(np.int64)
 
 
@@ -148,10 +154,30 @@ def core_neurons(acts: torch.Tensor, token_sparsity: float, keep: int,
     The ``keep`` most frequent among the neurons some token chose.  Ties in the counts:
     ``reference`` ranks the chosen neurons (in index order) with the reference code's
     ``argsort(counts, descending=True)`` (not stable); ``exact`` keeps the lower index first.
+    On the CPU only that ranking is torch's (its tie order is the reference's); the rest is
+    numpy, which costs a block's pre-fill a fifth of torch's small-tensor calls.
     """
-    counts = neuron_counts(acts, token_sparsity)
-    chosen = counts.nonzero().flatten()  # ascending, as the reference's unique(return_counts)
-    if checked_selection(selection) == "reference":
+    reference = checked_selection(selection) == "reference"
+    if acts.device.type == "cpu":
+        _check_shape(acts)
+        counts = _counts_numpy(acts.detach().float().numpy(), token_sparsity)
+        chosen = np.flatnonzero(counts)  # ascending, as the reference's unique(return_counts)
+        if len(chosen) > keep:
+            ranks = counts[chosen]
+            order = (torch.argsort(torch.from_numpy(ranks), descending=True).numpy()
+                     if reference else np.argsort(-ranks, kind="stable"))
+            chosen = np.sort(chosen[order[:keep]])
+        return torch.from_numpy(chosen.astype(np.int64, copy=False))
+    return _core_neurons_torch(acts, token_sparsity, keep, reference)
+
+
+def _core_neurons_torch(acts: torch.Tensor, token_sparsity: float, keep: int, reference: bool
+                        ) -> torch.Tensor:
+    """``core_neurons`` on the tensors' device, by torch alone."""
+    _check_shape(acts)
+    counts = _counts_torch(acts.detach().float(), token_sparsity)
+    chosen = counts.nonzero().flatten()
+    if reference:
         ranked = chosen[torch.argsort(counts[chosen], descending=True)]
     else:
         ranked = chosen[torch.sort(counts[chosen], descending=True, stable=True).indices]
