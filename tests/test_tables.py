@@ -945,3 +945,17 @@ def test_compare_gives_paired_perplexity_intervals() -> None:
     assert f"95% interval {low:+.2f}% to {high:+.2f}%; within noise" in near_text
     far_text = shown.iloc[0][[c for c in shown.columns if c.startswith("Δ #3")][0]]
     assert far_text.endswith("; worse)") and "+22.14%" in far_text
+
+
+def test_charts_draw_with_plotly_whites_look() -> None:
+    """The charts' template is plotly_white cut to the trace types drawn: the same layout and,
+    for those types, the same trace defaults."""
+    import plotly.io as pio
+
+    white = pio.templates["plotly_white"]
+    ours = charts._LAYOUT["template"]
+    assert ours.layout == white.layout
+    for kind in ("scatter", "bar", "heatmap", "parcoords"):
+        assert getattr(ours.data, kind) == getattr(white.data, kind), kind
+    figure = charts.perplexity_chart(pd.DataFrame(), "empty")
+    assert figure.layout.template.layout == white.layout

@@ -30,9 +30,9 @@ NM_SYMBOLS = {"2:4": "square", "4:8": "diamond", "1:4": "triangle-down", "3:4": 
 
 def _white_template() -> go.layout.Template:
     """Plotly's 'plotly_white' template with the trace defaults of the trace types drawn here
-    only: the named template carries defaults for all 24 types, and validating it made each
-    figure import and check every one of them (0.1 s for a server's first chart, 8 ms for
-    each later one).  The look is the same."""
+    only: the named template carries defaults for all 24 types, and each figure validated
+    every one of them (a server's first figure took 35 ms instead of 10, each later one 9 ms
+    instead of 6).  The look is the same."""
     text = (resources.files("plotly") / "package_data" / "templates" / "plotly_white.json")
     template = json.loads(text.read_text(encoding="utf-8"))
     return go.layout.Template({"layout": template["layout"], "data": {
