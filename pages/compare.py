@@ -51,8 +51,9 @@ show_table(memo(store, "compare.settings", picked)(lambda: compare.spec_table(ru
 
 st.subheader("Sweeps and ablation grids")
 with store_or_stop():
-    perplexity = memo(store, "metrics", "perplexity")(
-        lambda: tables.load_metrics(store, "perplexity"))
+    # Published grids come from the published perplexities; own sweeps from their own runs.
+    perplexity = memo(store, "metrics", "perplexity", "published")(
+        lambda: tables.load_metrics(store, "perplexity", origin="published"))
     grids = memo(store, "abl.list", live=True)(lambda: ablations.ablation_list(store, perplexity))
 if not grids:
     st.info("No sweeps or published ablation grids yet. Queue a sweep from the Launch page.")
