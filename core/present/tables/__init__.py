@@ -44,7 +44,6 @@ from core.present.frames import (
 )
 from core.present.labels import (
     BASELINE,
-    CALIBRATION_FREE,
     COLLAPSED,
     CONFIG_ORDER,
     DATASET_ORDER,
@@ -145,7 +144,6 @@ from core.present.tables.zero_shot import (
 )
 
 __all__ = [
-    "CALIBRATION_FREE",
     "OWN_GROUP",
     "TEXT",
     "DIVERGED",
