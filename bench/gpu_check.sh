@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU checks, one short call where a CUDA GPU is lent: 2:4 semi-structured matmul speed-up of
-# pruned SmolLM2 linears, batched perplexity throughput, CoreInfer decode.  Each prints a table;
-# without a CUDA GPU the script says so and exits 0 at once.
+# GPU checks, one short call where a CUDA GPU is lent: the Llama-2-7B shape (random weights,
+# written there) pruned a block at a time by Wanda, SparseGPT and SparseLLM with per-block time,
+# peak GPU memory against the memory plan and perplexity throughput; the 2:4 semi-structured
+# matmul speed-up of pruned linears.  Each prints a table; without a CUDA GPU the script says so
+# and exits 0 at once.  The device machine has torch and transformers only: carry the wheels of
+# safetensors and accelerate (the engine's other imports) with the call.
 #     bash bench/gpu_check.sh          (PYTHON=... to choose the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +18,8 @@ then
 fi
 status=0
 run() { echo; echo "== $*"; timeout 240 "$PYTHON" "$@" || { echo "(failed: $?)"; status=1; }; }
+run bench/scale_bench.py --shape llama-2-7b --dtype bfloat16 --device cuda \
+    --methods wanda,sparsegpt,sparsellm --samples 16 --seqlen 2048 --windows 16 \
+    --ppl-seqlen 2048 --batch-size 4 --blocks 4 --keep "${TMPDIR:-/tmp}/sparsebench-scale"
 run bench/sparse24_bench.py --tokens 16 256 4096 --repeats 30
-run bench/prune_bench.py --perplexity-only --device cuda --dtype float16 --windows 64 \
-    --seqlen 512 --batch-size 8
-run bench/decode_bench.py --device cuda --dtype float16 --prompt 64 --new 64 --repeats 3
 exit $status

@@ -36,3 +36,16 @@ def log_dir(db: Path) -> Path:
     path = cache_dir() / "logs" / f"{resolved.stem}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: The values ``SPARSEBENCH_EXECUTOR`` may take.
+EXECUTORS = ("local", "ray")
+
+
+def executor_name() -> str:
+    """Where runs execute (``SPARSEBENCH_EXECUTOR``, default ``local``), checked."""
+    name = os.environ.get("SPARSEBENCH_EXECUTOR", "").strip().lower() or "local"
+    if name not in EXECUTORS:
+        raise ValueError(f"SPARSEBENCH_EXECUTOR={name!r} is not an executor; allowed: "
+                         f"{', '.join(EXECUTORS)}")
+    return name

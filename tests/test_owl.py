@@ -169,8 +169,11 @@ def test_zero_block_target_leaves_the_block_dense(archs, calibration):
 
 # -- OWL as a setting of the method: its prepare step walks the runner's one traversal ------------
 @pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "wanda"])
-def test_owl_setting_prepares_the_same_targets_with_one_capture(archs, calibration, method,
-                                                                monkeypatch):
+def test_owl_setting_prepares_the_same_targets_with_one_capture_per_walk(archs, calibration,
+                                                                         method, monkeypatch):
+    """OWL's dense walk uses block 0's captured inputs up (each block's outputs are written
+    over them) and the pruning walk captures them again, so one copy of the calibration
+    activations exists at a time; the targets and masks are those of explicit targets."""
     arch = archs["llama"]
     targets = owl_targets(arch.build(), calibration, 0.6, M=3.0, lam=0.1)
     explicit = arch.build()
@@ -183,7 +186,7 @@ def test_owl_setting_prepares_the_same_targets_with_one_capture(archs, calibrati
     model = arch.build()
     got = prune_model(model, get_method(method, owl=OWL(M=3.0, lam=0.1)), Target(0.6),
                       calibration)
-    assert len(captures) == 1  # OWL's dense walk and the pruning walk share block 0's inputs
+    assert len(captures) == 2  # OWL's dense walk, then the pruning walk
     assert got.block_targets == pytest.approx(targets, abs=1e-12)
     assert got.per_block() == want.per_block()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import BertConfig, GPT2Config, T5Config
+from transformers import BertConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, T5Config
 
+from core.engine import plan
 from core.execution import jobs
 from core.runs import preflight
 from core.runs.kinds.activation import ActivationSpec
@@ -36,8 +37,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("preflight")
     corpus = root / "corpus.txt"
     corpus.write_text(SAMPLE_TEXT, encoding="utf-8")
-    GPT2Config(vocab_size=200, n_embd=32, n_layer=2, n_head=4, n_positions=64).save_pretrained(
-        root / "gpt2")
+    GPT2LMHeadModel(GPT2Config(vocab_size=200, n_embd=32, n_layer=2, n_head=4,
+                               n_positions=64)).save_pretrained(root / "gpt2")
     T5Config(vocab_size=200, d_model=32, d_ff=64, num_layers=2, num_heads=4).save_pretrained(
         root / "t5")
     BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -97,9 +98,11 @@ def test_a_cached_hub_id_is_read_from_the_cache(tmp_path: Path, assets: dict[str
                         "model of type llama, mistral, qwen2, qwen3, opt."]
 
 
-def test_online_the_hub_is_asked_once_and_network_errors_are_no_problem(
+def test_online_the_hub_is_asked_once_and_an_unreachable_hub_refuses_a_local_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The online branch with the hub's answers faked (no request is made)."""
+    """The online branch with the hub's answers faked (no request is made): a gated model
+    exists; a network error refuses a run on this machine (it could not fetch the model
+    either), naming the error and the cache, and lets a Ray run through."""
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -112,8 +115,15 @@ def test_online_the_hub_is_asked_once_and_network_errors_are_no_problem(
     monkeypatch.setattr(huggingface_hub, "model_info", answer(RepositoryNotFoundError))
     assert preflight.online_problems("someone/nope")[0].startswith(
         "Model: 'someone/nope' is not on the Hugging Face hub")
-    for error in (GatedRepoError, ConnectionError, TimeoutError):
+    monkeypatch.setattr(huggingface_hub, "model_info", answer(GatedRepoError))
+    assert preflight.online_problems("someone/nope") == []
+    for error in (ConnectionError, TimeoutError):
         monkeypatch.setattr(huggingface_hub, "model_info", answer(error))
+        monkeypatch.delenv("SPARSEBENCH_EXECUTOR", raising=False)
+        (problem,) = preflight.online_problems("someone/nope")
+        assert problem.startswith("Model: 'someone/nope' is not in the local Hugging Face cache (")
+        assert f"the hub cannot be reached to fetch it ({error.__name__}" in problem
+        monkeypatch.setenv("SPARSEBENCH_EXECUTOR", "ray")
         assert preflight.online_problems("someone/nope") == []
 
 
@@ -224,46 +234,42 @@ def test_a_search_goal_of_one_is_refused() -> None:
 
 
 # -- memory ------------------------------------------------------------------------------------
-def smollm2_shape() -> preflight.Shape:
+def smollm2_shape() -> plan.Shape:
     cfg, problems = preflight.load_config("smollm2-135m")  # known: nothing is loaded
     assert problems == []
-    return preflight.shape_of(cfg)
+    return plan.shape_of(cfg, "llama")
 
 
-def test_the_memory_estimate_adds_model_block_inputs_and_method_state() -> None:
+def test_the_plan_counts_the_weights_from_the_config() -> None:
     shape = smollm2_shape()
     # embeddings (tied) + 30 x (attention q, o 576 x 576, k, v 576 x 192 + SwiGLU 3 x 576 x 1536)
-    assert preflight.parameter_count(shape) == 49152 * 576 + 30 * (
-        2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536) == 134_479_872
-    estimate = preflight.estimate_memory(shape, "float32",
-                                         preflight.Calibration("sparsegpt", 128, 2048))
-    assert estimate.model == 134_479_872 * 4
-    assert estimate.block_inputs == 128 * 2048 * 576 * 4 * 2  # inputs and outputs of a block
-    assert estimate.method_state == 4 * (6 * 576**2 + 1536**2)  # a Hessian per linear
-    assert estimate.total == estimate.model + estimate.block_inputs + estimate.method_state
-    wanda = preflight.estimate_memory(shape, "bfloat16", preflight.Calibration("wanda", 1, 8))
-    assert wanda.model == 134_479_872 * 2 and wanda.method_state == 4 * (6 * 576 + 1536)
-    sparsellm = preflight.estimate_memory(shape, "float32", preflight.Calibration("sparsellm",
-                                                                                  2, 8))
-    assert sparsellm.method_state == estimate.method_state + 4 * 16 * (2 * 576 + 1536)
-    assert preflight.estimate_memory(shape, "float32").total == 134_479_872 * 4
+    block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert plan.block_parameters(shape) == block
+    assert plan.parameter_count(shape) == 49152 * 576 + 30 * block == 134_479_872
+    work = plan.Work(dtype="float32", method="sparsegpt", samples=128, seqlen=2048)
+    pruning = plan.build(shape, work).phase("pruning a block")
+    assert pruning is not None and not pruning.device  # a CPU run: all of it is host memory
+    assert pruning.host["block"] == block * 4
+    assert pruning.host["calibration activations"] == 128 * 2048 * 576 * 4  # one copy
+    assert pruning.host["Hessians"] == 4 * (6 * 576**2 + 1536**2)  # a Hessian per linear
+    wanda = plan.build(shape, plan.Work(dtype="bfloat16", method="wanda", samples=1, seqlen=8,
+                                        compute_dtype="bfloat16")).phase("pruning a block")
+    assert wanda is not None and wanda.host["block"] == block * 2
+    assert wanda.host["input norms"] == 4 * (6 * 576 + 1536)
 
 
-def test_a_run_far_above_free_memory_is_refused(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    free = int(20.1 * preflight.GIB)
-    monkeypatch.setattr(preflight, "free_memory", lambda device: free)
+def test_a_run_far_above_the_machines_memory_is_refused(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preflight, "budgets", lambda device, at_start=False: (
+        None, int(20.1 * plan.GIB)))
     values = dict(model="smollm2-135m", method="wanda", sparsity="0.5",
                   calibration="wiki-offline", samples=4096, seqlen=8192)
-    expected = preflight.estimate_memory(smollm2_shape(), "float32",
-                                         preflight.Calibration("wanda", 4096, 8192))
-    assert round(expected.total / preflight.GIB, 1) == 144.5
     refused(tmp_path, PruneSpec, values,
-            "Memory: this run needs about 144.5 GiB (model 0.5 GiB + block inputs 144.0 GiB + "
-            "method state 0.0 GiB) but cpu has 20.1 GiB free; use fewer samples or a shorter "
-            "seqlen.")
-    monkeypatch.setattr(preflight, "free_memory", lambda device: None)  # cannot tell: no problem
-    assert check(PruneSpec, values)[1] == []
+            "Memory: this run needs about 72.7 GiB of RAM at its peak (pruning a block: "
+            "calibration activations 72.0 GiB + runtime 0.4 GiB + forward 0.2 GiB) but the "
+            "host's RAM has 20.1 GiB in all; use fewer Samples or fewer Tokens per sample.")
+    monkeypatch.setattr(preflight, "budgets", lambda device, at_start=False: (None, None))
+    assert check(PruneSpec, values)[1] == []  # nothing known about the machine: no problem
 
 
 # -- a good run passes --------------------------------------------------------------------------
@@ -276,3 +282,12 @@ def test_a_tiny_llama_with_a_local_text_passes_and_is_queued(tmp_path: Path,
     assert submission.baseline_id is not None and len(store.runs()) == 2  # run + dense baseline
     activation = {"model": assets["llama"], "ppl_datasets": [assets["corpus"]], "ppl_seqlen": 64}
     assert check(ActivationSpec, activation)[1] == []
+
+
+def test_a_folder_without_weight_files_is_refused(tmp_path: Path, assets: dict[str, str]) -> None:
+    folder = tmp_path / "config-only"
+    LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4).save_pretrained(folder)
+    refused(tmp_path, PruneSpec, prune_values(assets, model=str(folder)),
+            f"Model: the folder {str(folder)!r} has a config.json but no weight files "
+            "(*.safetensors or *.bin)")

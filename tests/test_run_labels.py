@@ -34,10 +34,10 @@ def test_prune_label_words_name_what_differs_from_a_default_run(values, words) -
 
 def test_setting_words_name_the_calibration_only_where_the_method_uses_it() -> None:
     assert PruneSpec(model="m", method="wanda").setting_words() == [
-        "calibration wiki-offline 32×512, seed 0", "reference selection", "float32"]
-    assert PruneSpec(model="m", method="magnitude").setting_words() == [
+        "calibration wiki-offline 32×512, seed 0", "reference selection", "auto dtype"]
+    assert PruneSpec(model="m", method="magnitude", dtype="float32").setting_words() == [
         "reference selection", "float32"]
-    assert PruneSpec(model="m", method="dense", sparsity="0").setting_words() == ["float32"]
+    assert PruneSpec(model="m", method="dense", sparsity="0").setting_words() == ["auto dtype"]
 
 
 def test_activation_label_words() -> None:
@@ -70,9 +70,9 @@ def test_a_stored_run_carries_its_label_and_settings(tmp_path: Path) -> None:
     _three_runs(store)
     rows = store.frame("SELECT method, variant, settings FROM runs ORDER BY id")
     assert rows["variant"].tolist() == ["", "", "OWL"]
-    assert rows["settings"].tolist()[0] == "float32"  # dense: no calibration it never used
+    assert rows["settings"].tolist()[0] == "auto dtype"  # dense: no calibration it never used
     assert rows["settings"].tolist()[2] == (
-        "calibration wiki-offline 32×512, seed 0 · reference selection · float32")
+        "calibration wiki-offline 32×512, seed 0 · reference selection · auto dtype")
 
 
 def test_tables_and_charts_tell_an_owl_run_from_the_plain_one(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_tables_and_charts_tell_an_owl_run_from_the_plain_one(tmp_path: Path) ->
     assert shown.loc[plain, "Method"] == "Wanda 50%"
     assert shown.loc[with_owl, "Method"] == "Wanda 50% · OWL"
     assert shown.loc[with_owl, "Δ from dense"] == pytest.approx(15.0)  # the same dense baseline
-    assert shown.loc[dense, "Settings"] == "float32"
+    assert shown.loc[dense, "Settings"] == "auto dtype"
     figure = charts.perplexity_chart(rows)
     names = {trace.name for trace in figure.data}
     assert {"Wanda · own", "Wanda · OWL · own"} <= names, names

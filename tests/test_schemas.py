@@ -127,7 +127,7 @@ def test_a_spec_cannot_be_built_invalid_and_check_words_every_problem() -> None:
     spec, problems = check(PruneSpec, {"samples": 0, "dtype": "int3", "nope": 1})
     assert spec is None
     assert "Calibration samples: 0 is not a whole number between 1 and 4096." in problems
-    assert "Dtype: 'int3' is not one of float32, float16, bfloat16." in problems
+    assert "Dtype: 'int3' is not one of auto, float32, float16, bfloat16." in problems
     assert any(p.startswith("nope: unknown field") for p in problems)
 
 

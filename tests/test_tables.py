@@ -501,14 +501,14 @@ def test_retention_of_own_runs_needs_the_same_zero_shot_settings(store: Store) -
     frame = table.frame.set_index("Run")
     assert frame.loc[same, "Retention"] == pytest.approx(0.45 / 0.7)
     assert frame.loc[same, "Baseline run"] == dense
-    assert frame.loc[same, "Evaluation"] == "0-shot, limit 40, float32"
+    assert frame.loc[same, "Evaluation"] == "0-shot, limit 40, auto dtype"
     assert math.isnan(frame.loc[other_limit, "Retention"])
     shown = table.display().set_index("Run")
     assert shown.loc[str(other_limit), "Retention"] == ""
     assert shown.loc[str(other_limit), "Baseline run"] == ""
     note = shown.loc[str(other_limit), "Note"]
-    assert "same zero-shot settings (num_fewshot=0, zs_limit=20, dtype=float32)" in note
-    assert f"run {dense} (num_fewshot=0, zs_limit=40, dtype=float32)" in note
+    assert "same zero-shot settings (num_fewshot=0, zs_limit=20, dtype=auto)" in note
+    assert f"run {dense} (num_fewshot=0, zs_limit=40, dtype=auto)" in note
     assert any("same few-shot count, example limit and dtype" in n for n in table.notes)
 
 
@@ -537,7 +537,7 @@ def test_perplexity_delta_of_own_runs_needs_the_same_windows(store: Store) -> No
     shown = table.display().set_index("Run")
     assert shown.loc[str(all_windows), "Δ from dense"] == ""
     note = shown.loc[str(all_windows), "Note"]
-    assert "same settings (ppl_seqlen=256, max_windows=none, dtype=float32)" in note
+    assert "same settings (ppl_seqlen=256, max_windows=none, dtype=auto)" in note
     assert "Δ not computed" in note
 
 
@@ -569,7 +569,7 @@ def test_drop_from_dense_per_task_and_on_average(store: Store, drop_store: dict[
                                                  ) -> None:
     rows = tables.load_metrics(store, "zero_shot")
     table = tables.drop_table(rows, "smollm2-135m", "50%",
-                              evaluation="0-shot, limit 40, float32")
+                              evaluation="0-shot, limit 40, auto dtype")
     shown = table.display().set_index(["Task", "Method"])
     assert list(shown.columns) == ["Score", "Dense", "Drop (points)", "95% interval (points)",
                                    "Relative drop", "Source", "Run", "Baseline run", "Note"]
@@ -623,7 +623,7 @@ def test_failed_tasks_are_shown_and_not_averaged(store: Store, drop_store: dict[
                                                  ) -> None:
     rows = tables.load_metrics(store, "zero_shot")
     per_task = tables.per_task_table(rows, "smollm2-135m", "50%",
-                                     evaluation="0-shot, limit 40, float32")
+                                     evaluation="0-shot, limit 40, auto dtype")
     shown = per_task.display().set_index("Task")
     assert list(shown.columns) == ["Dense", "Dense SE", "Magnitude", "Magnitude SE", "Wanda",
                                    "Wanda SE", "Note"]  # each score's lm-eval stderr beside it
@@ -664,10 +664,10 @@ def test_per_task_views_show_the_newest_own_variants_only(store: Store) -> None:
 def test_per_task_view_keeps_evaluation_settings_apart(store: Store,
                                                         drop_store: dict[str, int]) -> None:
     rows = tables.load_metrics(store, "zero_shot")
-    assert tables.zs_evaluations(rows, "smollm2-135m") == ["0-shot, limit 40, float32",
-                                                         "1-shot, limit 40, float32"]
+    assert tables.zs_evaluations(rows, "smollm2-135m") == ["0-shot, limit 40, auto dtype",
+                                                         "1-shot, limit 40, auto dtype"]
     one_shot = tables.per_task_table(rows, "smollm2-135m", "50%",
-                                     evaluation="1-shot, limit 40, float32")
+                                     evaluation="1-shot, limit 40, auto dtype")
     assert one_shot.empty  # no pruned 1-shot run: nothing is mixed in
 
 
@@ -697,7 +697,7 @@ def test_drop_table_of_the_published_seed_000(published_store: Store) -> None:
 
 def test_drop_chart_is_a_heatmap_of_the_points(store: Store, drop_store: dict[str, int]) -> None:
     table = tables.drop_table(tables.load_metrics(store, "zero_shot"), "smollm2-135m", "50%",
-                              evaluation="0-shot, limit 40, float32")
+                              evaluation="0-shot, limit 40, auto dtype")
     fig = charts.drop_chart(table)
     heat = fig.data[0]
     assert heat.type == "heatmap" and heat.zmid == 0
@@ -709,7 +709,7 @@ def test_drop_chart_is_a_heatmap_of_the_points(store: Store, drop_store: dict[st
     assert heat.text[wanda][3] == "no value"
     bars = charts.per_task_chart(tables.per_task_long(
         tables.load_metrics(store, "zero_shot"), "smollm2-135m", "50%",
-        evaluation="0-shot, limit 40, float32"))
+        evaluation="0-shot, limit 40, auto dtype"))
     wanda_bars = next(t for t in bars.data if t.name == "Wanda")
     assert dict(zip(wanda_bars.x, wanda_bars.text, strict=True)) == {
         "piqa": "", "boolq": "", "arc_easy": "failed", "rte": "no value"}
@@ -902,7 +902,7 @@ def test_zero_shot_average_and_retention_intervals(store: Store, drop_store: dic
     """Every stored score has stderr 0.01: Wanda's average over piqa and boolq has se
     sqrt(2) x 0.01 / 2; retention's interval is the delta method's, not holding 100%."""
     rows = tables.load_metrics(store, "zero_shot")
-    rows = rows[rows["evaluation"] == "0-shot, limit 40, float32"]
+    rows = rows[rows["evaluation"] == "0-shot, limit 40, auto dtype"]
     frame = tables.zero_shot_table(rows).frame.set_index("Method")
     wanda = frame.loc["Wanda 50%"]
     se = math.sqrt(2) * 0.01 / 2
@@ -921,7 +921,8 @@ def test_zero_shot_average_and_retention_intervals(store: Store, drop_store: dic
 
 def test_drop_chart_marks_drops_within_noise(store: Store, drop_store: dict[str, int]) -> None:
     rows = tables.load_metrics(store, "zero_shot")
-    table = tables.drop_table(rows, "smollm2-135m", "50%", evaluation="0-shot, limit 40, float32")
+    table = tables.drop_table(rows, "smollm2-135m", "50%",
+                              evaluation="0-shot, limit 40, auto dtype")
     heatmap = charts.drop_chart(table).data[0]
     cells = dict(zip(heatmap.y, heatmap.text, strict=True))
     tasks = list(heatmap.x)

@@ -6,6 +6,7 @@ GPT-2 stores its projections as ``Conv1D`` with the weight transposed (``[in, ou
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +28,25 @@ class Adapter:
     ffn_down: str
     ffn_gate: str | None = None  # SwiGLU only
     ffn_activation: str | None = None  # attribute of the activation module (SwiGLU)
+    #: Modules between the last block and the head, in order (absent ones are skipped).
+    final: tuple[str, ...] = ()
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         module: nn.Module = model
         for part in self.blocks_path.split("."):
             module = getattr(module, part)
         return module  # type: ignore[return-value]
+
+    def final_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules the last block's output goes through before the head (final norm,
+        OPT's optional projection), those the model has."""
+        found = []
+        for path in self.final:
+            with contextlib.suppress(AttributeError):
+                module = model.get_submodule(path)
+                if module is not None:
+                    found.append(module)
+        return found
 
     def linears(self, block: nn.Module) -> dict[str, nn.Module]:
         """Every prunable linear of a block, by its name inside the block, in module order."""
@@ -41,15 +55,17 @@ class Adapter:
 
 
 _LLAMA = Adapter("llama", "model.layers", "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj",
-                 "mlp.act_fn")
+                 "mlp.act_fn", final=("model.norm",))
 ADAPTERS: dict[str, Adapter] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "opt": Adapter("opt", "model.decoder.layers", "fc1", "fc2"),
-    "gpt2": Adapter("gpt2", "transformer.h", "mlp.c_fc", "mlp.c_proj"),
-    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    "opt": Adapter("opt", "model.decoder.layers", "fc1", "fc2",
+                   final=("model.decoder.final_layer_norm", "model.decoder.project_out")),
+    "gpt2": Adapter("gpt2", "transformer.h", "mlp.c_fc", "mlp.c_proj", final=("transformer.ln_f",)),
+    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+                        final=("gpt_neox.final_layer_norm",)),
 }
 
 

@@ -9,6 +9,7 @@ import platform
 import resource
 import sys
 from importlib import metadata
+from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "datasets", "lm_eval", "duckdb")
 
@@ -36,11 +37,19 @@ def describe(device: str = "cpu") -> dict[str, object]:
 
 
 def peak_memory_mb(device: str = "cpu") -> float:
-    """Peak memory of this process so far: GPU allocations on CUDA, resident set size otherwise."""
+    """Peak memory of this process so far: GPU allocations on CUDA, else the resident set's
+    high-water mark (``VmHWM``: of this process's own memory; ``ru_maxrss`` carries a forking
+    parent's peak over into its children, so a run spawned by a big process would report it)."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -65,3 +74,15 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); without it a bf16
+    matrix product is emulated and many times slower than fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

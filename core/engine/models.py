@@ -12,6 +12,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -21,6 +22,8 @@ from core import config
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: What to download of a hub model: config, tokenizer and weights (safetensors preferred).
+HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,68 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
 
 
+def local_folder(name: str) -> Path:
+    """A folder on this machine holding the model's config, tokenizer and weight files: the
+    offline default's conversion, a local folder, or a hub model's snapshot (downloaded into
+    the Hugging Face cache unless it is there; safetensors weights, else ``.bin``)."""
+    target = resolve(name)
+    if Path(target).is_dir():
+        return Path(target)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(target, allow_patterns=[*HUB_FILES, "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(target, allow_patterns=[*HUB_FILES, "*.bin"]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not get model {name!r} from the Hugging Face hub or its "
+                             f"local cache: {exc}") from exc
+    return folder
+
+
+def resolve_dtype(folder: Path, dtype: str) -> str:
+    """``dtype``, or for 'auto' the dtype the checkpoint's config names (float32 when it names
+    none, or one this project does not run in)."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"Unknown dtype {dtype!r}; allowed: auto, {', '.join(DTYPES)}")
+        return dtype
+    try:
+        values = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    named = values.get("dtype") or values.get("torch_dtype") or "float32"
+    if not isinstance(named, str):
+        return "float32"
+    named = named.removeprefix("torch.")
+    return named if named in DTYPES else "float32"
+
+
+def load_for_evaluation(folder: Path, dtype: torch.dtype, device: str,
+                        trust_remote_code: bool = False, max_memory: dict[Any, int] | None
+                        = None, offload_dir: Path | None = None
+                        ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The whole model for lm-eval: on ``device``, or with ``max_memory`` spread over the
+    device, the host and ``offload_dir`` by accelerate (``device_map='auto'``)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    placement: dict[str, Any] = {"device_map": {"": device}}
+    if max_memory is not None:
+        placement = {"device_map": "auto", "max_memory": max_memory,
+                     "offload_folder": str(offload_dir) if offload_dir else None}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=_has_safetensors(str(folder)), **placement)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load the model in {folder}: {exc}") from exc
+    model.eval()
+    model.config.use_cache = False
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, tokenizer
+
+
 def load_model(
     name: str,
     dtype: str = "float32",
@@ -114,9 +179,11 @@ def load_model(
     safetensors weights are preferred; pickled ``.bin`` weights are used only where no safetensors
     exist.  ``trust_remote_code`` stays off unless the user asks for it.
     """
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"Unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}; allowed: auto, {', '.join(DTYPES)}")
     target = resolve(name)
+    if dtype == "auto":
+        dtype = resolve_dtype(Path(target), dtype) if Path(target).is_dir() else "float32"
     try:
         AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
@@ -130,6 +197,8 @@ def load_model(
         raise ModelLoadError(f"Could not load model {name!r} ({target}): {exc}") from exc
     model.eval()
     model.config.use_cache = False
+    for param in model.parameters():
+        param.requires_grad_(False)
     return model.to(device), tokenizer
 
 
@@ -153,7 +222,13 @@ def model_info(model: torch.nn.Module) -> dict[str, object]:
 
 
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save the (pruned) model as safetensors with its tokenizer, loadable by transformers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    """Save a model held whole as safetensors with its tokenizer, loadable by transformers:
+    written into a folder beside ``folder`` and renamed when complete."""
+    from core.engine.checkpoint import move_into_place
+
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    move_into_place(partial, folder)

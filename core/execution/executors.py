@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol, runtime_checkable
 
+from core.config import EXECUTORS, executor_name
 from core.store.db import Store
 
-#: The values ``SPARSEBENCH_EXECUTOR`` may take.
-EXECUTORS = ("local", "ray")
+__all__ = ["EXECUTORS", "Executor", "executor_for", "executor_name"]
+
 
 
 @runtime_checkable
@@ -38,15 +39,6 @@ class Executor(Protocol):
     def ensure_workers(self) -> list[str]:
         """Fail dead runs and start what drains the queue when runs are pending (the pages
         call this on every refresh); returns what was started."""
-
-
-def executor_name() -> str:
-    """The configured executor (``SPARSEBENCH_EXECUTOR``, default ``local``), checked."""
-    name = os.environ.get("SPARSEBENCH_EXECUTOR", "").strip().lower() or "local"
-    if name not in EXECUTORS:
-        raise ValueError(f"SPARSEBENCH_EXECUTOR={name!r} is not an executor; allowed: "
-                         f"{', '.join(EXECUTORS)}")
-    return name
 
 
 def executor_for(store: Store) -> Executor:

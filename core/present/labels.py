@@ -378,14 +378,15 @@ def _setting(spec: Mapping[str, Any], key: str) -> Any:
 
 
 def zs_evaluation_label(spec: Mapping[str, Any]) -> str:
-    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('' for published rows)."""
+    """An own run's zero-shot settings: '0-shot, limit 40, float32' ('auto dtype': the
+    checkpoint's own; '' for published rows)."""
     if not any(k in spec for k in ("num_fewshot", "zs_limit")):
         return ""
     limit = _setting(spec, "zs_limit")
     text = f"{_setting(spec, 'num_fewshot') or 0}-shot, "
     text += f"limit {limit}" if limit is not None else "all examples"
     dtype = _setting(spec, "dtype")
-    return text + (f", {dtype}" if dtype else "")
+    return text + (f", {'auto dtype' if dtype == 'auto' else dtype}" if dtype else "")
 
 
 def spec_summary(spec: Mapping[str, Any]) -> str:

@@ -10,7 +10,8 @@ a run that cannot work before anything is stored.
   ``n_positions``);
 * a text file given as a source is UTF-8 text (NUL bytes or invalid UTF-8 in the first 64 KiB
   refuse it), not empty, and long enough for the windows;
-* the estimated peak memory fits the free memory of the device.
+* the run's memory plan (``core.engine.plan``) fits the device and the host: their total
+  memory at submit, what is free when the run starts (``plan_problems(at_start=True)``).
 
 Each check reads at most a ``config.json`` and the first 64 KiB of a text file.  The offline
 default model is known good: its configuration is written down here, nothing is loaded.
@@ -23,21 +24,18 @@ so a file of N bytes gives at most about N tokens.  A file refused by this bound
 short; one that passes may still be short (English runs about 4 bytes a token), which the run
 reports when it tokenizes.  No tokenizer is loaded and nothing valid is refused.
 
-Memory (:func:`estimate_memory`): model = parameters counted from the config x dtype bytes; block
-inputs = samples x seqlen x hidden x dtype bytes x 2 (a block's inputs and outputs are held at
-once); method state for one block: Wanda an fp32 vector per linear, SparseGPT an fp32
-``in x in`` Hessian per linear, SparseLLM those Hessians plus the FFN's fp32 inputs and outputs on
-every calibration token, magnitude nothing.  The sum is compared with the device's free memory
-(cpu: ``MemAvailable``; cuda: free bytes of that GPU).
+Memory is checked against totals at submit, not against what is free: a run queued while
+another one uses the GPU waits its turn instead of being refused.  The worker checks the same
+plan against the free memory when the run starts, and the run fails there with the numbers.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,11 +44,23 @@ from core import config
 from core.engine import data
 from core.engine.activation.coreinfer import SUPPORTED_FAMILIES
 from core.engine.adapters import ADAPTERS
+from core.engine.checkpoint import weight_files
+from core.engine.plan import (
+    DTYPE_BYTES,
+    GIB,
+    MemoryPlan,
+    Phase,
+    Work,
+    gib,
+    plan_run,
+    positions_of,
+    settings,
+    shape_of,
+    with_dtype,
+)
 from core.runs.specs import looks_like_path
 
-GIB = 2**30
 HEAD_BYTES = 64 * 1024
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 HUB_TIMEOUT_S = 3.0
 #: The offline default's configuration (SmolLM2-135M-Instruct, read from its GGUF header).
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
@@ -58,16 +68,11 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
         "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
         "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True,
+        "dtype": "float32",  # its safetensors conversion is written in fp32
     },
 }
 ENCODER_ONLY = ("bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta",
                 "deberta-v2", "mpnet", "camembert", "modernbert")
-#: Linears of one block whose input is the hidden state (the FFN's output linear reads the
-#: intermediate width): q, k, v, o, gate, up for the Llama family; q, k, v, out, fc1 for OPT.
-HIDDEN_INPUT_LINEARS = {"llama": 6, "opt": 5, "gpt2": 3, "gpt_neox": 3}
-#: The extra state a method keeps per block: none, a vector or a Hessian per linear.
-METHOD_STATE = {"magnitude": "none", "wanda": "vector", "sparsegpt": "hessian",
-                "sparsellm": "hessian+ffn"}
 MAGIC = {b"\x89PNG": "a PNG image", b"GGUF": "a GGUF model file", b"\xff\xd8\xff": "a JPEG image",
          b"\x1f\x8b": "a gzip archive", b"PK\x03\x04": "a zip archive", b"%PDF": "a PDF document"}
 ALLOWED_MODELS = (f"give '{config.DEFAULT_MODEL}', a folder saved by transformers "
@@ -93,8 +98,11 @@ def cached_config_file(repo_id: str) -> str | None:
 
 
 def online_problems(repo_id: str) -> list[str]:
-    """Ask the hub whether ``repo_id`` exists (short timeout); any network error: no problem."""
-    from huggingface_hub import model_info
+    """Ask the hub whether ``repo_id`` exists (short timeout).  When the hub cannot be reached,
+    a run on this machine could not fetch the model either: refused, naming the error and the
+    cache looked in; with the Ray executor the cluster's machines may reach it, so it passes
+    (the run's own check happens where it executes)."""
+    from huggingface_hub import constants, model_info
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
@@ -104,8 +112,15 @@ def online_problems(repo_id: str) -> list[str]:
     except RepositoryNotFoundError:
         return [f"Model: {repo_id!r} is not on the Hugging Face hub (or is private and this "
                 f"machine is not logged in); check the spelling or {ALLOWED_MODELS}."]
-    except Exception:  # no network, timeout, hub error: cannot check here
-        return []
+    except Exception as exc:  # no network, timeout, hub error
+        if config.executor_name() != "local":
+            return []
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) \
+            else type(exc).__name__
+        return [f"Model: {repo_id!r} is not in the local Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}) and the hub cannot be reached to fetch it "
+                f"({reason}); connect this machine, download the model while online, or "
+                f"{ALLOWED_MODELS}."]
     return []
 
 
@@ -171,17 +186,16 @@ def load_config(model: str, trust_remote_code: bool = False) -> tuple[Any | None
     return hub_config(name, trust_remote_code)
 
 
+def weight_problems(model: str) -> list[str]:
+    """A local model folder must hold its weights (a hub model's are downloaded by the run)."""
+    path = Path(model.strip()).expanduser()
+    if model.strip() in KNOWN_CONFIGS or not path.is_dir() or weight_files(path):
+        return []
+    return [f"Model: the folder {model!r} has a config.json but no weight files (*.safetensors "
+            "or *.bin); give a folder saved by transformers (save_pretrained) with its weights."]
+
+
 # -- what the config says ----------------------------------------------------------------------
-def settings(cfg: Any) -> dict[str, Any]:
-    """The config's values as a dict (a transformers config or its raw JSON)."""
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-
-
-def first(values: dict[str, Any], *names: str, default: Any = None) -> Any:
-    """The first of ``names`` set in ``values`` (configs spell the same size differently)."""
-    return next((values[n] for n in names if values.get(n) is not None), default)
-
-
 def architecture_problems(cfg: Any, need: str) -> list[str]:
     """Whether the model's type suits the run: ``need`` is 'causal' (a dense run: any decoder
     transformers loads as a causal LM), 'adapter' (pruning) or 'coreinfer'."""
@@ -202,15 +216,6 @@ def architecture_problems(cfg: Any, need: str) -> list[str]:
         return [f"Model: CoreInfer supports the Llama family and OPT, not {model_type!r}; use "
                 f"a model of type {types}."]
     return []
-
-
-def positions_of(cfg: Any) -> tuple[int, str] | None:
-    """(positions, the config key that says so), or None when the config does not say."""
-    values = settings(cfg)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(values.get(key), int) and values[key] > 0:
-            return values[key], key
-    return None
 
 
 def position_problems(cfg: Any, windows: dict[str, int]) -> list[str]:
@@ -274,127 +279,113 @@ def evaluation_text_problems(label: str, name: str, seqlen: int) -> list[str]:
     return text_file_problems(label, name, seqlen, f"fewer than one window of {seqlen} tokens")
 
 
-# -- memory --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Calibration:
-    """The calibration a pruning run does: method, samples x seqlen tokens."""
-
-    method: str
-    samples: int
-    seqlen: int
+# -- the save folder ---------------------------------------------------------------------------
+SAVE_MARKER = "sparsebench_run.json"
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes a run needs at its peak, by part."""
-
-    model: int
-    block_inputs: int = 0
-    method_state: int = 0
-
-    @property
-    def total(self) -> int:
-        """Everything, in bytes."""
-        return self.model + self.block_inputs + self.method_state
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The sizes of a decoder-only transformer that decide its memory."""
-
-    family: str
-    hidden: int
-    layers: int
-    intermediate: int
-    vocab: int
-    attention: int  # query width (heads x head dim)
-    kv: int  # key / value width
-    tied: bool
-    learned_positions: int  # GPT-2 / OPT position embeddings (0 for rotary models)
+def source_folder(model: str) -> Path | None:
+    """The folder the model's weights are read from, where it can be told without loading:
+    the offline default's conversion, a local folder, a cached hub snapshot."""
+    name = model.strip()
+    if name in KNOWN_CONFIGS:
+        return config.cache_dir() / "models" / name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if looks_like_path(name):
+        return None
+    with contextlib.suppress(Exception):
+        cached = cached_config_file(name)
+        return Path(cached).parent.resolve() if cached else None
+    return None
 
 
-def shape_of(cfg: Any) -> Shape:
-    """The sizes from a config, whatever names the architecture uses for them."""
-    values = settings(cfg)
-    model_type = str(values.get("model_type") or getattr(cfg, "model_type", ""))
-    hidden = int(first(values, "hidden_size", "n_embd", "d_model"))
-    heads = int(first(values, "num_attention_heads", "n_head", default=1))
-    head_dim = int(first(values, "head_dim", default=hidden // heads))
-    kv_heads = int(first(values, "num_key_value_heads", default=heads))
-    adapter = ADAPTERS.get(model_type)
-    positions = positions_of(cfg)
-    return Shape(
-        family=adapter.family if adapter else model_type, hidden=hidden,
-        layers=int(first(values, "num_hidden_layers", "n_layer", "num_layers")),
-        intermediate=int(first(values, "intermediate_size", "ffn_dim", "n_inner",
-                               default=4 * hidden)),
-        vocab=int(first(values, "vocab_size", default=0)), attention=heads * head_dim,
-        kv=kv_heads * head_dim, tied=bool(values.get("tie_word_embeddings", True)),
-        learned_positions=positions[0] if positions and model_type in ("gpt2", "opt") else 0)
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
-def parameter_count(shape: Shape) -> int:
-    """Weights of the model (biases and norms left out: well under 1%)."""
-    gated = shape.family == "llama"  # SwiGLU: gate, up and down
-    attention = 2 * shape.hidden * shape.attention + 2 * shape.hidden * shape.kv
-    ffn = (3 if gated else 2) * shape.hidden * shape.intermediate
-    embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
-    return embeddings + shape.learned_positions * shape.hidden + shape.layers * (attention + ffn)
-
-
-def method_state_bytes(method: str, shape: Shape, tokens: int) -> int:
-    """fp32 statistics one block's linears hold while it is pruned (all at once)."""
-    inputs = [shape.hidden] * HIDDEN_INPUT_LINEARS.get(shape.family, 4) + [shape.intermediate]
-    state = METHOD_STATE.get(method, "vector")
-    if state == "none":
-        return 0
-    if state == "vector":
-        return 4 * sum(inputs)
-    hessians = 4 * sum(n * n for n in inputs)
-    if state == "hessian+ffn":  # the FFN's input X, the output linear's input p and output Y
-        hessians += 4 * tokens * (2 * shape.hidden + shape.intermediate)
-    return hessians
-
-
-def estimate_memory(shape: Shape, dtype: str, calibration: Calibration | None = None
-                    ) -> MemoryEstimate:
-    """Peak bytes of a run on ``shape`` in ``dtype``: the model, and for a pruning run the
-    calibration block inputs (inputs and outputs of a block) and the method's state."""
-    size = DTYPE_BYTES.get(dtype, 4)
-    model = parameter_count(shape) * size
-    if calibration is None:
-        return MemoryEstimate(model)
-    tokens = calibration.samples * calibration.seqlen
-    return MemoryEstimate(model, 2 * tokens * shape.hidden * size,
-                          method_state_bytes(calibration.method, shape, tokens))
-
-
-def _cpu_available() -> int | None:
-    """Available RAM: psutil, else ``MemAvailable`` of /proc/meminfo."""
+def _earlier_save(folder: Path, identity: str) -> bool:
+    """Whether ``folder`` was written by an earlier run with this identity (its marker)."""
     try:
-        import psutil
+        marker = json.loads((folder / SAVE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("identity") == identity
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
+
+def _probe(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder`` (a probe file created and removed), or None."""
+    probe = folder / f".sparsebench-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def save_problems(label: str, save_dir: str, model: str, identity: str) -> list[str]:
+    """A save folder must not be (or hold, or lie inside) the model's own folder, must be new,
+    empty or an earlier save of this same run, and its parent must take a file."""
+    target = Path(save_dir).expanduser().resolve()
+    source = source_folder(model)
+    if source is not None and (_inside(target, source) or _inside(source, target)):
+        return [f"{label}: {save_dir!r} is (or holds) the model's own folder {source}; saving "
+                "there would overwrite the model. Choose another folder."]
+    if target.exists() and not target.is_dir():
+        return [f"{label}: {save_dir!r} is a file; give a folder."]
+    if target.is_dir() and any(target.iterdir()) and not _earlier_save(target, identity):
+        return [f"{label}: the folder {save_dir!r} already holds files and is not an earlier "
+                "save of this run; give a new or empty folder."]
+    parent = next(p for p in target.parents if p.exists())  # the root always exists
+    reason = _probe(parent) if parent.is_dir() else f"{parent} is a file"
+    if reason:
+        return [f"{label}: nothing can be written in {save_dir!r} ({reason}); give a folder "
+                "you can write to."]
+    return []
+
+
+# -- memory ----------------------------------------------------------------------------------
+def config_dtype(cfg: Any) -> str:
+    """The dtype a checkpoint's config names ('auto' resolves to it; float32 when none)."""
+    values = settings(cfg)
+    named = values.get("dtype") or values.get("torch_dtype") or "float32"
+    named = str(named).removeprefix("torch.")
+    return named if named in DTYPE_BYTES else "float32"
+
+
+def _meminfo(key: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
-def _cuda_free(index: int) -> int | None:
-    """Free bytes of one GPU: through NVML when it is there (no CUDA context in the calling
-    process, e.g. the dashboard), else ``torch.cuda.mem_get_info``."""
+def host_memory(at_start: bool) -> int | None:
+    """The host's RAM: all of it (at submit), or what is available now (when a run starts)."""
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        return int(memory.available if at_start else memory.total)
+    except ImportError:
+        return _meminfo("MemAvailable" if at_start else "MemTotal")
+
+
+def _cuda_memory(index: int, at_start: bool) -> int | None:
+    """One GPU's memory: all of it, or its free bytes now (through NVML when it is there: no
+    CUDA context in the calling process, e.g. the dashboard; else ``mem_get_info``)."""
     import torch
 
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
         return None
+    total = int(torch.cuda.get_device_properties(index).total_memory)
+    if not at_start:
+        return total
     try:
-        total = torch.cuda.get_device_properties(index).total_memory
         return int(total - torch.cuda.device_memory_used(index))
     except Exception:  # no nvidia-ml-py, or NVML refused
         pass
@@ -404,47 +395,100 @@ def _cuda_free(index: int) -> int | None:
         return None
 
 
-def free_memory(device: str) -> int | None:
-    """Free bytes of ``device`` now, or None when it cannot be told (mps, unknown)."""
-    if device == "cpu":
-        return _cpu_available()
+def device_memory(device: str, at_start: bool = False) -> int | None:
+    """A GPU's memory (total at submit, free when a run starts); None for the CPU (its memory
+    is the host's) and where it cannot be told (mps)."""
     if re.fullmatch(r"cuda(:\d+)?", device):
-        return _cuda_free(int(device.partition(":")[2] or 0))
+        return _cuda_memory(int(device.partition(":")[2] or 0), at_start)
     return None
 
 
-def memory_problems(estimate: MemoryEstimate, device: str) -> list[str]:
-    """The estimate against the device's free memory, worded with every number."""
-    free = free_memory(device)
-    if free is None or estimate.total <= free:
-        return []
-    advice = ("use fewer samples or a shorter seqlen"
-              if estimate.block_inputs + estimate.method_state > estimate.model
-              else "use float16 or bfloat16, a smaller model or a device with more memory")
-    return [f"Memory: this run needs about {estimate.total / GIB:.1f} GiB (model "
-            f"{estimate.model / GIB:.1f} GiB + block inputs {estimate.block_inputs / GIB:.1f} "
-            f"GiB + method state {estimate.method_state / GIB:.1f} GiB) but {device} has "
-            f"{free / GIB:.1f} GiB free; {advice}."]
+def budgets(device: str, at_start: bool = False) -> tuple[int | None, int | None]:
+    """(device bytes, host bytes) a run may use: totals at submit, free memory at start."""
+    return device_memory(device, at_start), host_memory(at_start)
+
+
+#: What to change when a part of the peak is too big, in the form's words.
+ADVICE = {
+    "calibration activations": "fewer Samples or fewer Tokens per sample",
+    "FFN data": "fewer Samples or fewer Tokens per sample",
+    "evaluation activations": "a smaller Max windows or Window length (tokens)",
+    "logits": "a smaller Batch size",
+    "text": "a shorter text file",
+}
+
+
+def _advice(plan: MemoryPlan, phase: Phase, parts: dict[str, int], dtype: str) -> str:
+    """What would make the peak fit, from its largest part (only what the user can change)."""
+    largest = max(parts, key=parts.__getitem__)
+    for key, advice in ADVICE.items():
+        if largest.startswith(key):
+            return f"use {advice}"
+    if dtype == "float32":
+        return "use Weights dtype bfloat16 (half the weights' memory)"
+    return "use a machine with more memory"
+
+
+def memory_problems(plan: MemoryPlan, device: str, device_budget: int | None,
+                    host_budget: int | None, dtype: str, at_start: bool = False) -> list[str]:
+    """The plan's peaks against the budgets, worded with the numbers and what would fit."""
+    found = []
+    word = "free" if at_start else "in all"
+    checks = [("host", plan.peak_host, host_budget, "the host's RAM")]
+    if not plan.on_cpu:
+        checks.insert(0, ("device", plan.peak_device, device_budget, device))
+    for where, peak, budget, name in checks:
+        if budget is None or peak <= budget:
+            continue
+        phase = plan.peak_phase(where)
+        parts = phase.device if where == "device" else phase.host
+        largest = sorted(parts.items(), key=lambda kv: -kv[1])[:4]
+        detail = " + ".join(f"{k} {gib(v)}" for k, v in largest if v >= GIB // 20)
+        found.append(f"Memory: this run needs about {gib(peak)} of "
+                     f"{'RAM' if where == 'host' else name + ' memory'} at its peak "
+                     f"({phase.name}: {detail}) but {name} has {gib(budget)} {word}; "
+                     f"{_advice(plan, phase, parts, dtype)}.")
+    return found
 
 
 # -- one call per kind -------------------------------------------------------------------------
-def model_fit_problems(model: str, *, need: str, windows: dict[str, int], dtype: str,
-                       device: str | None, trust_remote_code: bool = False,
-                       calibration: Calibration | None = None) -> list[str]:
+def fitted_plan(cfg: Any, work: Work, device_budget: int | None, host_budget: int | None
+                ) -> tuple[MemoryPlan, bool]:
+    """The memory plan of ``work`` (its dtype 'auto' resolved from ``cfg``) fitted to the
+    budgets: (plan, fits)."""
+    dtype = config_dtype(cfg) if work.dtype == "auto" else work.dtype
+    adapter = ADAPTERS.get(str(settings(cfg).get("model_type") or ""))
+    shape = shape_of(cfg, adapter.family if adapter else None)
+    return plan_run(shape, with_dtype(work, dtype), device_budget, host_budget)
+
+
+def plan_problems(cfg: Any, work: Work, at_start: bool = False) -> list[str]:
+    """The run's memory plan against the device's and the host's memory (their totals at
+    submit, what is free when the run starts)."""
+    device_budget, host_budget = budgets(work.device, at_start)
+    try:
+        plan, ok = fitted_plan(cfg, work, device_budget, host_budget)
+    except (TypeError, ValueError):  # a config without the usual sizes: nothing to plan
+        return []
+    if ok:
+        return []
+    dtype = config_dtype(cfg) if work.dtype == "auto" else work.dtype
+    return memory_problems(plan, work.device, device_budget, host_budget, dtype, at_start)
+
+
+def model_fit_problems(model: str, *, need: str, windows: dict[str, int],
+                       work: Work | None = None, trust_remote_code: bool = False) -> list[str]:
     """Every model-dependent check of a run: it resolves, suits ``need`` ('causal', 'adapter',
-    'coreinfer'), its ``windows`` (label -> tokens) fit, and (on a valid ``device``) it fits in
-    memory.  Later checks are skipped once the model cannot be used."""
+    'coreinfer'), its ``windows`` (label -> tokens) fit, and (given the ``work``, on a valid
+    device) its memory plan fits the machine.  Later checks are skipped once the model cannot
+    be used."""
     cfg, errors = load_config(model, trust_remote_code)
     if cfg is None or errors:
         return errors
     errors = architecture_problems(cfg, need)
     if errors:
         return errors
-    errors = position_problems(cfg, windows)
-    try:
-        shape = shape_of(cfg)
-    except (TypeError, ValueError):  # a config without the usual sizes: nothing to estimate
-        return errors
-    if device is not None:
-        errors += memory_problems(estimate_memory(shape, dtype, calibration), device)
+    errors = weight_problems(model) + position_problems(cfg, windows)
+    if work is not None:
+        errors += plan_problems(cfg, work)
     return errors

@@ -13,7 +13,10 @@ memory).  Each run kind declares its spec class in its own module
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -24,8 +27,10 @@ from pydantic.fields import FieldInfo
 from core import config
 from core.engine import data
 
-DTYPE_CHOICES = ("float32", "float16", "bfloat16")
-Dtype = Literal["float32", "float16", "bfloat16"]
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPE_HELP = ("auto: the checkpoint's own dtype (bfloat16 or float16 for most hub models, "
+              "float32 for the offline default). Statistics are always accumulated in float32.")
 LIMITS = {"samples": (1, 4096), "seqlen": (8, 32768), "batch_size": (1, 512),
           "max_windows": (1, 100000)}
 
@@ -140,6 +145,12 @@ def short_value(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(f"{k} {short_value(v)}" for k, v in value.items())
     return str(value)
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of a run spec (keys sorted), used to find an identical earlier run."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 # -- pydantic errors -> human-worded problems ----------------------------------------------------

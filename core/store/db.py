@@ -8,7 +8,6 @@ backoff.  Every statement takes its values as parameters.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from core import config
+from core.runs.specs import spec_hash
 from core.store.control import Control
 from core.store.errors import StoreError
 from core.store.meta import RunMeta, from_row, merged
@@ -267,12 +267,6 @@ def mark_earlier_rules(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("UPDATE runs SET spec = m.spec FROM _marked m WHERE runs.id = m.id")
     finally:
         con.unregister("_marked")
-
-
-def spec_hash(spec: Mapping[str, Any]) -> str:
-    """A stable hash of a run spec (keys sorted), used to find an identical earlier run."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _explain(path: Path, exc: Exception) -> StoreError:

@@ -69,7 +69,7 @@ def _normalise(sums: torch.Tensor, counts: torch.Tensor, top_k: int, tokens: int
     return BlockScores(sums / kth, counts / top_count, tokens)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def collect_scores(model: nn.Module, prompts_token_ids: Iterable[Any], top_k: int = 100,
                    source: str = "intermediate") -> list[BlockScores]:
     """Per-block scores from calibration prompts (one forward each, batch 1, no padding).

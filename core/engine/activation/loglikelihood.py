@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def split_loglikelihood(model: nn.Module, context: Sequence[int],
                         continuation: Sequence[int]) -> tuple[float, bool]:
     """``(sum of log p(continuation | context), continuation is the greedy one)``."""

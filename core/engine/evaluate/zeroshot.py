@@ -132,6 +132,18 @@ def evaluate(
 
     ``lm``: an lm-eval model wrapping ``model`` to use instead of a plain ``HFLM`` (e.g.
     ``core.activation.coreinfer_lm`` for CoreInfer's causal multiple-choice scores)."""
+    import torch
+
+    with torch.inference_mode():
+        return _evaluate(model, tokenizer, tasks, num_fewshot, limit, batch_size, device,
+                         progress, extra_task_dir, lm)
+
+
+def _evaluate(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int,
+              limit: int | None, batch_size: int, device: str,
+              progress: Callable[[str, int, int], None] | None, extra_task_dir: str | None,
+              lm: Any) -> ZeroShotResult:
+    """:func:`evaluate`'s body (under ``torch.inference_mode``)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

@@ -24,7 +24,7 @@ import torch
 from core.engine.adapters import get_adapter, weight_matrix
 from core.engine.prune.methods.base import Target
 from core.engine.prune.methods.wanda import InputNorms, Wanda
-from core.engine.prune.runner import BlockInputs, Traversal
+from core.engine.prune.runner import BlockInputs, Traversal, as_source
 
 DEFAULT_M = 5.0
 DEFAULT_LAMBDA = 0.08
@@ -86,18 +86,21 @@ def targets_from_ratios(ratios: Sequence[float], target: float, lam: float = 0.0
 def block_outlier_ratio(block: torch.nn.Module, traversal: Traversal, inputs: BlockInputs,
                         M: float) -> float:
     """D of one block: the share of its Wanda scores (all linears together) above M x their
-    mean, from one dense pass of the block on ``inputs``."""
+    mean, from one dense pass of the block on ``inputs``.  One linear's scores exist at a
+    time: they are computed once for the mean and again for the count."""
     stats = traversal.collect(block, Wanda(), inputs)
-    scores = []
-    for name, module in traversal.adapter.linears(block).items():
+    linears = traversal.adapter.linears(block)
+
+    def scores(name: str) -> torch.Tensor:
         norms = stats[name]
         assert isinstance(norms, InputNorms)
-        weight = weight_matrix(module)
-        scores.append(weight.float().abs() * norms.norms.to(weight.device).unsqueeze(0))
-    total = sum(float(s.sum(dtype=torch.float64)) for s in scores)
-    count = sum(s.numel() for s in scores)
+        weight = weight_matrix(linears[name])
+        return weight.float().abs() * norms.norms.to(weight.device).unsqueeze(0)
+
+    total = sum(float(scores(name).sum(dtype=torch.float64)) for name in linears)
+    count = sum(weight_matrix(module).numel() for module in linears.values())
     threshold = M * total / count
-    return sum(int((s > threshold).sum()) for s in scores) / count
+    return sum(int((scores(name) > threshold).sum()) for name in linears) / count
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class OWL:
     @torch.no_grad()
     def ratios(self, traversal: Traversal, last: int | None = None) -> list[float]:
         """D_l of blocks 0 .. last - 1, walking the dense blocks (block l sees dense 0..l-1)."""
-        if traversal.inputs is None:
+        if traversal.calibration is None:
             raise ValueError("OWL needs calibration data")
         found: list[float] = []
         traversal.walk(lambda _i, block, inputs: found.append(
@@ -145,9 +148,7 @@ def outlier_ratios(model: torch.nn.Module, calibration: torch.Tensor, M: float =
     owl = OWL(M=M)
     if calibration is None or calibration.numel() == 0:
         raise ValueError("OWL needs calibration data")
-    with torch.no_grad():
-        traversal = Traversal.start(model, get_adapter(model), calibration, device)
-    return owl.ratios(traversal)
+    return owl.ratios(Traversal(as_source(model), device, calibration))
 
 
 def owl_targets(model: torch.nn.Module, calibration: torch.Tensor,

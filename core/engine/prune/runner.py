@@ -1,23 +1,27 @@
-"""The layer-by-layer calibration runner shared by every weight-pruning method.
+"""The layer-by-layer traversal shared by every weight-pruning method, OWL and perplexity.
 
-1. Run the model up to decoder block 0 on the calibration windows and keep the block's inputs
-   (hidden states plus whatever the block needs: attention mask, position ids or embeddings).
+1. Run the model up to decoder block 0 on the windows and keep the block's inputs (hidden
+   states plus whatever the block needs: attention mask, position ids or embeddings).
 2. ``prepare``: the method's target for every block (OWL walks the dense blocks once for it).
-3. For each block: move it to the compute device, run it once densely with hooks that feed every
-   linear's inputs to the method's collectors, let the method prune the block, run it again so
-   the next block sees the pruned model's activations, move it back.
+3. For each block: bring it to the compute device, run it once densely with hooks that feed
+   every linear's inputs to the method's collectors, let the method prune the block, run it
+   again so the next block sees the pruned model's activations (written over its inputs), and
+   give it back.
 
-Steps 2 and 3 walk the blocks with the one :class:`Traversal`.  Only one decoder block is on the
-compute device at a time.
+A :class:`Traversal` walks the blocks of a *source*: a model held in memory (:class:`Resident`)
+or one read from its files a block at a time (``core.engine.checkpoint.LazyModel``).  Either way
+one decoder block is on the compute device at a time; with a lazy source, one block is in memory
+at all.  Where the windows' hidden states are kept (``store``) is the caller's choice: on the
+compute device, or on the host (pinned when a GPU computes) and moved per window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -71,25 +75,68 @@ class PruneReport:
         return sum(lin.zeros for lin in self.linears) / numel if numel else 0.0
 
 
-class _StopForward(Exception):
-    pass
+# -- sources of blocks -----------------------------------------------------------------------------
+class BlockSource(Protocol):
+    """Where the traversal gets its blocks: ``block`` lends one on a device (``None``: where it
+    is), ``outside`` the modules around the blocks (embeddings, final norm, head)."""
+
+    model: nn.Module
+    adapter: Adapter
+
+    @property
+    def n_blocks(self) -> int: ...
+
+    def block(self, index: int, device: torch.device | str | None,
+              write: bool = False) -> contextlib.AbstractContextManager[nn.Module]: ...
+
+    def outside(self, device: torch.device | str) -> contextlib.AbstractContextManager[
+        nn.Module]: ...
 
 
-@dataclass
-class BlockInputs:
-    """What block 0 received for each calibration window."""
+class Resident:
+    """A model held whole in memory: a block visits the compute device for its turn."""
 
-    hidden: list[torch.Tensor]
-    args: list[tuple[Any, ...]]
-    kwargs: list[dict[str, Any]]
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.adapter = get_adapter(model)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.adapter.blocks(self.model))
+
+    @contextlib.contextmanager
+    def block(self, index: int, device: torch.device | str | None,
+              write: bool = False) -> Iterator[nn.Module]:
+        block = self.adapter.blocks(self.model)[index]
+        home = next(block.parameters()).device
+        if device is not None:
+            block.to(device)
+        try:
+            yield block
+        finally:
+            block.to(home)
+            free_device_cache()
+
+    @contextlib.contextmanager
+    def outside(self, device: torch.device | str) -> Iterator[nn.Module]:
+        home = next(self.model.parameters()).device
+        _move_outside_blocks(self.model, self.adapter.blocks_path, device)
+        try:
+            yield self.model
+        finally:
+            _move_outside_blocks(self.model, self.adapter.blocks_path, home)
 
 
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
-    return value
+def as_source(model: nn.Module | BlockSource) -> BlockSource:
+    """A block source: the model itself when it is one, else the model held in memory."""
+    return model if hasattr(model, "outside") else Resident(model)  # type: ignore[return-value]
+
+
+def free_device_cache() -> None:
+    """Hand the GPU's cached free blocks back (between blocks: a block's temporaries differ in
+    size from the next one's)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _move_outside_blocks(model: nn.Module, blocks_path: str, device: torch.device | str) -> None:
@@ -103,30 +150,84 @@ def _move_outside_blocks(model: nn.Module, blocks_path: str, device: torch.devic
             module._buffers[key] = buf.to(device)
 
 
-def capture_inputs(model: nn.Module, adapter: Adapter, calibration: torch.Tensor,
-                   device: torch.device | str) -> BlockInputs:
-    """Run the model up to block 0 on each calibration window and record the block's inputs."""
-    blocks = adapter.blocks(model)
-    captured = BlockInputs([], [], [])
+# -- block 0's inputs ------------------------------------------------------------------------------
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    """What block 0 received for each batch of windows: hidden states (kept on ``store``),
+    and the other arguments (on the compute device; equal ones shared between batches)."""
+
+    hidden: list[torch.Tensor]
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+    store: torch.device | str = "cpu"
+
+    @property
+    def sequences(self) -> int:
+        return sum(h.shape[0] for h in self.hidden)
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    return value
+
+
+def _shared(value: Any, earlier: Any) -> Any:
+    """``earlier`` when it equals ``value`` (tensors of equal shape and contents), so batches
+    share one copy of their position embeddings and masks; else ``value``."""
+    if isinstance(value, torch.Tensor) and isinstance(earlier, torch.Tensor):
+        same = (value.shape == earlier.shape and value.dtype == earlier.dtype
+                and value.device == earlier.device and torch.equal(value, earlier))
+        return earlier if same else value
+    if isinstance(value, tuple) and isinstance(earlier, tuple) and len(value) == len(earlier):
+        return tuple(_shared(v, e) for v, e in zip(value, earlier, strict=True))
+    return value
+
+
+def _to_store(hidden: torch.Tensor, store: torch.device | str) -> torch.Tensor:
+    moved = hidden.detach().to(store)
+    if moved.device.type == "cpu" and hidden.device.type == "cuda":
+        moved = moved.pin_memory()
+    return moved
+
+
+def capture_inputs(source: nn.Module | BlockSource, rows: torch.Tensor,
+                   device: torch.device | str, batch_size: int = 1,
+                   store: torch.device | str | None = None) -> BlockInputs:
+    """Run the model up to block 0 on ``rows`` (token ids ``[n, seqlen]``), ``batch_size`` rows
+    at a time, and record the block's inputs; hidden states are kept on ``store`` (default: the
+    compute device)."""
+    source = as_source(source)
+    store = device if store is None else store
+    captured = BlockInputs([], [], [], store)
 
     def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.hidden.append(hidden.detach())
-        captured.args.append(tuple(_detach(a) for a in args[1:]))
-        captured.kwargs.append({k: _detach(v) for k, v in kwargs.items() if k != "hidden_states"})
+        earlier_a = captured.args[-1] if captured.args else ()
+        earlier_k = captured.kwargs[-1] if captured.kwargs else {}
+        captured.hidden.append(_to_store(hidden, store))
+        captured.args.append(tuple(_shared(_detach(a), e) for a, e in
+                                   zip(args[1:], earlier_a or (None,) * len(args[1:]),
+                                       strict=True)))
+        captured.kwargs.append({k: _shared(_detach(v), earlier_k.get(k))
+                                for k, v in kwargs.items() if k != "hidden_states"})
         raise _StopForward
 
-    first = blocks[0]
-    first_device = next(first.parameters()).device
-    first.to(device)
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for row in calibration:
-            with contextlib.suppress(_StopForward):
-                model(input_ids=row.unsqueeze(0).to(device), use_cache=False)
-    finally:
-        handle.remove()
-        first.to(first_device)
+    with source.outside(device) as model:
+        handle = source.adapter.blocks(model)[0].register_forward_pre_hook(catch,
+                                                                           with_kwargs=True)
+        try:
+            for start in range(0, rows.shape[0], batch_size):
+                with contextlib.suppress(_StopForward):
+                    model(input_ids=rows[start:start + batch_size].to(device), use_cache=False)
+        finally:
+            handle.remove()
     return captured
 
 
@@ -134,9 +235,10 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+# -- pruning ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def prune_model(
-    model: nn.Module,
+    model: nn.Module | BlockSource,
     method: PruningMethod,
     target: Target,
     calibration: torch.Tensor | None,
@@ -144,40 +246,42 @@ def prune_model(
     block_range: tuple[int, int] | None = None,
     progress: ProgressFn | None = None,
     block_targets: Sequence[Target | float] | None = None,
+    store: torch.device | str | None = None,
 ) -> PruneReport:
-    """Prune ``model`` in place with ``method`` and return the measured sparsity.
+    """Prune ``model`` (in memory, or a lazy source whose writer takes the pruned blocks) with
+    ``method`` and return the measured sparsity.
 
     The method's lifecycle, in this order: ``prepare`` (one target per block: uniform, or OWL's
     from a dense walk), then per block ``block_collectors`` fed during one dense pass and
     ``prune_block``.  ``calibration`` is ``[samples, seqlen]`` token ids (unused by data-free
     methods).  Blocks outside ``block_range`` (start inclusive, end exclusive) stay dense.  A
     target of 0 changes nothing at all.  ``block_targets`` (one per decoder block) replaces the
-    method's ``prepare``; a block whose target is 0 stays dense.
-    """
-    adapter = get_adapter(model)
-    blocks = adapter.blocks(model)
-    start, end = _checked_range(block_range, len(blocks))
-    given = _per_block_targets(target, block_targets, len(blocks))
+    method's ``prepare``; a block whose target is 0 stays dense.  ``store``: where the
+    calibration windows' hidden states are kept (default: the compute device)."""
+    source = as_source(model)
+    start, end = _checked_range(block_range, source.n_blocks)
+    given = _per_block_targets(target, block_targets, source.n_blocks)
+    traversal = Traversal(source, device, calibration if method.needs_data else None,
+                          progress, store=store)
     if not any(t.fraction > 0 for t in given[start:end]):
-        return _measure_sparsity(blocks, adapter)
+        return traversal.measure_rest(PruneReport())
     if method.needs_data and (calibration is None or calibration.numel() == 0):
         raise ValueError(f"{method.name} needs calibration data")
-    traversal = Traversal.start(model, adapter, calibration if method.needs_data else None,
-                                device, progress)
     targets = given if block_targets is not None else _per_block_targets(
-        target, method.prepare(traversal, target, (start, end)), len(blocks))
-    notes: dict[int, dict[str, Any]] = {}
+        target, method.prepare(traversal, target, (start, end)), source.n_blocks)
+    report = PruneReport(block_targets=[t.fraction for t in targets])
 
     def prune_one(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
         if start <= index < end and targets[index].fraction > 0:
             stats = traversal.collect(block, method, inputs) if inputs is not None else {}
-            notes[index] = method.prune_block(block, adapter, stats, targets[index]) or {}
+            note = method.prune_block(block, source.adapter, stats, targets[index])
+            if note:
+                report.notes[index] = note
+        report.linears += measure_block(index, block, source.adapter)
 
-    traversal.walk(prune_one, first=0 if traversal.inputs is not None else start, last=end,
-                   consume=True)
-    report = _measure_sparsity(blocks, adapter)
-    report.block_targets = [t.fraction for t in targets]
-    report.notes = {index: note for index, note in notes.items() if note}
+    traversal.walk(prune_one, first=0 if traversal.calibration is not None else start,
+                   last=end, write=True)
+    traversal.measure_rest(report)
     for text in report.warnings:
         log.warning(text)
     return report
@@ -203,71 +307,80 @@ def _per_block_targets(target: Target, block_targets: Sequence[Target | float] |
     return targets
 
 
-def _measure_sparsity(blocks: Sequence[nn.Module], adapter: Adapter) -> PruneReport:
-    """The measured share of zero weights of every prunable linear of ``blocks``."""
-    report = PruneReport()
-    for index, block in enumerate(blocks):
-        for name, module in adapter.linears(block).items():
-            w = weight_matrix(module)
-            report.linears.append(LinearSparsity(index, name, int((w == 0).sum()), w.numel()))
-    return report
+def measure_block(index: int, block: nn.Module, adapter: Adapter) -> list[LinearSparsity]:
+    """The measured share of zero weights of every prunable linear of one block."""
+    return [LinearSparsity(index, name, int((weight_matrix(module) == 0).sum()),
+                           weight_matrix(module).numel())
+            for name, module in adapter.linears(block).items()]
 
 
+# -- the traversal ---------------------------------------------------------------------------------
 @dataclass
 class Traversal:
-    """The one walk over the decoder blocks, shared by every weight-pruning method and OWL.
+    """The one walk over the decoder blocks, shared by every weight-pruning method, OWL and
+    perplexity.
 
-    ``start`` captures block 0's inputs on the calibration windows (the modules outside the
-    blocks are on the compute device for the capture only).  ``walk`` then takes each block to
-    the device, lets a visitor work on it, and runs it to give the next block its inputs."""
+    ``calibration`` (token ids ``[n, seqlen]``) is captured as block 0's inputs when a walk
+    needs them, ``batch_size`` rows at a time; a walk uses them up (each block's outputs are
+    written over its inputs), so the next walk captures again."""
 
-    model: nn.Module
-    adapter: Adapter
+    source: BlockSource
     device: torch.device | str
-    inputs: BlockInputs | None
+    calibration: torch.Tensor | None
     progress: ProgressFn | None = None
+    batch_size: int = 1
+    store: torch.device | str | None = None
+    visited: set[int] = field(default_factory=set)
+    captures: int = 0
 
-    @classmethod
-    def start(cls, model: nn.Module, adapter: Adapter, calibration: torch.Tensor | None,
-              device: torch.device | str, progress: ProgressFn | None = None) -> Traversal:
-        """A traversal of ``model``; with ``calibration``, block 0's inputs are captured."""
-        if calibration is None:
-            return cls(model, adapter, device, None, progress)
-        home = next(model.parameters()).device
-        _move_outside_blocks(model, adapter.blocks_path, device)
-        if progress:
-            progress("capturing block inputs", 0, 1)
-        try:
-            return cls(model, adapter, device, capture_inputs(model, adapter, calibration, device),
-                       progress)
-        finally:  # embeddings, final norm and head go back where they were
-            _move_outside_blocks(model, adapter.blocks_path, home)
+    @property
+    def model(self) -> nn.Module:
+        return self.source.model
 
-    def walk(self, visit: Callable[[int, nn.Module, BlockInputs | None], None], first: int = 0,
-             last: int | None = None, consume: bool = False, stage: str = "pruning") -> None:
+    @property
+    def adapter(self) -> Adapter:
+        return self.source.adapter
+
+    def capture(self) -> BlockInputs | None:
+        """Block 0's inputs on the calibration rows (None without calibration); a capture
+        after the first (OWL's walk used them up) counts as part of its walk."""
+        if self.calibration is None:
+            return None
+        if self.progress and not self.captures:
+            self.progress("capturing block inputs", 0, 1)
+        self.captures += 1
+        return capture_inputs(self.source, self.calibration, self.device, self.batch_size,
+                              self.store)
+
+    def walk(self, visit: Callable[[int, nn.Module, BlockInputs | None], None] | None,
+             first: int = 0, last: int | None = None, stage: str = "pruning",
+             write: bool = False, through_last: bool = False) -> BlockInputs | None:
         """For blocks ``first`` .. ``last`` - 1, on the device: ``visit(index, block, inputs)``,
-        then (with captured inputs) replace the inputs by the block's outputs for the next one;
-        progress is reported as ``stage``.  Each walk starts from block 0's captured inputs;
-        ``consume`` lets this one use them up (the last walk: memory is freed block by block)."""
-        blocks = self.adapter.blocks(self.model)
-        last = len(blocks) if last is None else last
-        inputs = self.inputs if consume or self.inputs is None else BlockInputs(
-            list(self.inputs.hidden), self.inputs.args, self.inputs.kwargs)
+        then (with calibration) run the block to give the next one its inputs.  ``write``
+        hands each visited block to the source's writer; ``through_last`` also runs the last
+        block and returns its outputs (else None)."""
+        last = self.source.n_blocks if last is None else last
+        inputs = self.capture()
         if self.progress:
             self.progress(stage, 0, last - first)
         for index in range(first, last):
-            block = blocks[index]
-            home = next(block.parameters()).device
-            block.to(self.device)
-            try:
-                visit(index, block, inputs)
-                if inputs is not None and index + 1 < last:
-                    inputs.hidden = [_block_output(block(h, *a, **k)) for h, a, k in
-                                     zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True)]
-            finally:
-                block.to(home)
+            with self.source.block(index, self.device, write=write) as block:
+                if visit is not None:
+                    visit(index, block, inputs)
+                if inputs is not None and (index + 1 < last or through_last):
+                    self.forward(block, inputs)
+            if write:
+                self.visited.add(index)
             if self.progress:
                 self.progress(stage, index + 1 - first, last - first)
+        return inputs if through_last else None
+
+    def forward(self, block: nn.Module, inputs: BlockInputs) -> None:
+        """Run ``block`` on every batch, each output written over its input."""
+        for j, (h, a, k) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs,
+                                          strict=True)):
+            out = _block_output(block(h.to(self.device, non_blocking=True), *a, **k))
+            inputs.hidden[j] = out if h.device == out.device else _to_store(out, inputs.store)
 
     def collect(self, block: nn.Module, method: PruningMethod,
                 inputs: BlockInputs) -> dict[str, Collector]:
@@ -281,11 +394,21 @@ class Traversal:
                 handles.append(module.register_forward_hook(_feeder(collector)))
         try:
             for h, a, k in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
-                block(h, *a, **k)
+                block(h.to(self.device, non_blocking=True), *a, **k)
         finally:
             for handle in handles:
                 handle.remove()
         return stats
+
+    def measure_rest(self, report: PruneReport) -> PruneReport:
+        """Add the measured sparsity of the blocks no pruning walk visited (handing them to a
+        lazy source's writer as they are), in block order."""
+        for index in range(self.source.n_blocks):
+            if index not in self.visited:
+                with self.source.block(index, None, write=True) as block:
+                    report.linears += measure_block(index, block, self.adapter)
+        report.linears.sort(key=lambda lin: lin.block)
+        return report
 
 
 def _feeder(collector: Collector) -> Callable[[nn.Module, tuple, Any], None]:

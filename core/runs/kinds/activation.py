@@ -23,7 +23,7 @@ import torch
 from pydantic import field_validator
 
 from core import config
-from core.engine import data, environment, models
+from core.engine import data, environment
 from core.engine.activation import (
     CoreInferHandle,
     CoreInferStats,
@@ -35,12 +35,14 @@ from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import vocab_size, windows
 from core.engine.masks import Selection
-from core.runs import costs, preflight
+from core.engine.plan import Work
+from core.runs import costs, placement, preflight
 from core.runs.kinds.prune import perplexity_said, perplexity_status
 from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
+    DTYPE_HELP,
     LIMITS,
     Dtype,
     SpecModel,
@@ -98,7 +100,8 @@ class ActivationSpec(SpecModel):
     max_windows: int | None = whole(16, *LIMITS["max_windows"], "Max windows",
                                     form_label="Max windows (0 = all)")
     batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
-    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype", short="{value}")
+    dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", short="{value}",
+                            help=DTYPE_HELP)
     device: str = labelled("cpu", "Device")
     trust_remote_code: bool = labelled(False, "Trust remote code")
     config: str = ""  # set by a search: CoreInfer / best / AVG ('' = not part of a search)
@@ -161,8 +164,12 @@ class ActivationSpec(SpecModel):
         windows = ({type(self).model_fields["ppl_seqlen"].title: self.ppl_seqlen}
                    if self.ppl_datasets else {})
         return errors + device + preflight.model_fit_problems(
-            self.model, need="coreinfer", windows=windows, dtype=self.dtype,
-            device=None if device else self.device, trust_remote_code=self.trust_remote_code)
+            self.model, need="coreinfer", windows=windows,
+            work=None if device else self.work(), trust_remote_code=self.trust_remote_code)
+
+    def work(self) -> Work:
+        """What this run does, in the memory plan's terms: the whole model, evaluated."""
+        return whole_model_work(self.dtype, self.device, self.batch_size)
 
     def summary(self, model: str) -> str:
         what = (f"CoreInfer, kept fraction {self.sparsity}" if self.method == "coreinfer"
@@ -178,14 +185,21 @@ class ActivationSpec(SpecModel):
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
+def whole_model_work(dtype: str, device: str, batch_size: int) -> Work:
+    """An activation run or search in the memory plan's terms: the whole model on the device
+    (CoreInfer's hooks need every block there: it is never offloaded), evaluated."""
+    return Work(dtype=dtype, device=device, zero_shot=True, batch_size=batch_size,
+                offload=False)
+
+
 def load(spec: Any, progress: ProgressFn, say: Say) -> tuple[Any, Any]:
-    """The spec's model and tokenizer, on its device."""
+    """The spec's model and tokenizer, whole on its device, once its memory plan fits what is
+    free now."""
     progress("loading model", 0, 1)
     say(f"loading {spec.model} ({spec.dtype}) on {spec.device}")
-    model, tokenizer = models.load_model(spec.model, dtype=spec.dtype, device="cpu",
-                                         trust_remote_code=spec.trust_remote_code)
-    model.to(spec.device)
-    return model, tokenizer
+    placed = placement.place(spec.model, spec.dtype, spec.device, spec.work(), say,
+                             spec.trust_remote_code)
+    return placement.whole_model(placed, placed.folder, say)
 
 
 def converted_range(block_range: Sequence[int] | None, n_blocks: int) -> tuple[int, int]:
@@ -232,7 +246,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
                              lm=lm)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def split_perplexity(model: Any, ids: torch.Tensor, seqlen: int, max_windows: int | None,
                      progress: ProgressFn | None = None
                      ) -> tuple[float | None, int, int, list[float]]:
@@ -282,6 +296,7 @@ def _stats_rows(stats: CoreInferStats, dataset: str) -> list[dict[str, Any]]:
 
 
 # -- kind 'activation' -----------------------------------------------------------------------------
+@torch.inference_mode()
 def execute_activation(spec: ActivationSpec, progress: ProgressFn, say: Say) -> RunResult:
     """CoreInfer / sparsity levels on the spec's tasks and perplexity datasets."""
     model, tokenizer = load(spec, progress, say)

@@ -9,22 +9,24 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import ValidationInfo, field_validator
 
 from core import config
-from core.engine import data, environment, models
+from core.engine import data, environment, models, plan
+from core.engine.checkpoint import CheckpointWriter, LazyModel
 from core.engine.evaluate import zeroshot
-from core.engine.evaluate.perplexity import is_collapsed, perplexity, vocab_size
+from core.engine.evaluate.perplexity import blockwise_perplexity, is_collapsed, vocab_size
 from core.engine.masks import Selection
+from core.engine.plan import Work
 from core.engine.prune import owl
 from core.engine.prune.methods import REGISTRY, Target, get_method
-from core.engine.prune.runner import PruneReport, prune_model
-from core.runs import costs, preflight
+from core.engine.prune.runner import PruneReport, Resident, as_source, prune_model
+from core.runs import costs, placement, preflight
 from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
+    DTYPE_HELP,
     LIMITS,
     Dtype,
     SpecModel,
@@ -34,6 +36,7 @@ from core.runs.specs import (
     model_problems,
     short_value,
     source_problems,
+    spec_hash,
     task_problems,
     whole,
 )
@@ -101,7 +104,8 @@ class PruneSpec(SpecModel):
                                  form_label="Examples per task (0 = all)")
     batch_size: int = whole(4, *LIMITS["batch_size"], "Batch size",
                             help="Windows / examples per forward pass.")
-    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype", short="{value}")
+    dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", short="{value}",
+                            help=DTYPE_HELP)
     device: str = labelled("cpu", "Device", help="cpu, cuda, cuda:1 or mps")
     trust_remote_code: bool = labelled(
         False, "Trust remote code", help="Runs Python code shipped with the model. Off unless "
@@ -200,24 +204,48 @@ class PruneSpec(SpecModel):
                                                          self.ppl_seqlen)
         if self.zero_shot_tasks:
             errors += task_problems(self.zero_shot_tasks)
+        if self.save_dir:
+            errors += preflight.save_problems(type(self).model_fields["save_dir"].title,
+                                              self.save_dir, self.model, self.identity_hash())
         device = device_problems(self.device)
         return errors + device + self._preflight(device_ok=not device)
 
     def _preflight(self, device_ok: bool) -> list[str]:
-        """The model resolves, has an adapter (a pruned run), its windows fit, and the
-        estimated memory fits the device (``core.runs.preflight``)."""
+        """The model resolves, has an adapter (a pruned run), its windows fit, and its memory
+        plan fits the device and the host (``core.runs.preflight``)."""
         fields = type(self).model_fields
         windows = {}
-        calibration = None
         if self.needs_calibration():
             windows[fields["seqlen"].title] = self.seqlen
-            calibration = preflight.Calibration(self.method, self.samples, self.seqlen)
         if self.ppl_datasets:
             windows[fields["ppl_seqlen"].title] = self.ppl_seqlen
         return preflight.model_fit_problems(
             self.model, need="causal" if self.is_dense else "adapter", windows=windows,
-            dtype=self.dtype, device=self.device if device_ok else None,
-            trust_remote_code=self.trust_remote_code, calibration=calibration)
+            work=self.work() if device_ok else None, trust_remote_code=self.trust_remote_code)
+
+    def work(self) -> Work:
+        """What this run does, in the memory plan's terms (``core.engine.plan``)."""
+        text = max([plan.calibration_tokens(self.calibration) if self.needs_calibration()
+                    else 0] + [plan.eval_tokens(name) for name in self.ppl_datasets])
+        windows = max([plan.eval_windows(name, self.ppl_seqlen, self.max_windows)
+                       for name in self.ppl_datasets], default=0)
+        return Work(dtype=self.dtype, device=self.device,
+                    method=None if self.is_dense else self.method,
+                    samples=self.samples if self.needs_calibration() else 0,
+                    seqlen=self.seqlen if self.needs_calibration() else 0,
+                    owl=self.owl is not None, ppl_windows=windows, ppl_seqlen=self.ppl_seqlen,
+                    batch_size=self.batch_size, zero_shot=bool(self.zero_shot_tasks),
+                    save=bool(self.save_dir), text_tokens=text)
+
+    def identity_hash(self) -> str:
+        """The hash of ``identity()`` (what the store finds identical runs by)."""
+        return spec_hash(self.identity())
+
+    def save_marker(self) -> dict[str, Any]:
+        """What a save folder records of the run that wrote it (an earlier save of the same
+        run may be written over)."""
+        return {"identity": self.identity_hash(), "model": self.model, "method": self.method,
+                "sparsity": self.sparsity}
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -263,11 +291,15 @@ class PruneSpec(SpecModel):
     def setting_words(self) -> list[str]:
         """Calibration (for a method that uses it), selection and dtype, defaults included."""
         if self.is_dense:
-            return [self.dtype]
+            return [self.dtype_word()]
         words = []
         if self.needs_calibration():
             words.append(self._calibration_words())
-        return words + [f"{self.selection} selection", self.dtype]
+        return words + [f"{self.selection} selection", self.dtype_word()]
+
+    def dtype_word(self) -> str:
+        """'float16', or 'auto dtype' for the checkpoint's own (the run's log names it)."""
+        return "auto dtype" if self.dtype == "auto" else self.dtype
 
     def _param_words(self) -> list[str]:
         """The method's parameters that differ from its defaults ('variant', 'alpha 0.1')."""
@@ -328,22 +360,23 @@ def layer_stat_rows(report: PruneReport) -> list[dict[str, Any]]:
 
 
 def execute(spec: PruneSpec, progress: ProgressFn, say: Say) -> RunResult:
-    """Load, prune (unless dense), optionally save, then evaluate ``spec``."""
+    """Place the model by its memory plan, prune it one block at a time (unless dense) into
+    the save folder or a working folder, then evaluate what was written."""
     result = RunResult()
     progress("loading model", 0, 1)
     say(f"loading {spec.model} ({spec.dtype}) on {spec.device}")
-    model, tokenizer = models.load_model(spec.model, dtype=spec.dtype, device="cpu",
-                                         trust_remote_code=spec.trust_remote_code)
-    if not spec.is_dense:
-        prune(model, tokenizer, spec, result, progress, say)
-    model.to(spec.device)
-    if spec.save_dir:
-        progress("saving model", 0, 1)
-        models.save_model(model, tokenizer, Path(spec.save_dir))
-        say(f"saved to {spec.save_dir}")
-    started = time.perf_counter()
-    evaluate_perplexity(model, tokenizer, spec, result, progress, say)
-    evaluate_zero_shot(model, tokenizer, spec, result, progress, say)
+    placed = placement.place(spec.model, spec.dtype, spec.device, spec.work(), say,
+                             spec.trust_remote_code)
+    tokenizer = models.load_tokenizer(str(placed.folder), spec.trust_remote_code)
+    source = placement.open_source(placed, say=say)
+    size = placement.checkpoint_bytes(source, placed.dtype)
+    writes = not spec.is_dense or bool(spec.save_dir)
+    with placement.working_folder(spec.save_dir, size if writes else 0) as folder:
+        if writes:
+            source = prune(source, tokenizer, spec, result, progress, say, placed, folder)
+        started = time.perf_counter()
+        evaluate_perplexity(source, tokenizer, spec, result, progress, say, placed.store)
+        evaluate_zero_shot(source, tokenizer, spec, result, progress, say, placed)
     result.metrics += [
         {"kind": "timing", "dataset": "-", "metric": "eval_seconds",
          "value": time.perf_counter() - started},
@@ -353,11 +386,31 @@ def execute(spec: PruneSpec, progress: ProgressFn, say: Say) -> RunResult:
     return result
 
 
-def prune(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec, result: RunResult,
-          progress: ProgressFn, say: Say) -> None:
-    """Calibrate (when the method or OWL needs it), prune, and record sparsity and time."""
+def prune(source: LazyModel | Resident, tokenizer: Any, spec: PruneSpec, result: RunResult,
+          progress: ProgressFn, say: Say, placed: placement.Placement, folder: Path
+          ) -> LazyModel | Resident:
+    """Calibrate (when the method or OWL needs it), prune (a dense run with a save folder: copy)
+    and record sparsity and time; the pruned model is written to ``folder`` block by block
+    and returned as the source to evaluate."""
+    if isinstance(source, LazyModel):
+        source.writer = CheckpointWriter(source, folder)
+    try:
+        if not spec.is_dense:
+            prune_blocks(source, tokenizer, spec, result, progress, say, placed)
+        return finish(source, tokenizer, spec, progress, say, placed, folder)
+    except BaseException:
+        if isinstance(source, LazyModel) and source.writer is not None:
+            source.writer.abandon()
+        raise
+
+
+def prune_blocks(source: LazyModel | Resident, tokenizer: Any, spec: PruneSpec,
+                 result: RunResult, progress: ProgressFn, say: Say,
+                 placed: placement.Placement) -> None:
+    """The pruning itself, with its metrics and layer statistics."""
     method = get_method(spec.method, selection=spec.selection, owl=owl_setting(spec),
                         **spec.method_params)
+    method.token_store = placed.token_store
     target = spec.target()
     calibration = None
     if method.needs_data:
@@ -369,10 +422,32 @@ def prune(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec, result: RunRe
     say(f"pruning with {spec.method}{' + OWL' if method.owl else ''} to {target.label} "
         f"({spec.selection} selection)")
     started = time.perf_counter()
-    report = prune_model(model, method, target, calibration, device=spec.device,
+    report = prune_model(source, method, target, calibration, device=spec.device,
                          block_range=tuple(spec.block_range) if spec.block_range else None,
-                         progress=progress)
-    seconds = time.perf_counter() - started
+                         progress=progress, store=placed.store)
+    record_pruning(report, method, time.perf_counter() - started, result, say)
+
+
+def finish(source: LazyModel | Resident, tokenizer: Any, spec: PruneSpec, progress: ProgressFn,
+           say: Say, placed: placement.Placement, folder: Path) -> LazyModel | Resident:
+    """Complete the written checkpoint (or save a model held whole) and return what to
+    evaluate."""
+    if spec.save_dir:
+        progress("saving model", 0, 1)
+    if isinstance(source, Resident):
+        if spec.save_dir:
+            models.save_model(source.model, tokenizer, folder)
+            say(f"saved to {spec.save_dir}")
+        return source
+    written = source.writer.finish(tokenizer, marker=spec.save_marker())
+    if spec.save_dir:
+        say(f"saved to {spec.save_dir} ({placed.dtype}, {len(source.writer.groups)} shards)")
+    return placement.open_source(placed, written)
+
+
+def record_pruning(report: PruneReport, method: Any, seconds: float, result: RunResult,
+                   say: Say) -> None:
+    """The run's pruning metrics, layer statistics and log lines."""
     if method.owl is not None:
         result.layer_stats += [{"block": b, "layer": "block", "stat": "owl_target",
                                 "value": t} for b, t in enumerate(report.block_targets)]
@@ -417,19 +492,21 @@ def perplexity_said(status: str, value: float | None, vocab: int | None) -> str:
     return "diverged"
 
 
-def evaluate_perplexity(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
-                        result: RunResult, progress: ProgressFn, say: Say) -> None:
-    """The perplexity protocol on each of the spec's datasets (diverged and collapsed models
-    named so)."""
-    vocab = vocab_size(model)
+def evaluate_perplexity(source: Any, tokenizer: Any, spec: PruneSpec, result: RunResult,
+                        progress: ProgressFn, say: Say, store: str | None = None) -> None:
+    """The perplexity protocol on each of the spec's datasets, walking the blocks of
+    ``source`` (a block source or a model in memory; hidden states kept on ``store``, default
+    the device); diverged and collapsed models named so."""
+    source = as_source(source)
+    vocab = vocab_size(source.model)
     for name in spec.ppl_datasets:
         say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, "
             f"{spec.max_windows or 'all'} windows at most)")
         progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
         ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
-        res = perplexity(model, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows,
-                         spec.device,
-                         progress=lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))
+        res = blockwise_perplexity(
+            source, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows, spec.device,
+            progress=lambda s, d, t, n=name: progress(f"perplexity {n}", d, t), store=store)
         status, note = perplexity_status(res.value, vocab)
         result.metrics.append({
             "kind": "perplexity", "dataset": name, "metric": "ppl", "value": res.value,
@@ -439,15 +516,24 @@ def evaluate_perplexity(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
         say(f"{name}: {perplexity_said(status, res.value, vocab)} over {res.windows} windows")
 
 
-def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: PruneSpec,
-                       result: RunResult, progress: ProgressFn, say: Say) -> None:
-    """lm-eval on the spec's zero-shot tasks; a failed task is logged, the others kept."""
+def evaluate_zero_shot(source: Any, tokenizer: Any, spec: PruneSpec, result: RunResult,
+                       progress: ProgressFn, say: Say,
+                       placed: placement.Placement | None = None) -> None:
+    """lm-eval on the spec's zero-shot tasks, on the whole model (a model in memory, or one
+    read from its files as ``placed``'s plan says); a failed task is logged, the others
+    kept."""
     if not spec.zero_shot_tasks:
         return
     say(f"zero-shot through lm-eval {zeroshot.lm_eval_version()}: "
         f"{', '.join(spec.zero_shot_tasks)} ({spec.num_fewshot}-shot, limit {spec.zs_limit})")
-    zs = zeroshot.evaluate(model, tokenizer, list(spec.zero_shot_tasks), spec.num_fewshot,
-                           spec.zs_limit, spec.batch_size, spec.device, progress)
+    with placement.offload_folder() as offload:
+        if not isinstance(source, LazyModel):
+            model = as_source(source).model.to(spec.device)
+        else:
+            assert placed is not None
+            model, _ = placement.whole_model(placed, source.folder, say, offload)
+        zs = zeroshot.evaluate(model, tokenizer, list(spec.zero_shot_tasks), spec.num_fewshot,
+                               spec.zs_limit, spec.batch_size, spec.device, progress)
     result.metrics += zs.rows
     for task, message in zs.failures.items():
         say(f"zero-shot task {task} failed (other tasks kept): {message}")
@@ -470,7 +556,7 @@ def stage_plan(spec: PruneSpec) -> list[Stage]:
         stages.append(Stage("saving model", costs.SAVE_S))
     window_k = costs.windows(spec.max_windows) * spec.ppl_seqlen / 1000
     stages += [Stage(f"perplexity {name}", costs.PPL_FIXED_S + costs.PPL_S_PER_KTOKEN * window_k,
-                     "window") for name in spec.ppl_datasets]
+                     "block") for name in spec.ppl_datasets]
     if spec.zero_shot_tasks:
         stages.append(Stage("zero-shot", sum(
             costs.TASK_FIXED_S + costs.TASK_S_PER_EXAMPLE * costs.task_examples(t, spec.zs_limit)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, field_validator
 
 from core import config
@@ -23,6 +24,7 @@ from core.engine.activation import (
 )
 from core.engine.adapters import get_adapter
 from core.engine.evaluate import zeroshot
+from core.engine.plan import Work
 from core.runs import costs, preflight
 from core.runs.kinds.activation import (
     ActivationSpec,
@@ -30,11 +32,13 @@ from core.runs.kinds.activation import (
     evaluate_tasks,
     load,
     pick_metric,
+    whole_model_work,
 )
 from core.runs.progress import Stage
 from core.runs.registry import register_kind
 from core.runs.results import ChildRun, ProgressFn, RunResult, Say
 from core.runs.specs import (
+    DTYPE_HELP,
     LIMITS,
     Dtype,
     SpecModel,
@@ -86,7 +90,7 @@ class SearchSpec(SpecModel):
     metric: str = labelled("", "Metric")  # '' = the task's headline metric
     tolerance: float = Field(0.005, gt=0, le=0.1, title="Tolerance")
     batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
-    dtype: Dtype = labelled("float32", "Dtype", form_label="Weights dtype")
+    dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", help=DTYPE_HELP)
     device: str = labelled("cpu", "Device")
     trust_remote_code: bool = labelled(False, "Trust remote code")
 
@@ -133,9 +137,13 @@ class SearchSpec(SpecModel):
         device = device_problems(self.device)
         return (model_problems(self.model) + task_problems([self.task], label="Task") + device
                 + preflight.model_fit_problems(
-                    self.model, need="coreinfer", windows={}, dtype=self.dtype,
-                    device=None if device else self.device,
+                    self.model, need="coreinfer", windows={},
+                    work=None if device else self.work(),
                     trust_remote_code=self.trust_remote_code))
+
+    def work(self) -> Work:
+        """The whole model on the device, evaluated (``activation.whole_model_work``)."""
+        return whole_model_work(self.dtype, self.device, self.batch_size)
 
     def summary(self, model: str) -> str:
         goal = (f"goal {self.goal}" if self.goal_factor is None
@@ -206,6 +214,7 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return max(scored, key=lambda t: (t["value"], -t["trial"]))
 
 
+@torch.inference_mode()
 def execute_search(spec: SearchSpec, progress: ProgressFn, say: Say) -> RunResult:
     """Seed 003's search, end to end.
 

@@ -152,6 +152,9 @@ class PruningMethod(ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     #: {parameter: default}, derived from ``Params``.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Where a method keeps data over every calibration token (SparseLLM's FFN data): (device,
+    #: dtype), set by the run from its memory plan; None: on the compute device, in fp32.
+    token_store: tuple[Any, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

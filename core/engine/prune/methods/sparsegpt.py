@@ -40,28 +40,45 @@ class Hessian(Collector):
             return torch.zeros(self.in_features, self.in_features, dtype=torch.float32)
         return self.h
 
+    def take(self) -> torch.Tensor:
+        """H, handed over: the collector keeps no reference, so its memory goes with its
+        last use."""
+        found, self.h = self.hessian, None
+        return found
 
-def inverse_cholesky_upper(hessian: torch.Tensor, weight: torch.Tensor,
+
+def inverse_cholesky_upper(hessian: torch.Tensor | Hessian, weight: torch.Tensor,
                            dampening: float) -> torch.Tensor:
-    """Fix dead inputs (zeroing their weight columns in place), damp, return upper chol of H^-1."""
-    h = hessian.clone()
+    """Fix dead inputs (zeroing their weight columns in place), damp, return upper chol of H^-1.
+
+    Given the collector, its H is taken over and worked on in place, so at most two matrices of
+    its size exist at once (a 70B model's FFN output linear: 3.3 GB each); given a tensor, a
+    copy is (SparseLLM prunes from the same Hessian again)."""
+    if isinstance(hessian, Hessian):
+        h = hessian.take().to(weight.device)
+    else:
+        h = hessian.to(weight.device, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     weight[:, dead] = 0.0
     h.diagonal().add_(dampening * torch.mean(torch.diag(h)))  # = + damp x I, without the I
-    h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    lower = torch.linalg.cholesky(h)
+    del h
+    h_inv = torch.cholesky_inverse(lower)
+    del lower
     return torch.linalg.cholesky(h_inv, upper=True)
 
 
-def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: Target,
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | Hessian, target: Target,
                     blocksize: int = 128, dampening: float = 0.01,
                     selection: Selection = "reference") -> torch.Tensor:
-    """Prune ``weight`` [out, in] (fp32 copy returned) given its layer Hessian.
+    """Prune ``weight`` [out, in] (fp32 copy returned) given its layer Hessian (a collector's
+    is taken over: see ``inverse_cholesky_upper``).
 
     The unstructured mask is chosen once per block of columns, N:M per group at the group's
     first column, by ``selection``'s rule (``core.engine.masks``)."""
     w = weight.clone().float()
-    u = inverse_cholesky_upper(hessian.to(w.device), w, dampening)
+    u = inverse_cholesky_upper(hessian, w, dampening)
     cols = w.shape[1]
     if target.is_nm:
         if cols % target.m:
@@ -113,5 +130,5 @@ class SparseGPT(PruningMethod):
 
     def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
         assert isinstance(stats, Hessian), "SparseGPT needs calibration statistics"
-        return sparsegpt_prune(weight, stats.hessian, target, int(self.params["blocksize"]),
+        return sparsegpt_prune(weight, stats, target, int(self.params["blocksize"]),
                                float(self.params["dampening"]), self.selection)

@@ -66,29 +66,109 @@ REFIT_STEPS = 10
 S_STEPS = 5
 
 
-class FFNActivations(Hessian):
-    """A Hessian collector that also keeps the raw inputs (and, when asked, the outputs)."""
+class TokenData:
+    """One FFN quantity over every calibration token (X, Y, p, z or s), kept as chunks of rows
+    where the run's memory plan puts them (``store``: device and dtype; default: where they
+    come from, in fp32), and worked on one chunk at a time in fp32 on ``device``."""
 
-    def __init__(self, in_features: int, keep_outputs: bool = False) -> None:
+    def __init__(self, chunks: list[torch.Tensor], device: torch.device | str,
+                 store: Store | None = None) -> None:
+        self.device = device
+        self.store = store
+        self.chunks = [self.kept(c) for c in chunks]
+
+    @classmethod
+    def of(cls, value: torch.Tensor | TokenData, rows: int = 1 << 13,
+           store: Store | None = None) -> TokenData:
+        """``value`` itself, or a tensor cut into chunks of ``rows`` rows."""
+        if isinstance(value, TokenData):
+            return value
+        return cls(list(value.split(rows)), value.device, store)
+
+    def kept(self, chunk: torch.Tensor) -> torch.Tensor:
+        """A chunk as it is stored (a new tensor: the caller's is never written)."""
+        device, dtype = self.store or (chunk.device, torch.float32)
+        moved = chunk.detach().to(device=device, dtype=dtype, copy=True)
+        if moved.device.type == "cpu" and torch.cuda.is_available():
+            moved = moved.pin_memory()
+        return moved
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Chunk ``index`` in fp32 on the compute device."""
+        return self.chunks[index].to(device=self.device, dtype=torch.float32,
+                                     non_blocking=True)
+
+    def __setitem__(self, index: int, value: torch.Tensor) -> None:
+        self.chunks[index] = self.kept(value)
+
+    def map(self, fn: Any) -> TokenData:
+        """A new quantity: ``fn`` of each chunk."""
+        return TokenData([fn(self[i]) for i in range(len(self))], self.device, self.store)
+
+    def cross(self, other: TokenData | None = None, shift: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """sum over chunks of self^T (other - shift) (other = self: the Gram matrix), fp32."""
+        total = None
+        for i in range(len(self)):
+            left = self[i]
+            right = left if other is None else other[i]
+            if shift is not None:
+                right = right - shift
+            part = left.t() @ right
+            total = part if total is None else total.add_(part)
+        assert total is not None, "no calibration tokens"
+        return total
+
+    def stacked(self) -> torch.Tensor:
+        return torch.cat([self[i] for i in range(len(self))])
+
+
+#: (device, dtype) where SparseLLM keeps its per-token data; None: the compute device, fp32.
+Store = tuple[torch.device | str, torch.dtype]
+
+
+class FFNActivations(Hessian):
+    """A Hessian collector that also keeps the raw inputs (and, when asked, the outputs) of
+    every calibration batch, where ``store`` says."""
+
+    def __init__(self, in_features: int, keep_outputs: bool = False,
+                 store: Store | None = None) -> None:
         super().__init__(in_features)
         self.wants_output = keep_outputs
+        self.store = store
         self.inputs: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []
 
     def add_batch(self, inputs: torch.Tensor, sequences: int = 1,  # type: ignore[override]
                   outputs: torch.Tensor | None = None) -> None:
         super().add_batch(inputs, sequences)
-        self.inputs.append(inputs.detach().float())
+        self.inputs.append(self._kept(inputs))
         if outputs is not None:
-            self.outputs.append(outputs.detach().float())
+            self.outputs.append(self._kept(outputs))
+
+    def _kept(self, value: torch.Tensor) -> torch.Tensor:
+        device, dtype = self.store or (value.device, torch.float32)
+        return value.detach().to(device=device, dtype=dtype)
+
+    def data(self, device: torch.device | str, outputs: bool = False) -> TokenData:
+        """The kept inputs (or outputs), as token data worked on ``device``."""
+        chunks = self.outputs if outputs else self.inputs
+        if outputs and not chunks:
+            raise ValueError("sparsellm: the FFN output linear's outputs were not collected")
+        data = TokenData([], device, self.store)
+        data.chunks = chunks  # already stored as the store says
+        return data
 
     def stacked_inputs(self) -> torch.Tensor:
-        return torch.cat(self.inputs)
+        return torch.cat(self.inputs).float()
 
     def stacked_outputs(self) -> torch.Tensor:
         if not self.outputs:
             raise ValueError("sparsellm: the FFN output linear's outputs were not collected")
-        return torch.cat(self.outputs)
+        return torch.cat(self.outputs).float()
 
 
 @dataclass
@@ -137,12 +217,13 @@ def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(matrix, hermitian=True) @ rhs
 
 
-def refit_least_squares(gram: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-                        anchor: torch.Tensor, dampening: float) -> torch.Tensor:
+def refit_least_squares(gram: torch.Tensor, cross: torch.Tensor, anchor: torch.Tensor,
+                        dampening: float) -> torch.Tensor:
     """Dense least-squares weights W [out, in] with ``inputs W^T ~ targets``.
 
-    ``gram`` = inputs^T inputs.  Dampened like SparseGPT's Hessian (lambda = dampening x mean of
-    the diagonal), towards ``anchor`` (the dense pre-trained weight) rather than towards zero:
+    ``gram`` = inputs^T inputs, ``cross`` = inputs^T targets (both summed over the token
+    chunks).  Dampened like SparseGPT's Hessian (lambda = dampening x mean of the diagonal),
+    towards ``anchor`` (the dense pre-trained weight) rather than towards zero:
     argmin ||inputs W^T - targets||^2 + lambda ||W - anchor||^2.  When the targets are exactly
     ``inputs anchor^T`` the answer is ``anchor`` itself.
     """
@@ -150,15 +231,14 @@ def refit_least_squares(gram: torch.Tensor, inputs: torch.Tensor, targets: torch
     if damp <= 0:
         damp = 1e-8 * max(float(gram.diagonal().mean()), 1.0)
     system = gram + damp * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    rhs = inputs.t() @ targets + damp * anchor.t()
-    return _solve_spd(system, rhs).t().contiguous()
+    return _solve_spd(system, cross + damp * anchor.t()).t().contiguous()
 
 
-def refit_gradient(weight: torch.Tensor, gram: torch.Tensor, inputs: torch.Tensor,
-                   targets: torch.Tensor, steps: int = REFIT_STEPS) -> torch.Tensor:
-    """A few steepest-descent steps (exact line search) on ||inputs W^T - targets||^2 from W."""
+def refit_gradient(weight: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+                   steps: int = REFIT_STEPS) -> torch.Tensor:
+    """A few steepest-descent steps (exact line search) on ||inputs W^T - targets||^2 from W
+    (``gram`` = inputs^T inputs, ``cross`` = targets^T inputs)."""
     w = weight.clone()
-    cross = targets.t() @ inputs  # [out, in]
     for _ in range(steps):
         grad = w @ gram - cross  # half the gradient
         curvature = float((grad @ gram * grad).sum())
@@ -168,17 +248,28 @@ def refit_gradient(weight: torch.Tensor, gram: torch.Tensor, inputs: torch.Tenso
     return w
 
 
+def p_factor(down: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """The Cholesky factor of K = W W^T + (gamma / beta) I that every chunk's p-step solves
+    with (falls back to K itself when it is not positive definite)."""
+    system = down @ down.t()
+    system.diagonal().add_(gamma / beta)
+    chol, info = torch.linalg.cholesky_ex(system)
+    return chol if int(info) == 0 else system
+
+
 def p_step(down: torch.Tensor, residual: torch.Tensor, activation: torch.Tensor, beta: float,
-           gamma: float) -> torch.Tensor:
+           gamma: float, factor: torch.Tensor | None = None) -> torch.Tensor:
     """argmin_p beta ||W p - r||^2 + gamma ||p - act||^2 for every token (a row of each input).
 
     The normal equations are (beta W^T W + gamma I) p = beta W^T r + gamma act, of the FFN's
     width; by the Woodbury identity their solution is p = act + W^T K^-1 (r - W act) with
     K = W W^T + (gamma / beta) I, of the (smaller) hidden width: the same p for 40% fewer
-    operations on [tokens x width] matrices."""
-    system = down @ down.t()
-    system.diagonal().add_(gamma / beta)
-    correction = _solve_spd(system, (residual - activation @ down.t()).t())  # [hidden, tokens]
+    operations on [tokens x width] matrices.  ``factor``: ``p_factor``'s, shared by chunks."""
+    factor = p_factor(down, beta, gamma) if factor is None else factor
+    rhs = (residual - activation @ down.t()).t()  # [hidden, tokens]
+    lower = bool((factor.triu(1) == 0).all())
+    correction = (torch.cholesky_solve(rhs, factor) if lower
+                  else torch.linalg.pinv(factor, hermitian=True) @ rhs)
     return activation + correction.t() @ down
 
 
@@ -239,79 +330,106 @@ def _s_steps(s: torch.Tensor, p: torch.Tensor, z: torch.Tensor, n: torch.Tensor,
     return s
 
 
-def sparsellm_ffn(family: str, x: torch.Tensor, y: torch.Tensor, p: torch.Tensor,
-                  x_hessian: torch.Tensor, p_hessian: torch.Tensor, sequences: int,
-                  dense: FFNWeights, target: Target, alpha: float, beta: float, gamma: float,
-                  iterations: int, blocksize: int = 128, dampening: float = 0.01,
+def sparsellm_ffn(family: str, x: torch.Tensor | TokenData, y: torch.Tensor | TokenData,
+                  p: torch.Tensor | TokenData, x_hessian: torch.Tensor, p_hessian: torch.Tensor,
+                  sequences: int, dense: FFNWeights, target: Target, alpha: float, beta: float,
+                  gamma: float, iterations: int, blocksize: int = 128, dampening: float = 0.01,
                   gate_hessian: torch.Tensor | None = None,
                   every_error: bool = False, selection: Selection = "reference") -> FFNResult:
     """Prune one FFN jointly; returns the pruned fp32 weights (biases unchanged).
 
     ``x`` [tokens, hidden]: the FFN inputs, ``y`` [tokens, hidden]: the dense FFN outputs,
-    ``p`` [tokens, ffn]: the dense input of the output linear; ``x_hessian`` / ``p_hessian``:
-    SparseGPT's Hessians of those inputs as collected (``sequences`` calibration windows), so the
-    first iteration is exactly SparseGPT; ``gate_hessian`` defaults to ``x_hessian``.
-    ``every_error`` records the FFN error after every iteration, not only the first and last.
+    ``p`` [tokens, ffn]: the dense input of the output linear (tensors, or token data kept
+    where the memory plan says: every step works one chunk of tokens at a time);
+    ``x_hessian`` / ``p_hessian``: SparseGPT's Hessians of those inputs as collected
+    (``sequences`` calibration windows), so the first iteration is exactly SparseGPT;
+    ``gate_hessian`` defaults to ``x_hessian``.  ``every_error`` records the FFN error after
+    every iteration, not only the first and last.
     """
     def prune(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
         return sparsegpt_prune(weight, hessian, target, blocksize, dampening, selection)
 
-    gram_x = x.t() @ x
-    b_up = _bias(dense.up_bias, dense.up)
-    b_down = _bias(dense.down_bias, dense.down)
-    y_res = y - b_down  # the target of W_down p
-    z = F.linear(x, dense.up, dense.up_bias)  # up / fc1 output (OPT: pre-activation)
-    s = F.linear(x, dense.gate, dense.gate_bias) if family == "llama" else None
-    p = p.clone()
+    x, y, p = TokenData.of(x), TokenData.of(y), TokenData.of(p)
+    aux = _Auxiliary(family, x, y, p, dense)
     current = replace(dense)
     result = FFNResult(current)
     for iteration in range(iterations):
         if iteration == 0:
-            up, down, gate = dense.up, dense.down, dense.gate
-            hp = p_hessian
+            up, down, gate, hp = dense.up, dense.down, dense.gate, p_hessian
         else:
-            up, down, gate, hp = _refit(family, dense, x, gram_x, z - b_up, s, p, y_res,
-                                        sequences, dampening)
+            up, down, gate, hp = aux.refit(sequences, dampening)
         current = replace(current, up=prune(up, x_hessian), down=prune(down, hp))
         if gate is not None:
             current = replace(current, gate=prune(gate, gate_hessian if gate_hessian is not None
                                                   else x_hessian))
         result.weights = current
-        # the pruned up (and gate) outputs: the z- and s-steps' inputs and the FFN's error
-        m = F.linear(x, current.up, current.up_bias)
-        n = None if current.gate is None else F.linear(x, current.gate, current.gate_bias)
         if every_error or iteration in (0, iterations - 1):
-            hidden = F.relu(m) if family == "opt" else F.silu(n) * m
-            result.errors.append(float(
-                (F.linear(hidden, current.down, current.down_bias) - y).pow(2).sum()))
+            result.errors.append(aux.error(current))
         if iteration == iterations - 1:
             break
-        if family == "opt":
-            p = p_step(current.down, y_res, F.relu(z), beta, gamma)
-            z = z_step_relu(p, m, alpha, gamma)
-        else:
-            assert s is not None and n is not None
-            p = p_step(current.down, y_res, F.silu(s) * z, beta, gamma)
-            z = z_step_swiglu(p, m, s, alpha, gamma)
-            s = s_step(s, p, z, n, alpha, gamma)
+        aux.step(current, alpha, beta, gamma)
     return result
 
 
-def _refit(family: str, dense: FFNWeights, x: torch.Tensor, gram_x: torch.Tensor,
-           z_target: torch.Tensor, s: torch.Tensor | None, p: torch.Tensor, y_res: torch.Tensor,
-           sequences: int, dampening: float
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The dense weights refitted to the current auxiliary variables, and p's Hessian."""
-    gram_p = p.t() @ p
-    hp = gram_p * (2.0 / max(sequences, 1))
-    up = refit_least_squares(gram_x, x, z_target, dense.up, dampening)
-    if family == "opt":
-        return up, refit_gradient(dense.down, gram_p, p, y_res), None, hp
-    down = refit_least_squares(gram_p, p, y_res, dense.down, dampening)
-    assert s is not None and dense.gate is not None
-    gate = refit_least_squares(gram_x, x, s - _bias(dense.gate_bias, dense.gate), dense.gate,
-                               dampening)
-    return up, down, gate, hp
+class _Auxiliary:
+    """SparseLLM's auxiliary variables of one FFN (z, s, p) beside its data (X, Y), updated
+    one chunk of tokens at a time."""
+
+    def __init__(self, family: str, x: TokenData, y: TokenData, p: TokenData,
+                 dense: FFNWeights) -> None:
+        self.family, self.x, self.y, self.p, self.dense = family, x, y, p, dense
+        self.gram_x = x.cross()
+        self.b_up, self.b_down = _bias(dense.up_bias, dense.up), _bias(dense.down_bias,
+                                                                        dense.down)
+        self.z = x.map(lambda c: F.linear(c, dense.up, dense.up_bias))  # OPT: pre-activation
+        self.s = (x.map(lambda c: F.linear(c, dense.gate, dense.gate_bias))
+                  if family == "llama" else None)
+
+    def activation(self, i: int) -> torch.Tensor:
+        """The activation the current z (and s) give chunk ``i``."""
+        if self.s is None:
+            return F.relu(self.z[i])
+        return F.silu(self.s[i]) * self.z[i]
+
+    def error(self, weights: FFNWeights) -> float:
+        """||FFN(X) - Y||^2 with ``weights``, over every token."""
+        return float(sum(float((ffn_forward(self.family, weights, self.x[i]) - self.y[i])
+                               .pow(2).sum()) for i in range(len(self.x))))
+
+    def step(self, current: FFNWeights, alpha: float, beta: float, gamma: float) -> None:
+        """The p-, z- (and s-) updates of every chunk, from the pruned weights."""
+        factor = p_factor(current.down, beta, gamma)
+        for i in range(len(self.x)):
+            x = self.x[i]
+            p = p_step(current.down, self.y[i] - self.b_down, self.activation(i), beta, gamma,
+                       factor)
+            m = F.linear(x, current.up, current.up_bias)  # the pruned up / fc1 output
+            if self.s is None:
+                self.z[i] = z_step_relu(p, m, alpha, gamma)
+            else:
+                s = self.s[i]
+                z = z_step_swiglu(p, m, s, alpha, gamma)
+                n = F.linear(x, current.gate, current.gate_bias)
+                self.s[i] = s_step(s, p, z, n, alpha, gamma)
+                self.z[i] = z
+            self.p[i] = p
+
+    def refit(self, sequences: int, dampening: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The dense weights refitted to the current auxiliary variables, and p's Hessian."""
+        dense = self.dense
+        gram_p = self.p.cross()
+        hp = gram_p * (2.0 / max(sequences, 1))
+        up = refit_least_squares(self.gram_x, self.x.cross(self.z, self.b_up), dense.up,
+                                 dampening)
+        if self.s is None:  # (Y - b)^T p: the fc2 refit's targets against its inputs
+            cross = self.p.cross(self.y, self.b_down).t()
+            return up, refit_gradient(dense.down, gram_p, cross), None, hp
+        down = refit_least_squares(gram_p, self.p.cross(self.y, self.b_down), dense.down,
+                                   dampening)
+        gate = refit_least_squares(self.gram_x, self.x.cross(
+            self.s, _bias(dense.gate_bias, dense.gate)), dense.gate, dampening)
+        return up, down, gate, hp
 
 
 def ffn_family(block: nn.Module, adapter: Adapter) -> str:
@@ -385,16 +503,17 @@ class SparseLLM(PruningMethod):
         stats: dict[str, Collector] = {}
         for name, module in adapter.linears(block).items():
             if name == adapter.ffn_up:
-                stats[name] = FFNActivations(in_features(module))
+                stats[name] = FFNActivations(in_features(module), store=self.token_store)
             elif name == adapter.ffn_down:
-                stats[name] = FFNActivations(in_features(module), keep_outputs=True)
+                stats[name] = FFNActivations(in_features(module), keep_outputs=True,
+                                             store=self.token_store)
             else:
                 stats[name] = Hessian(in_features(module))
         return stats
 
     def prune(self, weight: torch.Tensor, stats: Collector | None, target: Target) -> torch.Tensor:
         assert isinstance(stats, Hessian), "SparseLLM needs calibration statistics"
-        return sparsegpt_prune(weight, stats.hessian, target, int(self.params["blocksize"]),
+        return sparsegpt_prune(weight, stats, target, int(self.params["blocksize"]),
                                float(self.params["dampening"]), self.selection)
 
     def prune_block(self, block: nn.Module, adapter: Adapter,
@@ -419,8 +538,8 @@ class SparseLLM(PruningMethod):
         settings = self.settings(family)
         device = dense.up.device
         result = sparsellm_ffn(
-            family, up_stats.stacked_inputs().to(device), down_stats.stacked_outputs().to(device),
-            down_stats.stacked_inputs().to(device), up_stats.hessian, down_stats.hessian,
+            family, up_stats.data(device), down_stats.data(device, outputs=True),
+            down_stats.data(device), up_stats.hessian, down_stats.hessian,
             down_stats.samples, dense, target, settings["alpha"], settings["beta"],
             settings["gamma"], int(settings["iterations"]), int(self.params["blocksize"]),
             float(self.params["dampening"]),
