@@ -107,7 +107,8 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
         print(f"an identical run {submission.run_id} is {status.iloc[0, 0]}: nothing new was "
               "queued (--fresh runs it again)." + run_views.meta_message(submission))
         return print_metrics(store, submission.run_id)
-    run_ids = [i for i in (submission.baseline_id, submission.run_id) if i is not None]
+    # the run first: its dense baseline only serves the comparison (jobs.submit queues it after)
+    run_ids = [i for i in (submission.run_id, submission.baseline_id) if i is not None]
     if where != "local":
         return run_elsewhere(executor_for(store), store, run_ids)
     return run_here(store, spec, submission.run_id, run_ids)
@@ -115,27 +116,35 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
 
 def run_here(store: Store, spec: PruneSpec, run_id: int, run_ids: list[int]) -> int:
     """Execute the queued ``run_ids`` here through the worker's supervised child process (or
-    follow one a background worker took); the metrics of ``run_id`` at the end."""
+    follow one a background worker took), each whatever became of the others (none is left
+    queued); the metrics of ``run_id`` at the end."""
     worker = Worker(store.path, spec.device)
     worker.name = f"cli:{worker.name}"
+    finals = {}
     for queued in run_ids:
         if jobs.claim(store, queued, worker.name):
-            final = worker.supervise(queued, on_poll=LiveOutput(store, queued))
-        else:  # a background worker took it: follow it there
-            final = follow(store, queued)
-        if not reported(store, queued, final):
-            return 1
-    return print_metrics(store, run_id)
+            finals[queued] = worker.supervise(queued, on_poll=LiveOutput(store, queued))
+        else:  # a background worker took it (or it ended meanwhile): follow it there
+            finals[queued] = follow(store, queued)
+    return conclude(store, run_id, finals)
+
+
+def conclude(store: Store, run_id: int, finals: dict[int, str]) -> int:
+    """Report how each run ended; the run's metrics (0) unless it did not end done (1).  A
+    failed dense baseline is said, with its reason: the change from dense is then missing."""
+    for queued, final in finals.items():
+        if not reported(store, queued, final) and queued != run_id:
+            print(f"note: the dense baseline (run {queued}) {final}: this run's change from "
+                  "dense and retention are not shown until a dense run of the same evaluation "
+                  "is done.", file=sys.stderr)
+    return print_metrics(store, run_id) if finals.get(run_id) == "done" else 1
 
 
 def run_elsewhere(executor: Executor, store: Store, run_ids: list[int]) -> int:
     """Hand the runs to the configured executor (Ray) and follow them until they end."""
     for run_id in run_ids:
         executor.submit(run_id)
-    for run_id in run_ids:
-        if not reported(store, run_id, follow(store, run_id)):
-            return 1
-    return print_metrics(store, run_ids[-1])
+    return conclude(store, run_ids[0], {run_id: follow(store, run_id) for run_id in run_ids})
 
 
 def reported(store: Store, run_id: int, final: str) -> bool:

@@ -206,7 +206,7 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
             type_into(page, "Samples", "0")
             page.get_by_role("button", name="Queue run").click()
             expect(page.get_by_test_id("stAlertContentError")).to_contain_text(
-                "Calibration samples: 0 is not a whole number between 1 and 4096")
+                "Samples: 0 is not a whole number between 1 and 4096")
             assert own_runs(db) == []
             type_into(page, "Samples", "2")
             type_into(page, "Tokens per sample", "32")
@@ -229,11 +229,11 @@ def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
             expect(success).to_contain_text("Wanda 50% on tiny-model")
             taken.append(screenshot(page, shots, "02-launch-queued"))
             runs = own_runs(db)
-            # the dense baseline first; the worker the Launch page started may have taken it
-            # (or both, a tiny model is quick) by the time the message shows
-            assert [m for _, m, _ in runs] == ["dense", "wanda"]
+            # the run first, then its dense baseline; the worker the Launch page started may
+            # have taken it (or both, a tiny model is quick) by the time the message shows
+            assert [m for _, m, _ in runs] == ["wanda", "dense"]
             assert {s for _, _, s in runs} <= {"queued", "running", "done"}, runs
-            run_id = runs[1][0]
+            run_id = runs[0][0]
 
             # Runs: the page starts the worker; watch both runs finish.
             page.get_by_role("link", name="Follow it on the Runs page").click()

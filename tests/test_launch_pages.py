@@ -73,6 +73,13 @@ def own_runs(db: Path) -> pd.DataFrame:
                            "WHERE origin = 'own' ORDER BY id")
 
 
+def newest_pruned(db: Path) -> pd.Series:
+    """The newest own run that is not a dense baseline (queued after its run since the user's
+    run goes first)."""
+    runs = own_runs(db)
+    return runs[runs["method"] != "dense"].iloc[-1]
+
+
 # -- the Launch page ------------------------------------------------------------------------------
 def fill_launch(at: AppTest, assets: dict[str, str], **change: object) -> AppTest:
     """Fill the form with a tiny valid Wanda run (local model and texts), apply ``change``, submit.
@@ -209,9 +216,9 @@ def test_valid_run_is_queued_with_its_dense_baseline_then_reused(
     assert not at.error, [e.value for e in at.error]
     runs = own_runs(db)
     assert runs["status"].tolist() == ["queued", "queued"]
-    assert runs["method"].tolist() == ["dense", "wanda"]  # the baseline is queued first
-    baseline_id, run_id = runs["id"].tolist()
-    spec = json.loads(runs["spec"].iloc[1])
+    assert runs["method"].tolist() == ["wanda", "dense"]  # the run first, then its baseline
+    run_id, baseline_id = runs["id"].tolist()
+    spec = json.loads(runs["spec"].iloc[0])
     assert spec["model"] == assets["model"]
     assert spec["calibration"] == assets["text"] and spec["ppl_datasets"] == [assets["text"]]
     assert (spec["samples"], spec["seqlen"], spec["ppl_seqlen"], spec["max_windows"],
@@ -227,7 +234,7 @@ def test_valid_run_is_queued_with_its_dense_baseline_then_reused(
     assert not again.error and not again.success
     assert len(again.info) == 1 and "reused" in again.info[0].value
     assert f"run {run_id}" in again.info[0].value
-    assert own_runs(db)["id"].tolist() == [baseline_id, run_id]  # nothing new
+    assert own_runs(db)["id"].tolist() == [run_id, baseline_id]  # nothing new
 
 
 def test_run_again_queues_a_fresh_copy(db: Path, workers: list[int],
@@ -237,14 +244,14 @@ def test_run_again_queues_a_fresh_copy(db: Path, workers: list[int],
     widget(at.button, "Queue run").click().run()
     # still queued: never a second identical active run, the pending one is the answer
     assert at.info and not at.success
-    assert own_runs(db)["method"].tolist() == ["dense", "wanda"]
+    assert own_runs(db)["method"].tolist() == ["wanda", "dense"]
     store = Store(db)
     for run_id in own_runs(db)["id"]:
         store.move(int(run_id), "running")
         store.move(int(run_id), "done")
     widget(at.button, "Queue run").click().run()  # finished: "run again" queues a fresh copy
     assert at.success and "Queued run" in at.success[0].value
-    assert own_runs(db)["method"].tolist() == ["dense", "wanda", "wanda"]  # one baseline
+    assert own_runs(db)["method"].tolist() == ["wanda", "dense", "wanda"]  # one baseline
 
 
 def test_dense_and_magnitude_runs_need_no_calibration(db: Path, workers: list[int],
@@ -256,7 +263,7 @@ def test_dense_and_magnitude_runs_need_no_calibration(db: Path, workers: list[in
     assert "Sparsity" not in [t.label for t in at.text_input]
     assert not at.error, [e.value for e in at.error]
     assert at.info and "reused" in at.info[0].value  # the magnitude run queued this baseline
-    assert own_runs(db)["method"].tolist() == ["dense", "magnitude"]
+    assert own_runs(db)["method"].tolist() == ["magnitude", "dense"]
 
 
 def test_relative_paths_are_stored_absolute(db: Path, workers: list[int], assets: dict[str, str],
@@ -267,7 +274,7 @@ def test_relative_paths_are_stored_absolute(db: Path, workers: list[int], assets
     at = fill_launch(at, assets, model="./tiny-model", calibration_path="sample.txt",
                      eval_paths="./sample.txt")
     assert not at.error, [e.value for e in at.error]
-    spec = json.loads(own_runs(db)["spec"].iloc[-1])
+    spec = json.loads(newest_pruned(db)["spec"])
     assert spec["model"] == assets["model"]
     assert spec["calibration"] == assets["text"] and spec["ppl_datasets"] == [assets["text"]]
 
@@ -410,7 +417,7 @@ def test_failed_run_shows_its_error_and_can_be_rerun(db: Path, workers: list[int
     calls = len(workers)
     widget(at.button, "Re-run").click().run()
     assert not at.exception
-    new = own_runs(db).iloc[-1]
+    new = newest_pruned(db)
     assert new["status"] == "queued" and int(new["id"]) > max(runs.values())
     assert new["spec"] == own_runs(db).set_index("id").loc[runs["failed"], "spec"]
     assert len(workers) > calls
@@ -607,7 +614,7 @@ def test_a_value_the_widget_would_refuse_is_reported_not_replaced(
     widget(at.number_input, "Batch size").set_value(0)
     widget(at.button, "Queue run").click().run()
     message = at.error[0].value
-    assert "Calibration samples: 0 is not a whole number between 1 and 4096." in message
+    assert "Samples: 0 is not a whole number between 1 and 4096." in message
     assert "Batch size: 0 is not a whole number between 1 and 512." in message
     assert own_runs(db).empty and not workers
 
@@ -634,11 +641,11 @@ def test_name_notes_and_tags_from_the_launch_form_are_stored_and_listed(
     widget(at.text_input, "Tags (comma-separated)").set_value("paper, tiny-llama, paper")
     at = fill_launch(at, assets)
     assert not at.error, [e.value for e in at.error]
-    baseline_id, run_id = own_runs(db)["id"].tolist()
+    run_id, baseline_id = own_runs(db)["id"].tolist()
     assert stored_meta(db, run_id) == (HTML_NAME, "# not a heading\n<i>x</i>",
                                        ["paper", "tiny-llama"])
     assert stored_meta(db, baseline_id)[0] is None  # the shared baseline is not named
-    spec = json.loads(own_runs(db)["spec"].iloc[1])
+    spec = json.loads(own_runs(db)["spec"].iloc[0])
     assert not {"name", "notes", "tags"} & set(spec)  # not part of the spec
 
     at.switch_page(str(Path(__file__).resolve().parent.parent / "pages/runs.py")).run()
@@ -668,7 +675,7 @@ def test_a_resubmit_names_the_reused_run_only_where_it_has_no_name(
     at = open_page("pages/launch.py")
     widget(at.text_input, "Run name").set_value("first")
     at = fill_launch(at, assets)
-    run_id = int(own_runs(db)["id"].iloc[-1])
+    run_id = int(newest_pruned(db)["id"])
     widget(at.text_input, "Run name").set_value("second")
     widget(at.text_input, "Tags (comma-separated)").set_value("later")
     at = fill_launch(at, assets)

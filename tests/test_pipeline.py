@@ -60,11 +60,11 @@ def test_validation_messages_say_what_is_allowed(model_dir: Path, corpus: str) -
     cases = {
         "sparsity": ("1.0", "1.0 would remove every weight"),
         "method": ("pruneall", "choose dense or one of"),
-        "samples": (0, "Calibration samples: 0 is not a whole number between 1"),
+        "samples": (0, "Samples: 0 is not a whole number between 1"),
         "ppl_datasets": (["nowhere"], "Evaluation dataset 'nowhere' is unknown"),
         "calibration": ("nowhere", "Calibration source 'nowhere' is unknown"),
         "model": ("./missing/folder", "does not exist"),
-        "dtype": ("int3", "Dtype"),
+        "dtype": ("int3", "Weights dtype: 'int3' is not one of"),
         "method_params": ({"alpha": 1}, "has no parameter"),
     }
     for field, (value, message) in cases.items():
@@ -189,8 +189,8 @@ def test_cli_prunes_and_stores(model_dir: Path, corpus: str, tmp_path: Path, cap
     assert "done" in out and "perplexity" in out
     runs = Store(db).runs()
     own = runs[runs["origin"] == "own"]
-    # submitted like the dashboard: the dense baseline too, both executed here
-    assert own["pattern"].tolist() == ["dense", "4:8"]
+    # submitted like the dashboard: the run, then its dense baseline, both executed here
+    assert own["pattern"].tolist() == ["4:8", "dense"]
     assert own["status"].tolist() == ["done", "done"]
     assert cli.main(["--db", str(db), "prune", "--sparsity", "2:2"]) == 2
     assert "N < M" in capsys.readouterr().err
@@ -234,3 +234,22 @@ def test_owl_with_a_block_range_averages_over_the_range(model_dir: Path, corpus:
     # Wanda prunes floor(0.4 x in_features) per row: the tiny widths round down a little.
     assert stats[stats["stat"] == "sparsity"]["value"].tolist() == pytest.approx([0.0, 0.4],
                                                                                  abs=0.03)
+
+
+def test_the_cli_says_when_the_baseline_failed(
+        model_dir: Path, corpus: str, tmp_path: Path, capsys) -> None:
+    """A failed dense baseline leaves nothing queued and does not hide the run's own result:
+    the run is done, its metrics print, and the missing comparison is said with the reason."""
+    store = Store(tmp_path / "r.duckdb").init()
+    run = create_run(store, tiny_spec(model_dir, corpus), status="done")
+    store.add_metrics(run, [{"kind": "perplexity", "dataset": corpus, "metric": "ppl",
+                             "value": 12.5}])
+    baseline = create_run(store, tiny_spec(model_dir, corpus).dense_baseline(), status="failed")
+    store.update_run(baseline, error="ModelLoadError: the folder is gone")
+    assert cli.conclude(store, run, {run: "done", baseline: "failed"}) == 0
+    captured = capsys.readouterr()
+    assert "ppl" in captured.out and "12.5000" in captured.out
+    assert f"run {baseline} failed: ModelLoadError: the folder is gone" in captured.err
+    assert f"the dense baseline (run {baseline}) failed: this run's change from dense" in \
+        captured.err
+    assert cli.conclude(store, baseline, {baseline: "failed"}) == 1

@@ -167,12 +167,12 @@ def test_tokens_per_sample_above_the_positions_are_refused(tmp_path: Path,
                                                            assets: dict[str, str]) -> None:
     values = prune_values(assets, seqlen=512, ppl_seqlen=300)
     problems = refused(tmp_path, PruneSpec, values,
-                       "Calibration seqlen: 512 tokens exceed the model's 256 positions "
+                       "Tokens per sample: 512 tokens exceed the model's 256 positions "
                        "(max_position_embeddings); use at most 256.")
-    assert ("Perplexity seqlen: 300 tokens exceed the model's 256 positions "
+    assert ("Window length (tokens): 300 tokens exceed the model's 256 positions "
             "(max_position_embeddings); use at most 256.") in problems
     gpt2 = check(PruneSpec, prune_values(assets, model=assets["gpt2"], seqlen=128))[1]
-    assert gpt2 == ["Calibration seqlen: 128 tokens exceed the model's 64 positions "
+    assert gpt2 == ["Tokens per sample: 128 tokens exceed the model's 64 positions "
                     "(n_positions); use at most 64."]
     magnitude = prune_values(assets, method="magnitude", seqlen=512)  # no calibration: fine
     assert check(PruneSpec, magnitude)[1] == []

@@ -198,10 +198,10 @@ def test_cli_name_notes_and_tags_reach_the_stored_run(tmp_path: Path, assets: di
                      "paper", "--tag", "tiny, cpu"]) == 0
     store = Store(db)
     runs = store.frame("SELECT id, method FROM runs ORDER BY id")
-    assert runs["method"].tolist() == ["dense", "magnitude"] and len(executed) == 1
-    run_id = int(runs["id"].iloc[1])
+    assert runs["method"].tolist() == ["magnitude", "dense"] and len(executed) == 1
+    run_id = int(runs["id"].iloc[0])
     assert stored(store, run_id) == RunMeta("<b>first</b>", "two\nlines", ("paper", "tiny", "cpu"))
-    assert stored(store, int(runs["id"].iloc[0])) == RunMeta()  # the baseline
+    assert stored(store, int(runs["id"].iloc[1])) == RunMeta()  # the baseline
     capsys.readouterr()
     assert cli.main([*args, "--name", "second", "--tag", "extra"]) == 0  # identical: reused
     out = capsys.readouterr().out

@@ -126,8 +126,8 @@ def test_a_spec_cannot_be_built_invalid_and_check_words_every_problem() -> None:
         PruneSpec(samples=True)  # strict: a bool is no whole number
     spec, problems = check(PruneSpec, {"samples": 0, "dtype": "int3", "nope": 1})
     assert spec is None
-    assert "Calibration samples: 0 is not a whole number between 1 and 4096." in problems
-    assert "Dtype: 'int3' is not one of auto, float32, float16, bfloat16." in problems
+    assert "Samples: 0 is not a whole number between 1 and 4096." in problems
+    assert "Weights dtype: 'int3' is not one of auto, float32, float16, bfloat16." in problems
     assert any(p.startswith("nope: unknown field") for p in problems)
 
 
@@ -194,3 +194,18 @@ def test_a_new_run_kind_is_one_registered_spec_and_execute(
     assert spec == EchoSpec(number=7, words=["a", "b"])
     run_and_store(store, int(run_id), spec)
     assert queries.metric_rows(store, "echo")["value"].tolist() == [7.0]
+
+
+def test_messages_name_only_the_values_the_user_gave(tmp_path) -> None:
+    """An N:M without a group ('2:0') is worded as a bad N:M, not as 'sparsity 0'; a bad
+    Tokens per sample (left at its default for the other checks) brings no second message
+    about the default 512 the user never gave."""
+    problems = check(PruneSpec, {"sparsity": "2:0"})[1]
+    assert problems == ["Sparsity: N:M needs 0 < N < M; got 2:0 (N weights pruned in every M "
+                        "consecutive inputs, e.g. 2:4)"]
+    folder = tmp_path / "m"
+    from tests.tiny_assets import tiny_llama_folder  # 256 positions: 512 would not fit
+
+    tiny_llama_folder(folder)
+    problems = check(PruneSpec, {"model": str(folder), "seqlen": 0, "ppl_seqlen": 128})[1]
+    assert problems == ["Tokens per sample: 0 is not a whole number between 8 and 32768."]

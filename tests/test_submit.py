@@ -49,8 +49,8 @@ def test_identical_submits_from_two_processes_give_one_run(tmp_path: Path,
     for proc in procs:
         proc.join(60)
     runs = store.frame("SELECT id, method FROM runs WHERE origin = 'own' ORDER BY id")
-    assert runs["method"].tolist() == ["dense", "magnitude"]  # the run and its baseline, once
-    assert {i for ids in answers for i in ids} == {int(runs["id"].iloc[1])}
+    assert runs["method"].tolist() == ["magnitude", "dense"]  # the run and its baseline, once
+    assert {i for ids in answers for i in ids} == {int(runs["id"].iloc[0])}
 
 
 def test_a_second_identical_active_run_is_impossible(tmp_path: Path,

@@ -149,7 +149,8 @@ def test_sigkilled_worker_fails_its_run_and_queue_goes_on(store: Store, assets) 
         assert time.monotonic() - killed < 30
         assert "killed by signal 9" in own_runs(store).loc[doomed.run_id, "error"]
         wait_for(lambda: status(store, later.run_id) == "done", 120, "the queue to continue")
-        assert status(store, later.baseline_id) == "done"
+        # the run first, then its dense baseline
+        wait_for(lambda: status(store, later.baseline_id) == "done", 120, "its baseline")
         assert proc.wait(60) == 0  # the same worker went idle and left
     finally:
         if proc.poll() is None:

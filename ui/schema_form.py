@@ -15,12 +15,11 @@ import streamlit as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from core.runs.specs import extra_of, is_int, literal_choices
+from core.runs.specs import extra_of, field_label, is_int, literal_choices
 
 
 def label_of(model: type[BaseModel], name: str) -> str:
-    info = model.model_fields[name]
-    return str(extra_of(info).get("form_label") or info.title or name.replace("_", " "))
+    return field_label(model.model_fields[name], name)
 
 
 def help_of(model: type[BaseModel], name: str) -> str | None:

@@ -172,19 +172,59 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def split_ids(tokenizer: PreTrainedTokenizerBase, source: str, split: str) -> torch.Tensor:
-    """A whole split of ``source`` tokenized at once; then the C heap's freed pages go back to
-    the OS (``environment.release_freed_memory``: the Rust tokenizer's scratch for a whole
-    text would otherwise stay resident for the whole run)."""
+#: A text file is read and tokenized this many characters at a time (cut at a line end).
+FILE_CHUNK_CHARS = 1 << 20
+#: Calibration windows from a text file are drawn from its first tokens: this many, or 8 x the
+#: tokens asked for when that is more (a file smaller than that is read whole).
+FILE_CALIBRATION_TOKENS = 1 << 20
+
+
+def file_ids(tokenizer: PreTrainedTokenizerBase, path: Path,
+             max_tokens: int | None = None) -> torch.Tensor:
+    """A text file's token ids (1-D), read and tokenized ``FILE_CHUNK_CHARS`` at a time (the
+    tokenizer's special tokens once, at the start), stopping once ``max_tokens`` are there: the
+    memory is that of the ids asked for, whatever the file's size.  A file of one chunk gives
+    exactly ``tokenize`` of its whole text."""
+    import torch
+
+    parts: list[torch.Tensor] = []
+    count = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        text = handle.read(FILE_CHUNK_CHARS)
+        while text and (max_tokens is None or count < max_tokens):
+            following = handle.read(FILE_CHUNK_CHARS)
+            cut = (text.rfind("\n") + 1 or len(text)) if following else len(text)
+            ids = tokenizer(text[:cut], add_special_tokens=not parts,
+                            return_attention_mask=False)["input_ids"]
+            parts.append(torch.tensor(ids, dtype=torch.long))
+            count += len(ids)
+            environment.release_freed_memory()
+            text = text[cut:] + following
+    if not parts or count == 0:
+        raise DataError(f"The text file {path} is empty.")
+    return torch.cat(parts)
+
+
+def split_ids(tokenizer: PreTrainedTokenizerBase, source: str, split: str,
+              max_tokens: int | None = None) -> torch.Tensor:
+    """A split of ``source`` tokenized: a known source's whole split at once, as the reference
+    code does; a text file chunk by chunk up to ``max_tokens`` (``file_ids``).  Then the C
+    heap's freed pages go back to the OS (``environment.release_freed_memory``: the Rust
+    tokenizer's scratch for a whole text would otherwise stay resident for the whole run)."""
+    path = Path(source).expanduser()
+    if source not in known_sources() and path.is_file():
+        return file_ids(tokenizer, path, max_tokens)
     ids = tokenize(tokenizer, load_text(source, split))
     environment.release_freed_memory()
     return ids
 
 
 def evaluation_ids(tokenizer: PreTrainedTokenizerBase, source: str,
-                   seqlen: int | None = None) -> torch.Tensor:
-    """The evaluation split tokenized once (1-D); C4's is cut to 256 windows of ``seqlen``."""
-    ids = split_ids(tokenizer, source, "evaluation")
+                   seqlen: int | None = None, max_windows: int | None = None) -> torch.Tensor:
+    """The evaluation split tokenized once (1-D); C4's is cut to 256 windows of ``seqlen``; a
+    text file is read only as far as ``max_windows`` windows need."""
+    limit = max_windows * seqlen if max_windows and seqlen else None
+    ids = split_ids(tokenizer, source, "evaluation", limit)
     if source == "c4" and seqlen:
         ids = ids[: C4_EVAL_WINDOWS * seqlen]
     return ids
@@ -196,14 +236,16 @@ def calibration_ids(
     """``n_samples`` random windows of ``seqlen`` tokens, shape ``[n_samples, seqlen]``.
 
     As in the papers: random documents longer than ``seqlen`` (C4), each contributing one random
-    window; for joined corpora, random windows of the tokenized text.
+    window; for joined corpora, random windows of the tokenized text (of a text file: of its
+    first ``FILE_CALIBRATION_TOKENS`` tokens, or 8 x the tokens asked for when more).
     """
     if n_samples < 1 or seqlen < 2:
         raise DataError("calibration needs at least 1 sample of at least 2 tokens")
     rng = random.Random(seed)
     if source == "c4":
         return _c4_windows(tokenizer, n_samples, seqlen, rng)
-    ids = split_ids(tokenizer, source, "calibration")
+    ids = split_ids(tokenizer, source, "calibration",
+                    max(FILE_CALIBRATION_TOKENS, 8 * n_samples * seqlen))
     if ids.numel() <= seqlen:
         raise DataError(f"{source} has only {ids.numel()} calibration tokens; seqlen {seqlen} "
                         "needs more.")

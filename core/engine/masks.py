@@ -38,7 +38,7 @@ SORT_ENTRIES = 1 << 24
 def lowest_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the ``k`` lowest entries along the last dim (stable: earlier index first on ties),
     sorted ``SORT_ENTRIES`` entries at a time (rows are independent: the same mask)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)  # contiguous
     if k <= 0:
         return mask
     flat, flat_mask = scores.reshape(-1, scores.shape[-1]), mask.view(-1, scores.shape[-1])

@@ -58,11 +58,22 @@ def _package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def offline_converted(name: str) -> bool:
+    """Whether the offline model ``name`` has been converted to safetensors already."""
+    folder = config.cache_dir() / "models" / name
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def converts_first(name: str) -> bool:
+    """Whether loading ``name`` starts with the offline model's one-time conversion."""
+    return name.strip() in OFFLINE_MODELS and not offline_converted(name.strip())
+
+
 def offline_cache(name: str) -> Path:
     """Folder of the safetensors conversion of an offline model (created on first use)."""
     entry = OFFLINE_MODELS[name]
     folder = config.cache_dir() / "models" / name
-    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+    if offline_converted(name):
         return folder
     source = _package_folder(entry.package)
     log.info("Converting %s from GGUF to safetensors (once)...", name)

@@ -147,6 +147,7 @@ class Work:
     offload: bool = True  # the whole model may be offloaded when it does not fit the device
     save: bool = False
     text_tokens: int = 0  # the largest text tokenized at once
+    converts: bool = False  # the offline default is converted from its GGUF first (once)
     compute_dtype: str = ""  # '' = the dtype, or fp32 on a CPU (``compute_dtype_for``)
 
     @property
@@ -415,6 +416,9 @@ def build(shape: Shape, work: Work, activations: str = "device", ffn_store: str 
     text = {"text": work.text_tokens * (TOKENIZE_BYTES + ID_BYTES),
             "calibration ids": work.tokens * ID_BYTES}
     phases = [_phase("reading the text", work, {}, text)]
+    if work.converts:  # de-quantised whole in fp32, then written (measured: 1.5 x the model)
+        phases.append(_phase("converting the offline model", work, {},
+                             {"model (fp32)": parameter_count(shape) * 6}))
     if work.method and work.tokens:
         phases += _calibration_phases(shape, work, c, activations, ffn_store)
     elif work.method:  # magnitude: a block at a time, nothing else

@@ -59,8 +59,9 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False,
     dense baseline, shared by many runs, never.
 
     A pruned run also needs the dense baseline of the same model and evaluation (for change
-    from dense and retention): it is queued first when no such run exists.  The look-up and
-    the insert are one transaction, and the store holds at most one active run per identity
+    from dense and retention): it is queued after the run when no such run exists, so the
+    user's own result comes first (the baseline only serves the comparison).  The look-up and
+    the inserts are one transaction, and the store holds at most one active run per identity
     (``runs.active_hash`` is unique), so two clicks at once get one run and the same answer;
     even ``fresh`` reuses an identical run that is still queued or running.
     """
@@ -68,18 +69,20 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False,
     if problems:
         raise ValueError(" ".join(problems))
     with store.transaction() as con:
-        baseline_id = None
+        existing = find_identical(store, spec, ACTIVE if fresh else ("done", *ACTIVE), con=con)
+        run_id = existing if existing is not None else create_run(store, spec, con=con,
+                                                                    meta=meta)
         # Activation runs and searches queue no dense baseline: no weights change, and they
         # are compared with CoreInfer (which a search runs itself), not with the dense model.
         dense = spec.baseline()
+        baseline_id = None
         if dense is not None:
             baseline_id = (find_identical(store, dense, ("done", *ACTIVE), con=con)
                            or create_run(store, dense, con=con))
-        existing = find_identical(store, spec, ACTIVE if fresh else ("done", *ACTIVE), con=con)
         if existing is not None:
             changed, kept = store.add_meta(existing, meta or RunMeta(), con)
             return Submission(existing, True, baseline_id, changed, kept)
-        return Submission(create_run(store, spec, con=con, meta=meta), False, baseline_id)
+        return Submission(run_id, False, baseline_id)
 
 
 def request_cancel(store: Store, run_id: int) -> str:

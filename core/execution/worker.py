@@ -50,7 +50,11 @@ STOPPED = "the worker running it stopped (killed or crashed); results were not s
 
 
 def describe_exit(code: int | None) -> str:
-    """'was killed by signal 9' / 'exited with code 1'."""
+    """'was killed by signal 9 (SIGKILL: ...)' / 'exited with code 1'."""
+    if code == -signal.SIGKILL:
+        return ("was killed by signal 9 (SIGKILL: most often the system's out-of-memory killer, "
+                "when the run needs more memory than is free; see the memory plan at the top "
+                "of its log)")
     if code is not None and code < 0:
         return f"was killed by signal {-code}"
     return f"exited with code {code}"

@@ -170,6 +170,12 @@ def extra_of(info: FieldInfo) -> dict[str, Any]:
     return dict(extra) if isinstance(extra, dict) else {}
 
 
+def field_label(info: FieldInfo, name: str = "") -> str:
+    """What the Launch form calls a field ('Tokens per sample'), which every message uses too:
+    its ``form_label``, else its title."""
+    return str(extra_of(info).get("form_label") or info.title or name.replace("_", " "))
+
+
 def is_int(annotation: Any) -> bool:
     return annotation is int or int in get_args(annotation)
 
@@ -223,7 +229,7 @@ def messages(model: type[BaseModel], exc: ValidationError) -> list[str]:
         elif error["type"] == "extra_forbidden":
             found.append(f"{name}: unknown field; allowed: {', '.join(model.model_fields)}.")
         elif info is not None:
-            found.append(field_message(info.title or name, info, error["input"]))
+            found.append(field_message(field_label(info, name), info, error["input"]))
         else:
             found.append(f"{name}: {error['msg']}")
     return list(dict.fromkeys(found))
@@ -244,9 +250,13 @@ def check(cls: type[SpecModel], values: dict[str, Any]) -> tuple[Any, list[str]]
         partial = cls.model_construct(**{k: v for k, v in values.items()
                                          if k in cls.model_fields and k not in mistyped})
         found = messages(cls, exc)
+        # a field left at its default stands in for a wrong value: no message names that
+        # default, which the user never gave
+        stand_ins = tuple(f"{field_label(cls.model_fields[k], k)}:" for k in mistyped
+                          if k in cls.model_fields)
         for step in (partial.cross_problems, partial.machine_problems):
             with contextlib.suppress(Exception):  # a partial spec may not support a check
-                found += step()
+                found += [p for p in step() if not p.startswith(stand_ins)]
         return None, list(dict.fromkeys(found))
     problems = spec.problems()
     return (None, problems) if problems else (spec, [])

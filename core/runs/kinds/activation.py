@@ -23,7 +23,7 @@ import torch
 from pydantic import field_validator
 
 from core import config
-from core.engine import data, environment
+from core.engine import data, environment, models
 from core.engine.activation import (
     CoreInferHandle,
     CoreInferStats,
@@ -49,6 +49,7 @@ from core.runs.specs import (
     check_block_range,
     check_fractions,
     device_problems,
+    field_label,
     fraction,
     labelled,
     model_problems,
@@ -161,7 +162,7 @@ class ActivationSpec(SpecModel):
             errors += preflight.evaluation_text_problems("Evaluation dataset", name,
                                                          self.ppl_seqlen)
         device = device_problems(self.device)
-        windows = ({type(self).model_fields["ppl_seqlen"].title: self.ppl_seqlen}
+        windows = ({field_label(type(self).model_fields["ppl_seqlen"]): self.ppl_seqlen}
                    if self.ppl_datasets else {})
         return errors + device + preflight.model_fit_problems(
             self.model, need="coreinfer", windows=windows,
@@ -169,7 +170,7 @@ class ActivationSpec(SpecModel):
 
     def work(self) -> Work:
         """What this run does, in the memory plan's terms: the whole model, evaluated."""
-        return whole_model_work(self.dtype, self.device, self.batch_size)
+        return whole_model_work(self.model, self.dtype, self.device, self.batch_size)
 
     def summary(self, model: str) -> str:
         what = (f"CoreInfer, kept fraction {self.sparsity}" if self.method == "coreinfer"
@@ -185,11 +186,11 @@ class ActivationSpec(SpecModel):
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
-def whole_model_work(dtype: str, device: str, batch_size: int) -> Work:
+def whole_model_work(model: str, dtype: str, device: str, batch_size: int) -> Work:
     """An activation run or search in the memory plan's terms: the whole model on the device
     (CoreInfer's hooks need every block there: it is never offloaded), evaluated."""
     return Work(dtype=dtype, device=device, zero_shot=True, batch_size=batch_size,
-                offload=False)
+                offload=False, converts=models.converts_first(model))
 
 
 def load(spec: Any, progress: ProgressFn, say: Say) -> tuple[Any, Any]:
@@ -372,7 +373,7 @@ def _sparse_perplexity(model: Any, tokenizer: Any, spec: ActivationSpec,
     for name in spec.ppl_datasets:
         handle.reset_stats()
         progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
-        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
+        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen, spec.max_windows)
         value, n_windows, n_tokens, nlls = split_perplexity(
             model, ids, spec.ppl_seqlen, spec.max_windows,
             lambda s, d, t, n=name: progress(f"perplexity {n}", d, t))

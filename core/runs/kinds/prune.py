@@ -32,6 +32,7 @@ from core.runs.specs import (
     SpecModel,
     check_block_range,
     device_problems,
+    field_label,
     labelled,
     model_problems,
     short_value,
@@ -205,7 +206,7 @@ class PruneSpec(SpecModel):
         if self.zero_shot_tasks:
             errors += task_problems(self.zero_shot_tasks)
         if self.save_dir:
-            errors += preflight.save_problems(type(self).model_fields["save_dir"].title,
+            errors += preflight.save_problems(field_label(type(self).model_fields["save_dir"]),
                                               self.save_dir, self.model, self.identity_hash())
         device = device_problems(self.device)
         return errors + device + self._preflight(device_ok=not device)
@@ -216,9 +217,9 @@ class PruneSpec(SpecModel):
         fields = type(self).model_fields
         windows = {}
         if self.needs_calibration():
-            windows[fields["seqlen"].title] = self.seqlen
+            windows[field_label(fields["seqlen"])] = self.seqlen
         if self.ppl_datasets:
-            windows[fields["ppl_seqlen"].title] = self.ppl_seqlen
+            windows[field_label(fields["ppl_seqlen"])] = self.ppl_seqlen
         return preflight.model_fit_problems(
             self.model, need="causal" if self.is_dense else "adapter", windows=windows,
             work=self.work() if device_ok else None, trust_remote_code=self.trust_remote_code)
@@ -235,7 +236,8 @@ class PruneSpec(SpecModel):
                     seqlen=self.seqlen if self.needs_calibration() else 0,
                     owl=self.owl is not None, ppl_windows=windows, ppl_seqlen=self.ppl_seqlen,
                     batch_size=self.batch_size, zero_shot=bool(self.zero_shot_tasks),
-                    save=bool(self.save_dir), text_tokens=text)
+                    save=bool(self.save_dir), text_tokens=text,
+                    converts=models.converts_first(self.model))
 
     def identity_hash(self) -> str:
         """The hash of ``identity()`` (what the store finds identical runs by)."""
@@ -503,7 +505,7 @@ def evaluate_perplexity(source: Any, tokenizer: Any, spec: PruneSpec, result: Ru
         say(f"perplexity on {name} (seqlen {spec.ppl_seqlen}, "
             f"{spec.max_windows or 'all'} windows at most)")
         progress(f"perplexity {name}", 0, 1)  # the stage starts with reading the text
-        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen)
+        ids = data.evaluation_ids(tokenizer, name, spec.ppl_seqlen, spec.max_windows)
         res = blockwise_perplexity(
             source, ids, spec.ppl_seqlen, spec.batch_size, spec.max_windows, spec.device,
             progress=lambda s, d, t, n=name: progress(f"perplexity {n}", d, t), store=store)

@@ -143,7 +143,7 @@ class SearchSpec(SpecModel):
 
     def work(self) -> Work:
         """The whole model on the device, evaluated (``activation.whole_model_work``)."""
-        return whole_model_work(self.dtype, self.device, self.batch_size)
+        return whole_model_work(self.model, self.dtype, self.device, self.batch_size)
 
     def summary(self, model: str) -> str:
         goal = (f"goal {self.goal}" if self.goal_factor is None

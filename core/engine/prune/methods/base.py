@@ -55,7 +55,11 @@ class Target:
         raw = str(text).strip()
         match = re.fullmatch(r"(\d+)\s*:\s*(\d+)", raw)
         if match:
-            return cls(n=int(match[1]), m=int(match[2]))
+            n, m = int(match[1]), int(match[2])
+            if not 0 < n < m:
+                raise ValueError(f"N:M needs 0 < N < M; got {n}:{m} (N weights pruned in "
+                                 "every M consecutive inputs, e.g. 2:4)")
+            return cls(n=n, m=m)
         try:
             value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
         except ValueError as exc:
