@@ -98,7 +98,8 @@ def cmd_prune(args: argparse.Namespace, store: Store) -> int:
         return 2
     try:
         where = executor_name()
-        submission = jobs.submit(store, spec, fresh=args.fresh, meta=run_meta(args))
+        submission = jobs.submit(store, spec, fresh=args.fresh, meta=run_meta(args),
+                                 checked=True)  # prune_spec checked it
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

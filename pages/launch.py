@@ -61,14 +61,14 @@ sources = data.known_sources()
 problems: list[str] = []  # what the form itself finds (the spec checks the rest)
 
 
-def queue(spec: PruneSpec, grid: dict | None, fresh: bool, meta: RunMeta | None) -> None:
+def queue(spec: PruneSpec, grid: dict | None, fresh: bool, meta: RunMeta | None) -> bool:
     """Submit the checked spec (or its sweep), named by ``meta``, and say what was queued or
-    reused."""
+    reused; whether it was."""
     try:
         if grid:
             submission = jobs.submit_sweep(store, spec, grid, fresh=fresh, meta=meta)
         else:
-            submission = jobs.submit(store, spec, fresh=fresh, meta=meta)
+            submission = jobs.submit(store, spec, fresh=fresh, meta=meta, checked=True)
         executor_for(store).ensure_workers()
         message = (run_views.sweep_message(submission) if grid
                    else run_views.submission_message(store, submission))
@@ -82,6 +82,8 @@ def queue(spec: PruneSpec, grid: dict | None, fresh: bool, meta: RunMeta | None)
         (st.info if nothing_new else st.success)(message)
         st.page_link("pages/runs.py", label="Follow it on the Runs page",
                      icon=":material/play_circle:")
+        return True
+    return False
 
 
 def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
@@ -89,8 +91,9 @@ def text_files(field: str, label: str, key: str, many: bool) -> list[str]:
     text = st.text_input(
         label, key=key,
         placeholder="/path/to/text.txt" + (", /path/to/other.txt" if many else ""),
-        help="UTF-8 text. Calibration draws random windows from the whole file; evaluation "
-             "uses the whole file.")
+        help="UTF-8 text. Calibration draws random windows from the file's first million "
+             "tokens; evaluation reads only as many windows as Max windows asks (0: the whole "
+             "file).")
     if many:
         paths = run_views.split_paths(text)
     else:
@@ -178,10 +181,12 @@ st.subheader("Zero-shot evaluation (lm-evaluation-harness)")
 offline_tasks = list(zeroshot.OFFLINE_TASKS)
 task_choices = [*offline_tasks, *zeroshot.DEFAULT_TASKS]
 picked = st.multiselect(
-    "Zero-shot tasks", task_choices, default=[],
+    "Zero-shot tasks", task_choices, default=list(zeroshot.QUICK_TASKS),
+    format_func=lambda task: run_views.task_choice_label(task, tuple(offline_tasks)),
     help=f"{', '.join(offline_tasks)} ship with the app (offline); "
          f"{', '.join(zeroshot.DEFAULT_TASKS)} are seed 000's set and download their data "
-         "from the Hugging Face hub.")
+         "from the Hugging Face hub. The time is the offline model's on a 2-core CPU (a "
+         "bigger model takes longer, a GPU less); the dense baseline runs the same tasks.")
 other_tasks = st.text_input("Other lm-eval task names (comma separated)", "",
                             placeholder="e.g. winogrande, arc_challenge",
                             help="Any task lm-eval knows; checked before the run is queued.")
@@ -210,6 +215,8 @@ fresh = st.checkbox("Run again even if an identical run is stored", False)
 run_meta = meta_inputs("prune", problems)
 
 if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
+    checking = st.status("Checking the run: the model's config, the text files, the zero-shot "
+                         "tasks and the memory plan…")
     spec, spec_problems = check(PruneSpec, dict(
         model=run_views.local_path(model), method=method, sparsity=sparsity.strip(),
         method_params=params, calibration=calibration, samples=samples, seqlen=seqlen,
@@ -222,8 +229,12 @@ if st.button("Queue run", type="primary", icon=":material/rocket_launch:"):
     if grid and not problems:
         problems = sweep.validate_grid(spec, grid)
     if problems:
+        checking.update(label="Checked: not queued", state="error")
         st.error("Nothing was queued. Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
     else:
-        queue(spec, grid, fresh, run_meta)
+        checking.update(label="Checked; queueing…")
+        queued = queue(spec, grid, fresh, run_meta)
+        checking.update(label="Checked and queued" if queued else "Checked: not queued",
+                        state="complete" if queued else "error")
 
 st.caption(f"Results are stored in `{config.db_path()}`.")

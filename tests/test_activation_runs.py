@@ -239,7 +239,7 @@ def test_search_spec_messages() -> None:
                            block_range=[3, 1], device="gpu", tolerance=0.5)
     expected = ["Model: the folder './nope/model' does not exist",
                 "Task 'no_such_task_xyz' is not an lm-eval task",
-                "Goal: 1.5 is not a number above 0 and below 1",
+                "Goal (mean kept fraction): 1.5 is not a number above 0 and below 1",
                 "Sum weights: [1.2] are outside [0, 1]",
                 "Sum weights: a value is repeated",
                 "Top-k: 0 is not a whole number between 1",
@@ -252,7 +252,7 @@ def test_search_spec_messages() -> None:
         assert any(part in p for p in problems), (part, problems)
     assert len(problems) == len(expected), problems
     neither = problems_of(SearchSpec, goal=None, goal_factor=None)
-    assert any(p.startswith("Goal: give a goal") for p in neither)
+    assert any(p.startswith("Goal (mean kept fraction): give one") for p in neither)
     assert problems_of(SearchSpec, goal=None, goal_factor=0.9) == []
     assert problems_of(SearchSpec) == []
 
@@ -260,7 +260,7 @@ def test_search_spec_messages() -> None:
 def test_activation_spec_messages() -> None:
     assert problems_of(ActivationSpec, tasks=[TASK]) == []
     problems = problems_of(ActivationSpec, method="coreinfer", sparsity=0.0, token_sparsity=2)
-    assert any(p.startswith("Kept fraction (CoreInfer sparsity): 0.0 is not a number above 0")
+    assert any(p.startswith("Kept fraction (sparsity): 0.0 is not a number above 0")
                for p in problems)
     assert any(p.startswith("Token sparsity: 2") for p in problems)
     assert any(p.startswith("Evaluation: choose at least one") for p in problems)

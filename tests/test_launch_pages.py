@@ -490,6 +490,17 @@ def test_the_model_field_says_what_the_model_is(db: Path, workers: list[int],
     assert any("hub id: `org/some-model`" in c.value for c in at.caption)
 
 
+def test_zero_shot_offers_a_quick_default_with_the_cost_of_each_task(
+        db: Path, workers: list[int]) -> None:
+    at = open_page("pages/launch.py")
+    tasks = widget(at.multiselect, "Zero-shot tasks")
+    assert tasks.value == ["sb_everyday"]  # offline, a few seconds
+    labels = list(tasks.options)  # as the form shows them
+    assert "sb_everyday · 40 examples · ≈ 3 s" in labels
+    assert "sb_wiki_next · 120 examples · ≈ 33 s" in labels
+    assert "piqa · 1,838 examples · ≈ 4 min 36 s · from the hub" in labels
+
+
 def test_done_run_lists_its_saved_model_and_size(db: Path, workers: list[int], store: Store,
                                                  assets: dict[str, str], tmp_path: Path) -> None:
     saved = tmp_path / "pruned"

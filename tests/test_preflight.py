@@ -225,12 +225,13 @@ def test_binary_detection_reads_nul_bytes_and_invalid_utf8() -> None:
 def test_a_search_goal_of_one_is_refused() -> None:
     pytest.importorskip("lm_eval")
     problems = check(SearchSpec, {"goal": 1.0})[1]
-    assert problems == ["Goal: 1.0 is not a number above 0 and below 1."]
+    assert problems == ["Goal (mean kept fraction): 1.0 is not a number above 0 and below 1."]
     assert check(SearchSpec, {"goal": 0.999})[1] == []
     # a factor of CoreInfer's measured kept fraction may be 1.0: the same actual sparsity
     assert check(SearchSpec, {"goal": None, "goal_factor": 1.0})[1] == []
     factor = check(SearchSpec, {"goal": None, "goal_factor": 1.5})[1]
-    assert factor[0] == "Goal factor: 1.5 is not a number above 0 and at most 1."
+    assert factor[0] == ("Factor of CoreInfer's kept fraction: 1.5 is not a number above 0 "
+                         "and at most 1.")
 
 
 # -- memory ------------------------------------------------------------------------------------

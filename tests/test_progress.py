@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.present import runs as run_views
-from core.runs import costs, registry
+from core.runs import costs, progress, registry
 from core.runs.kinds.activation import ActivationSpec
 from core.runs.kinds.prune import PruneSpec
 from core.runs.kinds.search import SearchSpec
@@ -84,8 +84,13 @@ def test_estimate_after_k_of_n_blocks() -> None:
 def test_estimate_counts_down_between_updates() -> None:
     at_update = estimate(6, 30, timing(stage_s=12.0), now=100.0)
     later = estimate(6, 30, timing(stage_s=12.0), now=110.0)
-    assert later.left_s == pytest.approx(at_update.left_s - 10)
-    assert estimate(6, 30, timing(stage_s=12.0), now=1e9).left_s == 0.0  # never below 0
+    # 2 s a block: the stage's part counts down for at most one block's time, then holds
+    assert estimate(6, 30, timing(stage_s=12.0), now=101.5).left_s == pytest.approx(
+        at_update.left_s - 1.5)
+    assert later.left_s == pytest.approx(at_update.left_s - 2)
+    stuck = estimate(29, 30, timing(stage_s=58.0), now=1e9)
+    assert stuck.left_s == progress.MIN_LEFT_S  # work remains: never 0 s
+    assert estimate(30, 30, timing(stage_s=60.0), now=1e9).left_s == 0.0
 
 
 def test_a_stage_with_zero_elapsed_time_gives_no_estimate() -> None:
@@ -178,7 +183,7 @@ def test_prune_plan_follows_the_spec() -> None:
                      zero_shot_tasks=["sb_everyday"], save_dir="/tmp/x")
     assert keys(spec) == ["loading model", "calibration data", "capturing block inputs",
                           "pruning", "saving model", "perplexity wiki-offline",
-                          "perplexity ptb", "zero-shot"]
+                          "perplexity ptb", "zero-shot sb_everyday"]
     assert keys(PruneSpec(method="magnitude")) == ["loading model", "pruning",
                                                    "perplexity wiki-offline"]
     assert keys(PruneSpec(method="magnitude", owl={"M": 5, "lambda": 0.08}))[1:5] == [
@@ -282,7 +287,9 @@ def test_progress_text_says_time_left_and_rate() -> None:
     payload = {"stage": "pruning", "done": 6, "total": 30, **tracker.report("pruning", 6, 30)}
     shown = run_views.parse_progress(payload, now=1000.0)
     assert shown.label == "pruning: block 6 of 30 · ≈ 1 min 18 s left · 0.5 blocks/s"
-    assert run_views.parse_progress(payload, now=1030.0).timing.startswith("≈ 48 s left")
+    # 30 s on without a new block: one block's time (2 s) is counted off, no more (a block
+    # slower than the others holds the estimate instead of running it down to 0)
+    assert run_views.parse_progress(payload, now=1030.0).timing.startswith("≈ 1 min 16 s left")
 
 
 @pytest.mark.parametrize(("rate", "unit", "text"), [
@@ -308,4 +315,36 @@ def test_default_run_prefers_running_then_queued_then_newest() -> None:
     assert run_views.default_run(runs("queued", "cancelling", "done")) == 2
     assert run_views.default_run(runs("done", "queued", "queued", "failed")) == 3
     assert run_views.default_run(runs("failed", "done")) == 2
+    finished = runs("done", "done", "done").assign(method=["dense", "wanda", "dense"])
+    assert run_views.default_run(finished) == 2  # the run, not the baseline queued after it
 
+
+
+def test_a_slow_stage_shows_a_bar_that_moves_and_a_time_left_that_only_shrinks() -> None:
+    """A fake stage of 8 units, the fourth three times slower than the others, read every
+    0.25 s: the bar moves with each unit, the time left never grows within the stage and
+    never reads 0 s before the last unit is done."""
+    clock = Clock(0.0)
+    plan = [Stage("loading model", 1.0), Stage("zero-shot piqa", 8.0, "request")]
+    tracker = Tracker(plan, clock=clock, wall=clock)
+    tracker.report("loading model", 0, 1)
+    clock.now = 1.0
+    durations = [1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0]
+    payload = tracker.report("zero-shot piqa", 0, 8)
+    fractions, lefts, done = [payload["fraction"]], [], 0
+    ends = [1.0 + sum(durations[:i + 1]) for i in range(8)]
+    while clock.now < ends[-1]:
+        clock.now = round(clock.now + 0.25, 2)
+        if done < 8 and clock.now >= ends[done]:
+            done += 1
+            payload = tracker.report("zero-shot piqa", done, 8)
+            fractions.append(payload["fraction"])
+        shown = run_views.parse_progress({"stage": "zero-shot piqa", "done": done, "total": 8,
+                                          "unit": "request", **payload}, now=clock.now)
+        if shown.estimate.left_s is not None:
+            lefts.append((done, shown.estimate.left_s))
+    assert fractions == sorted(fractions) and len(set(fractions)) == 9  # moves with each unit
+    steady = [left for d, left in lefts if d >= 4]  # once the slow unit is measured
+    assert all(b <= a + 1e-9 for a, b in zip(steady, steady[1:], strict=False))
+    assert all(left > 0 for d, left in lefts if d < 8)
+    assert lefts[-1] == (8, 0.0)

@@ -51,7 +51,7 @@ def find_identical(store: Store, spec: PruneSpec, statuses: tuple[str, ...],
 
 
 def submit(store: Store, spec: PruneSpec, fresh: bool = False,
-           meta: RunMeta | None = None) -> Submission:
+           meta: RunMeta | None = None, checked: bool = False) -> Submission:
     """Queue ``spec`` unless an identical run is done or pending (and ``fresh`` is off).
 
     ``meta`` (name, notes, tags; not part of the identity) goes to the new run; a reused run
@@ -65,7 +65,7 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False,
     (``runs.active_hash`` is unique), so two clicks at once get one run and the same answer;
     even ``fresh`` reuses an identical run that is still queued or running.
     """
-    problems = spec.problems()
+    problems = [] if checked else spec.problems()  # ``checked``: the caller just checked it
     if problems:
         raise ValueError(" ".join(problems))
     with store.transaction() as con:

@@ -18,6 +18,7 @@ import pandas as pd
 from core import config
 from core.present import tables
 from core.present.labels import CALIBRATION_FREE
+from core.runs import costs
 from core.runs.progress import Estimate, Timing, estimate, stage_fraction
 from core.store import meta, queries
 from core.store.db import Store
@@ -143,6 +144,19 @@ def when(value: Any, now: datetime | None = None) -> str:
     if stamp.year == now.year:
         return f"{stamp:%b %d %H:%M}"
     return f"{stamp:%Y-%m-%d %H:%M}"
+
+
+def task_choice_label(task: str, offline: tuple[str, ...] = ()) -> str:
+    """A zero-shot task as the Launch form offers it, with what it costs: 'sb_everyday · 40
+    examples · ≈ 3 s' (the offline model on a 2-core CPU; a bigger model or a GPU scales it);
+    a task not in ``offline`` downloads its data from the hub."""
+    size = costs.task_size(task)
+    words = [task]
+    if size is not None:
+        words += [f"{size:,} examples", f"≈ {duration(costs.task_s(task, None))}"]
+    if offline and task not in offline:
+        words.append("from the hub")
+    return " · ".join(words)
 
 
 def duration(seconds: float | None) -> str:
@@ -350,11 +364,16 @@ def progress_bars(runs: pd.DataFrame) -> list[tuple[float, str]]:
 
 def default_run(runs: pd.DataFrame) -> int:
     """The run the details open on: the newest running one, else the newest queued one, else
-    the newest (``runs`` newest first)."""
+    the newest that is not a dense run (a baseline, queued after the run it serves), else the
+    newest (``runs`` newest first)."""
     for statuses in (ACTIVE, ("queued",)):
         chosen = runs[runs["Status"].isin(statuses)]
         if len(chosen):
             return int(chosen["Run"].iloc[0])
+    if "method" in runs:
+        pruned = runs[runs["method"] != "dense"]
+        if len(pruned):
+            return int(pruned["Run"].iloc[0])
     return int(runs["Run"].iloc[0])
 
 

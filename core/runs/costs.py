@@ -37,8 +37,11 @@ PPL_FIXED_S = 0.2  # reading and tokenizing an evaluation text
 PPL_S_PER_KTOKEN = 1.6  # perplexity windows, per 1000 tokens (8 x 256: 3.2 s)
 TASK_FIXED_S = 0.4  # building one lm-eval task
 #: An example of a multiple-choice task (lm-eval, dense): sb_everyday (2 choices) 0.06 s,
-#: sb_wiki_next (4 longer choices) 0.27 s; between the two.
+#: sb_wiki_next (4 longer choices) 0.27 s; between the two for any other task.
 TASK_S_PER_EXAMPLE = 0.15
+TASK_S_PER_EXAMPLE_OF = {"sb_everyday": 0.06, "sb_wiki_next": 0.27}
+#: Examples of seed 000's tasks as lm-eval scores them (the split it evaluates).
+TASK_SIZES = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "boolq": 3270, "rte": 277}
 COREINFER_WARMUP_S = 6.5  # the first lm-eval task of a CoreInfer run (activation, search)
 COREINFER_FIXED_S = 2.2  # each CoreInfer scoring (its lm-eval model and task)
 COREINFER_S_PER_EXAMPLE = 0.29  # an sb_everyday example under CoreInfer
@@ -59,9 +62,20 @@ def offline_task_size(task: str) -> int | None:
         return None
 
 
+def task_size(task: str) -> int | None:
+    """How many examples a task has, where known (the offline tasks, seed 000's set)."""
+    return offline_task_size(task) or TASK_SIZES.get(task)
+
+
+def task_s(task: str, limit: int | None) -> float:
+    """One zero-shot task on ``limit`` examples, on the reference machine (offline model)."""
+    return TASK_FIXED_S + TASK_S_PER_EXAMPLE_OF.get(task, TASK_S_PER_EXAMPLE) * task_examples(
+        task, limit)
+
+
 def task_examples(task: str, limit: int | None) -> int:
     """The examples a task is scored on: ``limit``, but at most the task's size when known."""
-    size = offline_task_size(task)
+    size = task_size(task)
     if limit is None:
         return size if size is not None else EXAMPLES_GUESS
     return min(limit, size) if size is not None else limit

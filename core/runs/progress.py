@@ -80,23 +80,32 @@ class Estimate:
     left_s: float | None  # seconds left of the whole run
 
 
+#: The least time left said while work remains (the estimate never reads 0 s before the end).
+MIN_LEFT_S = 1.0
+
+
 def estimate(done: int, total: int, timing: Timing, now: float) -> Estimate:
     """The current stage's rate and the run's time left at wall time ``now``.
 
-    The rest of this stage goes at its measured rate (less the time since the update); each
-    later stage takes its share of the plan at the pace of the work done so far (finished
-    stages plus the done part of this one: seconds per share).  No estimate before a unit of
-    this stage is done or when it has taken no time; a ``now`` before the update (a clock
-    going backwards) counts as the update's time."""
+    The rest of this stage goes at its measured rate, less the time since the update (at most
+    one unit's worth: a unit slower than the others holds the estimate rather than taking it
+    to zero); each later stage takes its share of the plan at the pace of the work done so
+    far (finished stages plus the done part of this one: seconds per share).  While work
+    remains the time left is at least ``MIN_LEFT_S``.  No estimate before a unit of this stage
+    is done or when it has taken no time; a ``now`` before the update (a clock going
+    backwards) counts as the update's time."""
     if done <= 0 or total <= 0 or timing.stage_s <= 0:
         return Estimate(None, None)
     rate = done / timing.stage_s
-    since = max(now - timing.at, 0.0)
+    since = min(max(now - timing.at, 0.0), 1 / rate)
     stage_left = max((total - min(done, total)) / rate - since, 0.0)
     worked = timing.finished_weight + timing.weight * stage_fraction(done, total)
     spent = timing.finished_s + timing.stage_s
     later = spent / worked * timing.later_weight if worked > 0 else 0.0
-    return Estimate(rate, stage_left + later)
+    left = stage_left + later
+    if done < total or timing.later_weight > 0:
+        left = max(left, MIN_LEFT_S)
+    return Estimate(rate, left)
 
 
 # -- the tracker --------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ small offline tasks (``core/engine/evaluate/tasks``) for tests and the offline d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,8 @@ TASKS_SOURCE = Path(__file__).resolve().parent / "tasks"
 DEFAULT_TASKS = ("piqa", "hellaswag", "arc_easy", "boolq", "rte")
 #: Shipped with the project, work offline.
 OFFLINE_TASKS = ("sb_everyday", "sb_wiki_next", "sb_facts_gen")
+#: The Launch form's default: offline and a few seconds on a CPU.
+QUICK_TASKS = ("sb_everyday",)
 #: Metrics stored for a task, in order of preference for its headline number.
 HEADLINE = ("acc_norm", "acc", "exact_match", "exact", "bleu_max", "bleu", "f1")
 
@@ -151,13 +154,17 @@ def _evaluate(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int,
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     manager = task_manager(extra_task_dir)
     result = ZeroShotResult()
-    for i, task in enumerate(tasks):
-        if progress:
-            progress(f"zero-shot {task}", i, len(tasks))
+    def report(task: str) -> Callable[[int, int], None]:
+        return lambda done, total: progress(f"zero-shot {task}", done, total) if progress \
+            else None
+
+    for task in tasks:
+        report(task)(0, 1)  # building the task
         try:
-            out = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=manager, log_samples=False, bootstrap_iters=1000,
-                                  verbosity="WARNING")
+            with requests_reported(report(task)):
+                out = simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot,
+                                      limit=limit, task_manager=manager, log_samples=False,
+                                      bootstrap_iters=1000, verbosity="WARNING")
         except Exception as exc:  # a task that cannot load its data fails alone
             message = f"{type(exc).__name__}: {exc}"
             log.warning("zero-shot task %s failed: %s", task, message)
@@ -171,6 +178,27 @@ def _evaluate(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int,
             count = samples.get(name, {}).get("effective")
             result.raw[name] = values
             result.rows += metric_rows(name, values, count)
-    if progress:
-        progress("zero-shot", len(tasks), len(tasks))
     return result
+
+
+@contextlib.contextmanager
+def requests_reported(report: Callable[[int, int], Any]) -> Iterator[None]:
+    """While in the block, every request lm-eval's Hugging Face model answers is reported as
+    ``report(done, total)``: its progress bar (``tqdm`` in ``lm_eval.models.huggingface``) is
+    swapped for one that also tells us, so the numbers are lm-eval's own."""
+    from lm_eval.models import huggingface
+    from tqdm import tqdm
+
+    class Reporting(tqdm):  # type: ignore[misc]
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            if self.total:
+                report(int(self.n), int(self.total))
+            return shown
+
+    original = huggingface.tqdm
+    huggingface.tqdm = Reporting
+    try:
+        yield
+    finally:
+        huggingface.tqdm = original

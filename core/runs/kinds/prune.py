@@ -559,10 +559,8 @@ def stage_plan(spec: PruneSpec) -> list[Stage]:
     window_k = costs.windows(spec.max_windows) * spec.ppl_seqlen / 1000
     stages += [Stage(f"perplexity {name}", costs.PPL_FIXED_S + costs.PPL_S_PER_KTOKEN * window_k,
                      "block") for name in spec.ppl_datasets]
-    if spec.zero_shot_tasks:
-        stages.append(Stage("zero-shot", sum(
-            costs.TASK_FIXED_S + costs.TASK_S_PER_EXAMPLE * costs.task_examples(t, spec.zs_limit)
-            for t in spec.zero_shot_tasks), "task"))
+    stages += [Stage(f"zero-shot {task}", costs.task_s(task, spec.zs_limit), "request")
+               for task in spec.zero_shot_tasks]
     return stages
 
 

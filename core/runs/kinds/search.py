@@ -129,8 +129,8 @@ class SearchSpec(SpecModel):
 
     def cross_problems(self) -> list[str]:
         if self.goal_factor is None and self.goal is None:
-            return ["Goal: give a goal mean kept fraction, or a factor of CoreInfer's "
-                    "measured kept fraction."]
+            return ["Goal (mean kept fraction): give one, or a Factor of CoreInfer's kept "
+                    "fraction (of its measured kept fraction)."]
         return []
 
     def machine_problems(self) -> list[str]:
