@@ -205,12 +205,14 @@ def test_prune_plan_weights_scale_with_the_work() -> None:
     assert all(s.cost > 0 for s in sparsegpt)
 
 
-def test_task_examples_know_the_offline_tasks() -> None:
+def test_task_examples_know_the_offline_tasks_and_seed_000s() -> None:
     assert costs.task_examples("sb_everyday", None) == 40
     assert costs.task_examples("sb_everyday", 10) == 10
     assert costs.task_examples("sb_everyday", 1000) == 40
-    assert costs.task_examples("piqa", None) == costs.EXAMPLES_GUESS
+    assert costs.task_examples("piqa", None) == 1838  # its validation split
     assert costs.task_examples("piqa", 25) == 25
+    assert costs.task_examples("winogrande", None) == costs.EXAMPLES_GUESS  # not known here
+    assert costs.task_s("sb_wiki_next", None) > costs.task_s("sb_everyday", None)
 
 
 def test_activation_and_search_plans() -> None:
