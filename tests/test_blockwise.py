@@ -165,3 +165,28 @@ def test_a_folder_without_weights_or_with_missing_tensors_is_refused(archs, tmp_
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weight files"):
         LazyModel(folder, torch.float32)
+
+
+def test_a_block_computed_in_fp32_is_rounded_before_the_next_block_sees_it(
+        archs, calibration, tmp_path, monkeypatch):
+    """bf16 weights computed in fp32: each pruned block's weights are rounded to bf16 (as
+    they are written) before its outputs feed the next block."""
+    from core.engine.prune import runner
+
+    _, folder = saved(archs["llama"], tmp_path / "model", torch.bfloat16)
+    lazy = LazyModel(folder, torch.bfloat16, torch.float32)
+    events = []
+    settle, forward = lazy.settle, runner.Traversal.forward
+
+    def settled(index):
+        block = lazy.adapter.blocks(lazy.model)[index]
+        settle(index)
+        events.append(("settle", index, all(torch.equal(p, p.to(torch.bfloat16).float())
+                                            for p in block.parameters())))
+
+    monkeypatch.setattr(lazy, "settle", settled)
+    monkeypatch.setattr(runner.Traversal, "forward", lambda self, block, inputs: (
+        events.append(("forward", None, None)), forward(self, block, inputs))[1])
+    prune_model(lazy, get_method("sparsegpt"), Target(0.5), calibration)
+    assert events[:2] == [("settle", 0, True), ("forward", None, None)]
+    assert ("settle", 1, True) in events

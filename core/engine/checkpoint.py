@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from core.engine.adapters import Adapter, get_adapter
+from core.engine.environment import free_device_cache
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,9 @@ class LazyModel:
         return {n: _rounded(raw[self.keys[n]], self.dtype) for n in names}
 
     def _place(self, names: list[str], device: torch.device | str) -> None:
-        for name, value in self.read(names).items():
+        read = self.read(names)
+        for name in names:  # each read tensor is dropped once placed: one extra copy at most
+            value = read.pop(name)
             value = value.to(device=device, dtype=self._compute(value))
             owner, _, attr = name.rpartition(".")
             module = self.model.get_submodule(owner) if owner else self.model
@@ -305,7 +308,7 @@ class LazyModel:
         for name in self.names_of_block(index):
             self._drop(name)
         self.loaded.blocks.discard(index)
-        _free_device_cache()
+        free_device_cache()
 
     def tensor(self, name: str) -> torch.Tensor:
         """The model's parameter or buffer ``name`` as it is now."""
@@ -331,7 +334,7 @@ class LazyModel:
         block = self.load_block(index, "cpu" if device is None else device)
         try:
             yield block
-            self.settle(index)
+            self.settle(index)  # what is written is what was computed with (idempotent)
         except BaseException:
             write = False
             raise
@@ -345,7 +348,7 @@ class LazyModel:
             yield self.model
         finally:
             self.release_outside()
-            _free_device_cache()
+            free_device_cache()
 
 
 def move_into_place(partial: Path, target: Path) -> Path:
@@ -364,11 +367,6 @@ def move_into_place(partial: Path, target: Path) -> Path:
 
 def _rounded(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-
-
-def _free_device_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # -- writing ---------------------------------------------------------------------------------------

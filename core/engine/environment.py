@@ -86,3 +86,12 @@ def native_bf16() -> bool:
         return False
     flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def free_device_cache() -> None:
+    """Hand the GPU's cached free blocks back (between blocks: a block's temporaries differ in
+    size from the next one's); nothing without a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -172,11 +172,16 @@ def load_for_evaluation(folder: Path, dtype: torch.dtype, device: str,
             use_safetensors=_has_safetensors(str(folder)), **placement)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load the model in {folder}: {exc}") from exc
+    return for_inference(model), tokenizer
+
+
+def for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in eval mode, without a KV cache by default, its weights needing no grad."""
     model.eval()
     model.config.use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
-    return model, tokenizer
+    return model
 
 
 def load_model(
@@ -206,11 +211,7 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {name!r} ({target}): {exc}") from exc
-    model.eval()
-    model.config.use_cache = False
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model.to(device), tokenizer
+    return for_inference(model).to(device), tokenizer
 
 
 def _has_safetensors(target: str) -> bool | None:

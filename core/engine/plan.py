@@ -47,7 +47,6 @@ CALIBRATION_TOKENS = {"wikitext2": 2_500_000, "ptb": 1_100_000, "c4": 20_000,
 #: Tokens per byte of a text file (English runs about 4 bytes a token).
 TOKENS_PER_BYTE = 0.3
 ZERO_SHOT_CONTEXT = 2048  # the longest request lm-eval is assumed to send
-FFN_CHUNK_TOKENS = 8192  # SparseLLM's token chunk
 
 
 @dataclass(frozen=True)
@@ -299,7 +298,7 @@ def ffn_bytes(shape: Shape, work: Work, store: str) -> dict[str, int]:
     place, _, dtype = store.partition(" ")
     wide = 3 if shape.family == "llama" else 2
     data = work.tokens * (2 * shape.hidden + wide * shape.intermediate) * _bytes(dtype)
-    chunk = min(FFN_CHUNK_TOKENS, max(work.tokens, 1))
+    chunk = max(work.seqlen, 1)  # SparseLLM works one calibration window's tokens at a time
     temporaries = 6 * chunk * shape.intermediate * 4
     grams = 4 * (shape.intermediate ** 2 + shape.hidden ** 2 + 2 * shape.hidden
                  * shape.intermediate)

@@ -49,7 +49,6 @@ from core.engine.plan import (
     DTYPE_BYTES,
     GIB,
     MemoryPlan,
-    Phase,
     Work,
     gib,
     plan_run,
@@ -418,7 +417,7 @@ ADVICE = {
 }
 
 
-def _advice(plan: MemoryPlan, phase: Phase, parts: dict[str, int], dtype: str) -> str:
+def _advice(parts: dict[str, int], dtype: str) -> str:
     """What would make the peak fit, from its largest part (only what the user can change)."""
     largest = max(parts, key=parts.__getitem__)
     for key, advice in ADVICE.items():
@@ -447,7 +446,7 @@ def memory_problems(plan: MemoryPlan, device: str, device_budget: int | None,
         found.append(f"Memory: this run needs about {gib(peak)} of "
                      f"{'RAM' if where == 'host' else name + ' memory'} at its peak "
                      f"({phase.name}: {detail}) but {name} has {gib(budget)} {word}; "
-                     f"{_advice(plan, phase, parts, dtype)}.")
+                     f"{_advice(parts, dtype)}.")
     return found
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from core.engine.adapters import Adapter, get_adapter, weight_matrix
+from core.engine.environment import free_device_cache
 from core.engine.prune.methods.base import Collector, PruningMethod, Target
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class BlockSource(Protocol):
     def outside(self, device: torch.device | str) -> contextlib.AbstractContextManager[
         nn.Module]: ...
 
+    def settle(self, index: int) -> None:
+        """Round a block's changed weights to the dtype they are kept in (before the next
+        block is computed from them)."""
+
 
 class Resident:
     """A model held whole in memory: a block visits the compute device for its turn."""
@@ -103,6 +108,9 @@ class Resident:
     @property
     def n_blocks(self) -> int:
         return len(self.adapter.blocks(self.model))
+
+    def settle(self, index: int) -> None:
+        """Nothing: a model in memory computes in the dtype it keeps."""
 
     @contextlib.contextmanager
     def block(self, index: int, device: torch.device | str | None,
@@ -132,13 +140,6 @@ def as_source(model: nn.Module | BlockSource) -> BlockSource:
     return model if hasattr(model, "outside") else Resident(model)  # type: ignore[return-value]
 
 
-def free_device_cache() -> None:
-    """Hand the GPU's cached free blocks back (between blocks: a block's temporaries differ in
-    size from the next one's)."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _move_outside_blocks(model: nn.Module, blocks_path: str, device: torch.device | str) -> None:
     """Move every parameter and buffer not inside the decoder blocks to ``device``."""
     for name, module in model.named_modules():
@@ -164,10 +165,6 @@ class BlockInputs:
     args: list[tuple[Any, ...]]
     kwargs: list[dict[str, Any]]
     store: torch.device | str = "cpu"
-
-    @property
-    def sequences(self) -> int:
-        return sum(h.shape[0] for h in self.hidden)
 
 
 def _detach(value: Any) -> Any:
@@ -367,6 +364,7 @@ class Traversal:
             with self.source.block(index, self.device, write=write) as block:
                 if visit is not None:
                     visit(index, block, inputs)
+                    self.source.settle(index)  # the next block sees the weights as written
                 if inputs is not None and (index + 1 < last or through_last):
                     self.forward(block, inputs)
             if write:
