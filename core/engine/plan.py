@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.environment import native_bf16
+from core.engine.masks import SORT_ENTRIES
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -270,17 +271,18 @@ def _largest_block_tensor(shape: Shape) -> int:
 
 def method_bytes(shape: Shape, work: Work, c: int) -> dict[str, int]:
     """A block's method state and the working set of pruning its largest linear: an fp32
-    copy of the weight, its scores, the sort's values and int64 indices, the mask and the
-    result (Wanda about 25 bytes a weight, magnitude's one threshold about 18); SparseGPT's
-    Hessians, or (the larger) its widest linear's inverse (two ``in x in`` fp32 matrices) with
-    three fp32 weight copies."""
+    copy of the weight, its scores, the mask and the result (Wanda: 13 bytes a weight, and its
+    per-row sort's values and int64 indices for ``SORT_ENTRIES`` at a time; magnitude's one
+    threshold about 18 bytes a weight); SparseGPT's Hessians, or (the larger) its widest
+    linear's inverse (two ``in x in`` fp32 matrices) with three fp32 weight copies."""
     widths = linear_inputs(shape)
     largest = _largest_block_tensor(shape)
     method = work.method or ""
     if method == "magnitude":
         return {"scores": 18 * largest}
     if method == "wanda":
-        return {"input norms": 4 * sum(widths), "scores": 25 * largest}
+        return {"input norms": 4 * sum(widths),
+                "scores": 13 * largest + 12 * min(largest, SORT_ENTRIES)}
     hessians = 4 * sum(n * n for n in widths)
     # the widest linear (the FFN's output) is pruned last: the others' Hessians are gone by
     # then, its own is worked on in place (two matrices of its size at once)
