@@ -45,9 +45,9 @@ chart_rows = model_rows[model_rows["dataset"] == dataset]
 st.plotly_chart(memo(store, "ppl.chart", key, model, dataset)(lambda: charts.perplexity_chart(
     chart_rows, f"{model} · {tables.dataset_label(dataset)}: perplexity vs sparsity")))
 st.caption("Filled markers and solid lines: your runs. Open markers and dotted lines: published "
-           "figures (source in the legend and on hover). Squares/diamonds: N:M patterns; "
-           "dashed level: dense. Error bars: the 95% interval of a run's perplexity from its "
-           "evaluated windows.")
+           "figures (source in the legend and on hover). Squares/diamonds: N:M patterns. "
+           "Dense is a dashed level (dotted when published), its grey band the 95% interval. "
+           "Error bars: the 95% interval of a run's perplexity from its evaluated windows.")
 
 st.subheader("Dataset × sparsity (paper layout)")
 groups = tables.choices(model_rows, "group")

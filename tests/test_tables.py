@@ -704,7 +704,8 @@ def test_drop_chart_is_a_heatmap_of_the_points(store: Store, drop_store: dict[st
     assert list(heat.x) == ["piqa", "arc_easy", "boolq", "rte", "Average"]
     assert list(heat.y) == ["Magnitude 50%", "Wanda 50%"]
     wanda = list(heat.y).index("Wanda 50%")
-    assert heat.z[wanda][0] == pytest.approx(2.0)
+    assert heat.z[wanda][2] == pytest.approx(-15.0)  # boolq
+    assert heat.z[wanda][0] == 0.0 and "drop +2.00 points" in heat.hovertext[wanda][0]
     assert heat.z[wanda][1] is None and heat.text[wanda][1] == "failed"
     assert heat.text[wanda][3] == "no value"
     bars = charts.per_task_chart(tables.per_task_long(
@@ -882,6 +883,33 @@ def test_perplexity_intervals_from_the_stored_windows() -> None:
     assert "PPL 95% interval" not in bare.display().columns and not bare.notes
 
 
+def test_dense_is_the_captioned_dashed_level_with_its_band_and_nothing_is_clipped() -> None:
+    """The walk's chart: dense 37.70 with 4 windows (interval about 15.5 to 91.6) and a Wanda
+    run whose error bar reaches far above it."""
+    rng = np.random.default_rng(1)
+    dense = np.log(37.7) + rng.normal(0, 0.6, 4)
+    dense += np.log(37.7) - dense.mean()
+    wanda = dense + 0.9 + rng.normal(0, 0.3, 4)
+    rows = make_rows(ppl("dense", 0, math.exp(dense.mean()), nlls=dense),
+                     ppl("wanda", 0.5, math.exp(wanda.mean()), nlls=wanda),
+                     ppl("dense", 0, 30.0, **published(dataset="ptb")))
+    figure = charts.perplexity_chart(rows[rows["dataset"] == "wikitext2"])
+    level = next(t for t in figure.data if t.name == "Dense 37.70 · own")
+    assert level.line.dash == "dash" and "markers" not in level.mode  # no diamond: those are N:M
+    assert level.text[0] == "Dense 37.70 · own" and level.textposition == "top right"
+    assert level.x[0] == 0  # labelled at the left, clear of the runs' error bars at 50%
+    band = next(t for t in figure.data if t.name == "Dense 37.70 · own: 95% interval")
+    low, high = noise.ppl_interval(list(dense))
+    assert band.fill == "toself" and min(band.y) == pytest.approx(low)
+    assert max(band.y) == pytest.approx(high) and "95% interval" in level.hovertext[0]
+    top, bottom = (10 ** end for end in figure.layout.yaxis.range[::-1])
+    bar = next(t for t in figure.data if t.name == "Wanda · own")
+    reach = bar.y[0] + bar.error_y.array[0]
+    assert reach * 1.05 < top and bottom * 1.05 < low  # the cap and the band inside the plot
+    published_level = charts.perplexity_chart(rows[rows["dataset"] == "ptb"]).data[0]
+    assert published_level.line.dash == "dot"
+
+
 def test_perplexity_chart_draws_the_intervals_as_error_bars() -> None:
     rng = np.random.default_rng(4)
     nlls = 2.5 + rng.normal(0, 0.3, 16)
@@ -929,6 +957,25 @@ def test_drop_chart_marks_drops_within_noise(store: Store, drop_store: dict[str,
     wanda = cells["Wanda 50%"]
     assert wanda[tasks.index("piqa")] == "+2.00≈"  # -0.77 to +4.77 holds 0
     assert wanda[tasks.index("boolq")] == "-15.00"  # beyond noise: no mark
+    # the colour each cell gets: within noise the scale's neutral middle, never red or blue
+    from plotly.colors import sample_colorscale
+
+    scale = [list(step) for step in heatmap.colorscale]
+
+    def colour(z: float) -> str:
+        return sample_colorscale(scale, (z - heatmap.zmin)
+                                 / (heatmap.zmax - heatmap.zmin))[0]
+
+    row = list(heatmap.y).index("Wanda 50%")
+    neutral = sample_colorscale(scale, 0.5)[0]
+    assert colour(heatmap.z[row][tasks.index("piqa")]) == neutral
+    assert colour(heatmap.z[row][tasks.index("boolq")]) != neutral
+    noisy = [(r, c) for r, texts in enumerate(heatmap.text) for c, t in enumerate(texts)
+             if t.endswith("≈")]
+    assert noisy and all(colour(heatmap.z[r][c]) == neutral for r, c in noisy)
+    # the scale spans the drops beyond noise
+    assert heatmap.zmax == max(abs(z) for r, zs in enumerate(heatmap.z)
+                               for c, z in enumerate(zs) if z is not None and (r, c) not in noisy)
 
 
 def test_compare_gives_paired_perplexity_intervals() -> None:

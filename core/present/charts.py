@@ -139,6 +139,9 @@ def perplexity_chart(rows: pd.DataFrame, title: str | None = None) -> go.Figure:
 LOG_MANTISSAS = ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
 MIN_TICKS = 3
 MAX_TICKS = 12
+#: Room above and below the outermost point or error bar end, in decades (6%: an error bar's
+#: cap at the plot's edge read as clipped).
+LOG_PAD = 0.025
 
 
 def readable_log_y(fig: go.Figure, title: str) -> None:
@@ -150,7 +153,7 @@ def readable_log_y(fig: go.Figure, title: str) -> None:
     ticks = log_ticks(low, high)
     bottom, top = min(low, ticks[0]), max(high, ticks[-1])
     fig.update_yaxes(type="log", title=title, tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
-                     range=[math.log10(bottom) - 0.02, math.log10(top) + 0.02])
+                     range=[math.log10(bottom) - LOG_PAD, math.log10(top) + LOG_PAD])
 
 
 def _y_extent(trace: Any) -> list[float]:
@@ -297,25 +300,37 @@ def _ppl_hover(part: pd.DataFrame, with_spec: bool = True) -> list[str]:
 
 
 def _add_dense_levels(fig: go.Figure, dense: pd.DataFrame, several: bool, right: float) -> None:
-    """Each dense baseline as a horizontal line across the plot, labelled at its right end.
+    """Each dense baseline as a dashed horizontal level across the plot (dotted when
+    published, as published lines are), its 95% interval as a grey band behind it, labelled
+    at its left end, where no pruned run sits (a label at the right end ran into the runs'
+    error bars).
 
     (A trace rather than ``add_hline``: hline annotations land at 10**y on a log axis.)
     """
-    levels = T.latest_runs(dense, ["model", "dataset", "group"]).to_dict("records")
-    for rec in levels:
+    levels = T.latest_runs(dense, ["model", "dataset", "group"])
+    if levels.empty:
+        return
+    low, high = (noise.ppl_intervals(levels["nlls"].to_numpy(dtype=object)) if "nlls" in levels
+                 else (np.full(len(levels), np.nan),) * 2)
+    for rec, lo, hi in zip(levels.to_dict("records"), low, high, strict=True):
         published = rec["origin"] == "published"
         label = f"Dense {rec['value']:.2f} · {short_source(rec['group']) if published else 'own'}"
         if several:
             label += f" · {rec['model']} {T.dataset_label(rec['dataset'])}"
+        interval = (f" (95% interval {lo:.2f} to {hi:.2f})"
+                    if math.isfinite(lo) and math.isfinite(hi) else "")
         hover = hover_text(rec["run_id"], rec["source_label"], rec["spec"],
-                           f"Dense on {rec['dataset']}: PPL {rec['value']:.2f}")
+                           f"Dense on {rec['dataset']}: PPL {rec['value']:.2f}{interval}")
+        if interval:
+            fig.add_trace(_trace("scatter",
+                x=[0, right, right, 0, 0], y=[lo, lo, hi, hi, lo], mode="lines", fill="toself",
+                fillcolor="rgba(85, 85, 85, 0.10)", line={"width": 0}, legendgroup=label,
+                showlegend=False, name=f"{label}: 95% interval", hoverinfo="skip"))
         fig.add_trace(_trace("scatter",
-            x=[0, right], y=[rec["value"]] * 2, name=label,
-            mode="lines+markers+text" if len(levels) == 1 else "lines+markers",
-            text=["", label], textposition="bottom left", textfont={"size": 10},
-            line={"color": "#555555", "width": 1.5, "dash": "dash" if published else "solid"},
-            marker={"symbol": "diamond-open" if published else "diamond", "size": [10, 0],
-                    "color": "#444444"},
+            x=[0, right], y=[rec["value"]] * 2, name=label, legendgroup=label,
+            mode="lines+text" if len(levels) == 1 else "lines",
+            text=[label, ""], textposition="top right", textfont={"size": 10},
+            line={"color": "#555555", "width": 1.5, "dash": "dot" if published else "dash"},
             hovertext=[hover, hover], hoverinfo="text"))
 
 
@@ -461,7 +476,9 @@ def _half_width(rec: Mapping[str, Any]) -> float:
 def drop_chart(table: T.Table) -> go.Figure:
     """Heatmap of the drop from dense in points: rows = methods, columns = tasks and the average;
     red = worse than dense, blue = better; a drop within noise (its 95% interval holds 0) is
-    marked '≈'; failed / missing cells are grey and labelled."""
+    drawn neutral (the scale's white middle) and marked '≈', its number kept in the text and
+    hover; failed / missing cells are grey and labelled.  The scale spans the drops outside
+    noise."""
     frame = table.frame
     if table.empty or frame["Drop (points)"].isna().all():
         return empty_figure("No drop from dense to plot (a dense baseline is needed).")
@@ -481,8 +498,8 @@ def drop_chart(table: T.Table) -> go.Figure:
                 continue
             drop = rec["Drop (points)"]
             row = shown.loc[(method, task)]
-            z_row.append(None if pd.isna(drop) else float(drop))
             noisy = bool(rec.get("_noise"))  # its 95% interval holds 0
+            z_row.append(None if pd.isna(drop) else 0.0 if noisy else float(drop))
             text_row.append((row["Drop (points)"] + ("≈" if noisy else "")) if not pd.isna(drop)
                             else (row["Score"] if row["Score"] in (T.FAILED, T.NO_VALUE)
                                   else row["Dense"] if row["Dense"] in (T.FAILED, T.NO_VALUE)
@@ -498,7 +515,8 @@ def drop_chart(table: T.Table) -> go.Figure:
         z.append(z_row)
         text.append(text_row)
         hover.append(hover_row)
-    limit = max(1.0, float(frame["Drop (points)"].abs().max()))
+    beyond_noise = [abs(v) for row in z for v in row if v is not None]
+    limit = max([1.0, *beyond_noise])
     fig = go.Figure(go.Heatmap(
         z=z, x=tasks, y=methods, text=text, texttemplate="%{text}", textfont={"size": 13},
         hovertext=hover, hoverinfo="text", colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
@@ -506,7 +524,8 @@ def drop_chart(table: T.Table) -> go.Figure:
     fig.update_layout(**{**_LAYOUT, "height": 170 + 48 * len(methods),
                          "plot_bgcolor": "#e6e6e6",
                          "margin": {"l": 20, "r": 30, "t": 60, "b": 50}},
-                      title="Drop from dense in accuracy points (pruned − dense; red = worse)")
+                      title="Drop from dense in accuracy points (pruned − dense; red = worse, "
+                            "white ≈ within noise)")
     fig.update_xaxes(side="bottom", showgrid=False)
     fig.update_yaxes(autorange="reversed", automargin=True, showgrid=False)
     return fig

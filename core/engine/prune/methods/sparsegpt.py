@@ -87,28 +87,41 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | Hessian, targe
         blocksize = max(target.m, blocksize - blocksize % target.m)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        block = w[:, start:end].clone()
         u_block = u[start:end, start:end]
-        errors = torch.zeros_like(block)
         diag = torch.diag(u_block)
-        if target.is_nm:
-            mask = torch.zeros_like(block, dtype=torch.bool)
-        else:
-            metric = block.pow(2) / diag.pow(2).unsqueeze(0)
-            mask = matrix_mask(metric, target.sparsity, selection)
-        for i in range(end - start):
-            if target.is_nm and i % target.m == 0:
-                group = block[:, i:i + target.m].pow(2) / diag[i:i + target.m].pow(2)
-                mask[:, i:i + target.m] = nm_mask(group, target.n, target.m, selection)
-            column = block[:, i]
-            quantised = column.masked_fill(mask[:, i], 0.0)
-            err = (column - quantised) / u_block[i, i]
-            block[:, i:] -= err.unsqueeze(1) @ u_block[i, i:].unsqueeze(0)
-            block[:, i] = quantised
-            errors[:, i] = err
-        w[:, start:end] = block
-        w[:, end:] -= errors @ u[start:end, end:]
+        mask = None if target.is_nm else matrix_mask(
+            w[:, start:end].pow(2) / diag.pow(2).unsqueeze(0), target.sparsity, selection)
+        rows = w[:, start:end].t().contiguous()  # the block's columns as contiguous rows
+        errors = _compensate(rows, u_block, diag, mask, target, selection)
+        w[:, start:end] = rows.t()
+        w[:, end:] -= errors.t().contiguous() @ u[start:end, end:]
     return w
+
+
+def _compensate(rows: torch.Tensor, u_block: torch.Tensor, diag: torch.Tensor,
+                mask: torch.Tensor | None, target: Target, selection: Selection) -> torch.Tensor:
+    """One block's OBS steps on its columns held as rows (``rows`` [width, out], pruned in
+    place); returns their errors [width, out].
+
+    Each step is the reference's arithmetic element by element (error = pruned part / u_ii,
+    later columns minus error x u_ij), with fewer operations: the pruned part is read through
+    the mask, the update is one product and one subtraction on contiguous rows, and the
+    pruned entries are zeroed once at the end (a column is never updated after its step).
+    ``mask`` [out, width] is the block's (None: N:M, chosen per group at its first column)."""
+    width = rows.shape[0]
+    pruned = (mask.t().contiguous() if mask is not None
+              else torch.zeros_like(rows, dtype=torch.bool))
+    errors = torch.empty_like(rows)
+    pivots = diag.tolist()
+    for i in range(width):
+        if target.is_nm and i % target.m == 0:
+            group = rows[i:i + target.m].t().pow(2) / diag[i:i + target.m].pow(2)
+            pruned[i:i + target.m] = nm_mask(group, target.n, target.m, selection).t()
+        torch.div(torch.where(pruned[i], rows[i], 0.0), pivots[i], out=errors[i])
+        if i + 1 < width:
+            rows[i + 1:] -= torch.outer(u_block[i, i + 1:], errors[i])
+    rows.masked_fill_(pruned, 0.0)
+    return errors
 
 
 class SparseGPTParams(BaseModel):
