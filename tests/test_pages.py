@@ -150,16 +150,45 @@ def test_downloads_are_exactly_the_shown_tables(store: Store, downloads: dict[st
         md_text = download_data(md_button, downloads)
         tex_text = download_data(tex_button, downloads)
         exported = export.parse_markdown(md_text)
-        assert csv_text == export.to_csv(exported)
         assert list(exported.columns) == list(shown.columns) and len(exported) == len(shown)
+        assert_csv_is_the_shown_numbers(csv_text, shown)
         for shown_cell, exported_cell in zip(shown.values.flat, exported.values.flat,
                                              strict=True):
             assert same_but_as_precise(shown_cell, exported_cell), (shown_cell, exported_cell)
         assert "\\toprule" in tex_text and "\\bottomrule" in tex_text
         assert export.parse_latex(tex_text).values.tolist() == exported.values.tolist()
         assert list(export.parse_latex(tex_text).columns) == list(shown.columns)
-        back = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
-        assert back.values.tolist() == exported.astype(str).values.tolist()
+
+
+def assert_csv_is_the_shown_numbers(csv_text: str, shown: pd.DataFrame) -> None:
+    """The CSV download, read by pandas, has a numeric column for each shown column of numbers
+    (named with its unit where it shows '%'), each number the shown one to its decimals, one
+    count of decimals per column; a word shown instead of a number sits in its note column."""
+    back = pd.read_csv(io.StringIO(csv_text))
+    raw = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
+    assert len(back) == len(shown)
+    if "Run" in raw:  # own runs' ids; published rows have none (their Source says)
+        assert not any(text.startswith("-") for text in raw["Run"])
+    for column in shown.columns:
+        name = next((c for c in (column, f"{column} (%)", f"{column} (points)") if c in back),
+                    None)
+        cells = [c for c in shown[column] if str(c).strip()]
+        if cells and all(export.cell_number(c) is not None for c in cells):
+            assert name is not None and pd.api.types.is_numeric_dtype(back[name]), column
+        if name is None or not pd.api.types.is_numeric_dtype(back[name]):
+            continue
+        assert "%" in name or not any(str(c).endswith("%") for c in cells), name
+        places = {len(t.split(".")[1]) if "." in t else 0 for t in raw[name] if t}
+        assert len(places) <= 1, (name, places)  # one precision per column
+        notes = back.get(f"{name} note")
+        for i, (cell, number) in enumerate(zip(shown[column], back[name], strict=True)):
+            value = export.cell_number(cell)
+            if value is None:
+                assert pd.isna(number), (column, cell, number)
+                assert not str(cell).strip() or notes[i] == cell, (column, cell)
+                continue
+            decimals = len(str(cell).rstrip("%").split(".")[1]) if "." in str(cell) else 0
+            assert abs(number - value) <= 0.5 * 10 ** -decimals + 1e-9, (column, cell, number)
 
 
 NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*\.\d+")
@@ -182,7 +211,9 @@ def same_but_as_precise(shown: str, exported: str) -> bool:
 
 def test_exports_keep_the_precision_of_the_source(store: Store,
                                                   downloads: dict[str, bytes]) -> None:
-    """Seed 000 prints Wanda 50% at 6.4154: the page shows 6.42, the downloads say 6.4154."""
+    """Seed 000 prints Wanda 50% at 6.4154: the page shows 6.42, the Markdown says 6.4154
+    (and 6.42 for a source printed at 2 decimals); the CSV holds numbers, one precision a
+    column, and no published row's internal id."""
     at = run("pages/perplexity.py")
     shown = at.dataframe[0].value
     seed = shown[(shown["Method"] == "Wanda 50%")
@@ -194,6 +225,12 @@ def test_exports_keep_the_precision_of_the_source(store: Store,
     readme = md[(md["Method"] == "Wanda 50%") & (md["Model"] == "Llama-2-7b-hf")
                 & (md["Source"] == "Wanda README (Sun et al. 2023)")]
     assert readme["PPL"].tolist() == ["6.42"]  # printed with 2 decimals: kept at 2
+    csv = pd.read_csv(io.StringIO(download_data(at.download_button[0], downloads)))
+    assert csv["PPL"].dtype == float and csv["Δ from dense (%)"].dtype == float
+    seed = csv[(csv["Method"] == "Wanda 50%") & csv["Source"].str.startswith("Seed report 000")]
+    assert seed["PPL"].tolist() == [6.4154]
+    published_rows = csv[csv["Origin"] == "Published"]
+    assert len(published_rows) and published_rows["Run"].isna().all()
 
 
 def test_app_opens_the_store_and_navigates(store: Store) -> None:

@@ -1007,3 +1007,37 @@ def test_charts_draw_with_plotly_whites_look() -> None:
         assert getattr(ours.data, kind) == getattr(white.data, kind), kind
     figure = charts.perplexity_chart(pd.DataFrame(), "empty")
     assert figure.layout.template.layout == white.layout
+
+
+# -- downloads a script can read -----------------------------------------------------------------
+def test_the_csv_download_holds_numbers_with_one_precision_per_column() -> None:
+    """The walk's CSV: '82.50%' beside '43.3333%', 'failed' in a number column, a diverged
+    perplexity and a published row's internal id."""
+    frame = pd.DataFrame({
+        "Method": ["Wanda 50%", "Magnitude 50%", "Dense", "SparseGPT 50%"],
+        "Accuracy": [0.825, 13 / 30, None, 0.5],
+        tables.TEXT + "Accuracy": [None, None, "failed", None],
+        "PPL": [6.42, math.inf, 5.1234, 7.0],
+        "Run": [12, -349453035, 3, 14],
+        "Source": ["", "Paper A", "", ""]})
+    table = tables.Table(frame, {"Accuracy": "pct", "PPL": "ppl", "Run": "run"})
+    text = export.to_csv(table.for_scripts())
+    back = pd.read_csv(io.StringIO(text))
+    assert list(back.columns) == ["Method", "Accuracy (%)", "Accuracy (%) note", "PPL",
+                                  "PPL note", "Run", "Source"]
+    assert back["Accuracy (%)"].dtype == float and back["PPL"].dtype == float
+    assert back["Accuracy (%)"].tolist()[:2] == [82.5, 43.3333]
+    assert ",82.5000," in text and ",43.3333," in text  # one precision a column
+    assert math.isnan(back["Accuracy (%)"][2]) and back["Accuracy (%) note"][2] == "failed"
+    assert back["PPL"][1] == math.inf and back["PPL note"][1] == "diverged"
+    assert math.isnan(back["Run"][1]) and back["Source"][1] == "Paper A"
+    assert table.display()["Run"].tolist() == ["12", "", "3", "14"]  # no internal id shown
+
+
+def test_a_published_row_is_named_by_its_source_and_table() -> None:
+    assert tables.run_reference(12) == "run 12"
+    assert tables.run_reference(-755883023, "Wanda README (Sun et al. 2023)", "Table 3") == (
+        "Wanda README, Table 3")
+    hover = charts.hover_text(-5, "Paper A (2024)", {"table": "Table 2"})
+    assert "-5" not in hover and hover.startswith("source: Paper A, Table 2")
+    assert charts.hover_text(7, "", None).startswith("run 7<br>source: own run")

@@ -166,11 +166,12 @@ def _rows_shown(rows: int, name: str) -> slice | None:
 
 
 def _export_data(table: tables.Table) -> tuple[Callable[[], str], ...]:
-    """CSV, Markdown and LaTeX of a table (every row, the numbers at their source's precision)
-    as functions that write them when a download is clicked: a page with forty tables (the
-    Report) would otherwise write 120 files on every visit."""
+    """CSV (numbers as numbers: ``Table.for_scripts``), Markdown and LaTeX (as shown, one
+    precision per column) of a table (every row) as functions that write them when a download
+    is clicked: a page with forty tables (the Report) would otherwise write 120 files on every
+    visit."""
     numeric = tuple(table.numeric_columns)
-    return (lambda: export.to_csv(table.display(full=True)),
+    return (lambda: export.to_csv(table.for_scripts()),
             lambda: export.to_markdown(table.display(full=True)),
             lambda: export.to_latex(table.display(full=True), numeric))
 

@@ -88,7 +88,7 @@ COST_COLUMNS = ["Run", "Model", "Method", "Prune (s)", "Eval (s)", "Peak memory 
 
 def run_costs(timing: pd.DataFrame, memory: pd.DataFrame) -> tables.Table:
     """One row per own run: pruning and evaluation wall time, peak memory and device."""
-    formats = {"Run": "int", "Prune (s)": "ppl", "Eval (s)": "ppl", "Peak memory (MB)": "int"}
+    formats = {"Run": "run", "Prune (s)": "ppl", "Eval (s)": "ppl", "Peak memory (MB)": "int"}
     own = pd.concat([timing, memory]) if not (timing.empty and memory.empty) else timing
     own = own[own["origin"] == "own"] if not own.empty else own
     if own.empty:
@@ -246,7 +246,7 @@ def ablation_table(cells: pd.DataFrame, rows: str, columns: str) -> tables.Table
     notes = [f"Perplexity for each {rows} (rows) and {columns} (columns); lower is better."]
     if best is not None:
         notes.append(f"Best: {rows}={_label(best[rows])}, {columns}={_label(best[columns])} "
-                     f"(perplexity {best['ppl']:.2f}, run {int(best['run'])}).")
+                     f"(perplexity {best['ppl']:.2f}, {tables.run_reference(int(best['run']))}).")
     else:
         notes.append("No cell has a finite perplexity yet.")
     return tables.Table(frame, formats, notes)

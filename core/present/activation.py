@@ -97,7 +97,7 @@ def activation_runs_table(task_rows: pd.DataFrame, activation_rows: pd.DataFrame
     task (or perplexity dataset), with the kept fraction measured on that evaluation."""
     cols = ["Run", "Model", "Method", "Parameters", "Evaluation", "Metric", "Score",
             INTERVAL, "Actual sparsity", "Note"]
-    formats = {"Run": "int", "Score": "score", "Actual sparsity": "sparsity"}
+    formats = {"Run": "run", "Score": "score", "Actual sparsity": "sparsity"}
     parts = [df for df in (task_rows, activation_rows) if not df.empty]
     if not parts:
         return tables.Table(pd.DataFrame(columns=cols), formats)

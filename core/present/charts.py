@@ -57,9 +57,14 @@ def short_source(source: str) -> str:
 
 def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str | None,
                *extra: str) -> str:
-    """Hover lines: run id, source and a summary of the spec (None: none), plus any extra
+    """Hover lines: an own run's id and 'source: own run', or a published figure's source and
+    table (never its internal id); a summary of the spec (None: none), plus any extra
     lines."""
-    lines = [f"run {run_id}", f"source: {source or 'own run'}", *extra]
+    table = spec.get("table") if isinstance(spec, Mapping) else None
+    where = T.run_reference(run_id, source, table)
+    lines = ([where, "source: own run"] if where.startswith("run ") or not source
+             else [f"source: {where}"])
+    lines += extra
     spec_line = [] if spec is None else [_spec_line(spec)]
     return "<br>".join([*(_wrap(line) for line in lines if line), *spec_line])
 
@@ -510,7 +515,8 @@ def drop_chart(table: T.Table) -> go.Figure:
                 f"drop {row['Drop (points)'] or '—'} points"
                 + (f" (95% interval {interval})" if interval else "")
                 + f", relative {row['Relative drop'] or '—'}"
-                f"; run {rec['Run']}" + (f"; {rec['Note']}" if rec["Note"] else "")
+                f"; {T.run_reference(rec['Run'], rec.get('Source'))}"
+                + (f"; {rec['Note']}" if rec["Note"] else "")
                 + (f"<br>spec: {rec['_spec']}" if rec.get("_spec") else "")))
         z.append(z_row)
         text.append(text_row)
@@ -608,7 +614,8 @@ def _add_finals(fig: go.Figure, finals: pd.DataFrame, goal: float | None) -> Non
         text=others["Config"], textposition="middle right",
         marker={"symbol": "star", "size": 15, "color": "#17becf",
                 "line": {"width": 1, "color": "#333333"}},
-        hovertext=[f"run {r['Run']}<br>{r['Config']}: {T.format_value(r['Score'], 'score')}"
+        hovertext=[f"{T.run_reference(r['Run'], r.get('Source'))}<br>{r['Config']}: "
+                   f"{T.format_value(r['Score'], 'score')}"
                    f" ({T.format_value(r['% of CoreInfer'], 'percent')} of CoreInfer)"
                    for r in others.to_dict("records")], hoverinfo="text"))
 
@@ -685,7 +692,7 @@ def _grid_hover(row_param: str, row: str, col_param: str, col: str, shown: str,
                 runs: pd.Series | None, index: int, spec: str) -> str:
     run = runs.iloc[index] if runs is not None else None
     lines = [f"{row_param}={row}, {col_param}={col}: {shown}",
-             f"run {int(run)}" if run is not None and not pd.isna(run) else "no run",
+             T.run_reference(int(run)) if run is not None and not pd.isna(run) else "no run",
              f"spec: {spec}" if spec else ""]
     return "<br>".join(_wrap(line) for line in lines if line)
 
@@ -739,7 +746,7 @@ def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -
         fig.add_trace(_trace("scatter",
             x=part["block"], y=part["configured"], mode="lines+markers",
             name=f"{config}: configured", line={"color": color},
-            hovertext=[f"run {run}<br>{config}, block {b}: configured {v:.3f}"
+            hovertext=[f"{T.run_reference(run)}<br>{config}, block {b}: configured {v:.3f}"
                        for b, v in zip(part["block"], part["configured"], strict=True)],
             hoverinfo="text"))
         measured = part[part["measured"].notna()]
@@ -748,7 +755,7 @@ def levels_chart(levels: pd.DataFrame, title: str = "Per-block kept fraction") -
                 x=measured["block"], y=measured["measured"], mode="lines+markers",
                 name=f"{config}: measured", line={"color": color, "dash": "dot"},
                 marker={"symbol": "circle-open"},
-                hovertext=[f"run {run}<br>{config}, block {b}: measured {v:.3f}"
+                hovertext=[f"{T.run_reference(run)}<br>{config}, block {b}: measured {v:.3f}"
                            for b, v in zip(measured["block"], measured["measured"],
                                            strict=True)],
                 hoverinfo="text"))

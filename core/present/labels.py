@@ -113,6 +113,48 @@ class Table:
                            for value, text in zip(values, texts, strict=True)]
         return pd.DataFrame(out, columns=list(out), dtype=object)
 
+    def _export_decimals(self, column: str, kind: str) -> int | None:
+        """One precision for a whole column of the CSV download: the most decimals that any
+        of its numbers needs, 2 to ``EXPORT_DECIMALS`` for the two-decimal kinds ('82.5000'
+        beside '43.3333', not '82.50%' beside '43.3333%'), up to ``SCORE_DECIMALS`` for
+        scores; None for kinds of a fixed precision (counts, ids, sparsities)."""
+        if kind in ("int", "run", "sparsity") or kind.startswith("fixed"):
+            return None
+        two = kind in TWO_DECIMAL_KINDS
+        most = EXPORT_DECIMALS if two else SCORE_DECIMALS
+        numbers = [float(v) * (100 if kind == "pct" else 1)
+                   for v in pd.unique(self.frame[column].to_numpy(dtype=object))
+                   if not _isna(v) and not isinstance(v, str) and math.isfinite(float(v))]
+        needed = column_decimals([round(v, most) for v in numbers], most)
+        return max(2, needed) if two else needed
+
+    def for_scripts(self) -> pd.DataFrame:
+        """The whole table as a script reads it (the CSV download): numbers as numbers, one
+        precision per column, percentages in columns named '(%)', a diverged value as
+        ``inf``; a word shown instead of a number ('failed', 'baseline') goes to a
+        '<column> note' column beside it; published rows have no run id (their Source
+        says where they come from)."""
+        out: dict[str, list[Any]] = {}
+        for column in self.columns:
+            kind = self._kind(column)
+            if column in OPTIONAL_COLUMNS and self._blank(column, kind):
+                continue
+            values = self.frame[column].to_numpy(dtype=object)
+            texts = self.text(column).to_numpy(dtype=object)
+            if kind == "text":
+                out[column] = [t if isinstance(t, str) else format_value(v) for v, t in
+                               zip(values, texts, strict=True)]
+                continue
+            places = self._export_decimals(column, kind)
+            numbers = [script_number(v, kind, places) if not isinstance(t, str) else ""
+                       for v, t in zip(values, texts, strict=True)]
+            out[script_column(column, kind)] = numbers
+            words = [t if isinstance(t, str) else DIVERGED if numbers[i] == "inf" else ""
+                     for i, t in enumerate(texts)]
+            if any(words):
+                out[f"{script_column(column, kind)} note"] = words
+        return pd.DataFrame(out, columns=list(out), dtype=object)
+
     def _kind(self, column: str) -> str:
         """A column's format ('auto': the fewest decimals that show the whole column exactly)."""
         kind = self.formats.get(column, "text")
@@ -164,12 +206,42 @@ def _isna(value: Any) -> bool:
 #: Kinds shown at 2 decimals on the pages; exports give them up to ``EXPORT_DECIMALS``.
 TWO_DECIMAL_KINDS = ("ppl", "delta", "pct", "percent", "points")
 EXPORT_DECIMALS = 4
+SCORE_DECIMALS = 6  # the most a score column of the CSV download keeps
+
+
+#: The unit a script-readable column's name gains, by the kind of its numbers.
+PERCENT_KINDS = ("pct", "delta", "percent")
+
+
+def script_column(column: str, kind: str) -> str:
+    """A column's name in the CSV download: 'Accuracy (%)' for percentages, 'Drop (points)'."""
+    unit = "%" if kind in PERCENT_KINDS else "points" if kind == "points" else ""
+    return f"{column} ({unit})" if unit and unit not in column else column
+
+
+def script_number(value: Any, kind: str, places: int | None) -> str:
+    """A cell of the CSV download: the number alone ('82.5000', '-15.00', '12', 'inf'),
+    percentages in percent, '' where there is none (and for a published row's run id)."""
+    if _isna(value):
+        return ""
+    number = float(value) * (100 if kind == "pct" else 1)
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    if kind in ("int", "run"):
+        return "" if kind == "run" and number < 0 else f"{number:.0f}"
+    if places is not None:
+        return f"{number:.{places}f}"
+    if kind.startswith("fixed"):
+        return f"{number:.{int(kind[5:] or 0)}f}"
+    return f"{number:.3f}" if kind == "sparsity" else repr(round(number, SCORE_DECIMALS))
 
 
 def format_value(value: Any, kind: str = "text", full: bool = False) -> str:
     """Format one cell: ppl, delta (already %), pct (fraction as %), percent (already %), points
-    (percentage points, signed), ...  ``full`` (exports): the two-decimal kinds keep up to
-    ``EXPORT_DECIMALS`` decimals where the number has them (a published 6.4154 stays 6.4154)."""
+    (percentage points, signed), run (an own run's id; nothing for a published row's), ...
+    ``full`` (Markdown and LaTeX downloads): the two-decimal kinds keep up to
+    ``EXPORT_DECIMALS`` decimals where the number has them (a published 6.4154 stays 6.4154,
+    a published 6.42 stays 6.42)."""
     if _isna(value):
         return ""
     if kind == "text":
@@ -179,6 +251,8 @@ def format_value(value: Any, kind: str = "text", full: bool = False) -> str:
         return DIVERGED
     if kind.startswith("fixed"):
         return f"{number:.{int(kind[5:] or 0)}f}"
+    if kind == "run":
+        return f"{number:.0f}" if number >= 0 else ""
     d = 2
     if full and kind in TWO_DECIMAL_KINDS:
         shown = round(number * 100 if kind == "pct" else number, EXPORT_DECIMALS)
@@ -202,6 +276,19 @@ def _score(value: float) -> str:
         return f"{value:.1f}"
     text = f"{value:.4g}"
     return text if "e" not in text else f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def run_reference(run_id: Any, source: Any = "", table: Any = "") -> str:
+    """How a row's run is named in text: 'run 12' for an own run; a published figure (its id
+    is internal, derived and negative) by its source and table: 'Wanda README, Table 3'."""
+    try:
+        number = int(run_id)
+    except (TypeError, ValueError):
+        return f"run {run_id}"
+    if number >= 0:
+        return f"run {number}"
+    where = str(source).split(" (")[0] if isinstance(source, str) and source else "published"
+    return where + (f", {table}" if isinstance(table, str) and table else "")
 
 
 def method_label(method: str) -> str:

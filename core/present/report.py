@@ -750,12 +750,13 @@ def _add_layer_statistics(out: _Writer, stats: pd.DataFrame) -> None:
         for run in runs.to_dict("records"):
             run_id = int(run["run_id"])
             label = tables.record_label(run)
-            out.add(Block("heading", 3, f"{label} (run {run_id})"))
+            where = tables.run_reference(run_id, run.get("source_label"), run.get("table"))
+            out.add(Block("heading", 3, f"{label} ({where})"))
             out.table(tables.layer_summary_table(stats, run_id), f"report-layers-{run_id}")
             found = layer_findings_for(stats, run_id)
             if found:
                 out.add(Block("bullets", lines=[f.text for f in found]))
-            charts.append((f"{label} (run {run_id})", f"layers:{run_id}"))
+            charts.append((f"{label} ({where})", f"layers:{run_id}"))
         out.add(Block("charts", text="Sparsity by block of the run", name="report-layers",
                       choices=charts))
 
@@ -827,6 +828,8 @@ def layer_chart(stats: pd.DataFrame, run_id: int) -> Any:
     return charts.block_targets_chart(
         blocks, block_values(run_stats, "owl_target"),
         tables.sparsity_fraction(rec["sparsity"], rec["pattern"]),
-        f"{rec['model']} · {label} (run {run_id}): sparsity by block"
+        f"{rec['model']} · {label} "
+        f"({tables.run_reference(run_id, rec['source_label'], rec.get('table'))}): "
+        "sparsity by block"
         + (" and OWL targets" if block_values(run_stats, "owl_target") else ""),
         run_id, rec["source_label"], rec["spec"])

@@ -113,7 +113,7 @@ def final_table(finals: pd.DataFrame, model: str | None = None, task: str | None
     cols = ["Model", "Task", "Goal", "Config", "Actual sparsity", "Score", "% of CoreInfer",
             "Source", "Run", "Note"]
     formats = {"Goal": "score", "Actual sparsity": "sparsity", "Score": "score",
-               "% of CoreInfer": "percent", "Run": "int"}
+               "% of CoreInfer": "percent", "Run": "run"}
     df = _select_finals(finals, model, task, goal, group)
     if df.empty:
         return Table(pd.DataFrame(columns=cols), formats)

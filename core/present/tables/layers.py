@@ -15,6 +15,7 @@ from core.present.labels import (
     _isna,
     format_value,
     record_label,
+    run_reference,
     sparsity_fraction,
 )
 
@@ -38,9 +39,11 @@ def layer_runs(stats: pd.DataFrame) -> pd.DataFrame:
     runs["blocks"] = runs["blocks"].astype(int)
     runs["label"] = [
         f"{m} · {label} · "
-        + (f"own run {r}" if o == "own" else f"{g.split(' (')[0]} (run {r})")
-        for m, label, o, g, r in zip(runs["model"], run_labels(runs), runs["origin"],
-                                     runs["group"], runs["run_id"], strict=True)]
+        + (f"own run {r}" if o == "own" else run_reference(r, g, t))
+        for m, label, o, g, r, t in zip(runs["model"], run_labels(runs), runs["origin"],
+                                        runs["group"], runs["run_id"],
+                                        runs["table"] if "table" in runs else [""] * len(runs),
+                                        strict=True)]
     runs["_key"] = [(o != "own", -r if o == "own" else r)
                     for o, r in zip(runs["origin"], runs["run_id"], strict=True)]
     return runs.sort_values("_key")[cols].reset_index(drop=True)
@@ -90,9 +93,10 @@ def block_sparsity_table(stats: pd.DataFrame, run_id: int) -> Table:
     frame[TEXT + "Δ from target (points)"] = [
         None if not _isna(v) else "" for v in frame["Δ from target (points)"]]
     method = record_label(rec)
-    notes = [f"Run {run_id}: {rec['model']}, {method}; target {target * 100:g}% of each block's "
-             "prunable weights. Measured after pruning: the share of zero weights in the "
-             "block's linear layers."]
+    where = run_reference(run_id, rec.get("source"), rec.get("table"))
+    notes = [f"{where[0].upper() + where[1:]}: {rec['model']}, {method}; target "
+             f"{target * 100:g}% of each block's prunable weights. Measured after pruning: "
+             "the share of zero weights in the block's linear layers."]
     return Table(frame, formats, notes)
 
 

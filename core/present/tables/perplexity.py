@@ -137,7 +137,7 @@ def _no_number(status: object) -> str:
 
 
 def _ppl_formats() -> dict[str, str]:
-    return {"PPL": "ppl", "Δ from dense": "delta", "Run": "int"}
+    return {"PPL": "ppl", "Δ from dense": "delta", "Run": "run"}
 
 
 def _base_key(rec: Mapping[str, Any]) -> tuple:
@@ -208,7 +208,7 @@ def _grid_rows(df: pd.DataFrame) -> list[str]:
 def timing_table(rows: pd.DataFrame, metric: str = "prune_seconds") -> Table:
     """Pruning time per run (kind 'timing', metric ``metric``), seconds as stored."""
     cols = ["Model", "Method", "Time (s)", "Origin", "Source", "Run", "Settings", "Note"]
-    formats = {"Time (s)": "ppl", "Run": "int"}
+    formats = {"Time (s)": "ppl", "Run": "run"}
     df = rows[(rows["kind"] == "timing") & (rows["metric"] == metric)] if not rows.empty else rows
     if df.empty:
         return Table(pd.DataFrame(columns=cols), formats)

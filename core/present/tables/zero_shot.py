@@ -217,8 +217,8 @@ def zero_shot_table(rows: pd.DataFrame, metric: str = "acc") -> Table:
     """Average accuracy over each run's scored tasks and retention = average / dense average
     (same model and group, same evaluation settings for own runs, over the tasks both have)."""
     scores = zero_shot_scores(rows, metric)
-    formats = {"Accuracy": "pct", "Retention": "pct", "Tasks": "int", "Run": "int",
-               "Baseline run": "int"}
+    formats = {"Accuracy": "pct", "Retention": "pct", "Tasks": "int", "Run": "run",
+               "Baseline run": "run"}
     if scores.empty:
         return Table(pd.DataFrame(columns=ZS_COLUMNS), formats)
     runs_frame = _sort_rows(scores.drop_duplicates("run_id"), ["model"]).reset_index(drop=True)
@@ -556,7 +556,7 @@ def drop_table(rows: pd.DataFrame, model: str, sparsity: str, metric: str = "acc
     ((pruned - dense) x 100) and the relative drop in % ((pruned - dense) / dense x 100), sign kept
     (negative = worse); then each method's average over the tasks it shares with dense."""
     formats = {"Score": "pct", "Dense": "pct", "Drop (points)": "points",
-               "Relative drop": "delta", "Run": "int", "Baseline run": "int"}
+               "Relative drop": "delta", "Run": "run", "Baseline run": "run"}
     long = per_task_long(rows, model, sparsity, metric, groups, evaluation)
     if long.empty:
         return Table(pd.DataFrame(columns=DROP_COLUMNS), formats)
