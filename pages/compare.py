@@ -29,25 +29,39 @@ if options.empty:
 
 labels = dict(zip(options["run_id"].astype(int), options["label"], strict=True))
 url_state.take(PICKED, "runs", choices=list(labels), many=True, cast=int)
-st.session_state[PICKED] = st.session_state.get(PICKED, list(labels)[:2])[:8]
+st.session_state[PICKED] = st.session_state.get(PICKED, [])[:8]
 run_ids = st.multiselect("Runs (the first is the reference)", list(labels), key=PICKED,
                          format_func=labels.__getitem__, max_selections=8,
                          placeholder="Pick two or more runs")
 url_state.put(PICKED, "runs", run_ids)  # the address shares it: ?runs=3&runs=7
+with_dense = st.toggle("Add each run's dense baseline", value=True, key="compare-dense",
+                       help="The dense run each picked run is compared with on the Perplexity "
+                            "page (same model and source; your runs: the same evaluation "
+                            "windows and dtype), as a column after the picked runs.")
 if not run_ids:
-    st.info("Pick at least one run to see its numbers.")
-    st.stop()
-
-picked = tuple(run_ids)
-with store_or_stop():
-    metrics = memo(store, "compare.metrics", picked)(
-        lambda: tables.prepare(queries.metric_rows(store, run_ids=run_ids)))
-st.subheader("Results")
-show_table(memo(store, "compare.results", picked)(
-    lambda: compare.compare_table(metrics, run_ids)), "compare-results", whole=True)
-st.subheader("Settings")
-show_table(memo(store, "compare.settings", picked)(lambda: compare.spec_table(runs, run_ids)),
-           "compare-settings", whole=True)
+    st.info("Pick the runs to compare above, or tick them in the list on the Runs page and "
+            "press Compare: they open here.")
+else:
+    picked = tuple(run_ids)
+    with store_or_stop():
+        added = []
+        if with_dense:
+            perplexity_rows = memo(store, "metrics", "perplexity")(
+                lambda: tables.load_metrics(store, "perplexity"))
+            added = memo(store, "compare.dense", picked)(
+                lambda: compare.dense_baselines(perplexity_rows, run_ids))
+        shown_ids = [*run_ids, *added]
+        metrics = memo(store, "compare.metrics", tuple(shown_ids))(
+            lambda: tables.prepare(queries.metric_rows(store, run_ids=shown_ids)))
+    if added:
+        st.caption("Dense baselines added: " + ", ".join(
+            labels.get(r, f"run {r}") for r in added) + ".")
+    st.subheader("Results")
+    show_table(memo(store, "compare.results", tuple(shown_ids))(
+        lambda: compare.compare_table(metrics, shown_ids)), "compare-results", whole=True)
+    st.subheader("Settings")
+    show_table(memo(store, "compare.settings", tuple(shown_ids))(
+        lambda: compare.spec_table(runs, shown_ids)), "compare-settings", whole=True)
 
 st.subheader("Sweeps and ablation grids")
 with store_or_stop():

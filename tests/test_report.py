@@ -395,6 +395,50 @@ def test_compare_table_differences(store: Store, runs: dict[str, int]) -> None:
     assert list(settings.index[:1]) == ["method"]
 
 
+def test_compare_adds_baselines_names_metrics_in_words_and_treats_blank_as_blank(
+        store: Store, runs: dict[str, int]) -> None:
+    """Issue 37's Compare: a picked run brings its dense baseline; published runs are named by
+    source and table; timing keys read as words; a task's score is one row whichever kind of
+    run scored it; a blank setting equals an absent one."""
+    w5, dense = runs["wanda50"], runs["dense"]
+    perplexity = tables.load_metrics(store, "perplexity")
+    assert compare.dense_baselines(perplexity, [w5]) == [dense]
+    assert compare.dense_baselines(perplexity, [w5, dense]) == []  # already picked
+    published_wanda = int(perplexity[(perplexity["origin"] == "published")
+                                     & (perplexity["method"] == "wanda")]["run_id"].iloc[0])
+    added = compare.dense_baselines(perplexity, [published_wanda])
+    assert len(added) == 1 and added[0] < 0  # the same source's dense row
+    at = run_page("pages/compare.py")
+    at.multiselect[0].set_value([w5, published_wanda]).run()
+    clean(at)
+    results = at.dataframe[0].value
+    assert any(c.startswith(f"#{dense} ") for c in results.columns)  # the baseline, added
+    assert not any("#-" in c or " -" in c for c in results.columns)
+    text = results.astype(str).to_string() + " ".join(at.multiselect[0].options)
+    assert not re.search(r"#-\d|run -\d", text)
+    assert compare.row_name("timing", "-", "prune_seconds") == "Time · pruning (s)"
+    assert compare.row_name("memory", "-", "peak_mb") == "Memory · peak memory (MB)"
+    metrics = tables.prepare(pd.DataFrame([
+        {"run_id": 1, "origin": "own", "source": None, "model": "m", "method": "wanda",
+         "sparsity": 0.5, "pattern": "unstructured", "spec": "{}", "run_kind": "prune",
+         "run_status": "done", "kind": "zero_shot", "dataset": "sb_everyday", "metric": "acc",
+         "value": 0.6, "stderr": None, "status": "ok", "note": None},
+        {"run_id": 2, "origin": "own", "source": None, "model": "m", "method": "coreinfer",
+         "sparsity": 0.4, "pattern": "unstructured", "spec": "{}", "run_kind": "activation",
+         "run_status": "done", "kind": "task", "dataset": "sb_everyday", "metric": "acc",
+         "value": 0.55, "stderr": None, "status": "ok", "note": None}]))
+    table = compare.compare_table(metrics, [1, 2]).display()
+    assert table["Metric"].tolist() == ["Zero-shot · sb_everyday (Accuracy)"]
+    assert table["Δ #2 vs #1"].tolist() == ["-5.00 pts (worse)"]
+    specs = pd.DataFrame([
+        {"id": 1, "origin": "own", "source": None, "model": "m", "method": "wanda",
+         "sparsity": 0.5, "pattern": "unstructured", "spec": '{"name": "", "seed": 0}'},
+        {"id": 2, "origin": "own", "source": None, "model": "m", "method": "wanda",
+         "sparsity": 0.5, "pattern": "unstructured", "spec": '{"seed": 0}'}])
+    settings = compare.spec_table(specs, [1, 2]).display().set_index("Setting")
+    assert settings.loc["name", "Differs"] == "" and settings.loc["name", "#1"] == "—"
+
+
 COLLAPSED_PPL = {"kind": "perplexity", "dataset": "wikitext2", "metric": "ppl",
                  "value": 6960449.0, "status": "collapsed",
                  "note": "perplexity 6,960,449 is at or above the vocabulary size (49,152): "
@@ -435,6 +479,11 @@ def clean(at: AppTest) -> None:
 def test_new_pages_on_the_published_figures(store: Store, page: str) -> None:
     at = run_page(page)
     clean(at)
+    if page == "pages/compare.py":  # it opens asking which runs
+        assert any("Pick the runs to compare" in i.value for i in at.info)
+        picker = at.multiselect[0]
+        picker.set_value([o for o in picker.options if "Wanda 50%" in o][:2]).run()
+        clean(at)
     assert at.dataframe and at.get("plotly_chart")
     for frame in at.dataframe:
         assert not frame.value.astype(str).apply(lambda c: c.str.lower().eq("nan")).any().any()
@@ -548,6 +597,11 @@ def test_sweep_charts_draw_every_cell() -> None:
     scatter = charts.sweep_scatter(cells, "alpha")
     assert [len(t.x) for t in scatter.data] == [2, 2]
     assert list(scatter.data[1].text) == ["diverged", "queued"]
+    assert scatter.data[1].yaxis == "y2" and set(scatter.data[1].y) == {charts.EDGE}
+    assert scatter.layout.yaxis2.range == (0, 1)  # a strip at the top, not a perplexity
+    assert scatter.layout.xaxis.type != "log"  # 0.1 to 1: one decade
+    wide = cells.assign(alpha=[0.01, 0.1, 10.0, 100.0])
+    assert charts.sweep_scatter(wide, "alpha").layout.xaxis.type == "log"
     assert "run 1" in scatter.data[0].hovertext[0] and "alpha=0.1, beta=1" in \
         scatter.data[0].hovertext[0]
     parallel = charts.sweep_parallel_chart(cells, ["alpha", "beta"])

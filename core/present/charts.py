@@ -152,13 +152,14 @@ LOG_PAD = 0.025
 def readable_log_y(fig: go.Figure, title: str) -> None:
     """A log y axis over every point drawn (error bars included) with ``log_ticks`` labels,
     its range widened to the outer ticks so that at least ``MIN_TICKS`` of them show."""
-    values = [v for trace in fig.data for v in _y_extent(trace)]
+    values = [v for trace in fig.data if trace.yaxis in (None, "y") for v in _y_extent(trace)]
     values = [v for v in values if math.isfinite(v) and v > 0] or [1.0, 10.0]
     low, high = min(values), max(values)
     ticks = log_ticks(low, high)
     bottom, top = min(low, ticks[0]), max(high, ticks[-1])
-    fig.update_yaxes(type="log", title=title, tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
-                     range=[math.log10(bottom) - LOG_PAD, math.log10(top) + LOG_PAD])
+    fig.layout.yaxis.update(  # the perplexity axis alone (a strip's yaxis2 keeps its own)
+        type="log", title=title, tickvals=ticks, ticktext=[f"{t:g}" for t in ticks],
+        range=[math.log10(bottom) - LOG_PAD, math.log10(top) + LOG_PAD])
 
 
 def _y_extent(trace: Any) -> list[float]:
@@ -811,9 +812,10 @@ def _sweep_hover(rec: Mapping[str, Any], params: list[str]) -> str:
 
 
 def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.Figure:
-    """Perplexity of every sweep cell against one swept parameter (log axis); cells without a
-    usable perplexity (diverged, collapsed, not run) are red crosses at the top, labelled with
-    their status."""
+    """Perplexity of every sweep cell against one swept parameter (log y axis; a log x axis
+    too when the parameter spans two decades or more, as alpha's 0.01-100 does); cells
+    without a usable perplexity (diverged, collapsed, not run) are red crosses in a strip of
+    their own above the perplexity scale, labelled with their status."""
     if cells.empty or param not in cells:
         return empty_figure("No sweep cells to plot.")
     params = [c for c in cells.columns if c not in ("run", "status", "ppl", "ppl_status")]
@@ -826,19 +828,28 @@ def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.F
             marker={"size": 10, "color": "#1f77b4", "line": {"width": 1, "color": "#ffffff"}},
             hovertext=[_sweep_hover(r, params) for r in ok.to_dict("records")],
             hoverinfo="text"))
-    top = float(ok["ppl"].max()) * 2 if not ok.empty else 10.0
     if not bad.empty:
         fig.add_trace(_trace("scatter",
-            x=bad[param], y=[top] * len(bad), mode="markers+text", name="no usable PPL",
+            x=bad[param], y=[EDGE] * len(bad), yaxis="y2", mode="markers+text",
+            name="no usable PPL (top strip)",
             text=[str(s) for s in bad["status"]], textposition="bottom center",
             textfont={"size": 10, "color": "#b00020"},
             marker={"symbol": "x", "size": 11, "color": "#b00020"},
             hovertext=[_sweep_hover(r, params) for r in bad.to_dict("records")],
             hoverinfo="text"))
     fig.update_layout(**_LAYOUT, title=title)
-    fig.update_xaxes(title=param)
+    if not bad.empty:  # a strip of its own above the perplexity scale
+        fig.update_layout(yaxis={"domain": [0, 0.84]},
+                          yaxis2={"domain": [0.88, 1], "range": [0, 1], "visible": False})
+    values = [float(v) for v in cells[param] if _number(v) and not isinstance(v, bool)]
+    decades = bool(values) and min(values) > 0 and max(values) / min(values) >= 100
+    fig.update_xaxes(title=param + (" (log scale)" if decades else ""),
+                     type="log" if decades else None)
     readable_log_y(fig, "Perplexity (log scale)")
     return fig
+
+
+EDGE = 0.7  # the height of the cells without a perplexity in their strip (0 to 1)
 
 
 def sweep_parallel_chart(cells: pd.DataFrame, params: list[str],

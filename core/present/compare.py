@@ -10,8 +10,11 @@ first (the reference) gets a difference column:
 * any other number: the plain difference ``run - reference``.
 
 A diverged value reads 'diverged', a perplexity at or above the vocabulary size 'collapsed'
-and a value a run does not have '—'; none of them gets a difference.  The spec table lists every
-spec entry of the chosen runs and marks those that differ.
+and a value a run does not have '—'; none of them gets a difference.  A task scored by a
+pruning run (zero-shot) and by an activation run (its task) is one row.  The spec table lists
+every spec entry of the chosen runs and marks those that differ (a blank and an absent entry
+are the same).  Own runs are named by their number (#12), published ones by their source and
+table.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.analysis import findings, noise
+from core.analysis import baselines, findings, noise
 from core.present import tables
 from core.present.tables import TEXT, Table
 
@@ -37,6 +40,22 @@ KIND_NAMES = {"perplexity": "Perplexity", "zero_shot": "Zero-shot", "timing": "T
               "activation": "Activation", "perplexity_summary": "Perplexity (printed summary)",
               "zero_shot_summary": "Zero-shot (printed summary)"}
 KIND_ORDER = ("perplexity", "zero_shot", "task", "activation", "sparsity", "timing", "memory")
+#: Stored metric keys in words (the row names of the comparison).
+METRIC_WORDS = {"prune_seconds": "pruning (s)", "eval_seconds": "evaluation (s)",
+                "search_seconds": "search (s)", "peak_mb": "peak memory (MB)",
+                "measured": "measured sparsity", "actual_sparsity": "actual sparsity",
+                "retention": "retention"}
+#: Kinds whose rows are one: a task's score from a pruning run's zero-shot evaluation and
+#: from an activation or search run.
+SAME_ROWS = {"task": "zero_shot"}
+
+
+def run_tag(run_id: int, origin: Any, source: Any = "", table: Any = "") -> str:
+    """How the comparison names a run: '#12' (own), 'Wanda README, Table 3' (published: its
+    id is internal)."""
+    if origin == "own":
+        return f"#{int(run_id)}"
+    return tables.run_reference(-1, source, table)
 
 
 def run_options(runs: pd.DataFrame) -> pd.DataFrame:
@@ -51,8 +70,7 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     own = (df["origin"] == "own").to_numpy()
     tables_of = (df["set_table"] if "set_table" in df else pd.Series(
         [tables.parse_spec(s).get("table") for s in df["spec"]], index=df.index))
-    where = [("own run" if mine else str(source).split(" (")[0]
-              + (f", {table}" if isinstance(table, str) and table else ""))
+    where = ["own run" if mine else run_tag(0, "published", source, table)
              for mine, source, table in zip(own, df["source"], tables_of, strict=True)]
     variants = df["variant"] if "variant" in df else [None] * len(df)
     methods = tables.per_value(tables.run_label, df["method"], df["sparsity"], df["pattern"],
@@ -60,8 +78,9 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     ids = df["id"].astype(int).to_numpy()
     frame = pd.DataFrame({
         "run_id": ids, "origin": df["origin"].to_numpy(dtype=object),
-        "label": [f"#{i} · {model} · {method} · {w}" for i, model, method, w in
-                  zip(ids, map(tables.short_name, df["model"]), methods, where,
+        "label": [(f"#{i} · " if mine else "") + f"{model} · {method} · {w}"
+                  for i, mine, model, method, w in
+                  zip(ids, own, map(tables.short_name, df["model"]), methods, where,
                       strict=True)]}, columns=cols)
     frame["_key"] = [(not mine, -r if mine else r) for mine, r in zip(own, ids, strict=True)]
     return frame.sort_values("_key").drop(columns="_key").reset_index(drop=True)
@@ -72,12 +91,12 @@ def _is_fraction(kind: str, metric: str) -> bool:
 
 
 def row_name(kind: str, dataset: str, metric: str) -> str:
-    """'Perplexity · WT2', 'Zero-shot · piqa (Accuracy)', 'Time · prune_seconds'."""
+    """'Perplexity · WT2', 'Zero-shot · piqa (Accuracy)', 'Time · pruning (s)'."""
     name = KIND_NAMES.get(kind, kind)
     if kind == "perplexity" and metric == "ppl":
         return f"{name} · {tables.dataset_label(dataset)}"
     if dataset in ("-", "", None):
-        return f"{name} · {metric}"
+        return f"{name} · {METRIC_WORDS.get(metric, tables.metric_label(metric))}"
     return f"{name} · {dataset} ({tables.metric_label(metric)})"
 
 
@@ -148,8 +167,10 @@ def difference(value: float, reference: float, kind: str, metric: str,
 
 def _column(rec: dict[str, Any]) -> str:
     method = tables.run_label(rec["method"], rec["sparsity"], rec["pattern"], rec.get("variant"))
-    where = "own" if rec["origin"] == "own" else str(rec["source"]).split(" (")[0]
-    return f"#{int(rec['run_id'])} {tables.short_name(rec['model'])} · {method} · {where}"
+    what = f"{tables.short_name(rec['model'])} · {method}"
+    if rec["origin"] == "own":
+        return f"#{int(rec['run_id'])} {what} · own"
+    return f"{what} · {run_tag(rec['run_id'], 'published', rec['source'], rec.get('table'))}"
 
 
 def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
@@ -158,12 +179,14 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
     rows = metrics[metrics["run_id"].isin(run_ids)] if not metrics.empty else metrics
     if rows.empty or not run_ids:
         return Table(pd.DataFrame(columns=["Metric"]))
-    heads = {int(r["run_id"]): _column(r) for r in rows.drop_duplicates("run_id")
-             .to_dict("records")}
+    firsts = rows.drop_duplicates("run_id").to_dict("records")
+    heads = {int(r["run_id"]): _column(r) for r in firsts}
+    tags = {int(r["run_id"]): run_tag(r["run_id"], r["origin"], r["source"], r.get("table"))
+            for r in firsts}
     present = [r for r in run_ids if r in heads]
     cells: dict[tuple, dict[int, tuple[float, Any]]] = {}
     for rec in rows.to_dict("records"):
-        key = (rec["kind"], str(rec["dataset"]), str(rec["metric"]))
+        key = (SAME_ROWS.get(rec["kind"], rec["kind"]), str(rec["dataset"]), str(rec["metric"]))
         value = float(rec["value"]) if findings.finite(rec["value"]) else math.nan
         nlls = rec.get("nlls")
         cells.setdefault(key, {})[int(rec["run_id"])] = (
@@ -184,7 +207,7 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
         formats[column] = "score"
         if run == ref:
             continue
-        diff = f"Δ #{run} vs #{ref}"
+        diff = f"Δ {tags[run]} vs {tags[ref]}"
         changes, notes = [], []
         for key in keys:
             mine = cells[key].get(run, (math.nan, "missing", None, None))
@@ -197,7 +220,7 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
             notes.append(text)
         frame[diff], frame[TEXT + diff] = changes, notes
         formats[diff] = "score"
-    notes = [f"Differences are against the first run (#{ref}): relative change in % for "
+    notes = [f"Differences are against the first run ({tags[ref]}): relative change in % for "
              "perplexity, time and memory, change in points for scores stored as fractions "
              "(accuracy, sparsity), the plain difference otherwise. A score difference with "
              "standard errors on both sides gives its 95% interval; one whose interval holds 0 "
@@ -209,10 +232,11 @@ def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:
 
 
 def _spec_text(value: Any) -> str:
+    """A spec entry as the settings table shows it; blank, empty and absent are one '—'."""
+    if value is None or value == "" or (isinstance(value, (dict, list)) and not value):
+        return tables.MISSING
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    if value is None:
-        return tables.MISSING
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -246,8 +270,34 @@ def spec_table(runs: pd.DataFrame, run_ids: Sequence[int]) -> Table:
     frame: dict[str, list[Any]] = {"Setting": keys}
     for run in present:
         rec = by_id[run]
-        frame[f"#{run}"] = [specs[run].get(k, tables.MISSING) for k in keys]
+        name = run_tag(run, rec["origin"], rec["source"], specs[run].get("table"))
+        frame[name if name not in frame else f"{name} ({run})"] = [
+            specs[run].get(k, tables.MISSING) for k in keys]
     frame["Differs"] = ["yes" if differs[k] else "" for k in keys]
     shown = sum(differs.values())
     return Table(pd.DataFrame(frame), {}, [f"{shown} of {len(keys)} settings differ between the "
                                            "chosen runs."])
+
+
+def dense_baselines(perplexity: pd.DataFrame, run_ids: Sequence[int]) -> list[int]:
+    """The dense runs the chosen runs are compared with on the Perplexity page (same model,
+    dataset and source; an own run's evaluated on the same windows and dtype), each once, in
+    the order of the runs they serve, leaving out those already chosen."""
+    chosen = {int(r) for r in run_ids}
+    if perplexity.empty:
+        return []
+    mine = perplexity[perplexity["run_id"].isin(chosen)]
+    pool = perplexity[perplexity["model"].isin(set(mine["model"]))
+                      & (perplexity["dense"] | perplexity["run_id"].isin(chosen))]
+    if mine.empty or pool.empty:
+        return []
+    pool = pool.reset_index(drop=True)
+    base = baselines.perplexity_baselines(pool).to_numpy()
+    found: dict[int, None] = {}
+    order = {r: i for i, r in enumerate(run_ids)}
+    for i in sorted(range(len(pool)), key=lambda i: order.get(int(pool["run_id"][i]), 0)):
+        if int(pool["run_id"][i]) in chosen and not np.isnan(base[i]):
+            dense = int(pool["run_id"][int(base[i])])
+            if dense not in chosen:
+                found[dense] = None
+    return list(found)
