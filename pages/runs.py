@@ -79,11 +79,10 @@ def follow_link(runs) -> None:  # noqa: ANN001
     if problem:
         st.warning(problem)
     seen = st.session_state.setdefault(LINKED, set())
-    if value not in seen:
+    if value not in seen and run_id is not None:  # a link to a run not listed yet stays live
         seen.add(value)
-        if run_id is not None:
-            st.session_state[PICK] = run_id
-            st.session_state.pop(AUTO, None)
+        st.session_state[PICK] = run_id
+        st.session_state.pop(AUTO, None)
 
 
 def pick_run(runs, current, shown) -> int:  # noqa: ANN001

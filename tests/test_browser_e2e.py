@@ -330,6 +330,11 @@ def test_a_run_link_opens_that_runs_details(app: dict[str, object]) -> None:
                             sparsity=0.5, spec={"model": str(app["model"]), "seed": seed},
                             status="done", meta=check(name, None, ["e2e"]))
            for seed, name in enumerate(("<b>first</b>", "**second**"))]
+    # a newer run that is running: the details' own default, which the link must beat
+    busy = store.create_run(kind="prune", model=str(app["model"]), method="wanda",
+                            sparsity=0.6, spec={"model": str(app["model"]), "seed": 9},
+                            status="running")
+    store.control.beat(busy, "elsewhere")
     with browser_page(30_000) as page:
         page.goto(f"{app['url']}/runs?run={ids[0]}")
         picker = page.get_by_role("combobox", name="Run")

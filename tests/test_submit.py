@@ -90,6 +90,29 @@ def test_a_cancelled_or_failed_run_never_becomes_done(tmp_path: Path,
         store.update_run(queued, status="done")
 
 
+def test_a_claimed_run_keeps_the_time_it_started(tmp_path: Path, assets: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Runs list's Started of a run never changes between refreshes: the worker's claim
+    sets it, executing the run does not set it again."""
+    from core.runs import registry
+
+    store = Store(tmp_path / "r.duckdb").init()
+    spec = PruneSpec(**spec_values(assets))
+    run_id = create_run(store, spec)
+    assert jobs.claim(store, run_id, "worker-1")
+    claimed = store.frame("SELECT started_at FROM runs WHERE id = ?", [run_id]).iloc[0, 0]
+    time.sleep(0.05)
+
+    def fail(*_args: object) -> None:
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(registry, "execute", fail)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        run_and_store(store, run_id, spec)
+    row = store.frame("SELECT started_at, environment FROM runs WHERE id = ?", [run_id])
+    assert row.iloc[0, 0] == claimed and row.iloc[0, 1]  # the environment is still noted
+
+
 def test_migration_keys_the_newest_of_duplicate_active_runs(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     store = Store(path)

@@ -114,7 +114,7 @@ def run_table(shown: pd.DataFrame, archived: bool) -> list[int]:
     if st.session_state.get(SHOWN) != ids:
         st.session_state[SHOWN], st.session_state[TICKED] = ids, []
     key = f"{TABLE}-{zlib.crc32(str(ids).encode()):08x}"
-    st.dataframe(shown, hide_index=True, width="stretch", key=key,
+    st.dataframe(shown, hide_index=True, width="stretch", key=key, placeholder="",
                  on_select=lambda: _ticked(key), selection_mode="multi-row",
                  column_order=[c for c in shown.columns if c not in hidden],
                  column_config=_column_config(shown))
@@ -129,26 +129,41 @@ def _ticked(key: str) -> None:
 
 
 def _column_config(shown: pd.DataFrame) -> dict[str, Any]:
+    """Narrow columns for the run's words, so that its key results show beside them at
+    1440 px (a cell cut short is whole in the run's details and on hover); empty cells
+    empty."""
     config: dict[str, Any] = {
-        "Run": st.column_config.NumberColumn("Run", format="%d", width="small"),
+        "Run": st.column_config.NumberColumn("Run", format="%d", width=48, pinned=True),
+        "Name": st.column_config.TextColumn("Name", width=130, pinned=True),
+        "Status": st.column_config.TextColumn("Status", width=80),
+        "Model": st.column_config.TextColumn("Model", width=130),
         "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
                                                     format="%.0f%%", width="small"),
+        "Duration": st.column_config.TextColumn("Duration", width="small"),
+        "Started": st.column_config.TextColumn("Started", width="small"),
+        "Queued": st.column_config.TextColumn("Queued", width="small"),
         "Error": st.column_config.TextColumn("Error", width="large"),
         "Method": st.column_config.TextColumn(
-            "Method", help="The method, its sparsity and what differs from a default run of "
-                           "it; every setting is in the run's details below."),
+            "Method", width=170,
+            help="The method, its sparsity and what differs from a default run of "
+                 "it; every setting is in the run's details below."),
+        run_views.TASK_SCORE: st.column_config.NumberColumn(
+            run_views.TASK_SCORE, format="%.4g", width=90,
+            help="An activation or search run's mean score over its tasks (in each task's "
+                 "metric)."),
         run_views.ZERO_SHOT: st.column_config.NumberColumn(
-            run_views.ZERO_SHOT, format="%.2f%%",
+            run_views.ZERO_SHOT, format="%.2f%%", width=100,
             help="Mean accuracy over the tasks scored (the Zero-shot page's Accuracy)."),
         run_views.RETENTION: st.column_config.NumberColumn(
-            run_views.RETENTION, format="%.2f%%",
+            run_views.RETENTION, format="%.2f%%", width=90,
             help="Zero-shot average / the dense run's over the tasks both have (blank: no "
                  "dense run with the same evaluation)."),
     }
     for name in shown.columns:
         if name.startswith(run_views.PPL_PREFIX):
             config[name] = st.column_config.NumberColumn(
-                name, format="%.2f", help="Perplexity (blank: diverged or not evaluated).")
+                name, format="%.2f", width=80,
+                help="Perplexity (blank: diverged or not evaluated).")
     return config
 
 

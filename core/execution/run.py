@@ -7,6 +7,8 @@ import traceback
 from datetime import datetime
 from typing import Any
 
+import pandas as pd
+
 from core.engine import environment
 from core.runs import registry
 from core.runs.results import ProgressFn, RunResult, Say, quiet
@@ -24,10 +26,12 @@ def run_and_store(store: Store, run_id: int, spec: Any, progress: ProgressFn = q
     results file takes it (``core.store.record.keep_and_store``)."""
     started = {"started_at": datetime.now(), "environment": environment.describe(spec.device)}
     if not store.move(run_id, "running", **started):
-        status = store.frame("SELECT status FROM runs WHERE id = ?", [run_id])
+        status = store.frame("SELECT status, started_at FROM runs WHERE id = ?", [run_id])
         if status.empty or status.iloc[0, 0] != "running":
             raise RunNotActive(f"run {run_id} is {'gone' if status.empty else status.iloc[0, 0]}"
                                "; it was not executed")
+        if not pd.isna(status.iloc[0, 1]):  # claimed: it started then, and the list says so
+            del started["started_at"]
         store.update_run(run_id, **started)
     try:
         result = registry.execute(spec, progress, say)

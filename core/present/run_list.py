@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.present import tables
-from core.present.runs import PPL_PREFIX, RETENTION, ZERO_SHOT, is_number_column
+from core.present.runs import PPL_PREFIX, RETENTION, TASK_SCORE, ZERO_SHOT, is_number_column
 from core.store import queries
 from core.store.db import Store
 
@@ -21,7 +21,7 @@ def key_results(store: Store) -> pd.DataFrame:
     """Per own run (index: run id) its perplexity per dataset ('PPL WT2': a number,
     NaN where diverged or missing; a collapsed run's stored value), mean zero-shot accuracy
     over its scored tasks and retention against dense (as fractions), the very numbers of
-    the Perplexity and Zero-shot pages."""
+    the Perplexity and Zero-shot pages; an activation or search run's mean task score."""
     ppl = queries.own_perplexities(store)
     wide = pd.DataFrame(index=pd.Index([], name="run_id"))
     if not ppl.empty:
@@ -32,6 +32,11 @@ def key_results(store: Store) -> pd.DataFrame:
                                aggfunc="last", dropna=False)[list(order)]
     zero_shot = _zero_shot(store)
     out = wide.join(zero_shot, how="outer") if not zero_shot.empty else wide
+    scores = queries.own_task_scores(store)
+    if not scores.empty:
+        out = out.join(pd.DataFrame({TASK_SCORE: scores["value"].to_numpy(dtype=float)},
+                                    index=pd.Index(scores["run_id"].astype(int),
+                                                   name="run_id")), how="outer")
     out.columns.name = None
     return out
 
@@ -64,7 +69,7 @@ def sort_text(choice: str) -> str:
     """How an order reads in its picker: 'PPL WT2 (lowest first)'."""
     if choice.startswith(PPL_PREFIX):
         return f"{choice} (lowest first)"
-    if choice in (ZERO_SHOT, RETENTION):
+    if choice in (ZERO_SHOT, RETENTION, TASK_SCORE):
         return f"{choice} (highest first)"
     return choice
 

@@ -28,11 +28,13 @@ STATUS_ORDER = ("running", "cancelling", "queued", "done", "failed", "cancelled"
 ACTIVE = ("running", "cancelling")
 FINISHED = ("done", "failed", "cancelled")
 #: The run list's columns, as shown (Archived only while archived runs are listed).
-#: The key results' number columns (``run_list.key_results``), after Stage: a perplexity
+#: The key results' number columns (``run_list.key_results``), after Method: a perplexity
 #: per dataset, the mean zero-shot accuracy and its retention against dense (in %).
 PPL_PREFIX, ZERO_SHOT, RETENTION = "PPL ", "Zero-shot avg", "Retention"
-COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Tags", "Progress", "Stage", "Queued",
-           "Started", "Duration", "Error", "Archived"]
+TASK_SCORE = "Task score"  # an activation or search run's mean task score
+#: The key results come right after Method, so that they show at 1440 px.
+COLUMNS = ["Run", "Name", "Status", "Model", "Method", "Progress", "Stage", "Duration",
+           "Started", "Queued", "Tags", "Error", "Archived"]
 ERROR_CHARS = 140
 
 
@@ -252,20 +254,20 @@ def _column(frame: pd.DataFrame, name: str) -> list[Any]:
 
 def is_number_column(name: Any) -> bool:
     """Whether ``name`` is one of the key results' number columns."""
-    return str(name).startswith(PPL_PREFIX) or name in (ZERO_SHOT, RETENTION)
+    return str(name).startswith(PPL_PREFIX) or name in (ZERO_SHOT, RETENTION, TASK_SCORE)
 
 
 def _with_numbers(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """The list with ``frame``'s key-result number columns (``run_list.key_results``) after
-    Stage, percentages for the zero-shot ones."""
+    Method, percentages for the zero-shot ones."""
     numbers = [c for c in frame.columns if is_number_column(c)]
     if not numbers:
         return table
-    at = table.columns.get_loc("Stage") + 1
+    at = table.columns.get_loc("Method") + 1
     for offset, name in enumerate(numbers):
         values = frame[name].to_numpy(dtype=float)
         table.insert(at + offset, name,
-                     values if name.startswith(PPL_PREFIX) else values * 100)
+                     values * 100 if name in (ZERO_SHOT, RETENTION) else values)
     return table
 
 

@@ -227,6 +227,17 @@ def own_perplexities(store: Store) -> pd.DataFrame:
            WHERE r.origin = 'own' AND m.kind = 'perplexity' AND m.metric = 'ppl'""")
 
 
+def own_task_scores(store: Store) -> pd.DataFrame:
+    """Each own activation or search run's mean score over the tasks it scored (run_id,
+    value: in the metric each task was scored by), for the run list's Task score column."""
+    return store.frame(
+        """SELECT m.run_id, avg(m.value) AS value
+           FROM metrics m JOIN runs r ON r.id = m.run_id
+           WHERE r.origin = 'own' AND m.kind = 'task' AND m.status = 'ok'
+             AND m.value IS NOT NULL AND NOT isnan(m.value)
+           GROUP BY m.run_id""")
+
+
 def run_row(store: Store, run_id: int) -> pd.DataFrame:
     """One run's whole row (empty when there is no such run)."""
     return store.frame("SELECT * FROM runs WHERE id = ?", [int(run_id)])
