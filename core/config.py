@@ -26,6 +26,26 @@ def cache_dir() -> Path:
     return path
 
 
+def private_partial(target: Path) -> Path:
+    """A work folder or file beside ``target`` that no other process writes (two workers or
+    dashboards sharing a cache may build the same entry at once)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.partial")
+
+
+def publish(partial: Path, target: Path) -> None:
+    """Move a finished cache entry into place; when another process placed it first, keep
+    theirs (it is the same entry) and drop this one."""
+    import shutil
+
+    try:
+        partial.replace(target) if partial.is_file() else partial.rename(target)
+    except OSError:
+        if not target.exists():
+            raise
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def log_dir(db: Path) -> Path:
     """Where the logs of the runs of results file ``db`` go: one folder per results file
     (``<name>-<hash of its absolute path>``), so files sharing a cache never mix their logs."""

@@ -159,11 +159,13 @@ def labels(run_id: int, info: dict) -> None:
     """The run's name, tags and notes as plain text (never Markdown or HTML), and a form to
     edit them."""
     meta = info["meta"]
-    box = st.container(border=True)
-    box.text(f"Name: {meta.name or '—'}")
-    box.text(f"Tags: {', '.join(meta.tags) or '—'}")
-    if meta.notes:
-        box.text(meta.notes)
+    if meta.name or meta.tags or meta.notes or info["archived"]:  # no box of dashes
+        box = st.container(border=True)
+        for label, value in (("Name", meta.name), ("Tags", ", ".join(meta.tags))):
+            if value:
+                box.text(f"{label}: {value}")
+        if meta.notes:
+            box.text(meta.notes)
     if info["archived"]:
         box.caption(f"Archived {info['archived']}: the result pages leave it out, and so does "
                     "the list unless 'Show archived' is on.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -169,3 +170,24 @@ def test_tokenizing_hands_the_freed_heap_back(monkeypatch, tmp_path: Path) -> No
     assert calls == [1]
     monkeypatch.undo()
     assert environment.release_freed_memory() is True  # glibc Linux: malloc_trim is there
+
+
+def test_cache_entries_built_at_once_by_two_processes_are_whole(tmp_path) -> None:
+    """Two workers sharing a cache may build the same entry together: each writes its own
+    partial copy and the first one placed is kept whole."""
+    from core import config
+
+    target = tmp_path / "entry"
+    mine, theirs = config.private_partial(target), target.with_name(".entry.other.partial")
+    assert str(os.getpid()) in mine.name
+    for partial, text in ((theirs, "theirs"), (mine, "mine")):
+        partial.mkdir()
+        (partial / "config.json").write_text(text)
+    config.publish(theirs, target)
+    config.publish(mine, target)  # placed second: theirs stays, ours is dropped
+    assert (target / "config.json").read_text() == "theirs" and not mine.exists()
+    single = tmp_path / "names.json"
+    partial = config.private_partial(single)
+    partial.write_text("[1]")
+    config.publish(partial, single)
+    assert single.read_text() == "[1]" and not partial.exists()

@@ -112,9 +112,9 @@ def wiki_offline(split: str) -> str:
              if (i % WIKI_EVAL_EVERY == WIKI_EVAL_EVERY - 1) == held_out]
     text = "\n\n".join(parts)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = config.private_partial(cache)
     tmp.write_text(text, encoding="utf-8")
-    tmp.replace(cache)
+    config.publish(tmp, cache)
     return text
 
 

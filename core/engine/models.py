@@ -86,15 +86,16 @@ def offline_cache(name: str) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    partial = folder.with_name(folder.name + ".partial")
+    partial = config.private_partial(folder)
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     (partial / "sparsebench_source.json").write_text(
         json.dumps({"package": entry.package, "gguf_file": entry.gguf_file})
     )
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    if folder.exists() and not offline_converted(name):  # a conversion left half done
+        shutil.rmtree(folder, ignore_errors=True)
+    config.publish(partial, folder)
     return folder
 
 

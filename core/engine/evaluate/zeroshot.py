@@ -61,12 +61,12 @@ def local_task_dir(source: Path = TASKS_SOURCE) -> Path:
     """The shipped task YAMLs with their data paths made absolute (``{TASKS_DIR}`` replaced)."""
     target = config.cache_dir() / "tasks" / _fingerprint(source)
     if not target.exists():
-        partial = target.with_name(target.name + ".partial")
+        partial = config.private_partial(target)
         partial.mkdir(parents=True, exist_ok=True)
         for path in source.glob("*.yaml"):
             text = path.read_text().replace("{TASKS_DIR}", str(source))
             (partial / path.name).write_text(text)
-        partial.rename(target)
+        config.publish(partial, target)
     return target
 
 
@@ -86,7 +86,9 @@ def known_tasks() -> set[str]:
         return set(json.loads(cache.read_text()))
     manager = task_manager()
     names = sorted(set(manager.all_tasks) | set(manager.all_groups))
-    cache.write_text(json.dumps(names))
+    partial = config.private_partial(cache)
+    partial.write_text(json.dumps(names))
+    config.publish(partial, cache)  # whole or not at all: another process may read it now
     return set(names)
 
 
