@@ -105,8 +105,10 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False,
     if "Model" in shown:  # a local model folder by its name (the downloads keep the path)
         shown = shown.assign(Model=[tables.short_name(m) if isinstance(m, str) else m
                                     for m in shown["Model"]])
-    config: dict[str, Any] = {c: st.column_config.TextColumn(alignment="right")
-                              for c in table.numeric_columns}
+    config: dict[str, Any] = {c: st.column_config.TextColumn(width=_text_width(c))
+                              for c in shown.columns if _text_width(c)}
+    config.update({c: st.column_config.TextColumn(alignment="right", width=_text_width(c))
+                   for c in table.numeric_columns})
     if RUN_LINK in shown:
         config[RUN_LINK] = st.column_config.LinkColumn(
             RUN_LINK, display_text="open ↗", width="small",
@@ -129,6 +131,16 @@ def show_table(table: tables.Table, name: str, *, whole: bool = False,
 
 
 RUN_LINK = "Details"  # the first column: links to own runs' details
+#: Widths (px) of the columns whose text runs long, so that it is not cut (a table wider than
+#: the page scrolls sideways).
+TEXT_WIDTHS = {"Method": 300, "Source": 230, "Settings": 300, "Evaluation": 200, "Note": 400}
+
+
+def _text_width(column: str) -> int | None:
+    """A long text column's width; an interval column's; None: sized by Streamlit."""
+    if "interval" in column:
+        return 165
+    return TEXT_WIDTHS.get(column)
 
 
 def with_run_links(shown: pd.DataFrame, own_runs: bool = False) -> pd.DataFrame:

@@ -134,9 +134,9 @@ def _column_config(shown: pd.DataFrame) -> dict[str, Any]:
     empty."""
     config: dict[str, Any] = {
         "Run": st.column_config.NumberColumn("Run", format="%d", width=48, pinned=True),
-        "Name": st.column_config.TextColumn("Name", width=130, pinned=True),
+        "Name": st.column_config.TextColumn("Name", width=110, pinned=True),
         "Status": st.column_config.TextColumn("Status", width=80),
-        "Model": st.column_config.TextColumn("Model", width=130),
+        "Model": st.column_config.TextColumn("Model", width=110),
         "Progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100,
                                                     format="%.0f%%", width="small"),
         "Duration": st.column_config.TextColumn("Duration", width="small"),
@@ -144,7 +144,7 @@ def _column_config(shown: pd.DataFrame) -> dict[str, Any]:
         "Queued": st.column_config.TextColumn("Queued", width="small"),
         "Error": st.column_config.TextColumn("Error", width="large"),
         "Method": st.column_config.TextColumn(
-            "Method", width=170,
+            "Method", width=240,
             help="The method, its sparsity and what differs from a default run of "
                  "it; every setting is in the run's details below."),
         run_views.TASK_SCORE: st.column_config.NumberColumn(
@@ -152,17 +152,17 @@ def _column_config(shown: pd.DataFrame) -> dict[str, Any]:
             help="An activation or search run's mean score over its tasks (in each task's "
                  "metric)."),
         run_views.ZERO_SHOT: st.column_config.NumberColumn(
-            run_views.ZERO_SHOT, format="%.2f%%", width=100,
+            run_views.ZERO_SHOT, format="%.2f%%", width=105,
             help="Mean accuracy over the tasks scored (the Zero-shot page's Accuracy)."),
         run_views.RETENTION: st.column_config.NumberColumn(
-            run_views.RETENTION, format="%.2f%%", width=90,
+            run_views.RETENTION, format="%.2f%%", width=95,
             help="Zero-shot average / the dense run's over the tasks both have (blank: no "
                  "dense run with the same evaluation)."),
     }
     for name in shown.columns:
         if name.startswith(run_views.PPL_PREFIX):
             config[name] = st.column_config.NumberColumn(
-                name, format="%.2f", width=80,
+                name, format="%.2f", width=100,
                 help="Perplexity (blank: diverged or not evaluated).")
     return config
 
