@@ -609,6 +609,10 @@ def test_sweep_charts_draw_every_cell() -> None:
     assert [d.label for d in dims] == ["alpha", "beta", "perplexity"]
     assert list(dims[2].values) == [18.0, 17.5]
     assert "2 cells without a finite perplexity" in parallel.layout.title.text
+    spread = charts.sweep_parallel_chart(wide.assign(ppl=[18.0, 17.0, 17.5, 19.0]),
+                                         ["alpha", "beta"]).data[0].dimensions[0]
+    assert spread.label == "alpha (log scale)" and list(spread.values) == [-2, -1, 1, 2]
+    assert list(spread.ticktext) == ["0.01", "0.1", "1", "10", "100"]
 
 
 def test_report_findings_and_tables_carry_the_intervals(store: Store) -> None:

@@ -841,12 +841,18 @@ def sweep_scatter(cells: pd.DataFrame, param: str, title: str = "Sweep") -> go.F
     if not bad.empty:  # a strip of its own above the perplexity scale
         fig.update_layout(yaxis={"domain": [0, 0.84]},
                           yaxis2={"domain": [0.88, 1], "range": [0, 1], "visible": False})
-    values = [float(v) for v in cells[param] if _number(v) and not isinstance(v, bool)]
-    decades = bool(values) and min(values) > 0 and max(values) / min(values) >= 100
+    decades = _decades(cells[param])
     fig.update_xaxes(title=param + (" (log scale)" if decades else ""),
                      type="log" if decades else None)
     readable_log_y(fig, "Perplexity (log scale)")
     return fig
+
+
+def _decades(values: pd.Series) -> bool:
+    """Whether a parameter's numbers are all positive and span two decades or more (drawn on
+    a log axis)."""
+    numbers = [float(v) for v in values if _number(v) and not isinstance(v, bool)]
+    return bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
 
 
 EDGE = 0.7  # the height of the cells without a perplexity in their strip (0 to 1)
@@ -866,7 +872,14 @@ def sweep_parallel_chart(cells: pd.DataFrame, params: list[str],
         return empty_figure("No sweep cell has a finite perplexity yet.")
     dimensions = []
     for p in params:
-        if p in numeric:
+        if p in numeric and _decades(ok[p]):  # alpha's 0.01-100: log10 values, labelled
+            values = ok[p].astype(float)
+            ticks = [10.0 ** e for e in range(math.floor(math.log10(values.min())),
+                                               math.ceil(math.log10(values.max())) + 1)]
+            dimensions.append({"label": f"{p} (log scale)", "values": np.log10(values).tolist(),
+                               "tickvals": np.log10(ticks).tolist(),
+                               "ticktext": [f"{t:g}" for t in ticks]})
+        elif p in numeric:
             dimensions.append({"label": p, "values": ok[p].astype(float).tolist()})
         else:  # a categorical parameter: its values at evenly spaced ticks
             cats = sorted({str(v) for v in ok[p]})
@@ -878,7 +891,7 @@ def sweep_parallel_chart(cells: pd.DataFrame, params: list[str],
         line={"color": ok["ppl"].astype(float).tolist(), "colorscale": "Viridis_r",
               "showscale": True, "colorbar": {"title": {"text": "PPL"}}},
         dimensions=dimensions))
-    full = title + (f" ({left_out} cell{'s' if left_out > 1 else ''} without a finite "
-                    "perplexity not drawn)" if left_out else "")
+    full = title + (f"<br><sup>{left_out} cell{'s' if left_out > 1 else ''} without a finite "
+                    "perplexity not drawn</sup>" if left_out else "")
     fig.update_layout(**{**_LAYOUT, "margin": {"l": 70, "r": 50, "t": 90, "b": 40}}, title=full)
     return fig
