@@ -131,9 +131,10 @@ class Table:
     def for_scripts(self) -> pd.DataFrame:
         """The whole table as a script reads it (the CSV download): numbers as numbers, one
         precision per column, percentages in columns named '(%)', a diverged value as
-        ``inf``; a word shown instead of a number ('failed', 'baseline') goes to a
-        '<column> note' column beside it; published rows have no run id (their Source
-        says where they come from)."""
+        ``inf``; the words a cell shows instead of or beside its number ('failed',
+        'baseline', '+6.00 pts (better)') go to a '<column> note' column beside it, the
+        number (where there is one) staying in its column; published rows have no run id
+        (their Source says where they come from)."""
         out: dict[str, list[Any]] = {}
         for column in self.columns:
             kind = self._kind(column)
@@ -146,8 +147,7 @@ class Table:
                                zip(values, texts, strict=True)]
                 continue
             places = self._export_decimals(column, kind)
-            numbers = [script_number(v, kind, places) if not isinstance(t, str) else ""
-                       for v, t in zip(values, texts, strict=True)]
+            numbers = [script_number(v, kind, places) for v in values]
             out[script_column(column, kind)] = numbers
             words = [t if isinstance(t, str) else DIVERGED if numbers[i] == "inf" else ""
                      for i, t in enumerate(texts)]
