@@ -179,6 +179,9 @@ def browser_page(timeout_ms: int, **options: object) -> Iterator[object]:
 
 # -- the test ---------------------------------------------------------------------------------
 def test_launch_watch_and_download_a_tiny_run(app: dict[str, object]) -> None:
+    """Over 20 s (about 45 s): the main flow as a user clicks it, in Chromium against a real
+    server and worker: a refused value, a queued run and its baseline executed to the end, the
+    Runs page's progress, the Perplexity page and its CSV download."""
     from playwright.sync_api import expect
 
     shots: Path = app["shots"]  # type: ignore[assignment]

@@ -79,6 +79,8 @@ def worker_pid(row: dict) -> int | None:
 
 def test_four_runs_two_at_a_time_cancel_and_killed_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets: dict[str, str]) -> None:
+    """Over 20 s under two test processes (about 16 s alone): a local Ray instance starts,
+    runs four real runs two at a time, one cancelled and one whose worker is killed."""
     monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(config.REPO_ROOT)  # Ray workers import the project from the driver's folder
     store = Store(tmp_path / "results.duckdb").init()

@@ -130,6 +130,8 @@ def test_migration_keys_the_newest_of_duplicate_active_runs(tmp_path: Path) -> N
 
 def test_a_cli_run_stays_running_while_pages_recover_and_ends_done(
         tmp_path: Path, assets: dict[str, str]) -> None:
+    """Over 20 s under two test processes (about 16 s alone): the CLI in a process of its own
+    executes a real run while this one recovers stale runs as a page would."""
     db = tmp_path / "cli.duckdb"
     store = Store(db).init()
     values = spec_values(assets)

@@ -91,6 +91,7 @@ def stage(store: Store, run_id: int) -> str:
 
 
 def test_queue_runs_in_order_with_baseline_and_reuse(store: Store, assets) -> None:
+    """About 20 s: a real worker process executes three runs and a baseline in order."""
     first = jobs.submit(store, spec(assets))
     assert first.baseline_id is not None and not first.reused
     second = jobs.submit(store, spec(assets, sparsity="2:4"))
@@ -133,6 +134,8 @@ def test_cancel_stops_a_running_run_and_stores_nothing(store: Store, assets) -> 
 
 
 def test_sigkilled_worker_fails_its_run_and_queue_goes_on(store: Store, assets) -> None:
+    """Over 20 s: a worker is killed in the middle of a long evaluation and a new one must
+    find its run failed and execute the next."""
     doomed = jobs.submit(store, spec(assets, "slow", "long", method="dense", max_windows=None,
                                      ppl_seqlen=256))
     later = jobs.submit(store, spec(assets))
@@ -169,6 +172,8 @@ def test_silent_run_is_failed_by_the_heartbeat_check(store: Store, assets) -> No
 
 
 def test_a_program_holding_the_results_file_for_60_s_fails_nothing(store: Store, assets) -> None:
+    """Over 20 s (about 65 s) by design: the lock is held for longer than a store retries
+    (60 s against 30 s), while a real run goes on and finishes behind it."""
     run = jobs.submit(store, spec(assets, "slow", "long", method="dense", max_windows=120,
                                   ppl_seqlen=256))
     ctx = mp.get_context("spawn")
