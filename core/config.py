@@ -38,7 +38,7 @@ def publish(partial: Path, target: Path) -> None:
     import shutil
 
     try:
-        partial.replace(target) if partial.is_file() else partial.rename(target)
+        partial.replace(target)  # atomic; a folder onto a folder another process placed fails
     except OSError:
         if not target.exists():
             raise

@@ -92,8 +92,8 @@ WHOLE_ROWS = 40
 def show_table(table: tables.Table, name: str, *, whole: bool = False,
                own_runs: bool = False) -> None:
     """The table (a page of it when long), its notes, and CSV / Markdown / LaTeX (booktabs)
-    downloads of the whole table (its columns; numbers at their source's precision, up to 4
-    decimals), written when clicked.
+    downloads of the whole table (CSV: numbers as numbers, one precision a column; Markdown and
+    LaTeX: numbers at their source's precision, up to 4 decimals), written when clicked.
 
     ``name`` names the download files and keys the buttons (unique per page).  ``whole`` shows
     every row (up to ``WHOLE_ROWS``) instead of a ten-row scrolling box, for tables whose last
@@ -140,7 +140,6 @@ def _text_width(column: str) -> int | None:
     """A long text column's width; an interval column's; None: sized by Streamlit."""
     if "interval" in column:
         return 235  # '-25.58 to +10.58 (within noise)'
-
     return TEXT_WIDTHS.get(column)
 
 
@@ -179,10 +178,10 @@ def _rows_shown(rows: int, name: str) -> slice | None:
 
 
 def _export_data(table: tables.Table) -> tuple[Callable[[], str], ...]:
-    """CSV (numbers as numbers: ``Table.for_scripts``), Markdown and LaTeX (as shown, one
-    precision per column) of a table (every row) as functions that write them when a download
-    is clicked: a page with forty tables (the Report) would otherwise write 120 files on every
-    visit."""
+    """CSV (numbers as numbers: ``Table.for_scripts``), Markdown and LaTeX (as shown, each
+    number at its source's precision) of a table (every row) as functions that write them
+    when a download is clicked: a page with forty tables (the Report) would otherwise write
+    120 files on every visit."""
     numeric = tuple(table.numeric_columns)
     return (lambda: export.to_csv(table.for_scripts()),
             lambda: export.to_markdown(table.display(full=True)),

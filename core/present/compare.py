@@ -53,9 +53,7 @@ SAME_ROWS = {"task": "zero_shot"}
 def run_tag(run_id: int, origin: Any, source: Any = "", table: Any = "") -> str:
     """How the comparison names a run: '#12' (own), 'Wanda README, Table 3' (published: its
     id is internal)."""
-    if origin == "own":
-        return f"#{int(run_id)}"
-    return tables.run_reference(-1, source, table)
+    return f"#{int(run_id)}" if origin == "own" else tables.published_name(source, table)
 
 
 def run_options(runs: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +68,7 @@ def run_options(runs: pd.DataFrame) -> pd.DataFrame:
     own = (df["origin"] == "own").to_numpy()
     tables_of = (df["set_table"] if "set_table" in df else pd.Series(
         [tables.parse_spec(s).get("table") for s in df["spec"]], index=df.index))
-    where = ["own run" if mine else run_tag(0, "published", source, table)
+    where = ["own run" if mine else tables.published_name(source, table)
              for mine, source, table in zip(own, df["source"], tables_of, strict=True)]
     variants = df["variant"] if "variant" in df else [None] * len(df)
     methods = tables.per_value(tables.run_label, df["method"], df["sparsity"], df["pattern"],
@@ -170,7 +168,7 @@ def _column(rec: dict[str, Any]) -> str:
     what = f"{tables.short_name(rec['model'])} · {method}"
     if rec["origin"] == "own":
         return f"#{int(rec['run_id'])} {what} · own"
-    return f"{what} · {run_tag(rec['run_id'], 'published', rec['source'], rec.get('table'))}"
+    return f"{what} · {tables.published_name(rec['source'], rec.get('table'))}"
 
 
 def compare_table(metrics: pd.DataFrame, run_ids: Sequence[int]) -> Table:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -101,17 +101,22 @@ class Table:
 
         Optional columns (Settings, Note) are left out when every cell of the table is blank.
         """
-        part = self.frame if rows is None else self.frame.iloc[rows]
         out: dict[str, list[str]] = {}
+        for column, kind, values, texts in self._cells(rows):
+            out[column] = [text if isinstance(text, str) else format_value(value, kind, full)
+                           for value, text in zip(values, texts, strict=True)]
+        return pd.DataFrame(out, columns=list(out), dtype=object)
+
+    def _cells(self, rows: slice | None = None) -> Iterator[tuple[str, str, Any, Any]]:
+        """Each column shown (optional ones left out when blank): its name, format kind, and
+        the numbers and texts of ``rows`` (all: None)."""
+        part = self.frame if rows is None else self.frame.iloc[rows]
         for column in self.columns:
             kind = self._kind(column)
             if column in OPTIONAL_COLUMNS and self._blank(column, kind):
                 continue
-            values = part[column].to_numpy(dtype=object)
             texts = self.text(column).to_numpy(dtype=object)[_positions(rows, len(self.frame))]
-            out[column] = [text if isinstance(text, str) else format_value(value, kind, full)
-                           for value, text in zip(values, texts, strict=True)]
-        return pd.DataFrame(out, columns=list(out), dtype=object)
+            yield column, kind, part[column].to_numpy(dtype=object), texts
 
     def _export_decimals(self, column: str, kind: str) -> int | None:
         """One precision for a whole column of the CSV download: the most decimals that any
@@ -136,12 +141,7 @@ class Table:
         number (where there is one) staying in its column; published rows have no run id
         (their Source says where they come from)."""
         out: dict[str, list[Any]] = {}
-        for column in self.columns:
-            kind = self._kind(column)
-            if column in OPTIONAL_COLUMNS and self._blank(column, kind):
-                continue
-            values = self.frame[column].to_numpy(dtype=object)
-            texts = self.text(column).to_numpy(dtype=object)
+        for column, kind, values, texts in self._cells():
             if kind == "text":
                 out[column] = [t if isinstance(t, str) else format_value(v) for v, t in
                                zip(values, texts, strict=True)]
@@ -280,13 +280,16 @@ def _score(value: float) -> str:
 
 def run_reference(run_id: Any, source: Any = "", table: Any = "") -> str:
     """How a row's run is named in text: 'run 12' for an own run; a published figure (its id
-    is internal, derived and negative) by its source and table: 'Wanda README, Table 3'."""
+    is internal, derived and negative) by ``published_name``."""
     try:
         number = int(run_id)
     except (TypeError, ValueError):
         return f"run {run_id}"
-    if number >= 0:
-        return f"run {number}"
+    return f"run {number}" if number >= 0 else published_name(source, table)
+
+
+def published_name(source: Any, table: Any = "") -> str:
+    """A published figure by its source and table: 'Wanda README, Table 3'."""
     where = str(source).split(" (")[0] if isinstance(source, str) and source else "published"
     return where + (f", {table}" if isinstance(table, str) and table else "")
 

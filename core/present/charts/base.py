@@ -55,10 +55,10 @@ def hover_text(run_id: Any, source: str, spec: Mapping[str, Any] | str | None,
     """Hover lines: an own run's id and 'source: own run', or a published figure's source and
     table (never its internal id); a summary of the spec (None: none), plus any extra
     lines."""
+    published = bool(source) and _number(run_id) and run_id < 0
     table = spec.get("table") if isinstance(spec, Mapping) else None
-    where = T.run_reference(run_id, source, table)
-    lines = ([where, "source: own run"] if where.startswith("run ") or not source
-             else [f"source: {where}"])
+    lines = ([f"source: {T.published_name(source, table)}"] if published
+             else [T.run_reference(run_id), "source: own run"])
     lines += extra
     spec_line = [] if spec is None else [_spec_line(spec)]
     return "<br>".join([*(_wrap(line) for line in lines if line), *spec_line])
