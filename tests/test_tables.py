@@ -429,6 +429,15 @@ def test_retention_chart_hatches_published_bars() -> None:
     fig = charts.retention_chart(tables.zero_shot_table(rows))
     assert fig.data[0].marker.pattern.shape == "/"
     assert fig.data[0].x[1] == pytest.approx(97.61, abs=0.01)
+    assert list(fig.data[0].y) == ["m · Dense (Baseline) · Paper A", "m · Magnitude 30% · Paper A"]
+    assert not any("#" in label for label in fig.data[0].y)  # no internal id of a published row
+    from core.present.charts.zero_shot import _bar_labels
+
+    twins = pd.DataFrame({"Model": ["m", "m"], "Method": ["Wanda 50%"] * 2,
+                          "Source": ["Paper A (Table 2)", "Paper A (Table 3)"],
+                          "Origin": ["Published"] * 2, "Run": [-5, -6]})
+    assert list(_bar_labels(twins).values()) == ["m · Wanda 50% · Paper A",
+                                                 "m · Wanda 50% · Paper A (2)"]  # a bar each
 
 
 # -- the published figures, end to end -----------------------------------------------------------

@@ -39,10 +39,11 @@ def retention_chart(table: T.Table) -> go.Figure:
         frame = frame.sort_values("Run", kind="stable").tail(MAX_BARS).sort_index()
         title += f": the {MAX_BARS} latest of {total:,} runs (all are in the table)"
     fig = go.Figure()
+    labels = _bar_labels(frame)
     for origin, part in frame.groupby("Origin", sort=False):
         published = origin == T.ORIGIN_NAMES["published"]
         fig.add_trace(_trace("bar",
-            y=[_bar_label(r) for r in part.to_dict("records")], x=part["Retention"] * 100,
+            y=[labels[i] for i in part.index], x=part["Retention"] * 100,
             orientation="h", name="Published (hatched)" if published else "Own runs",
             marker={"color": [method_color(m, i) for i, m in enumerate(part["_method"])],
                     "pattern": {"shape": "/" if published else ""},
@@ -64,9 +65,19 @@ def retention_chart(table: T.Table) -> go.Figure:
     return fig
 
 
-def _bar_label(rec: Mapping[str, Any]) -> str:
-    source = short_source(rec["Source"]) if rec["Origin"] == T.ORIGIN_NAMES["published"] else "own"
-    return f"{rec['Model']} · {rec['Method']} · {source} #{rec['Run']}"
+def _bar_labels(frame: pd.DataFrame) -> dict[Any, str]:
+    """Each bar's label (by row): an own run's with its number, a published figure's with its
+    source (never its internal id); labels that would repeat are numbered, as each bar needs
+    its own on the axis."""
+    seen: dict[str, int] = {}
+    out = {}
+    for index, rec in zip(frame.index, frame.to_dict("records"), strict=True):
+        what = f"{rec['Model']} · {rec['Method']}"
+        label = (f"{what} · {short_source(rec['Source'])}"
+                 if rec["Origin"] == T.ORIGIN_NAMES["published"] else f"{what} · own #{rec['Run']}")
+        seen[label] = seen.get(label, 0) + 1
+        out[index] = label if seen[label] == 1 else f"{label} ({seen[label]})"
+    return out
 
 
 def per_task_chart(long: pd.DataFrame) -> go.Figure:
