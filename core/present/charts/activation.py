@@ -76,7 +76,8 @@ def percent_of_coreinfer_chart(summary: T.Table) -> go.Figure:
     if summary.empty or frame[["Best %", "AVG %"]].isna().all().all():
         return empty_figure("No CoreInfer comparison to plot.")
     labels = [f"{m} · {t} · goal {T.format_value(g, 'score')}"
-              + (f" · run {int(s)}" if s is not None and not pd.isna(s) else "") for m, t, g, s in
+              + (f" · {T.run_reference(int(s))}" if s is not None and not pd.isna(s) else "")
+              for m, t, g, s in
               zip(frame["Model"], frame["Task"], frame["Goal"],
                   frame.get("_search", pd.Series([None] * len(frame))), strict=True)]
     fig = go.Figure()
