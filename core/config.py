@@ -62,6 +62,20 @@ def log_dir(db: Path) -> Path:
 EXECUTORS = ("local", "ray")
 
 
+def ray_cluster_file(db: Path | str) -> Path:
+    """Where the Ray dispatcher of results file ``db`` writes what the cluster offers (nodes,
+    CPUs, GPUs, memory, the Ray dashboard's address), for the pages and the submit checks."""
+    db = Path(db)
+    return db.with_name(f"{db.name}.ray-cluster.json")
+
+
+def shared_dir() -> Path | None:
+    """The folder every Ray node mounts at the same path (``SPARSEBENCH_SHARED_DIR``), or
+    None."""
+    value = os.environ.get("SPARSEBENCH_SHARED_DIR", "").strip()
+    return Path(value).expanduser() if value else None
+
+
 def executor_name() -> str:
     """Where runs execute (``SPARSEBENCH_EXECUTOR``, default ``local``), checked."""
     name = os.environ.get("SPARSEBENCH_EXECUTOR", "").strip().lower() or "local"

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.execution import jobs
-from core.execution.executors import executor_for
+from core.engine import devices
+from core.execution import cluster, jobs
+from core.execution.executors import executor_for, executor_name
 from core.present import run_list, tables
 from core.present import runs as run_views
 from core.store.db import StoreError
@@ -26,7 +27,8 @@ ARCHIVED = run_table.ARCHIVED  # the Show archived toggle
 use_app_menu()
 st.title("Runs")
 st.caption(f"Your own runs; this page refreshes every {REFRESH_S} s. A background worker "
-           "executes queued runs one at a time per device; the page starts it when needed. "
+           "executes queued runs one at a time per device (per GPU); the page starts it when "
+           "needed. "
            "Tick runs in the list to compare them; filters and order stay in the page's "
            "address, to share the view.")
 with store_or_stop():
@@ -54,6 +56,7 @@ def live() -> None:
     active = run_views.runs_table(store, rows=listed[listed["Status"].isin(run_views.ACTIVE)])
     for fraction, text in run_views.progress_bars(active):
         st.progress(fraction, text=text)
+    executors_view()
     shown = run_views.runs_table(store, rows=run_table.listing(listed, current))
     ticked = run_table.run_table(shown, archived)
     run_table.ticked_actions(store, ticked, listed)
@@ -61,6 +64,17 @@ def live() -> None:
         detail(listed, current, shown)
     except StoreError as exc:
         st.error(str(exc))
+
+
+def executors_view() -> None:
+    """Where runs execute: each GPU's running run and queue (local), or the Ray cluster."""
+    if executor_name() == "ray":
+        st.caption(cluster.line(cluster.read_summary(store.path)))
+        return
+    queues = run_views.device_queues(store, devices.slots())
+    if not queues.empty:
+        st.caption("One run at a time per GPU; auto runs go to the first GPU with room.")
+        st.dataframe(queues, hide_index=True, width="content")
 
 
 def link_to(run_id: int) -> None:

@@ -246,7 +246,7 @@ def test_search_spec_messages() -> None:
                 "Calibration prompts: 0 is not a whole number between 1 and 4096",
                 "Search samples: 0 is not a whole number",
                 "Block range: give [start, end) with 0 <= start < end",
-                "Device: 'gpu' is not one of cpu, cuda, cuda:N, mps",
+                "Device: 'gpu' is not one of auto, cpu, cuda, cuda:N or mps",
                 "Tolerance: 0.5 is not a number in (0, 0.1]"]
     for part in expected:
         assert any(part in p for p in problems), (part, problems)

@@ -133,7 +133,7 @@ BAD_VALUES = {
     "no evaluation dataset": ({"eval_choice": []}, ["Evaluation:", "at least one"]),
     "block range 3,1": ({"block": "3,1"}, ["Block range:", "0 <= start < end"]),
     "block range x": ({"block": "x"}, ["Block range:", "two whole numbers", "0,15"]),
-    "device gpu": ({"device": "gpu"}, ["Device:", "'gpu'", "cpu, cuda, cuda:N, mps"]),
+    "device gpu": ({"device": "gpu"}, ["Device:", "'gpu'", "auto, cpu, cuda, cuda:N or mps"]),
     "device cuda": ({"device": "cuda:7"}, ["Device:", "not available on this machine"]),
     "calibration file missing": ({"calibration_path": "/nope/calib.txt"},
                                  ["Calibration text:", "/nope/calib.txt", "does not exist",

@@ -64,7 +64,7 @@ def _model_fields(key: str) -> dict[str, Any]:
     st.caption(run_views.model_caption(model))
     left, mid, right = st.columns(3, vertical_alignment="bottom")
     dtype = field_input(ActivationSpec, "dtype", key=f"{key}-dtype", container=left)
-    device = mid.text_input("Device", "cpu", key=f"{key}-device", help="cpu, cuda, cuda:1 or mps")
+    device = field_input(ActivationSpec, "device", key=f"{key}-device", container=mid)
     trust = field_input(ActivationSpec, "trust_remote_code", key=f"{key}-trust", container=right)
     return {"model": run_views.local_path(model), "dtype": dtype, "device": device.strip(),
             "trust_remote_code": trust}

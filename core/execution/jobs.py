@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from core.execution import cluster
 from core.runs.registry import spec_from_dict
 from core.store.db import Store, spec_hash
 from core.store.meta import RunMeta, from_row
@@ -66,6 +67,7 @@ def submit(store: Store, spec: PruneSpec, fresh: bool = False,
     even ``fresh`` reuses an identical run that is still queued or running.
     """
     problems = [] if checked else spec.problems()  # ``checked``: the caller just checked it
+    problems += cluster.executor_problems(store.path, spec)  # where it executes (Ray)
     if problems:
         raise ValueError(" ".join(problems))
     with store.transaction() as con:
@@ -120,16 +122,23 @@ def claim(store: Store, run_id: int, worker: str) -> bool:
     return True
 
 
-def claim_next(store: Store, device: str, worker: str) -> int | None:
-    """Atomically move the oldest queued run for ``device`` to running; returns its id."""
+#: A run's device as the queue reads it (runs stored before the field had a default: cpu).
+DEVICE_SQL = "coalesce(json_extract_string(spec, '$.device'), 'cpu')"
+
+
+def claim_next(store: Store, devices: str | list[str], worker: str) -> int | None:
+    """Atomically move the oldest queued run of one of ``devices`` to running; returns its
+    id."""
+    names = [devices] if isinstance(devices, str) else list(devices)
+    marks = ", ".join("?" for _ in names)
     with store.transaction() as con:
         row = con.execute(
-            """UPDATE runs SET status = 'running', started_at = ?, worker = ?
+            f"""UPDATE runs SET status = 'running', started_at = ?, worker = ?
                WHERE id = (SELECT min(id) FROM runs WHERE status = 'queued' AND origin = 'own'
-                           AND coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?)
+                           AND {DEVICE_SQL} IN ({marks}))
                  AND status = 'queued'
                RETURNING id""",
-            [datetime.now(), worker, device],
+            [datetime.now(), worker, *names],
         ).fetchone()
     if row is None:
         return None
@@ -137,23 +146,39 @@ def claim_next(store: Store, device: str, worker: str) -> int | None:
     return int(row[0])
 
 
+def next_queued(store: Store, devices: list[str], skip: tuple[int, ...] = ()
+                ) -> tuple[int, str] | None:
+    """(id, device) of the oldest queued run of one of ``devices`` not in ``skip``."""
+    marks = ", ".join("?" for _ in devices)
+    skipped = f" AND id NOT IN ({', '.join('?' for _ in skip)})" if skip else ""
+    frame = store.frame(f"SELECT id, {DEVICE_SQL} AS device FROM runs WHERE status = 'queued' "
+                        f"AND origin = 'own' AND {DEVICE_SQL} IN ({marks}){skipped} "
+                        "ORDER BY id LIMIT 1", [*devices, *skip])
+    return None if frame.empty else (int(frame.iloc[0, 0]), str(frame.iloc[0, 1]))
+
+
 def recover_stale(store: Store, timeout_s: float = HEARTBEAT_TIMEOUT_S,
-                  device: str | None = None, reason: str | None = None) -> list[int]:
+                  device: str | None = None, reason: str | None = None,
+                  skip_prefix: str | None = None) -> list[int]:
     """Mark running runs without a recent heartbeat as failed; returns their ids.  A silent
     run whose result was computed and waits in the control store is stored instead (done).
 
-    With ``reason`` (used by a worker that holds the device lock) the runs of ``device`` whose
-    holding process on this machine is gone are failed at once, without waiting for the
-    heartbeat timeout; runs held elsewhere (a command-line run, another machine) are left to
-    their heartbeat.
+    ``device`` (a worker's slot) narrows it to the runs of that device or held by a worker of
+    that slot (an ``auto`` run).  With ``reason`` (used by a worker that holds the slot's lock)
+    those whose holding process on this machine is gone are failed at once, without waiting for
+    the heartbeat timeout; runs held elsewhere (a command-line run, another machine) are left to
+    their heartbeat.  Runs whose worker name starts with ``skip_prefix`` are left alone (the Ray
+    dispatcher recovers its own).
     """
     cutoff = datetime.now() - timedelta(seconds=timeout_s)
-    sql = "SELECT id, started_at, worker FROM runs WHERE status = 'running' AND origin = 'own'"
-    params: list[object] = []
+    sql = (f"SELECT id, started_at, worker, {DEVICE_SQL} AS device FROM runs "
+           "WHERE status = 'running' AND origin = 'own'")
+    frame = store.frame(sql)
     if device is not None:
-        sql += " AND coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?"
-        params.append(device)
-    frame = store.frame(sql, params)
+        held_here = frame["worker"].fillna("").str.endswith(f":{device}")
+        frame = frame[held_here | (frame["device"] == device)]
+    if skip_prefix:
+        frame = frame[~frame["worker"].fillna("").str.startswith(skip_prefix)]
     live = store.control.live([int(i) for i in frame["id"]])
     ids = [int(r.id) for r in frame.itertuples()
            if (reason is not None and holder_gone(r.worker))

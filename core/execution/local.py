@@ -1,9 +1,10 @@
 """The local executor: queued runs execute on this machine.  The queue lives in the store; the
 executor makes sure something is draining it.
 
-``LocalExecutor`` starts one ``core.execution.worker`` process per device on this machine (one
-run at a time per device).  It implements ``core.execution.executors.Executor`` (submit, cancel,
-poll); ``ensure_workers`` is kept for the pages that call it directly.
+``LocalExecutor`` starts one ``core.execution.worker`` process per device slot of this machine
+(``core.engine.devices``: one per GPU, each seeing only its GPU, and one for the CPU), so a
+sweep of ``auto`` runs on 8 GPUs runs 8 at a time; a run pinned to ``cuda:N`` waits for GPU N.
+It implements ``core.execution.executors.Executor``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import config
+from core.engine import devices
 from core.execution import jobs, worker
 from core.store.db import Store
 
@@ -50,11 +52,12 @@ class LocalExecutor:
 
     # -- workers ------------------------------------------------------------------------------
     def pending_devices(self) -> list[str]:
-        """Devices with queued or running own runs."""
+        """Slots with queued or running own runs (an ``auto`` run: every GPU's slot)."""
         frame = self.store.frame(
-            "SELECT DISTINCT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device "
-            "FROM runs WHERE origin = 'own' AND status IN ('queued', 'running')")
-        return sorted(frame["device"].tolist())
+            f"SELECT DISTINCT {jobs.DEVICE_SQL} AS device FROM runs "
+            "WHERE origin = 'own' AND status IN ('queued', 'running')")
+        slots = {slot for device in frame["device"] for slot in devices.slots_for(device)}
+        return sorted(slots)
 
     def workers_alive(self) -> dict[str, bool]:
         """Per device with pending work: whether a worker serves it or is starting up."""
@@ -73,7 +76,8 @@ class LocalExecutor:
         return started
 
     def start(self, device: str) -> subprocess.Popen:
-        """Start a background worker for ``device`` (it exits when idle)."""
+        """Start a background worker for the slot ``device`` (it exits when idle), seeing only
+        that slot's GPU."""
         log_file = config.log_dir(self.store.path) / f"worker-{device.replace(':', '_')}.log"
         with log_file.open("ab") as out:
             proc = subprocess.Popen(
@@ -81,6 +85,7 @@ class LocalExecutor:
                  "serve", "--device", device, "--idle-exit", str(self.idle_exit_s)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=config.REPO_ROOT, start_new_session=True,
+                env=devices.worker_environment(device),
             )
         worker.starting_path(Path(self.store.path), device).write_text(f"{proc.pid}\n")
         return proc

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core import config
-from core.execution import jobs, worker
+from core.execution import cluster, jobs, worker
 from core.store import record
 from core.store.db import Store, StoreError
 
@@ -48,13 +48,10 @@ POLL_S = 0.5
 WORKER_PREFIX = "ray"
 CANCELLED = "cancelled by the user; no results were stored"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours in Ray's error texts
-DEAD_DISPATCHER = ("the Ray dispatcher running it stopped (killed or crashed); results were not "
-                   "stored")
-
-
-def is_gpu(device: str) -> bool:
-    """Whether a run on ``device`` asks Ray for a GPU."""
-    return device.startswith("cuda")
+DEAD_DISPATCHER = "the Ray dispatcher running it stopped (killed or crashed)"
+#: A run queued again after its node or dispatcher was lost: its log line starts so.
+REQUEUED = "queued again"
+SUMMARY_EVERY_S = 10.0
 
 
 def connect(address: str | None = None, **local: Any) -> str:
@@ -65,12 +62,37 @@ def connect(address: str | None = None, **local: Any) -> str:
 
     address = address or os.environ.get("SPARSEBENCH_RAY_ADDRESS") or None
     if not ray.is_initialized():
-        options: dict[str, Any] = {"namespace": "sparsebench", "log_to_driver": False}
+        options: dict[str, Any] = {"namespace": "sparsebench", "log_to_driver": False,
+                                   "runtime_env": cluster.runtime_environment()}
         if address is None:  # 'local': a new private instance, never someone else's cluster
-            ray.init(address="local", **{"include_dashboard": False, **options, **local})
+            context = ray.init(address="local",
+                               **{"include_dashboard": False, **options, **local})
         else:
-            ray.init(address=address, **options)
+            context = ray.init(address=address, **options)
+        JOINED.update(address=address, dashboard=getattr(context, "dashboard_url", None) or None)
     return f"the Ray cluster at {address}" if address else "a local Ray instance"
+
+
+#: What ``connect`` joined: the cluster's address (None: a local instance) and its dashboard.
+JOINED: dict[str, str | None] = {"address": None, "dashboard": None}
+
+
+def max_retries() -> int:
+    """How often a run whose node left the cluster, or whose dispatcher died, is queued again
+    (``SPARSEBENCH_RAY_RETRIES``, default 1)."""
+    value = os.environ.get("SPARSEBENCH_RAY_RETRIES", "1").strip()
+    if not value.isdigit():
+        raise ValueError(f"SPARSEBENCH_RAY_RETRIES={value!r} is not a whole number")
+    return int(value)
+
+
+def write_summary(db: Path) -> dict[str, Any]:
+    """Write what the joined cluster offers beside the results file; returns it."""
+    import ray
+
+    summary = cluster.summarize(ray.nodes(), JOINED["address"], JOINED["dashboard"])
+    cluster.write_summary(db, summary)
+    return summary
 
 
 @dataclass
@@ -80,7 +102,9 @@ class InFlight:
     run_id: int
     ref: Any  # the task's ObjectRef
     gpu: bool
+    attempt: int  # tells this task's messages from those of a lost predecessor
     where: str = ""  # "host (node) pid N" once the task reported it started
+    node_id: str = ""  # the Ray node it runs on, once reported
 
 
 class Dispatcher:
@@ -104,6 +128,9 @@ class Dispatcher:
         self.inflight: dict[int, InFlight] = {}
         self.noted: set[int] = set()  # queued runs told that the cluster has no GPU
         self.last_beat = 0.0
+        self.attempts = 0
+        self.summary = write_summary(Path(store.path))
+        self.summary_at = time.monotonic()
 
     def step(self) -> bool:
         """One round: results, messages, cancels, heartbeats, new claims.  Whether runs are in
@@ -114,31 +141,55 @@ class Dispatcher:
             self._finish(run_id)
         self._cancel_requested()
         self._beat()
+        self._refresh_summary()
         if self.store.control.held():  # results that waited for the results file
             record.flush_held(self.store)
         self._claim()
         return bool(self.inflight)
 
     def recover(self) -> list[int]:
-        """Fail the runs a dead dispatcher left running (this one holds the lock)."""
+        """Queue again (or fail, retries spent) the runs a dead dispatcher left running (this
+        one holds the lock): their tasks died with it."""
         frame = self.store.frame(
             "SELECT id FROM runs WHERE status = 'running' AND origin = 'own' AND worker LIKE ?",
             [f"{WORKER_PREFIX}%"])
         ids = [int(i) for i in frame["id"]]
         for run_id in ids:
-            self._fail(run_id, DEAD_DISPATCHER)
+            self._retry_or_fail(run_id, DEAD_DISPATCHER)
         return ids
 
     def stop(self, reason: str) -> None:
-        """Cancel every task in flight and fail its run with ``reason`` (the dispatcher ends)."""
+        """Cancel every task in flight and queue its run again (or fail it with ``reason``,
+        retries spent): the next dispatcher runs it."""
         import ray
 
         for run_id, flight in list(self.inflight.items()):
             with contextlib.suppress(Exception):
                 ray.cancel(flight.ref, force=True)
             with contextlib.suppress(StoreError):
-                self._fail(run_id, reason)
+                self._retry_or_fail(run_id, reason)
             del self.inflight[run_id]
+
+    def _retry_or_fail(self, run_id: int, why: str) -> str:
+        """Queue a run whose task was lost (not its own fault) again, at most ``max_retries``
+        times (said in its log), else fail it; the status it got."""
+        logs = [line for *_, line in self.store.control.logs(run_id)]
+        done = sum(line.startswith(REQUEUED) for line in logs)
+        if done < max_retries() and self.store.move(run_id, "queued", worker=None,
+                                                    started_at=None):
+            self.store.control.forget(run_id)
+            self.store.append_log(run_id, f"{REQUEUED} (retry {done + 1} of {max_retries()}): "
+                                          f"{why}")
+            return "queued"
+        self._fail(run_id, f"{why}; results were not stored"
+                           + (f" (after {done} retr{'y' if done == 1 else 'ies'})" if done else ""))
+        return "failed"
+
+    def _refresh_summary(self) -> None:
+        """Every ``SUMMARY_EVERY_S``: what the cluster offers, for the pages and the checks."""
+        if time.monotonic() - self.summary_at >= SUMMARY_EVERY_S:
+            self.summary = write_summary(Path(self.store.path))
+            self.summary_at = time.monotonic()
 
     # -- results --------------------------------------------------------------------------------
     def _ready(self) -> list[int]:
@@ -159,6 +210,13 @@ class Dispatcher:
         try:
             result = ray.get(flight.ref)
         except ray.exceptions.RayError as exc:
+            lost = self._node_lost(exc, flight)
+            if lost:
+                with contextlib.suppress(StoreError):
+                    log.info("run %s: %s", run_id, lost)
+                    self._retry_or_fail(run_id, lost)
+                    del self.inflight[run_id]
+                return
             message = failure_message(exc, flight.where)
             # The run's own exception: its remote traceback (in the text of the error).
             trace = (ANSI.sub("", str(exc)).strip().splitlines()[-12:]
@@ -181,6 +239,21 @@ class Dispatcher:
                 log.warning("run %s: its result waits for the results file: %s", run_id, exc)
         del self.inflight[run_id]
 
+    def _node_lost(self, exc: Exception, flight: InFlight) -> str:
+        """Why the run's node is gone ('' when it is not: the run's own failure, or its worker
+        process alone died)."""
+        import ray
+        from ray import exceptions as rx
+
+        node = flight.node_id
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        gone = (isinstance(exc, (rx.NodeDiedError, rx.LocalRayletDiedError))
+                or (isinstance(exc, rx.WorkerCrashedError) and node and node not in alive))
+        if not gone:
+            return ""
+        return (f"the machine running it ({flight.where or 'node ' + (node[:12] or '?')}) left "
+                "the Ray cluster")
+
     def _fail(self, run_id: int, message: str) -> None:
         """Move a run to failed with ``message`` (in its error and its log)."""
         if self.store.move(run_id, "failed", finished_at=datetime.now(), error=message):
@@ -193,8 +266,9 @@ class Dispatcher:
         import ray
 
         latest: dict[int, tuple[Any, ...]] = {}
-        for run_id, kind, payload in ray.get(self.channel.drain.remote(), timeout=60):
-            if run_id not in self.inflight:  # cancelled or finished: nothing more to write
+        for run_id, attempt, kind, payload in ray.get(self.channel.drain.remote(), timeout=60):
+            flight = self.inflight.get(run_id)
+            if flight is None or flight.attempt != attempt:  # ended, or a lost predecessor
                 continue
             try:
                 if kind == "progress":
@@ -213,14 +287,17 @@ class Dispatcher:
         """The task began on a Ray worker: note where (the ``worker`` column), when and the
         executing machine's environment."""
         flight = self.inflight[run_id]
-        flight.where = f"{info['host']} ({info['node']}) pid {info['pid']}"
+        flight.node_id = str(info.get("node_id") or "")
+        flight.where = (f"{info['host']} ({info['node']}, node {flight.node_id[:12]}) "
+                        f"pid {info['pid']}")
         where = f"{WORKER_PREFIX} {info['node']} pid {info['pid']}"
         self.store.control.beat(run_id, where)
         self.store.update_run(run_id, worker=where, started_at=datetime.now(),
                               environment=info.get("environment"))
         gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""
         self.store.append_log(run_id, f"started on {flight.where}, device {info['device']}"
-                                      f"{gpus}")
+                                      f"{gpus}; code from {info.get('code')}; settings "
+                                      f"{', '.join(info.get('settings') or []) or 'none'}")
 
     # -- cancels and heartbeats -----------------------------------------------------------------
     def _cancel_requested(self) -> None:
@@ -269,7 +346,7 @@ class Dispatcher:
         cpus = int(total.get("CPU", 0)) - len(self.inflight)
         gpus = int(total.get("GPU", 0)) - sum(f.gpu for f in self.inflight.values())
         for device in self._queued_devices():
-            gpu = is_gpu(device)
+            gpu = cluster.wants_gpu(device, self.summary)
             if gpu and not total.get("GPU"):
                 self._note_no_gpu(device)
                 continue
@@ -285,23 +362,30 @@ class Dispatcher:
         frame = self.store.frame(
             "SELECT DISTINCT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device "
             "FROM runs WHERE status = 'queued' AND origin = 'own'")
-        return sorted(frame["device"], key=lambda d: (not is_gpu(d), d))
+        return sorted(frame["device"],
+                      key=lambda d: (not cluster.wants_gpu(d, self.summary), d))
 
     def _launch(self, run_id: int, gpu: bool) -> None:
-        """Submit a claimed run as a Ray task: one GPU (CUDA) or none, one CPU, no retry (a
-        killed worker fails the run instead of running it twice)."""
+        """Submit a claimed run as a Ray task asking for what its memory plan needs (one GPU
+        for a GPU run, the plan's host memory) and one CPU, with no retry by Ray: a killed
+        worker fails the run, a lost node queues it again (``_finish``)."""
+        from core.runs.registry import spec_from_dict
+
+        self.attempts += 1
         try:
-            spec = json.loads(self.store.frame("SELECT spec FROM runs WHERE id = ?",
-                                               [run_id]).iloc[0, 0])
-            ref = self.task.options(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0,
-                                    name=f"sparsebench-run-{run_id}").remote(
-                run_id, spec, self.channel)
+            values = json.loads(self.store.frame("SELECT spec FROM runs WHERE id = ?",
+                                                 [run_id]).iloc[0, 0])
+            need = cluster.request(spec_from_dict(values), self.summary)
+            memory = {"memory": need.memory} if need.memory else {}
+            ref = self.task.options(num_cpus=1, num_gpus=int(gpu), max_retries=0,
+                                    name=f"sparsebench-run-{run_id}", **memory).remote(
+                run_id, self.attempts, values, self.channel)
         except Exception as exc:
             self._fail(run_id, f"could not submit it to Ray: {type(exc).__name__}: {exc}")
             return
-        self.inflight[run_id] = InFlight(run_id, ref, gpu)
-        self.store.append_log(run_id, f"submitted to Ray ({'1 GPU' if gpu else '1 CPU'}) by "
-                                      f"{self.name}")
+        self.inflight[run_id] = InFlight(run_id, ref, gpu, self.attempts)
+        self.store.append_log(run_id, f"submitted to Ray ({'1 GPU' if gpu else '1 CPU'}, "
+                                      f"{need.memory / 2**30:.1f} GiB of memory) by {self.name}")
 
     def _note_no_gpu(self, device: str) -> None:
         """Say once in each waiting run's log that the cluster has no GPU (it stays queued)."""
@@ -350,9 +434,10 @@ def serve(db: Path, address: str | None = None, idle_exit_s: float = 60.0,
         store = Store(db).init()
         log.info("joined %s", connect(address, **local))
         dispatcher = Dispatcher(store)
-        failed = dispatcher.recover()
-        if failed:
-            log.warning("marked runs %s failed: their dispatcher had died", failed)
+        recovered = dispatcher.recover()
+        if recovered:
+            log.warning("runs %s were left running by a dead dispatcher: queued again (or "
+                        "failed, retries spent)", recovered)
         idle_since = time.monotonic()
         try:
             while time.monotonic() - idle_since < idle_exit_s:
@@ -363,8 +448,7 @@ def serve(db: Path, address: str | None = None, idle_exit_s: float = 60.0,
                     log.warning("store busy: %s", exc)
                 time.sleep(POLL_S)
         finally:
-            dispatcher.stop("the Ray dispatcher stopped before the run ended; results were not "
-                            "stored")
+            dispatcher.stop("the Ray dispatcher stopped before the run ended")
             ray.shutdown()
     return 0
 
@@ -393,18 +477,23 @@ class RayExecutor:
         """Cancel a queued run at once; the dispatcher stops a running one's Ray task."""
         return jobs.request_cancel(self.store, run_id)
 
+    def problems(self, spec: Any) -> list[str]:
+        """What keeps ``spec`` off this executor's cluster (``cluster.cluster_problems``)."""
+        return cluster.cluster_problems(self.store.path, self.address, spec)
+
     def poll(self) -> dict[str, Any]:
-        """Fail runs without a heartbeat (a dead dispatcher); the dispatcher and what runs
-        where (``running``: run id -> Ray node and worker pid)."""
-        failed = jobs.recover_stale(self.store)
+        """Fail runs without a heartbeat held outside Ray (the dispatcher recovers its own);
+        the dispatcher and what runs where (``running``: run id -> Ray node and worker pid)."""
+        failed = jobs.recover_stale(self.store, skip_prefix=WORKER_PREFIX)
         return {"executor": "ray", "address": self.address or "local Ray instance",
                 "failed": failed, "dispatcher": self.dispatcher_alive(),
                 "running": jobs.running_where(self.store)}
 
     def ensure_workers(self) -> list[str]:
-        """As ``LocalExecutor.ensure_workers``: fail dead runs, start the dispatcher when runs
-        are pending and none is alive; returns what was started."""
-        jobs.recover_stale(self.store)
+        """As ``LocalExecutor.ensure_workers``: fail dead runs held outside Ray, start the
+        dispatcher when runs are pending (or left running by a dead one, which it queues
+        again) and none is alive; returns what was started."""
+        jobs.recover_stale(self.store, skip_prefix=WORKER_PREFIX)
         pending = self.store.frame("SELECT count(*) FROM runs WHERE origin = 'own' AND "
                                    "status IN ('queued', 'running')").iloc[0, 0]
         if not pending or self.dispatcher_alive():
@@ -445,7 +534,13 @@ def main(argv: list[str] | None = None) -> int:
                            help="exit after this many idle seconds")
     serve_cmd.add_argument("--num-cpus", type=int, default=None,
                            help="CPUs of a local Ray instance (default: all)")
+    describe_cmd = sub.add_parser("describe", help="write what the cluster offers and exit")
+    describe_cmd.add_argument("--address", required=True)
     args = parser.parse_args(argv)
+    if args.command == "describe":
+        connect(args.address)
+        print(cluster.describe(write_summary(args.db or config.db_path())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop() runs in serve's finally
     local = {"num_cpus": args.num_cpus} if args.num_cpus else {}

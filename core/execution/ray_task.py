@@ -18,8 +18,9 @@ import ray
 #: At most one progress message per run this often (the last step of a stage always goes).
 PROGRESS_EVERY_S = 0.5
 
-#: A message on the channel: (run id, kind, payload); kind is 'started', 'progress' or 'say'.
-Message = tuple[int, str, Any]
+#: A message on the channel: (run id, attempt, kind, payload); kind is 'started', 'progress' or
+#: 'say'; the attempt tells a task from a lost predecessor of the same run.
+Message = tuple[int, int, str, Any]
 
 
 class Channel:
@@ -42,16 +43,18 @@ class Channel:
 class Reporter:
     """The progress and log functions a run gets, sending to the channel (fire and forget)."""
 
-    def __init__(self, run_id: int, channel: Any) -> None:
-        """Report for run ``run_id`` to ``channel`` (a ``Channel`` actor handle)."""
+    def __init__(self, run_id: int, attempt: int, channel: Any) -> None:
+        """Report for attempt ``attempt`` of run ``run_id`` to ``channel`` (a ``Channel``
+        actor handle)."""
         self.run_id = run_id
+        self.attempt = attempt
         self.channel = channel
         self.last_ref: Any = None
         self.progress: Any = self.tracking([])
 
     def send(self, kind: str, payload: Any) -> None:
         """One message; the channel receives a task's messages in the order they were sent."""
-        self.last_ref = self.channel.put.remote((self.run_id, kind, payload))
+        self.last_ref = self.channel.put.remote((self.run_id, self.attempt, kind, payload))
 
     def tracking(self, plan: list[Any]) -> Any:
         """The run's progress function for a stage plan: every report tracked (overall fraction,
@@ -74,30 +77,41 @@ class Reporter:
 
 def on_assigned_device(spec: Any) -> Any:
     """A CUDA run executes on the GPU Ray assigned to the task, which its process sees as
-    ``cuda`` (CUDA_VISIBLE_DEVICES names only that one); other devices are left as they are."""
-    if str(spec.device).startswith("cuda") and spec.device != "cuda":
+    ``cuda`` (CUDA_VISIBLE_DEVICES names only that one); ``auto`` there too when Ray gave the
+    task a GPU, else on the CPU; other devices are left as they are."""
+    device = str(spec.device)
+    if device.startswith("cuda") or (device == "auto" and ray.get_gpu_ids()):
         return spec.model_copy(update={"device": "cuda"})
+    if device == "auto":
+        return spec.model_copy(update={"device": "cpu"})
     return spec
 
 
 def where() -> dict[str, Any]:
-    """This worker process: host name, node address, pid and the GPUs Ray assigned it."""
+    """This worker process: host name, node address and id, pid, the GPUs Ray assigned it, where
+    its ``core`` package was imported from (the runtime environment's copy) and which
+    SparseBench settings it has."""
     try:
         node = ray.util.get_node_ip_address()
     except Exception:  # only a label
         node = "?"
+    import core
+
     return {"host": socket.gethostname(), "node": node, "pid": os.getpid(),
-            "gpus": [str(g) for g in ray.get_gpu_ids()]}
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+            "code": os.path.dirname(core.__file__),
+            "settings": sorted(k for k in os.environ if k.startswith("SPARSEBENCH_"))}
 
 
-def execute_run(run_id: int, spec_values: dict[str, Any], channel: Any) -> Any:
+def execute_run(run_id: int, attempt: int, spec_values: dict[str, Any], channel: Any) -> Any:
     """The Ray task of one run: rebuild and check the spec here, execute it, return the
     ``RunResult``.  A spec refused on this machine raises ``ValueError`` with the problems, as
     the local worker does."""
     from core.engine import environment
     from core.runs import registry
 
-    reporter = Reporter(run_id, channel)
+    reporter = Reporter(run_id, attempt, channel)
     try:
         spec = on_assigned_device(registry.spec_from_dict(spec_values))
         reporter.progress = reporter.tracking(registry.stage_plan(spec))

@@ -1,9 +1,13 @@
-"""The background worker: executes queued runs one at a time per device.
+"""The background worker: executes queued runs one at a time per device slot.
 
-    python -m core.execution.worker serve --device cpu   # started by the dashboard, or by hand
-    python -m core.execution.worker execute RUN_ID       # one run (what ``serve`` spawns)
+    python -m core.execution.worker serve --device cuda:1  # started by the dashboard, or by hand
+    python -m core.execution.worker execute RUN_ID         # one run (what ``serve`` spawns)
 
-``serve`` holds an exclusive lock file per device, so at most one worker serves a device, and
+A slot is one GPU (``cuda:N``) or the CPU (``core.engine.devices``).  The worker of a GPU slot
+claims the runs pinned to its GPU and ``auto`` runs whose memory plan fits its free memory; the
+executor starts it with ``CUDA_VISIBLE_DEVICES`` naming that GPU alone.
+
+``serve`` holds an exclusive lock file per slot, so at most one worker serves a slot, and
 keeps a serving loop alive in a forked process: a loop killed mid-run is replaced at once, and
 the new loop fails the run it left and goes on with the queue (no page needs to be open).  Each
 run executes in a child process that the loop supervises: it writes the run's heartbeat (to the
@@ -25,10 +29,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from core import config
+from core.engine import devices
 from core.execution import jobs
 from core.execution.run import run_and_store
 from core.runs.progress import Tracker, throttled
@@ -61,7 +67,8 @@ def describe_exit(code: int | None) -> str:
 
 
 def lock_path(db: Path, device: str) -> Path:
-    return db.with_name(f"{db.name}.worker-{device.replace(':', '_')}.lock")
+    """The lock file of a slot (``cuda`` and ``cuda:0`` are one GPU: one lock)."""
+    return db.with_name(f"{db.name}.worker-{devices.normalize(device).replace(':', '_')}.lock")
 
 
 @contextlib.contextmanager
@@ -129,15 +136,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def execute(db: Path, run_id: int) -> int:
-    """Execute one stored run; progress and log lines go to the control store as it goes, the
-    start and the results to the results file (waiting while another program holds it)."""
+def execute(db: Path, run_id: int, slot: str | None = None) -> int:
+    """Execute one stored run (in the worker of ``slot``: on the device that slot computes on);
+    progress and log lines go to the control store as it goes, the start and the results to
+    the results file (waiting while another program holds it)."""
     store = Store(db).patient()
     frame = store.frame("SELECT spec FROM runs WHERE id = ?", [run_id])
     if frame.empty:
         print(f"no run {run_id}", file=sys.stderr)
         return 2
     spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
+    compute = devices.compute_device(slot, spec.device)
+    spec = spec.model_copy(update={"device": compute})
     progress = throttled(Tracker(stage_plan(spec)),
                          lambda *report: store.control.set_progress(run_id, *report),
                          PROGRESS_EVERY_S)
@@ -146,6 +156,9 @@ def execute(db: Path, run_id: int) -> int:
         print(line, flush=True)
         store.append_log(run_id, line)
 
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    say(f"executing on {os.uname().nodename}, slot {slot or 'none'}, device {compute}"
+        + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""))
     try:
         run_and_store(store, run_id, spec, progress, say)
     except Exception as exc:  # already recorded as failed by run_and_store
@@ -160,12 +173,14 @@ class Worker:
     """Serves queued runs of one device until idle for ``idle_exit_s`` seconds."""
 
     def __init__(self, db: Path, device: str = "cpu", idle_exit_s: float = 60.0) -> None:
+        """Serve the slot of ``device`` (``auto``: the first GPU, or the CPU)."""
         self.db = db
-        self.device = device
+        self.device = devices.slots_for(device)[0]
         self.idle_exit_s = idle_exit_s
         self.store = Store(db)
-        self.name = f"{os.uname().nodename}:{os.getpid()}:{device}"
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{self.device}"
         self.last_recovery = 0.0
+        self.told: set[int] = set()  # auto runs told they wait for room on this GPU
 
     def serve(self) -> int:
         """Hold the device lock and keep a serving loop alive in a forked process.  A loop
@@ -217,7 +232,7 @@ class Worker:
         idle_since = time.monotonic()
         while time.monotonic() - idle_since < self.idle_exit_s:
             try:
-                run_id = jobs.claim_next(self.store, self.device, self.name)
+                run_id = self.claim()
             except StoreError as exc:  # the results file is held elsewhere: wait, fail nothing
                 if not self.db.is_file():
                     log.warning("the results file %s is gone; the worker stops", self.db)
@@ -233,6 +248,39 @@ class Worker:
             self.supervise(run_id)
             idle_since = time.monotonic()
         return 0
+
+    def claim(self) -> int | None:
+        """Claim the oldest queued run this slot serves: pinned here, or ``auto`` when its
+        memory plan fits this GPU's free memory (else left for another GPU, said once)."""
+        skip: tuple[int, ...] = ()
+        while (found := jobs.next_queued(self.store, devices.serves(self.device), skip)):
+            run_id, device = found
+            if device == devices.AUTO and not self.room_for(run_id):
+                skip += (run_id,)
+                continue
+            if jobs.claim(self.store, run_id, self.name):
+                return run_id
+        return None
+
+    def room_for(self, run_id: int) -> bool:
+        """Whether an ``auto`` run's memory plan fits what this slot's GPU has free now (the
+        CPU slot and simulated GPUs: always)."""
+        if devices.gpu_index(self.device) is None or devices.simulated() is not None:
+            return True
+        from core.runs import preflight
+
+        frame = self.store.frame("SELECT spec FROM runs WHERE id = ?", [run_id])
+        spec = spec_from_dict(json.loads(frame.iloc[0, 0]))
+        cfg, _ = preflight.load_config(spec.model, spec.trust_remote_code)
+        if cfg is None:  # nothing to plan with: the run's own start says what is wrong
+            return True
+        work = replace(spec.work(), device="cuda:0")  # the one GPU this worker sees
+        problems = preflight.plan_problems(cfg, work, at_start=True)
+        if problems and run_id not in self.told:
+            self.told.add(run_id)
+            self.store.append_log(run_id, f"waiting: not on GPU {self.device} yet: "
+                                          f"{' '.join(problems)}")
+        return not problems
 
     def _recover_now_and_then(self) -> None:
         """While idle, every ``RECOVER_EVERY_S``: fail the device's runs that stopped beating
@@ -251,9 +299,9 @@ class Worker:
         with log_file.open("ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", "core.execution.worker", "--db", str(self.db), "execute",
-                 str(run_id)],
+                 str(run_id), "--slot", self.device],
                 stdout=out, stderr=subprocess.STDOUT, cwd=config.REPO_ROOT,
-                preexec_fn=_die_with_parent,
+                env=devices.worker_environment(self.device), preexec_fn=_die_with_parent,
             )
             cancelled = self._watch(run_id, child, on_poll)
         return self._finish(run_id, child.returncode, cancelled, log_file)
@@ -319,12 +367,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="exit after this many idle seconds")
     one = sub.add_parser("execute", help="execute one run (used by serve)")
     one.add_argument("run_id", type=int)
+    one.add_argument("--slot", default=None, help="the slot of the worker running it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     db = args.db or config.db_path()
     if args.command == "execute":
         _die_with_parent()
-        return execute(db, args.run_id)
+        return execute(db, args.run_id, args.slot)
     return Worker(db, args.device, args.idle_exit).serve()
 
 

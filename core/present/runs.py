@@ -709,3 +709,30 @@ def parse_grid(text: str) -> tuple[dict[str, list[float]] | None, list[str]]:
 
 def split_paths(text: str) -> list[str]:
     return [local_path(p) for p in text.split(",") if p.strip()]
+
+
+# -- devices ----------------------------------------------------------------------------------
+def held_slot(worker: str) -> str:
+    """The slot a local worker name ends with (``[cli:]host:pid:cuda:2`` -> ``cuda:2``)."""
+    parts = worker.removeprefix("cli:").split(":", 2)
+    return parts[2] if len(parts) == 3 and parts[1].isdigit() else ""
+
+
+def device_queues(store: Store, slots: list[str]) -> pd.DataFrame:
+    """One row per GPU slot of this machine (and the CPU): the run it executes now and the
+    runs waiting for it, pinned to it or for any GPU (``auto``).  Empty without GPUs."""
+    if len(slots) < 2:
+        return pd.DataFrame()
+    runs = queries.active_run_devices(store)
+    running = runs[runs["status"] == "running"]
+    queued = runs[runs["status"] == "queued"]
+    held = {held_slot(w): int(i) for i, w in zip(running["id"], running["worker"], strict=True)}
+    any_gpu = int((queued["device"] == "auto").sum())
+    rows = []
+    for slot in slots:
+        pinned = queued["device"].isin(["cuda:0", "cuda"] if slot == "cuda:0" else [slot])
+        rows.append({"Device": slot.replace("cuda:", "GPU ") if slot != "cpu" else "CPU",
+                     "Running": f"run {held[slot]}" if slot in held else "idle",
+                     "Queued for it": int(pinned.sum()),
+                     "Queued for any GPU": any_gpu if slot != "cpu" else 0})
+    return pd.DataFrame(rows)

@@ -403,7 +403,11 @@ def device_memory(device: str, at_start: bool = False) -> int | None:
 
 
 def budgets(device: str, at_start: bool = False) -> tuple[int | None, int | None]:
-    """(device bytes, host bytes) a run may use: totals at submit, free memory at start."""
+    """(device bytes, host bytes) a run may use: totals at submit, free memory at start.  At
+    submit to the Ray executor neither is this machine's: the executor checks the plan against
+    the cluster's nodes (``core.execution.cluster``)."""
+    if not at_start and config.executor_name() == "ray":
+        return None, None
     return device_memory(device, at_start), host_memory(at_start)
 
 
@@ -491,3 +495,15 @@ def model_fit_problems(model: str, *, need: str, windows: dict[str, int],
     if work is not None:
         errors += plan_problems(cfg, work)
     return errors
+
+
+def unbounded_plan(model: str, work: Work, trust_remote_code: bool = False) -> MemoryPlan | None:
+    """The run's memory plan with no budget (its needs where there is room: what a Ray task
+    asks for), or None when the model's config cannot be read here."""
+    cfg, _ = load_config(model, trust_remote_code)
+    if cfg is None:
+        return None
+    try:
+        return fitted_plan(cfg, work, None, None)[0]
+    except (TypeError, ValueError):
+        return None

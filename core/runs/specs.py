@@ -15,20 +15,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from core import config
-from core.engine import data
+from core.engine import data, devices
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+#: A run's device, one name per device (``cuda`` is stored as ``cuda:0``).
+Device = Annotated[str, AfterValidator(devices.normalize)]
+DEVICE_HELP = ("auto: any GPU with room, one run per GPU (the CPU where there is none); cpu; "
+               "cuda:N pins the run to GPU N (cuda is cuda:0); mps")
+
+
+def device_field() -> Any:
+    """The device field of every kind: ``auto`` where the machine has a GPU, else ``cpu``."""
+    return labelled(devices.default_device, "Device", help=DEVICE_HELP)
 DTYPE_HELP = ("auto: the checkpoint's own dtype (bfloat16 or float16 for most hub models, "
               "float32 for the offline default). Statistics are always accumulated in float32.")
 LIMITS = {"samples": (1, 4096), "seqlen": (8, 32768), "batch_size": (1, 512),
@@ -288,18 +296,32 @@ def source_problems(label: str, name: str) -> list[str]:
 
 
 def device_problems(device: str) -> list[str]:
+    """What is wrong with a run's device on this machine (``auto`` always does: it falls back
+    to the CPU)."""
+    if device in ("cpu", devices.AUTO):
+        return []
+    index = devices.gpu_index(device)
+    if index is not None and config.executor_name() == "ray":
+        return []  # the cluster's GPUs, not this machine's: the Ray executor checks them
+    if device == "mps":
+        import torch
+
+        ok = torch.backends.mps.is_available()
+    elif index is not None:
+        ok = index < devices_available()
+    else:
+        return [f"Device: {device!r} is not one of {devices.ACCEPTED}."]
+    return [] if ok else [f"Device: {device!r} is not available on this machine; use auto or "
+                          "cpu."]
+
+
+def devices_available() -> int:
+    """How many GPUs runs may name here (simulated ones included)."""
+    if devices.simulated() is not None:
+        return len(devices.gpus())
     import torch
 
-    if device == "cpu":
-        return []
-    if device == "mps":
-        ok = torch.backends.mps.is_available()
-    elif re.fullmatch(r"cuda(:\d+)?", device):
-        index = int(device.partition(":")[2] or 0)
-        ok = torch.cuda.is_available() and index < torch.cuda.device_count()
-    else:
-        return [f"Device: {device!r} is not one of cpu, cuda, cuda:N, mps."]
-    return [] if ok else [f"Device: {device!r} is not available on this machine; use cpu."]
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def task_problems(tasks: list[str], label: str = "Zero-shot task") -> list[str]:

@@ -41,8 +41,10 @@ from core.store.schema import (  # noqa: F401 - the store's schema, named here a
 #: Statuses of a run that is still to finish (it holds its identity's ``active_hash``).
 ACTIVE_STATUSES = ("queued", "running")
 #: The status a run may move to, from each status (guards every change).
+#: running -> queued: a run whose machine left a Ray cluster (or whose dispatcher died) is
+#: queued again, a set number of times (``core.execution.ray``).
 TRANSITIONS = {"queued": ("running", "failed", "cancelled"),
-               "running": ("done", "failed", "cancelled")}
+               "running": ("done", "failed", "cancelled", "queued")}
 
 _METRIC_COLUMNS = (
     "kind", "dataset", "metric", "value", "stderr", "n_samples", "status", "raw", "note",

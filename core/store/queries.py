@@ -268,3 +268,12 @@ def own_status_counts(store: Store) -> pd.DataFrame:
     """How many own runs have each status."""
     return store.frame("SELECT status, count(*) AS n FROM runs WHERE origin = 'own' "
                        "GROUP BY status")
+
+
+def active_run_devices(store: Store) -> pd.DataFrame:
+    """Own queued and running runs: id, status, the device their spec names (older specs:
+    cpu) and the worker holding them."""
+    return store.frame(
+        "SELECT id, status, coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device, "
+        "coalesce(worker, '') AS worker FROM runs WHERE origin = 'own' "
+        "AND status IN ('queued', 'running') ORDER BY id")

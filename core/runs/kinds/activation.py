@@ -23,7 +23,7 @@ import torch
 from pydantic import field_validator
 
 from core import config
-from core.engine import data, environment, models
+from core.engine import data, devices, environment, models
 from core.engine.activation import (
     CoreInferHandle,
     CoreInferStats,
@@ -44,10 +44,12 @@ from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
     DTYPE_HELP,
     LIMITS,
+    Device,
     Dtype,
     SpecModel,
     check_block_range,
     check_fractions,
+    device_field,
     device_problems,
     field_label,
     fraction,
@@ -103,7 +105,7 @@ class ActivationSpec(SpecModel):
     batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
     dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", short="{value}",
                             help=DTYPE_HELP)
-    device: str = labelled("cpu", "Device")
+    device: Device = device_field()
     trust_remote_code: bool = labelled(False, "Trust remote code")
     config: str = ""  # set by a search: CoreInfer / best / AVG ('' = not part of a search)
     goal: float | None = None  # set by a search: its goal mean kept fraction
@@ -189,8 +191,8 @@ class ActivationSpec(SpecModel):
 def whole_model_work(model: str, dtype: str, device: str, batch_size: int) -> Work:
     """An activation run or search in the memory plan's terms: the whole model on the device
     (CoreInfer's hooks need every block there: it is never offloaded), evaluated."""
-    return Work(dtype=dtype, device=device, zero_shot=True, batch_size=batch_size,
-                offload=False, converts=models.converts_first(model))
+    return Work(dtype=dtype, device=devices.planning_device(device), zero_shot=True,
+                batch_size=batch_size, offload=False, converts=models.converts_first(model))
 
 
 def load(spec: Any, progress: ProgressFn, say: Say) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import ValidationInfo, field_validator
 
 from core import config
-from core.engine import data, environment, models, plan
+from core.engine import data, devices, environment, models, plan
 from core.engine.checkpoint import CheckpointWriter, LazyModel
 from core.engine.evaluate import zeroshot
 from core.engine.evaluate.perplexity import blockwise_perplexity, is_collapsed, vocab_size
@@ -28,9 +28,11 @@ from core.runs.results import ProgressFn, RunResult, Say
 from core.runs.specs import (
     DTYPE_HELP,
     LIMITS,
+    Device,
     Dtype,
     SpecModel,
     check_block_range,
+    device_field,
     device_problems,
     field_label,
     labelled,
@@ -107,7 +109,7 @@ class PruneSpec(SpecModel):
                             help="Windows / examples per forward pass.")
     dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", short="{value}",
                             help=DTYPE_HELP)
-    device: str = labelled("cpu", "Device", help="cpu, cuda, cuda:1 or mps")
+    device: Device = device_field()
     trust_remote_code: bool = labelled(
         False, "Trust remote code", help="Runs Python code shipped with the model. Off unless "
                                          "you trust the model's authors.")
@@ -230,7 +232,7 @@ class PruneSpec(SpecModel):
                     else 0] + [plan.eval_tokens(name) for name in self.ppl_datasets])
         windows = max([plan.eval_windows(name, self.ppl_seqlen, self.max_windows)
                        for name in self.ppl_datasets], default=0)
-        return Work(dtype=self.dtype, device=self.device,
+        return Work(dtype=self.dtype, device=devices.planning_device(self.device),
                     method=None if self.is_dense else self.method,
                     samples=self.samples if self.needs_calibration() else 0,
                     seqlen=self.seqlen if self.needs_calibration() else 0,

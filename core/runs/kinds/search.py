@@ -40,9 +40,11 @@ from core.runs.results import ChildRun, ProgressFn, RunResult, Say
 from core.runs.specs import (
     DTYPE_HELP,
     LIMITS,
+    Device,
     Dtype,
     SpecModel,
     check_block_range,
+    device_field,
     device_problems,
     fraction,
     labelled,
@@ -91,7 +93,7 @@ class SearchSpec(SpecModel):
     tolerance: float = Field(0.005, gt=0, le=0.1, title="Tolerance")
     batch_size: int = whole(1, *LIMITS["batch_size"], "Batch size")
     dtype: Dtype = labelled("auto", "Dtype", form_label="Weights dtype", help=DTYPE_HELP)
-    device: str = labelled("cpu", "Device")
+    device: Device = device_field()
     trust_remote_code: bool = labelled(False, "Trust remote code")
 
     @property
