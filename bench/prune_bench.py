@@ -5,6 +5,11 @@ once touched (they are mapped from the safetensors file); "loaded" is the peak a
 model and tokenizing the calibration text.
 
     python bench/prune_bench.py [--samples 32] [--seqlen 512] [--windows 16]
+    python bench/prune_bench.py --reference [--samples 16 --seqlen 256 --threads 1 --rounds 2]
+
+``--reference`` times the engine against the reference code's loops (``bench/reference_loops.py``:
+one window at a time, as locuslab/wanda and IST-DASLab/sparsegpt run them) on the same
+calibration, alternating, and compares their masks and their perplexity on 8 windows.
 
 Each method runs in its own subprocess so its peak resident memory is its own.  The yardstick is
 one dense forward pass over the same calibration set: pruning time / forward time says how many
@@ -14,11 +19,14 @@ forward passes a method costs.  Perplexity throughput is compared with a plain b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,6 +100,64 @@ def _measure_perplexity(windows: int, seqlen: int, batch_size: int, device: str,
                      for size, (result, seconds) in timed.items()]}
 
 
+REFERENCE_CASES = (("wanda", "0.5"), ("wanda", "2:4"), ("sparsegpt", "0.5"),
+                   ("sparsegpt", "2:4"))
+
+
+def _pruned_once(method: str, pattern: str, calibration: Any, engine: bool) -> tuple[Any, float]:
+    """The model pruned by the engine or the reference loop, and the seconds it took."""
+    from bench.reference_loops import LOOPS
+    from core.engine import models
+    from core.engine.prune.methods import Target, get_method
+    from core.engine.prune.runner import prune_model
+
+    with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the table
+        model, _ = models.load_model("smollm2-135m", dtype="float32")
+    target = Target.parse(pattern)
+    started = time.perf_counter()
+    if engine:
+        prune_model(model, get_method(method), target, calibration)
+    else:
+        LOOPS[method](model, calibration, target.fraction, target.n or 0, target.m or 0)
+    return model, time.perf_counter() - started
+
+
+def _compare_with_reference(args: argparse.Namespace) -> None:
+    """Per case: the median time of each over ``rounds`` alternating runs, their ratio, whether
+    every linear's mask is the reference's, and both perplexities."""
+    import torch
+
+    from core.engine import data, models
+    from core.engine.evaluate.perplexity import perplexity
+
+    torch.set_num_threads(args.threads)
+    tok = models.load_tokenizer("smollm2-135m")
+    calibration = data.calibration_ids(tok, "wiki-offline", args.samples, args.seqlen, seed=0)
+    ids = data.evaluation_ids(tok, "wiki-offline")
+    print(f"SmolLM2-135M fp32 on the CPU, {torch.get_num_threads()} thread(s), "
+          f"{args.samples} x {args.seqlen} calibration, perplexity on 8 x {args.seqlen}, "
+          f"median of {args.rounds} alternating rounds")
+    print(f"{'case':<18}{'reference s':>12}{'engine s':>10}{'ratio':>7}{'masks equal':>13}"
+          f"{'ref ppl':>10}{'engine ppl':>12}{'ppl diff':>11}")
+    for method, pattern in (c for c in REFERENCE_CASES if c[0] in args.methods):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        models_ = {}
+        for _ in range(args.rounds):
+            for engine in (False, True):
+                models_[engine], seconds = _pruned_once(method, pattern, calibration, engine)
+                times[engine].append(seconds)
+        ref, ours = (sorted(times[e])[len(times[e]) // 2] for e in (False, True))
+        pairs = [(a.weight, b.weight) for (na, a), (nb, b) in zip(
+            models_[False].named_modules(), models_[True].named_modules(), strict=True)
+            if isinstance(a, torch.nn.Linear) and "lm_head" not in na]
+        equal = sum(bool(torch.equal(a == 0, b == 0)) for a, b in pairs)
+        ppl = [perplexity(models_[e], ids, args.seqlen, batch_size=4, max_windows=8).value
+               for e in (False, True)]
+        print(f"{method + ' ' + pattern:<18}{ref:>12.2f}{ours:>10.2f}{ours / ref:>6.2f}x"
+              f"{f'{equal}/{len(pairs)}':>13}{ppl[0]:>10.4f}{ppl[1]:>12.4f}"
+              f"{ppl[1] / ppl[0] - 1:>+10.4%}")
+
+
 def _child(args: argparse.Namespace) -> None:
     if args.child == "perplexity":
         result = _measure_perplexity(args.windows, args.seqlen, args.batch_size, args.device,
@@ -124,8 +190,17 @@ def main() -> None:
                         help="perplexity's model dtype")
     parser.add_argument("--perplexity-only", action="store_true",
                         help="skip the pruning methods; measure perplexity throughput only")
+    parser.add_argument("--reference", action="store_true",
+                        help="time the engine against the reference loops (bench/)")
+    parser.add_argument("--threads", type=int, default=1, help="--reference: torch threads")
+    parser.add_argument("--rounds", type=int, default=2, help="--reference: rounds per case")
+    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"],
+                        help="--reference: the methods compared")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference:
+        _compare_with_reference(args)
+        return
     if args.child:
         _child(args)
         return

@@ -163,11 +163,13 @@ def ref_magnitude(w: torch.Tensor, _xs: list[torch.Tensor], target: Target,
 
 
 def input_norms(xs: list[torch.Tensor]) -> torch.Tensor:
-    """||X_j||_2 over all calibration tokens, from a running fp32 sum of squares."""
-    sum_sq = torch.zeros(xs[0].shape[1], dtype=torch.float32)
-    for x in xs:
-        sum_sq += (x * x).sum(dim=0)
-    return sum_sq.sqrt()
+    """||X_j||_2 / sqrt(n) over the n calibration windows, as the reference's ``add_batch``
+    accumulates it: one window at a time, a running average of the squared norms in fp32."""
+    scaler = torch.zeros(xs[0].shape[1], dtype=torch.float32)
+    for n, x in enumerate(xs):
+        scaler *= n / (n + 1)
+        scaler += torch.norm(x.t().float(), p=2, dim=1) ** 2 / (n + 1)
+    return torch.sqrt(scaler)
 
 
 def wanda_scores(w: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -642,3 +644,24 @@ def test_row_masks_sorted_a_slice_of_rows_at_a_time_are_the_same(monkeypatch):
     monkeypatch.setattr(masks, "SORT_ENTRIES", 7 * 64)  # 7 rows a slice
     assert torch.equal(masks.row_mask(scores, 0.5), whole)
     assert bool((whole.sum(-1) == 32).all())
+
+
+def test_wanda_statistics_are_the_reference_running_average() -> None:
+    """Batches of 1 to 4 sequences: the statistics equal the reference's running average,
+    computed here as its ``add_batch`` does, bit for bit; a plain sum of squares (what the
+    project kept before) differs in the last bits, which is what flips tied scores."""
+    from core.engine.prune.methods.wanda import InputNorms
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(t * 16, 24, generator=generator) * 3.7, t) for t in (1, 3, 1, 4, 2)]
+    stats = InputNorms(24)
+    for x, sequences in batches:
+        stats.add_batch(x, sequences=sequences)
+    scaler, n = torch.zeros(24), 0
+    for x, t in batches:  # lib/layerwrapper.py WrappedGPT.add_batch
+        scaler *= n / (n + t)
+        n += t
+        scaler += torch.norm(x.t().float(), p=2, dim=1) ** 2 / n
+    assert stats.samples == 11 and torch.equal(stats.norms, torch.sqrt(scaler))
+    plain = torch.sqrt(sum((x * x).sum(dim=0) for x, _ in batches) / n)
+    assert torch.allclose(plain, stats.norms, rtol=1e-5) and not torch.equal(plain, stats.norms)

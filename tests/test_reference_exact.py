@@ -7,7 +7,8 @@
    exactly its count.
 2. End to end: the engine's Wanda and SparseGPT give the perplexity of an independent
    sequential pipeline written here (its own capture of block 0's inputs, its own hooks, its own
-   block loop, the formulas of ``tests/test_methods.py``) within 0.5%.
+   block loop, the formulas of ``tests/test_methods.py``): Wanda's exactly, SparseGPT's within
+   0.5%.
 
 ``SPARSEBENCH_REFERENCE_SAMPLES`` sets the calibration windows (default 8 x 256; the issue's
 figures are at 32 x 256: run with ``-s`` to print them).
@@ -210,7 +211,9 @@ def test_end_to_end_perplexity_equals_an_independent_pipeline(windows, engine_pe
     gap = engine / reference - 1
     print(f"SmolLM2 {method} 50%, {SAMPLES} x {SEQLEN} calibration, {WINDOWS} x {SEQLEN} "
           f"evaluation: engine {engine:.4f}, reference {reference:.4f}, {gap:+.3%}")
-    assert abs(gap) <= 0.005
+    # Wanda's statistics and selection are the reference's to the bit (issue 35): equal
+    # perplexity; SparseGPT within 0.5% (its updates are summed in another order).
+    assert abs(gap) <= (1e-9 if method == "wanda" else 0.005)
 
 
 def test_smollm2_50_percent_ordering(engine_perplexity) -> None:

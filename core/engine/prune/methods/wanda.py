@@ -12,20 +12,34 @@ from core.engine.prune.methods.base import Collector, PruningMethod, Target
 
 
 class InputNorms(Collector):
-    """Running sum of squares of every input feature, in fp32."""
+    """Each input feature's squared norm over the calibration tokens, in fp32, accumulated as
+    the reference code does: a running average over the sequences, one batch at a time
+    (``s *= n / (n + t); n += t; s += ||X_batch||^2 / n``, the norm taken over the batch's
+    tokens).  ``norms`` is ``sqrt(s)``: the reference's scaler, ``||X_j||_2 / sqrt(n)``; the
+    common factor changes no mask, but the order of the sums decides ties."""
 
     def __init__(self, in_features: int) -> None:
-        self.sum_sq = torch.zeros(in_features, dtype=torch.float32)
-        self.tokens = 0
+        self.scaler: torch.Tensor | None = None
+        self.in_features = in_features
+        self.samples = 0
 
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        x = inputs.float()
-        self.sum_sq += (x * x).sum(dim=0).cpu()
-        self.tokens += x.shape[0]
+    def add_batch(self, inputs: torch.Tensor, sequences: int = 1) -> None:
+        """One batch of ``sequences`` sequences (the runner's calibration batches hold one),
+        its tokens as rows of ``inputs`` [tokens, in_features]."""
+        if self.scaler is None:
+            self.scaler = torch.zeros(self.in_features, dtype=torch.float32,
+                                      device=inputs.device)
+        self.scaler *= self.samples / (self.samples + sequences)
+        self.samples += sequences
+        x = inputs.t().float()  # [in, tokens], as the reference holds it
+        self.scaler += torch.norm(x, p=2, dim=1) ** 2 / self.samples
 
     @property
     def norms(self) -> torch.Tensor:
-        return self.sum_sq.sqrt()
+        """sqrt of the running average (zeros before any batch)."""
+        if self.scaler is None:
+            return torch.zeros(self.in_features, dtype=torch.float32)
+        return self.scaler.sqrt()
 
 
 def in_features(module: nn.Module) -> int:
