@@ -100,8 +100,8 @@ def _measure_perplexity(windows: int, seqlen: int, batch_size: int, device: str,
                      for size, (result, seconds) in timed.items()]}
 
 
-REFERENCE_CASES = (("wanda", "0.5"), ("wanda", "2:4"), ("sparsegpt", "0.5"),
-                   ("sparsegpt", "2:4"))
+REFERENCE_CASES = (("wanda", "0.5"), ("wanda", "2:4"), ("ria", "0.5"), ("ria", "2:4"),
+                   ("sparsegpt", "0.5"), ("sparsegpt", "2:4"))
 
 
 def _pruned_once(method: str, pattern: str, calibration: Any, engine: bool) -> tuple[Any, float]:
@@ -194,7 +194,7 @@ def main() -> None:
                         help="time the engine against the reference loops (bench/)")
     parser.add_argument("--threads", type=int, default=1, help="--reference: torch threads")
     parser.add_argument("--rounds", type=int, default=2, help="--reference: rounds per case")
-    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"],
+    parser.add_argument("--methods", nargs="+", default=["wanda", "ria", "sparsegpt"],
                         help="--reference: the methods compared")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

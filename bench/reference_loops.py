@@ -1,7 +1,8 @@
 """The reference code's pruning loops, re-implemented for the benchmarks (not used by the engine).
 
 The order of operations follows locuslab/wanda ``lib/prune.py`` (``prepare_calibration_input``,
-``prune_wanda``, ``lib/layerwrapper.py``) and IST-DASLab/sparsegpt (``llama_sequential``,
+``prune_wanda``, ``lib/layerwrapper.py``), RIA's ``prune_ria`` (the same loop) and
+IST-DASLab/sparsegpt (``llama_sequential``,
 ``SparseGPT.add_batch`` / ``fasterprune``): one calibration window at a time through each
 decoder layer with hooks on its linears, every linear of the layer pruned, the same windows
 through the pruned layer again to give the next layer its inputs.  Llama-family models only
@@ -112,6 +113,28 @@ def wanda(model: nn.Module, calibration: torch.Tensor, sparsity: float, n: int =
     _sequential(model, calibration, WandaStats, prune)
 
 
+@torch.no_grad()
+def ria(model: nn.Module, calibration: torch.Tensor, sparsity: float, n: int = 0,
+        m: int = 0, a: float = 0.5) -> None:
+    """``prune_ria`` (RIA's repository; no reallocation): relative importance x norm ** a,
+    one threshold per matrix, or N:M groups."""
+    def prune(module: nn.Linear, stats: WandaStats) -> None:
+        w = module.weight.data.clone()
+        metric = ((torch.abs(w) / torch.sum(torch.abs(w), dim=0)
+                   + torch.abs(w) / torch.sum(torch.abs(w), dim=1).reshape(-1, 1))
+                  * (torch.sqrt(stats.scaler_row.reshape((1, -1)))) ** a)
+        if n:
+            mask = torch.zeros_like(metric) == 1
+            for start in range(0, metric.shape[1], m):
+                group = metric[:, start:start + m].float()
+                mask.scatter_(1, start + torch.topk(group, n, dim=1, largest=False)[1], True)
+        else:
+            mask = metric <= torch.sort(metric.flatten())[0][int(w.numel() * sparsity)]
+        module.weight.data[mask] = 0
+
+    _sequential(model, calibration, WandaStats, prune)
+
+
 # -- SparseGPT ------------------------------------------------------------------------------------
 class Hessian:
     """``SparseGPT.add_batch``: H = (2 / n) sum X X^T as a running average."""
@@ -183,4 +206,4 @@ def sparsegpt(model: nn.Module, calibration: torch.Tensor, sparsity: float, n: i
                 lambda module, stats: fasterprune(module, stats, sparsity, n, m))
 
 
-LOOPS = {"wanda": wanda, "sparsegpt": sparsegpt}
+LOOPS = {"wanda": wanda, "ria": ria, "sparsegpt": sparsegpt}

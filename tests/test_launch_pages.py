@@ -848,3 +848,21 @@ def test_runs_list_shows_each_runs_key_results(db: Path, workers: list[int],
         zs_page.set_index("Run").loc[runs["done"], "Accuracy"] * 100)
     failed = by_id.loc[runs["failed"]]
     assert failed[["PPL sample.txt", "Zero-shot avg", "Retention"]].isna().all()
+
+
+def test_ria_with_its_parameters_from_the_form(db: Path, workers: list[int],
+                                               assets: dict[str, str]) -> None:
+    """A method's parameters come from its schema: RIA's appear when it is chosen and reach the
+    stored spec."""
+    at = open_page("pages/launch.py")
+    widget(at.selectbox, "Method").set_value("ria").run()
+    assert {"Norm exponent", "Per row", "Reallocation"} <= {
+        w.label for w in [*at.number_input, *at.checkbox]}
+    widget(at.checkbox, "Reallocation").check()
+    widget(at.number_input, "Norm exponent").set_value(1.0)
+    at = fill_launch(at, assets, method="ria", sparsity="2:4")
+    assert not at.error, [e.value for e in at.error]
+    spec = json.loads(newest_pruned(db)["spec"])
+    assert spec["method"] == "ria" and spec["sparsity"] == "2:4"
+    assert spec["method_params"] == {"norm_exponent": 1.0, "per_row": False,
+                                     "reallocation": True}

@@ -186,6 +186,39 @@ def ref_wanda(w: torch.Tensor, xs: list[torch.Tensor], target: Target,
     return w.masked_fill(mask, 0.0)
 
 
+def ref_ria(w: torch.Tensor, xs: list[torch.Tensor], target: Target,
+            selection: str = "reference", per_row: bool = False, reallocation: bool = False,
+            norm_exponent: float = 0.5) -> torch.Tensor:
+    """RIA from the paper's formula: (|W_ij| / column sum + |W_ij| / row sum) x ||X_j||^a,
+    selected as the reference code does (one threshold per matrix, or per row; N:M groups, or
+    groups formed after its channel reallocation)."""
+    absolute = w.abs()
+    scores = ((absolute / absolute.sum(dim=0, keepdim=True)
+               + absolute / absolute.sum(dim=1, keepdim=True))
+              * input_norms(xs).unsqueeze(0) ** norm_exponent)
+    if target.is_nm and reallocation:
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        order = dealt_channels(scores.sum(dim=0), target.m)
+        mask[:, order] = in_groups(scores[:, order], target.n, target.m, "reference")
+    elif target.is_nm:
+        mask = in_groups(scores, target.n, target.m, selection)
+    elif per_row:
+        mask = lowest(scores, int(w.shape[1] * target.sparsity))
+    else:
+        mask = unstructured(scores, target.sparsity, selection)
+    return w.masked_fill(mask, 0.0)
+
+
+def dealt_channels(importance: torch.Tensor, m: int) -> list[int]:
+    """Channels from the least to the most important, cut into m equal parts; group g takes
+    the g-th channel of each part, parts 2, 4, ... counted from their end."""
+    ranked = sorted(range(len(importance)), key=lambda j: float(importance[j]))
+    size = len(ranked) // m
+    parts = [ranked[p * size:(p + 1) * size] for p in range(m)]
+    parts = [part if p % 2 == 0 else part[::-1] for p, part in enumerate(parts)]
+    return [parts[p][g] for g in range(size) for p in range(m)]
+
+
 def damped_hessian(xs: list[torch.Tensor], w: torch.Tensor, dampening: float) -> torch.Tensor:
     """H = (2/N) sum X X^T as the reference's running average over the windows (one at a
     time: H *= n / (n + 1), then H += (sqrt(2 / (n + 1)) X)^T (sqrt(2 / (n + 1)) X)), dead
@@ -253,13 +286,17 @@ CASES = {
     "magnitude-exact": Case("magnitude", ref_magnitude, EXACT),
     "wanda": Case("wanda", ref_wanda),
     "wanda-exact": Case("wanda", ref_wanda, EXACT),
+    "ria": Case("ria", ref_ria),
+    "ria-exact": Case("ria", ref_ria, EXACT),
+    "ria-per-row": Case("ria", ref_ria, {"per_row": True}),
+    "ria-reallocation": Case("ria", ref_ria, {"reallocation": True, "norm_exponent": 1.0}),
     "sparsegpt": Case("sparsegpt", ref_sparsegpt, atol=1e-6, rtol=1e-4),
     # several column blocks per matrix, so the lazy propagation between blocks is exercised
     "sparsegpt-exact": Case("sparsegpt", ref_sparsegpt, EXACT, atol=1e-6, rtol=1e-4),
     "sparsegpt-blocksize16": Case("sparsegpt", ref_sparsegpt, {"blocksize": 16},
                                   atol=1e-6, rtol=1e-4),
 }
-METHODS = ["magnitude", "wanda", "sparsegpt"]
+METHODS = ["magnitude", "wanda", "sparsegpt", "ria"]
 
 
 def engine_prune(dense: nn.Module, method: str, target: Target, calibration: torch.Tensor,
@@ -310,7 +347,7 @@ def snap_to_grid(model: nn.Module, arch, step: float = 0.01) -> None:
 
 @pytest.mark.parametrize("target_text", ["0.5", "2:4"])
 @pytest.mark.parametrize("case_name", ["magnitude", "magnitude-exact", "sparsegpt",
-                                       "sparsegpt-exact", "wanda"])
+                                       "sparsegpt-exact", "wanda", "ria", "ria-exact"])
 def test_tied_scores_follow_the_rule(arch, calibration, case_name, target_text):
     """Weights on a coarse grid tie everywhere: the reference rule prunes every tie at the
     threshold and picks N:M groups with topk; exact breaks ties towards the earlier index."""
@@ -394,7 +431,7 @@ def expected_zeros(method: str, rows: int, cols: int, sparsity: float, selection
     reference's threshold rule also prunes the threshold entry itself (one more per matrix for
     magnitude, per block of columns for SparseGPT); Wanda's per-row rule is exact under both."""
     extra = int(selection == "reference")
-    if method == "magnitude":  # one threshold per matrix
+    if method in ("magnitude", "ria"):  # one threshold per matrix
         return int(rows * cols * sparsity) + extra
     if method == "wanda":  # per output row
         return rows * int(cols * sparsity)
@@ -665,3 +702,27 @@ def test_wanda_statistics_are_the_reference_running_average() -> None:
     assert stats.samples == 11 and torch.equal(stats.norms, torch.sqrt(scaler))
     plain = torch.sqrt(sum((x * x).sum(dim=0) for x, _ in batches) / n)
     assert torch.allclose(plain, stats.norms, rtol=1e-5) and not torch.equal(plain, stats.norms)
+
+
+def test_ria_reallocation_makes_groups_of_dealt_channels(arch, calibration):
+    """With reallocation the N:M groups are formed in the dealt channel order: every such group
+    keeps exactly M - N weights, the stored order's groups do not, and the mask differs from
+    plain N:M."""
+    from core.engine.prune.methods.ria import reallocated_order, ria_scores
+
+    dense, target = arch.build(), Target(n=2, m=4)
+    plain, _ = engine_prune(dense, "ria", target, calibration)
+    dealt, _ = engine_prune(dense, "ria", target, calibration, params={"reallocation": True})
+    weights = linear_weights(dealt, arch)
+    assert any(not torch.equal(w == 0, p == 0) for w, p in zip(
+        weights.values(), linear_weights(plain, arch).values(), strict=True))
+    inputs = capture_linear_inputs(dense, arch.blocks(dense)[0], calibration)
+    for name, module in block_linears(arch.blocks(dense)[0]).items():
+        w = out_in(module)
+        stats = get_method("ria").collector(module)
+        for x in inputs[name]:
+            stats.add_batch(x)
+        order = reallocated_order(ria_scores(w, stats.norms, 0.5), 4)
+        pruned = weights[(0, name)]
+        assert torch.all(zeros_per_group(pruned[:, order], 4) == 2), name
+        assert not torch.all(zeros_per_group(pruned, 4) == 2), name

@@ -280,9 +280,10 @@ def method_bytes(shape: Shape, work: Work, c: int) -> dict[str, int]:
     method = work.method or ""
     if method == "magnitude":
         return {"scores": 18 * largest}
-    if method == "wanda":
+    if method in ("wanda", "ria"):  # RIA: two more fp32 temporaries of its relative scores
         return {"input norms": 4 * sum(widths),
-                "scores": 13 * largest + 12 * min(largest, SORT_ENTRIES)}
+                "scores": (13 + 8 * (method == "ria")) * largest
+                + 12 * min(largest, SORT_ENTRIES)}
     hessians = 4 * sum(n * n for n in widths)
     # the widest linear (the FFN's output) is pruned last: the others' Hessians are gone by
     # then, its own is worked on in place (two matrices of its size at once)

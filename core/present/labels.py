@@ -35,7 +35,8 @@ ORIGIN_FILTERS: dict[str, list[str] | None] = {
     "All": None, "Published": ["published"], "Own runs": ["own"]}
 METHOD_NAMES = {
     "dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
-    "sparsellm": "SparseLLM", "coreinfer": "CoreInfer", "sparsity-levels": "Sparsity levels",
+    "sparsellm": "SparseLLM", "ria": "RIA", "coreinfer": "CoreInfer",
+    "sparsity-levels": "Sparsity levels",
 }
 #: The pruning methods that read no calibration data (their ``needs_calibration`` is False; a
 #: test keeps this equal to the method registry, which the pages do not import: it loads torch).
