@@ -360,7 +360,7 @@ class Dispatcher:
     def _queued_devices(self) -> list[str]:
         """Devices of queued own runs, CUDA ones first."""
         frame = self.store.frame(
-            "SELECT DISTINCT coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device "
+            f"SELECT DISTINCT {jobs.DEVICE_SQL} AS device "
             "FROM runs WHERE status = 'queued' AND origin = 'own'")
         return sorted(frame["device"],
                       key=lambda d: (not cluster.wants_gpu(d, self.summary), d))
@@ -390,8 +390,8 @@ class Dispatcher:
     def _note_no_gpu(self, device: str) -> None:
         """Say once in each waiting run's log that the cluster has no GPU (it stays queued)."""
         frame = self.store.frame(
-            "SELECT id FROM runs WHERE status = 'queued' AND origin = 'own' AND "
-            "coalesce(json_extract_string(spec, '$.device'), 'cpu') = ?", [device])
+            f"SELECT id FROM runs WHERE status = 'queued' AND origin = 'own' AND "
+            f"{jobs.DEVICE_SQL} = ?", [device])
         for run_id in (int(i) for i in frame["id"]):
             if run_id not in self.noted:
                 self.noted.add(run_id)
