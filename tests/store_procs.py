@@ -24,14 +24,15 @@ def hold_lock_on_signal(path: str, seconds: float, go, ready) -> None:
     hold_lock(path, seconds, ready)
 
 
-def keep_writing(path: str, seconds: float, tag: int = 1) -> None:
+def keep_writing(path: str, seconds: float, tag: int = 1, at_least: int = 0) -> None:
     """Write progress and log lines as fast as possible, as a worker does (for a new run of
-    its own, told apart by ``tag``)."""
+    its own, told apart by ``tag``), for ``seconds`` and at least ``at_least`` lines (a loaded
+    machine may give a process few turns in that time)."""
     store = Store(path)
     run_id = store.create_run(kind="prune", model="m", method="wanda", spec={"n": tag})
     deadline = time.monotonic() + seconds
     i = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or i < at_least:
         store.append_log(run_id, f"line {i}")
         store.control.set_progress(run_id, "pruning", i, 1_000_000)
         i += 1

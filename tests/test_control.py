@@ -54,7 +54,7 @@ def test_each_results_file_has_its_own_control_file(tmp_path: Path) -> None:
 def test_many_writers_at_once_lose_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "results.duckdb").init()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=keep_writing, args=(str(store.path), 3.0, tag))
+    procs = [ctx.Process(target=keep_writing, args=(str(store.path), 3.0, tag, 20))
              for tag in range(3)]
     for proc in procs:
         proc.start()
