@@ -258,7 +258,7 @@ def test_only_one_worker_per_device(store: Store) -> None:
 
 def test_reads_never_fail_while_another_process_writes(store: Store) -> None:
     ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=keep_writing, args=(str(store.path), 4.0))
+    proc = ctx.Process(target=keep_writing, args=(str(store.path), 4.0, 1, 20))
     proc.start()
     reads = 0
     deadline = time.monotonic() + 4.0
