@@ -26,11 +26,13 @@ ARCHIVED = run_table.ARCHIVED  # the Show archived toggle
 
 use_app_menu()
 st.title("Runs")
-st.caption(f"Your own runs; this page refreshes every {REFRESH_S} s. A background worker "
-           "executes queued runs one at a time per device (per GPU); the page starts it when "
-           "needed. "
-           "Tick runs in the list to compare them; filters and order stay in the page's "
-           "address, to share the view.")
+EXECUTES = {"local": "A background worker executes queued runs one at a time per device (per "
+                     "GPU); the page starts it when needed.",
+            "ray": "A dispatcher on this machine hands queued runs to the Ray cluster as its "
+                   "GPUs and CPUs allow; the page starts it when needed."}
+st.caption(f"Your own runs; this page refreshes every {REFRESH_S} s. "
+           f"{EXECUTES[executor_name()]} Tick runs in the list to compare them; filters and "
+           "order stay in the page's address, to share the view.")
 with store_or_stop():
     store = tables.session_store(st.session_state)
 

@@ -9,6 +9,7 @@ started here (``LocalExecutor.ensure_workers`` is replaced by a recorder).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -866,3 +867,47 @@ def test_ria_with_its_parameters_from_the_form(db: Path, workers: list[int],
     assert spec["method"] == "ria" and spec["sparsity"] == "2:4"
     assert spec["method_params"] == {"norm_exponent": 1.0, "per_row": False,
                                      "reallocation": True}
+
+
+def test_runs_page_under_ray_says_what_the_cluster_offers(
+        db: Path, store: Store, assets: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Ray executor the page describes the dispatcher and lists the cluster's nodes
+    and GPUs from the summary the dispatcher wrote, with a link to the Ray dashboard; the
+    local GPU table is not shown."""
+    from core.execution import cluster
+    from core.execution.ray import RayExecutor
+
+    monkeypatch.setenv("SPARSEBENCH_EXECUTOR", "ray")
+    monkeypatch.setattr(RayExecutor, "ensure_workers", lambda self: [])
+    make_run(store, assets, "done", "magnitude")
+    at = open_page("pages/runs.py")
+    assert "the cluster's nodes are listed once the dispatcher has started" in " ".join(
+        c.value for c in at.caption)
+    node = {"NodeID": "a" * 56, "NodeManagerHostname": "gpu-1", "NodeManagerAddress": "10.0.0.1",
+            "Alive": True, "Resources": {"CPU": 32.0, "GPU": 8.0, "memory": 512 * 2**30}}
+    cluster.write_summary(db, cluster.summarize([node], "head:6379", "10.0.0.1:8265"))
+    at = open_page("pages/runs.py")
+    captions = " ".join(c.value for c in at.caption)
+    assert "A dispatcher on this machine hands queued runs to the Ray cluster" in captions
+    assert "Runs execute on Ray (head:6379): 1 node, 32 CPUs, 8 GPUs" in captions
+    assert "[Ray dashboard](http://10.0.0.1:8265)" in captions
+    assert not any("GPU 0" in str(frame.value) for frame in at.dataframe)
+
+
+def test_runs_page_shows_each_gpus_run_and_queue(db: Path, store: Store, workers: list[int],
+                                                  assets: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine with GPUs (two simulated) the page lists each GPU with the run it executes
+    and the runs waiting for it."""
+    from core.engine import devices
+
+    monkeypatch.setenv(devices.SIMULATED_ENV, "2")
+    running = make_run(store, assets, "running", "wanda", "0.5")
+    store.update_run(running, worker=f"{os.uname().nodename}:{os.getpid()}:cuda:1")
+    make_run(store, assets, "queued", "wanda", "0.6")
+    at = open_page("pages/runs.py")
+    table = next(f.value for f in at.dataframe if "Queued for any GPU" in f.value.columns)
+    assert table["Device"].tolist() == ["GPU 0", "GPU 1", "CPU"]
+    assert table["Running"].tolist() == ["idle", f"run {running}", "idle"]
+    assert table["Queued for any GPU"].tolist() == [1, 1, 0]  # device auto, the default here
