@@ -76,6 +76,18 @@ def _sequential(model: nn.Module, calibration: torch.Tensor, stats: Any, prune: 
         inps, outs = outs, inps
 
 
+def _next_batch(stats: Any, inp: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Both references' ``add_batch`` prologue: the batch's tokens as columns ``[in, tokens]``,
+    and the factor the running average decays by, ``stats.nsamples`` counting the batch's
+    sequences."""
+    if len(inp.shape) == 2:
+        inp = inp.unsqueeze(0)
+    tmp = inp.shape[0]
+    decay = stats.nsamples / (stats.nsamples + tmp)
+    stats.nsamples += tmp
+    return inp.reshape((-1, inp.shape[-1])).t(), decay
+
+
 # -- Wanda ----------------------------------------------------------------------------------------
 class WandaStats:
     """``WrappedGPT``: the running average of the squared input norms."""
@@ -85,12 +97,8 @@ class WandaStats:
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        if len(inp.shape) == 2:
-            inp = inp.unsqueeze(0)
-        tmp = inp.shape[0]
-        inp = inp.reshape((-1, inp.shape[-1])).t()
-        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
-        self.nsamples += tmp
+        inp, decay = _next_batch(self, inp)
+        self.scaler_row *= decay
         self.scaler_row += torch.norm(inp.type(torch.float32), p=2, dim=1) ** 2 / self.nsamples
 
 
@@ -144,12 +152,8 @@ class Hessian:
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        if len(inp.shape) == 2:
-            inp = inp.unsqueeze(0)
-        tmp = inp.shape[0]
-        inp = inp.reshape((-1, inp.shape[-1])).t()
-        self.H *= self.nsamples / (self.nsamples + tmp)
-        self.nsamples += tmp
+        inp, decay = _next_batch(self, inp)
+        self.H *= decay
         inp = math.sqrt(2 / self.nsamples) * inp.float()
         self.H += inp.matmul(inp.t())
 

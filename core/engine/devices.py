@@ -102,9 +102,10 @@ def worker_environment(slot: str) -> dict[str, str] | None:
         return None
     env = {**os.environ, SLOT_ENV: slot}
     index = gpu_index(slot)
+    names = gpus()
     if index is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpus()[index] if index < len(gpus()) else str(index)
-    elif slot == "cpu" and gpus():
+        env["CUDA_VISIBLE_DEVICES"] = names[index] if index < len(names) else str(index)
+    elif slot == "cpu" and names:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 

@@ -40,6 +40,7 @@ class Executor(Protocol):
         """Fail dead runs and start what drains the queue when runs are pending (the pages
         call this on every refresh); returns what was started."""
 
+
 def executor_for(store: Store) -> Executor:
     """The executor chosen by ``SPARSEBENCH_EXECUTOR`` (and ``SPARSEBENCH_RAY_ADDRESS``)."""
     name = executor_name()

@@ -16,6 +16,7 @@ from core.execution import cluster
 from core.runs.registry import spec_from_dict
 from core.store.db import Store, spec_hash
 from core.store.meta import RunMeta, from_row
+from core.store.queries import DEVICE_SQL
 from core.store.record import create_run, flush_held
 
 if TYPE_CHECKING:  # the prune kind imports torch: the Runs page, which lists runs, never needs it
@@ -120,10 +121,6 @@ def claim(store: Store, run_id: int, worker: str) -> bool:
         return False
     store.control.beat(run_id, worker)
     return True
-
-
-#: A run's device as the queue reads it (runs stored before the field had a default: cpu).
-DEVICE_SQL = "coalesce(json_extract_string(spec, '$.device'), 'cpu')"
 
 
 def claim_next(store: Store, devices: str | list[str], worker: str) -> int | None:

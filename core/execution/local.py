@@ -18,6 +18,7 @@ from typing import Any
 from core import config
 from core.engine import devices
 from core.execution import jobs, worker
+from core.store import queries
 from core.store.db import Store
 
 
@@ -54,7 +55,7 @@ class LocalExecutor:
     def pending_devices(self) -> list[str]:
         """Slots with queued or running own runs (an ``auto`` run: every GPU's slot)."""
         frame = self.store.frame(
-            f"SELECT DISTINCT {jobs.DEVICE_SQL} AS device FROM runs "
+            f"SELECT DISTINCT {queries.DEVICE_SQL} AS device FROM runs "
             "WHERE origin = 'own' AND status IN ('queued', 'running')")
         slots = {slot for device in frame["device"] for slot in devices.slots_for(device)}
         return sorted(slots)

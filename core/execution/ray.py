@@ -35,7 +35,7 @@ from typing import Any
 
 from core import config
 from core.execution import cluster, jobs, worker
-from core.store import record
+from core.store import queries, record
 from core.store.db import Store, StoreError
 
 log = logging.getLogger("sparsebench.ray")
@@ -360,7 +360,7 @@ class Dispatcher:
     def _queued_devices(self) -> list[str]:
         """Devices of queued own runs, CUDA ones first."""
         frame = self.store.frame(
-            f"SELECT DISTINCT {jobs.DEVICE_SQL} AS device "
+            f"SELECT DISTINCT {queries.DEVICE_SQL} AS device "
             "FROM runs WHERE status = 'queued' AND origin = 'own'")
         return sorted(frame["device"],
                       key=lambda d: (not cluster.wants_gpu(d, self.summary), d))
@@ -391,7 +391,7 @@ class Dispatcher:
         """Say once in each waiting run's log that the cluster has no GPU (it stays queued)."""
         frame = self.store.frame(
             f"SELECT id FROM runs WHERE status = 'queued' AND origin = 'own' AND "
-            f"{jobs.DEVICE_SQL} = ?", [device])
+            f"{queries.DEVICE_SQL} = ?", [device])
         for run_id in (int(i) for i in frame["id"]):
             if run_id not in self.noted:
                 self.noted.add(run_id)
@@ -476,10 +476,6 @@ class RayExecutor:
     def cancel(self, run_id: int) -> str:
         """Cancel a queued run at once; the dispatcher stops a running one's Ray task."""
         return jobs.request_cancel(self.store, run_id)
-
-    def problems(self, spec: Any) -> list[str]:
-        """What keeps ``spec`` off this executor's cluster (``cluster.cluster_problems``)."""
-        return cluster.cluster_problems(self.store.path, self.address, spec)
 
     def poll(self) -> dict[str, Any]:
         """Fail runs without a heartbeat held outside Ray (the dispatcher recovers its own);

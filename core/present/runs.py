@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from core import config
+from core.engine import devices
 from core.present import tables
 from core.present.labels import CALIBRATION_FREE
 from core.runs import costs
@@ -727,10 +728,11 @@ def device_queues(store: Store, slots: list[str]) -> pd.DataFrame:
     running = runs[runs["status"] == "running"]
     queued = runs[runs["status"] == "queued"]
     held = {held_slot(w): int(i) for i, w in zip(running["id"], running["worker"], strict=True)}
-    any_gpu = int((queued["device"] == "auto").sum())
+    named = queued["device"].map(devices.normalize)  # older runs stored cuda:0 as cuda
+    any_gpu = int((named == devices.AUTO).sum())
     rows = []
     for slot in slots:
-        pinned = queued["device"].isin(["cuda:0", "cuda"] if slot == "cuda:0" else [slot])
+        pinned = named == slot
         rows.append({"Device": slot.replace("cuda:", "GPU ") if slot != "cpu" else "CPU",
                      "Running": f"run {held[slot]}" if slot in held else "idle",
                      "Queued for it": int(pinned.sum()),

@@ -32,11 +32,6 @@ Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Annotated[str, AfterValidator(devices.normalize)]
 DEVICE_HELP = ("auto: any GPU with room, one run per GPU (the CPU where there is none); cpu; "
                "cuda:N pins the run to GPU N (cuda is cuda:0); mps")
-
-
-def device_field() -> Any:
-    """The device field of every kind: ``auto`` where the machine has a GPU, else ``cpu``."""
-    return labelled(devices.default_device, "Device", help=DEVICE_HELP)
 DTYPE_HELP = ("auto: the checkpoint's own dtype (bfloat16 or float16 for most hub models, "
               "float32 for the offline default). Statistics are always accumulated in float32.")
 LIMITS = {"samples": (1, 4096), "seqlen": (8, 32768), "batch_size": (1, 512),
@@ -61,6 +56,11 @@ def labelled(default: Any, label: str, **extra: Any) -> Any:
     if callable(default):
         return Field(default_factory=default, title=label, json_schema_extra=extra or None)
     return Field(default, title=label, json_schema_extra=extra or None)
+
+
+def device_field() -> Any:
+    """The device field of every kind: ``auto`` where the machine has a GPU, else ``cpu``."""
+    return labelled(devices.default_device, "Device", help=DEVICE_HELP)
 
 
 class SpecModel(BaseModel):

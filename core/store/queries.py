@@ -270,10 +270,13 @@ def own_status_counts(store: Store) -> pd.DataFrame:
                        "GROUP BY status")
 
 
+#: A run's device as the queue reads it (runs stored before the field had a default: cpu).
+DEVICE_SQL = "coalesce(json_extract_string(spec, '$.device'), 'cpu')"
+
+
 def active_run_devices(store: Store) -> pd.DataFrame:
     """Own queued and running runs: id, status, the device their spec names (older specs:
     cpu) and the worker holding them."""
     return store.frame(
-        "SELECT id, status, coalesce(json_extract_string(spec, '$.device'), 'cpu') AS device, "
-        "coalesce(worker, '') AS worker FROM runs WHERE origin = 'own' "
-        "AND status IN ('queued', 'running') ORDER BY id")
+        f"SELECT id, status, {DEVICE_SQL} AS device, coalesce(worker, '') AS worker "
+        "FROM runs WHERE origin = 'own' AND status IN ('queued', 'running') ORDER BY id")
